@@ -1,0 +1,332 @@
+"""The factored action space: head specs, op relevance, canonical actions, mask canonicalisation.
+
+An action is one choice per head. One head is the **op** (what to do); its choice decides
+which other heads matter. A head that is irrelevant to the chosen op is forced to a single
+canonical action by turning its mask row one-hot, so its log-prob is exactly 0 and its
+normalised entropy exactly 0, and PPO gets no gradient noise from choices that do nothing.
+One head is the **pointer** over slots; its size is the grid's slot count N.
+
+`canonicalize_masks` is the single implementation that rollout (`get_action`) and update
+(`evaluate_actions`) both use, so the two always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import IntEnum
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from slotformer.validation import describe_shape
+
+
+class Op(IntEnum):
+    """The op head's choices (what to do this step)."""
+
+    WAIT = 0
+    GERMINATE = 1
+    SET_ALPHA_TARGET = 2
+    PRUNE = 3
+    FOSSILIZE = 4
+    ADVANCE = 5
+
+
+class BlueprintAction(IntEnum):
+    """The blueprint head's choices (which module a GERMINATE plants)."""
+
+    NOOP = 0
+    CONV_LIGHT = 1
+    ATTENTION = 2
+    NORM = 3
+    DEPTHWISE = 4
+    BOTTLENECK = 5
+    CONV_SMALL = 6
+    CONV_HEAVY = 7
+    LORA = 8
+    LORA_LARGE = 9
+    MLP_SMALL = 10
+    MLP = 11
+    FLEX_ATTENTION = 12
+
+
+class Style(IntEnum):
+    """How a seed is blended into the host."""
+
+    LINEAR_ADD = 0
+    LINEAR_MULTIPLY = 1
+    SIGMOID_ADD = 2
+    GATED_GATE = 3
+
+
+class Tempo(IntEnum):
+    """How long a germinated seed trains before blending."""
+
+    FAST = 0
+    STANDARD = 1
+    SLOW = 2
+
+
+class AlphaTarget(IntEnum):
+    """The blend level a seed moves toward."""
+
+    HALF = 0
+    SEVENTY = 1
+    FULL = 2
+
+
+class AlphaSpeed(IntEnum):
+    """How fast alpha moves toward its target."""
+
+    INSTANT = 0
+    FAST = 1
+    MEDIUM = 2
+    SLOW = 3
+
+
+class AlphaCurve(IntEnum):
+    """The shape of alpha's path toward its target."""
+
+    LINEAR = 0
+    COSINE = 1
+    SIGMOID_GENTLE = 2
+    SIGMOID = 3
+    SIGMOID_SHARP = 4
+
+
+NUM_OPS = len(Op)
+NUM_BLUEPRINTS = len(BlueprintAction)
+
+HEAD_NAMES: tuple[str, ...] = (
+    "slot",
+    "blueprint",
+    "style",
+    "tempo",
+    "alpha_target",
+    "alpha_speed",
+    "alpha_curve",
+    "op",
+)
+"""The default heads, in the contract's (load-bearing) order."""
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One categorical action head.
+
+    Args:
+        name: the head's name; outputs are keyed ``"{name}_logits"`` and masks by ``name``.
+        size: number of choices (for the pointer head: the slot count N).
+        relevant_ops: the ops for which this head's choice matters; ``None`` = every op.
+        canonical_action: the action forced when the head is irrelevant; ``None`` = the first
+            valid index of the head's mask (used by the slot pointer).
+    """
+
+    name: str
+    size: int
+    relevant_ops: frozenset[int] | None = None
+    canonical_action: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("HeadSpec.name must be a non-empty string")
+        if self.size < 1:
+            raise ValueError(f"head {self.name!r}: size must be >= 1, got {self.size}")
+        if self.relevant_ops is not None:
+            object.__setattr__(self, "relevant_ops", frozenset(int(o) for o in self.relevant_ops))
+        if self.canonical_action is not None and not 0 <= self.canonical_action < self.size:
+            raise ValueError(
+                f"head {self.name!r}: canonical_action={self.canonical_action} is outside "
+                f"[0, {self.size})"
+            )
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """An ordered set of factored heads, with one op head and (optionally) one slot pointer.
+
+    Args:
+        heads: the heads in output order.
+        op_head: name of the head whose choice conditions relevance and Q(s, op).
+        pointer_head: name of the head that points at a slot (size = N), or ``None``.
+
+    Example:
+        >>> space = ActionSpace.default(num_slots=4)
+        >>> space.head_names[0], space.sizes["slot"], space.num_ops
+        ('slot', 4, 6)
+    """
+
+    heads: tuple[HeadSpec, ...]
+    op_head: str = "op"
+    pointer_head: str | None = "slot"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(self.heads))
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ValueError(f"head names must be unique, got {names}")
+        if self.op_head not in names:
+            raise ValueError(f"op_head={self.op_head!r} is not one of the heads {names}")
+        if self.pointer_head is not None and self.pointer_head not in names:
+            raise ValueError(f"pointer_head={self.pointer_head!r} is not one of the heads {names}")
+        op = self.heads[names.index(self.op_head)]
+        if op.relevant_ops is not None:
+            raise ValueError(f"the op head {self.op_head!r} must be relevant for every op")
+        for head in self.heads:
+            if head.relevant_ops is not None:
+                bad = sorted(o for o in head.relevant_ops if not 0 <= o < op.size)
+                if bad:
+                    raise ValueError(
+                        f"head {head.name!r}: relevant_ops {bad} are outside the op head's "
+                        f"range [0, {op.size})"
+                    )
+
+    @classmethod
+    def default(cls, num_slots: int = 3) -> ActionSpace:
+        """The compatibility contract's eight heads (DESIGN.md), with a slot pointer of size N."""
+        every_op_but_wait = frozenset(o for o in Op if o != Op.WAIT)
+        return cls(
+            heads=(
+                HeadSpec("slot", num_slots, every_op_but_wait, None),
+                HeadSpec("blueprint", NUM_BLUEPRINTS, frozenset({Op.GERMINATE}),
+                         BlueprintAction.NOOP),
+                HeadSpec("style", len(Style), frozenset({Op.GERMINATE, Op.SET_ALPHA_TARGET}),
+                         Style.SIGMOID_ADD),
+                HeadSpec("tempo", len(Tempo), frozenset({Op.GERMINATE}), Tempo.STANDARD),
+                HeadSpec("alpha_target", len(AlphaTarget),
+                         frozenset({Op.GERMINATE, Op.SET_ALPHA_TARGET}), AlphaTarget.FULL),
+                HeadSpec("alpha_speed", len(AlphaSpeed),
+                         frozenset({Op.SET_ALPHA_TARGET, Op.PRUNE}), AlphaSpeed.INSTANT),
+                HeadSpec("alpha_curve", len(AlphaCurve),
+                         frozenset({Op.SET_ALPHA_TARGET, Op.PRUNE}), AlphaCurve.LINEAR),
+                HeadSpec("op", NUM_OPS),
+            ),
+            op_head="op",
+            pointer_head="slot",
+        )
+
+    @cached_property
+    def head_names(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.heads)
+
+    @cached_property
+    def sizes(self) -> dict[str, int]:
+        """Number of choices per head name."""
+        return {h.name: h.size for h in self.heads}
+
+    @property
+    def num_ops(self) -> int:
+        return self.sizes[self.op_head]
+
+    @property
+    def num_slots(self) -> int | None:
+        """The pointer head's size (N), or None without a pointer head."""
+        return None if self.pointer_head is None else self.sizes[self.pointer_head]
+
+    def head(self, name: str) -> HeadSpec:
+        """The spec of head ``name``."""
+        for head in self.heads:
+            if head.name == name:
+                return head
+        raise KeyError(f"unknown head {name!r}; heads are {list(self.head_names)}")
+
+    def with_num_slots(self, num_slots: int) -> ActionSpace:
+        """The same space with the pointer head resized to ``num_slots`` (another grid)."""
+        if self.pointer_head is None:
+            raise ValueError("this action space has no pointer head to resize")
+        if num_slots == self.num_slots:
+            return self
+        heads = tuple(
+            replace(h, size=num_slots) if h.name == self.pointer_head else h for h in self.heads
+        )
+        return replace(self, heads=heads)
+
+
+def _relevance(head: HeadSpec, ops: Tensor) -> Tensor | None:
+    """Bool ``[...]``: is ``head`` relevant for each op; None when relevant for every op.
+
+    Built from scalar comparisons (no tensor built from a Python list), so it adds no
+    host-to-device copy and compiles without a graph break.
+    """
+    if head.relevant_ops is None:
+        return None
+    relevant = torch.zeros_like(ops, dtype=torch.bool)
+    for op in sorted(head.relevant_ops):
+        relevant = relevant | (ops == op)
+    return relevant
+
+
+def _one_hot_like(mask: Tensor, index: Tensor | int) -> Tensor:
+    """Bool one-hot rows shaped like ``mask [..., n]`` at ``index [...]`` (or a constant)."""
+    choices = torch.arange(mask.shape[-1], device=mask.device)  # [n]
+    if isinstance(index, int):
+        return (choices == index).expand_as(mask)
+    return choices == index.unsqueeze(-1)  # [..., n]
+
+
+def first_valid_index(mask: Tensor) -> Tensor:
+    """Index of the first True in each row of ``mask [..., n]`` (0 for an all-False row)."""
+    # argmax returns the first maximal index, which for 0/1 values is the first True.
+    return mask.to(torch.uint8).argmax(dim=-1)
+
+
+def select_slot_mask_for_op(slot_by_op: Tensor, ops: Tensor) -> Tensor:
+    """The slot mask for each chosen op: ``slot_by_op [..., num_ops, N]`` at ``ops [...]``."""
+    index = ops.unsqueeze(-1).unsqueeze(-1).expand(*ops.shape, 1, slot_by_op.shape[-1])
+    return slot_by_op.gather(-2, index).squeeze(-2)  # [..., N]
+
+
+def canonicalize_masks(
+    action_space: ActionSpace,
+    masks: Mapping[str, Tensor],
+    ops: Tensor,
+    slot_by_op: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Masks conditioned on the chosen ops: irrelevant heads become one-hot canonical.
+
+    Args:
+        action_space: the heads and their relevance table.
+        masks: a bool mask ``[..., n]`` (True = valid) for every head, all with the same
+            leading shape as ``ops``. ``[B, n]`` and ``[B, T, n]`` both work.
+        ops: the chosen op per row, int64 ``[...]``.
+        slot_by_op: optional bool ``[..., num_ops, N]``; when given, the pointer head's mask
+            for a relevant op is ``slot_by_op[..., op, :]`` (it replaces the slot mask).
+
+    Returns:
+        A new dict with the same keys; the op head's mask is passed through unchanged.
+        For an irrelevant head the row is one-hot on its canonical action; for the pointer
+        head (canonical ``None``) on the first valid index of its own (base) mask.
+
+    Example:
+        >>> space = ActionSpace.default(num_slots=3)
+        >>> masks = {h.name: torch.ones(2, h.size, dtype=torch.bool) for h in space.heads}
+        >>> out = canonicalize_masks(space, masks, torch.tensor([Op.WAIT, Op.GERMINATE]))
+        >>> out["blueprint"][0].nonzero().flatten().tolist(), int(out["blueprint"][1].sum())
+        ([0], 13)
+    """
+    missing = [n for n in action_space.head_names if n not in masks]
+    if missing:
+        raise KeyError(f"masks is missing heads {missing}; expected {list(action_space.head_names)}")
+    canonical: dict[str, Tensor] = {}
+    for head in action_space.heads:
+        mask = masks[head.name]
+        if mask.shape[:-1] != ops.shape or mask.shape[-1] != head.size:
+            raise ValueError(
+                f"mask for head {head.name!r} has shape {describe_shape(mask)}, expected "
+                f"{(*ops.shape, head.size)} (ops shape {describe_shape(ops)} + head size)"
+            )
+        relevant_mask = mask
+        if head.name == action_space.pointer_head and slot_by_op is not None:
+            relevant_mask = select_slot_mask_for_op(slot_by_op, ops)
+        relevant = _relevance(head, ops)
+        if relevant is None:
+            canonical[head.name] = relevant_mask
+            continue
+        if head.canonical_action is None:
+            forced = _one_hot_like(mask, first_valid_index(mask))
+        else:
+            forced = _one_hot_like(mask, head.canonical_action)
+        canonical[head.name] = torch.where(relevant.unsqueeze(-1), relevant_mask, forced)
+    return canonical

@@ -1,0 +1,223 @@
+"""Slots and observations: which slots exist, where they sit, and how a flat state splits.
+
+`SlotConfig` names the slots (its tuple order is the slot head's action order) and gives each
+one a grid position for the positional encoding. `ObservationLayout` splits the flat
+observation vector of the compatibility contract into a base block and per-slot blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from slotformer.validation import describe_shape
+
+DEFAULT_BASE_DIM = 23
+"""Features in the base (global) block of the default observation layout."""
+
+DEFAULT_SLOT_DIM = 31
+"""Features per slot in the current default layout (an older layout used 39; both work)."""
+
+_CANONICAL_ID = re.compile(r"^r(\d+)c(\d+)$")
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    """The slots of a grid, in action order.
+
+    Args:
+        slot_ids: one id per slot; the index of an id is its slot-head action index. Canonical
+            ids are ``r{row}c{col}``; any other id is placed on row 0 at column = its index.
+
+    Example:
+        >>> cfg = SlotConfig.for_grid(2, 2)
+        >>> cfg.slot_ids, cfg.num_slots, cfg.positions[3]
+        (('r0c0', 'r0c1', 'r1c0', 'r1c1'), 4, (1, 1))
+    """
+
+    slot_ids: tuple[str, ...]
+    _index: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.slot_ids, str) or not isinstance(self.slot_ids, tuple | list):
+            raise ValueError(
+                f"slot_ids must be a tuple of str, got {type(self.slot_ids).__name__}: "
+                f"{self.slot_ids!r}"
+            )
+        ids = tuple(self.slot_ids)
+        if not ids:
+            raise ValueError("slot_ids must name at least one slot, got an empty tuple")
+        bad = [s for s in ids if not isinstance(s, str) or not s]
+        if bad:
+            raise ValueError(f"slot_ids must be non-empty strings, got {bad!r}")
+        duplicates = sorted(s for s, count in Counter(ids).items() if count > 1)
+        if duplicates:
+            raise ValueError(f"slot_ids must be unique, duplicated: {duplicates}")
+        object.__setattr__(self, "slot_ids", ids)
+        object.__setattr__(self, "_index", {s: i for i, s in enumerate(ids)})
+
+    @classmethod
+    def default(cls) -> SlotConfig:
+        """Three slots in one row: ``r0c0, r0c1, r0c2`` (the first user's contract)."""
+        return cls.for_grid(1, 3)
+
+    @classmethod
+    def for_grid(cls, rows: int, cols: int) -> SlotConfig:
+        """A ``rows x cols`` grid with ids ``r{row}c{col}`` in row-major order."""
+        if rows < 1 or cols < 1:
+            raise ValueError(f"rows and cols must be >= 1, got rows={rows}, cols={cols}")
+        return cls(tuple(f"r{r}c{c}" for r in range(rows) for c in range(cols)))
+
+    @property
+    def num_slots(self) -> int:
+        """N, the number of slots."""
+        return len(self.slot_ids)
+
+    def slot_id_for_index(self, index: int) -> str:
+        """The id of the slot at action index ``index``."""
+        if not 0 <= index < self.num_slots:
+            raise ValueError(
+                f"slot index {index} is out of range for {self.num_slots} slots "
+                f"(expected 0..{self.num_slots - 1})"
+            )
+        return self.slot_ids[index]
+
+    def index_for_slot_id(self, slot_id: str) -> int:
+        """The action index of ``slot_id``."""
+        try:
+            return self._index[slot_id]
+        except KeyError:
+            raise ValueError(
+                f"unknown slot id {slot_id!r}; known ids: {list(self.slot_ids)}"
+            ) from None
+
+    @cached_property
+    def positions(self) -> tuple[tuple[int, int], ...]:
+        """``(row, col)`` of each slot. Falls back to ``(0, index)`` for every slot unless all
+        ids are canonical ``r{row}c{col}`` with distinct positions."""
+        parsed = [_CANONICAL_ID.match(s) for s in self.slot_ids]
+        if all(m is not None for m in parsed):
+            pos = tuple((int(m.group(1)), int(m.group(2))) for m in parsed if m is not None)
+            if len(set(pos)) == len(pos):
+                return pos
+        return tuple((0, i) for i in range(self.num_slots))
+
+    @property
+    def num_rows(self) -> int:
+        return 1 + max(r for r, _ in self.positions)
+
+    @property
+    def num_cols(self) -> int:
+        return 1 + max(c for _, c in self.positions)
+
+    def position_ids(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """Row and column ids for the positional encoding, each int64 ``[N]``."""
+        rows = torch.tensor([r for r, _ in self.positions], dtype=torch.long, device=device)
+        cols = torch.tensor([c for _, c in self.positions], dtype=torch.long, device=device)
+        return rows, cols
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """Where the base block and each slot block sit in the flat observation vector.
+
+    The flat state is ``[base_dim + N * slot_dim]``: base first, then slot ``k`` at offset
+    ``base_dim + k * slot_dim``.
+
+    Args:
+        num_slots: N.
+        slot_dim: features per slot.
+        base_dim: features in the base block (default 23).
+
+    Example:
+        >>> layout = ObservationLayout.infer(state_dim=116, num_slots=3)
+        >>> layout.slot_dim
+        31
+        >>> base, slots = layout.split(torch.zeros(2, 5, 116))
+        >>> tuple(base.shape), tuple(slots.shape)
+        ((2, 5, 23), (2, 5, 3, 31))
+    """
+
+    num_slots: int
+    slot_dim: int
+    base_dim: int = DEFAULT_BASE_DIM
+
+    def __post_init__(self) -> None:
+        for name in ("num_slots", "slot_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.base_dim, int) or self.base_dim < 0:
+            raise ValueError(f"base_dim must be a non-negative int, got {self.base_dim!r}")
+
+    @classmethod
+    def infer(
+        cls, state_dim: int, num_slots: int, base_dim: int = DEFAULT_BASE_DIM
+    ) -> ObservationLayout:
+        """Infer ``slot_dim = (state_dim - base_dim) / num_slots``; it must be a positive int."""
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        slot_total = state_dim - base_dim
+        if slot_total <= 0 or slot_total % num_slots != 0:
+            raise ValueError(
+                f"state_dim={state_dim} does not fit base_dim={base_dim} plus {num_slots} "
+                f"equal slot blocks: (state_dim - base_dim) / num_slots = "
+                f"({state_dim} - {base_dim}) / {num_slots} = {slot_total / num_slots:g}, "
+                f"expected a positive integer (e.g. state_dim={base_dim + num_slots * DEFAULT_SLOT_DIM} "
+                f"for {DEFAULT_SLOT_DIM} features per slot)"
+            )
+        return cls(num_slots=num_slots, slot_dim=slot_total // num_slots, base_dim=base_dim)
+
+    @property
+    def state_dim(self) -> int:
+        """D = base_dim + N * slot_dim."""
+        return self.base_dim + self.num_slots * self.slot_dim
+
+    def split(self, state: Tensor, name: str = "state") -> tuple[Tensor, Tensor]:
+        """Split ``state [..., D]`` into ``base [..., base_dim]`` and ``slots [..., N, slot_dim]``.
+
+        Both are views of ``state`` (no copy).
+        """
+        if state.dim() < 1 or state.shape[-1] != self.state_dim:
+            raise ValueError(
+                f"{name} has shape {describe_shape(state)}, expected last dimension "
+                f"state_dim={self.state_dim} (base_dim={self.base_dim} + "
+                f"{self.num_slots} slots x slot_dim={self.slot_dim})"
+            )
+        base = state[..., : self.base_dim]  # [..., base_dim]
+        slots = state[..., self.base_dim :].unflatten(-1, (self.num_slots, self.slot_dim))
+        return base, slots  # [..., N, slot_dim]
+
+    def active_mask(
+        self, blueprint_indices: Tensor | None, active_mask: Tensor | None = None
+    ) -> Tensor:
+        """Which slots are active, bool ``[..., N]``.
+
+        Derived from ``blueprint_indices >= 0`` (activity never comes from thresholding a
+        normalised feature), or taken as given from an explicit ``active_mask``.
+        """
+        if active_mask is not None:
+            if active_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"active_mask must be torch.bool, got {active_mask.dtype} "
+                    f"with shape {describe_shape(active_mask)}"
+                )
+            if active_mask.dim() < 1 or active_mask.shape[-1] != self.num_slots:
+                raise ValueError(
+                    f"active_mask has shape {describe_shape(active_mask)}, "
+                    f"expected last dimension N={self.num_slots}"
+                )
+            return active_mask
+        if blueprint_indices is None:
+            raise ValueError("pass blueprint_indices or an explicit active_mask")
+        if blueprint_indices.dim() < 1 or blueprint_indices.shape[-1] != self.num_slots:
+            raise ValueError(
+                f"blueprint_indices has shape {describe_shape(blueprint_indices)}, "
+                f"expected last dimension N={self.num_slots}"
+            )
+        return blueprint_indices >= 0
