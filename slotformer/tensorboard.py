@@ -1,0 +1,95 @@
+"""Optional TensorBoard adapter for attention statistics (extra ``slotformer[tb]``).
+
+:func:`log_attention` only calls ``add_scalar`` / ``add_image`` on the writer it is given, so
+it works with ``torch.utils.tensorboard.SummaryWriter`` or any object with those two methods.
+This module never imports ``tensorboard`` at import time (``import slotformer`` must stay
+light); :func:`create_summary_writer` imports it when called.
+
+Example::
+
+    from slotformer.tensorboard import create_summary_writer, log_attention
+
+    writer = create_summary_writer("runs/exp1")
+    log_attention(writer, stats, step=update_index)
+    writer.flush()
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from slotformer.telemetry import AttentionStats
+from slotformer.viz import attention_heatmap_image
+
+
+class ScalarImageWriter(Protocol):
+    """What :func:`log_attention` needs from a writer (``SummaryWriter`` satisfies it)."""
+
+    def add_scalar(self, tag: str, scalar_value: Any, global_step: Any = ...) -> Any: ...
+
+    def add_image(
+        self, tag: str, img_tensor: Any, global_step: Any = ..., walltime: Any = ..., dataformats: str = ...
+    ) -> Any: ...
+
+
+def create_summary_writer(log_dir: str | None = None, **kwargs: Any) -> Any:
+    """Create a ``torch.utils.tensorboard.SummaryWriter``, importing TensorBoard only now.
+
+    Args:
+        log_dir: event file directory (SummaryWriter's default when None).
+        **kwargs: passed to ``SummaryWriter``.
+
+    Raises:
+        ImportError: when tensorboard is not installed (``pip install 'slotformer[tb]'``).
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:  # the message names the extra to install
+        raise ImportError(
+            "slotformer.tensorboard needs the tensorboard package: pip install 'slotformer[tb]'"
+        ) from error
+    return SummaryWriter(log_dir=log_dir, **kwargs)
+
+
+def log_attention(
+    writer: ScalarImageWriter,
+    stats: AttentionStats,
+    step: int,
+    tag: str = "attention",
+    *,
+    cell_px: int = 8,
+) -> None:
+    """Write attention statistics as TensorBoard scalars and a slot-slot heatmap image.
+
+    Writes ``{tag}/entropy_mean``, ``{tag}/entropy_min``, one ``{tag}/slot_mass/{slot_id}``
+    per slot (CLS → slot mass, last layer) and the image ``{tag}/slot_slot``: the raw
+    ``[N, N]`` slot-slot matrix (query rows, key columns) on a black → red → yellow → white
+    ramp, each cell ``cell_px`` pixels square, as float CHW in [0, 1].
+
+    Args:
+        writer: a ``SummaryWriter`` or anything with ``add_scalar`` and ``add_image``.
+        stats: from :func:`slotformer.telemetry.compute_attention_stats`.
+        step: the global step to log at.
+        tag: prefix of every tag.
+        cell_px: pixels per heatmap cell side.
+
+    Example::
+
+        log_attention(writer, network.get_attention_stats(), step=42)
+    """
+    if not isinstance(stats, AttentionStats):
+        raise TypeError(f"stats must be AttentionStats; got {type(stats).__name__}")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise ValueError(f"step must be an int; got {step!r}")
+    if not isinstance(tag, str) or not tag:
+        raise ValueError(f"tag must be a non-empty str; got {tag!r}")
+    writer.add_scalar(f"{tag}/entropy_mean", float(stats.entropy_mean), step)
+    writer.add_scalar(f"{tag}/entropy_min", float(stats.entropy_min), step)
+    for slot_id, mass in zip(stats.slot_ids, stats.slot_distribution):
+        writer.add_scalar(f"{tag}/slot_mass/{slot_id}", float(mass), step)
+    if stats.slot_slot:
+        image = attention_heatmap_image(stats.slot_slot, cell_px=cell_px)  # [3, N*px, N*px]
+        writer.add_image(f"{tag}/slot_slot", image, step, dataformats="CHW")
+
+
+__all__ = ["ScalarImageWriter", "create_summary_writer", "log_attention"]

@@ -1,0 +1,270 @@
+"""Plain-text views of attention for status lines and TUIs, plus a heatmap image tensor.
+
+:func:`render_attention_heatmap` draws a slot-slot matrix (or a per-slot vector) with block
+characters. Cell values are used **raw**: the thresholds are attention probabilities, so a
+cell shows ``██`` when a query gives at least half its attention to that key, whatever the rest
+of the matrix looks like. Raw values keep frames comparable over training (a max-normalised
+map would look equally sharp whether the largest weight were 0.3 or 0.99).
+
+Example::
+
+    >>> print(render_attention_heatmap([[0.6, 0.3], [0.05, 0.9]], ["r0c0", "r0c1"]))
+         r0c0 r0c1
+    r0c0  ██   ▓▓
+    r0c1  ··   ██
+    ██ >= 0.5  ▓▓ >= 0.25  ░░ >= 0.1  ·· < 0.1  (raw attention weights)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+from torch import Tensor
+
+from slotformer.telemetry import NETWORK_TYPES
+from slotformer.validation import describe_shape
+
+MatrixLike = Union[Tensor, Sequence[float], Sequence[Sequence[float]]]
+"""An ``[N, N]`` or ``[N]`` matrix: a Tensor, a list of floats or a nested list."""
+
+WIDE_GLYPHS: tuple[str, str, str, str] = ("██", "▓▓", "░░", "··")
+"""Cell glyphs from high to minimal attention (two characters per cell)."""
+COMPACT_GLYPHS: tuple[str, str, str, str] = ("█", "▓", "░", "·")
+"""The same scale with one character per cell, for wide grids."""
+COMPACT_ABOVE_SLOTS = 16
+"""Grids with more slots than this render in compact mode unless ``compact=False``."""
+MAX_READABLE_SLOTS = 64
+
+_BADGES = {"lstm": "🔄 LSTM", "transformer": "⚡ XFMR"}
+_KEY_LINE_WIDTH = 80
+
+
+def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
+    """Return the matrix as a list of float rows and whether it was 1-D."""
+    if isinstance(matrix, Tensor):
+        if matrix.dim() not in (1, 2):
+            raise ValueError(f"matrix must be [N, N] or [N]; got shape {describe_shape(matrix)}")
+        if matrix.is_complex() or matrix.dtype == torch.bool:
+            raise ValueError(f"matrix must hold real numbers; got dtype {matrix.dtype}")
+        values = matrix.detach().to("cpu", torch.float64).tolist()
+        if matrix.dim() == 1:
+            return [values], True
+        rows = values
+        one_dim = False
+    else:
+        if isinstance(matrix, (str, bytes)) or not isinstance(matrix, Sequence):
+            raise ValueError(
+                f"matrix must be a Tensor, a list of floats or a nested list; got {type(matrix).__name__}"
+            )
+        items: list[Any] = list(matrix)
+        if items and all(isinstance(item, Sequence) and not isinstance(item, str) for item in items):
+            rows = [list(row) for row in items]
+            one_dim = False
+        elif all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items):
+            rows = [list(items)]
+            one_dim = True
+        else:
+            raise ValueError(
+                "matrix must be a list of numbers ([N]) or a list of lists of numbers ([N, N]); "
+                f"got {matrix!r}"
+            )
+    for row in rows:
+        for value in row:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"matrix entries must be numbers; got {value!r}")
+    if not one_dim:
+        size = len(rows)
+        widths = sorted({len(row) for row in rows})
+        if widths != [size]:
+            raise ValueError(
+                f"a 2-D matrix must be square [N, N]; got {size} rows of lengths {widths}"
+            )
+    return [[float(value) for value in row] for row in rows], one_dim
+
+
+def _validate_thresholds(thresholds: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(t) for t in thresholds)
+    if len(values) != 3 or not all(math.isfinite(t) for t in values):
+        raise ValueError(f"thresholds must be three finite numbers (high, mid, low); got {thresholds!r}")
+    high, mid, low = values
+    if not high >= mid >= low:
+        raise ValueError(f"thresholds must be non-increasing (high >= mid >= low); got {thresholds!r}")
+    return high, mid, low
+
+
+def _glyph_index(value: float, thresholds: tuple[float, float, float]) -> int:
+    for index, threshold in enumerate(thresholds):
+        if value >= threshold:
+            return index
+    return 3
+
+
+def _legend(glyphs: Sequence[str], thresholds: tuple[float, float, float]) -> str:
+    high, mid, low = thresholds
+    return (
+        f"{glyphs[0]} >= {high:g}  {glyphs[1]} >= {mid:g}  {glyphs[2]} >= {low:g}  "
+        f"{glyphs[3]} < {low:g}  (raw attention weights)"
+    )
+
+
+def _label_key(labels: Sequence[str]) -> list[str]:
+    """``key: 0=r0c0 1=r0c1 ...`` wrapped to a terminal width."""
+    lines: list[str] = []
+    line = "key:"
+    for index, label in enumerate(labels):
+        entry = f"{index}={label}"
+        if len(line) + 1 + len(entry) > _KEY_LINE_WIDTH and line.strip():
+            lines.append(line)
+            line = "    "
+        line = f"{line} {entry}"
+    lines.append(line)
+    return lines
+
+
+def render_attention_heatmap(
+    matrix: MatrixLike,
+    labels: Sequence[str],
+    *,
+    title: str | None = None,
+    compact: bool | None = None,
+    thresholds: Sequence[float] = (0.5, 0.25, 0.1),
+) -> str:
+    """Render an attention matrix as a plain-text heatmap (no ANSI codes).
+
+    Each value is compared *raw* with the thresholds (attention probabilities, not normalised
+    by the matrix max): ``>= high`` → ``██``, ``>= mid`` → ``▓▓``, ``>= low`` → ``░░``, else ``··``.
+    Rows are queries and columns keys, both labelled with slot ids; a 1-D vector (e.g.
+    ``AttentionStats.slot_distribution``) renders as one unlabelled row. Grids with more than
+    16 slots (or ``compact=True``) use one character per cell (``█ ▓ ░ ·``), a two-line column
+    ruler of indices (tens above units) and a ``key:`` line mapping indices to labels; that
+    keeps 64 slots within about 80 columns. Trailing spaces are stripped from every line.
+
+    Args:
+        matrix: ``[N, N]`` or ``[N]`` values, as a Tensor, a list or a nested list.
+        labels: N slot ids, used for the rows and columns (or the key in compact mode).
+        title: optional first line.
+        compact: force compact (True) or wide (False) cells; None picks compact for N > 16.
+        thresholds: ``(high, mid, low)`` non-increasing cut-offs.
+
+    Returns:
+        The heatmap as a multi-line str (no trailing newline).
+
+    Raises:
+        ValueError: on a non-square or non-1/2-D matrix, non-finite values, an empty matrix,
+            a label count different from N, or bad thresholds.
+
+    Example::
+
+        >>> print(render_attention_heatmap([0.7, 0.2, 0.1], ["a", "b", "c"]))
+         a  b  c
+         ██ ░░ ░░
+        ██ >= 0.5  ▓▓ >= 0.25  ░░ >= 0.1  ·· < 0.1  (raw attention weights)
+    """
+    rows, one_dim = _as_rows(matrix)
+    num_slots = len(rows[0])
+    if num_slots == 0:
+        raise ValueError("matrix must have at least one slot; got an empty matrix")
+    for row in rows:
+        for value in row:
+            if not math.isfinite(value):
+                raise ValueError(f"matrix must be finite; found {value}")
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise ValueError(f"labels must be a sequence of str; got {labels!r}")
+    label_list = [str(label) for label in labels]
+    if len(label_list) != num_slots:
+        raise ValueError(
+            f"labels must have one entry per slot (N = {num_slots}); got {len(label_list)} labels"
+        )
+    cutoffs = _validate_thresholds(thresholds)
+    use_compact = num_slots > COMPACT_ABOVE_SLOTS if compact is None else bool(compact)
+
+    row_labels = [""] if one_dim else label_list
+    label_width = max(len(label) for label in row_labels)
+    lines: list[str] = [] if title is None else [title]
+    if use_compact:
+        indent = " " * (label_width + 1)
+        if num_slots > 10:
+            tens = "".join(str(i // 10) if i >= 10 else " " for i in range(num_slots))
+            lines.append(indent + tens)
+        lines.append(indent + "".join(str(i % 10) for i in range(num_slots)))
+        for row_label, row in zip(row_labels, rows):
+            cells = "".join(COMPACT_GLYPHS[_glyph_index(v, cutoffs)] for v in row)
+            lines.append(f"{row_label:<{label_width}} {cells}")
+        lines.append(_legend(COMPACT_GLYPHS, cutoffs))
+        lines.extend(_label_key(label_list))
+    else:
+        cell_width = max(2, *(len(label) for label in label_list))
+        left_pad = (cell_width - 2) // 2
+        right_pad = cell_width - 2 - left_pad
+        header = " " * label_width + "".join(f" {label:^{cell_width}}" for label in label_list)
+        lines.append(header)
+        for row_label, row in zip(row_labels, rows):
+            cells = "".join(
+                " " + " " * left_pad + WIDE_GLYPHS[_glyph_index(v, cutoffs)] + " " * right_pad
+                for v in row
+            )
+            lines.append(f"{row_label:<{label_width}}{cells}")
+        lines.append(_legend(WIDE_GLYPHS, cutoffs))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def network_badge(network_type: str) -> str:
+    """Short status-line badge for a network type: ``"🔄 LSTM"`` or ``"⚡ XFMR"``.
+
+    Example::
+
+        >>> network_badge("transformer")
+        '⚡ XFMR'
+    """
+    badge = _BADGES.get(network_type) if isinstance(network_type, str) else None
+    if badge is None:
+        raise ValueError(f"network_type must be one of {NETWORK_TYPES}; got {network_type!r}")
+    return badge
+
+
+def attention_heatmap_image(matrix: MatrixLike, *, cell_px: int = 8) -> Tensor:
+    """An RGB image of a matrix for TensorBoard, built directly from the values.
+
+    Raw values (clamped to [0, 1]) go through a black → red → yellow → white ramp, so brighter
+    means more attention, and each cell is upscaled by nearest neighbour to
+    ``cell_px x cell_px`` pixels. A 1-D vector becomes one row of cells.
+
+    Args:
+        matrix: ``[N, N]`` or ``[N]`` values (Tensor, list or nested list).
+        cell_px: pixels per cell side, >= 1.
+
+    Returns:
+        float32 ``[3, rows * cell_px, N * cell_px]`` (CHW) in [0, 1], on the CPU.
+
+    Example::
+
+        >>> attention_heatmap_image([[1.0, 0.0], [0.5, 0.5]], cell_px=4).shape
+        torch.Size([3, 8, 8])
+    """
+    if isinstance(cell_px, bool) or not isinstance(cell_px, int) or cell_px < 1:
+        raise ValueError(f"cell_px must be a positive int; got {cell_px!r}")
+    rows, _ = _as_rows(matrix)
+    if not rows[0]:
+        raise ValueError("matrix must have at least one slot; got an empty matrix")
+    values = torch.tensor(rows, dtype=torch.float32)  # [R, N]
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("matrix must be finite")
+    values = values.clamp(0.0, 1.0)
+    # "hot" ramp: red rises first, then green, then blue; monotone in brightness.
+    rgb = torch.stack(
+        [(3 * values).clamp(0, 1), (3 * values - 1).clamp(0, 1), (3 * values - 2).clamp(0, 1)]
+    )  # [3, R, N]
+    return rgb.repeat_interleave(cell_px, dim=1).repeat_interleave(cell_px, dim=2)
+
+
+__all__ = [
+    "COMPACT_GLYPHS",
+    "WIDE_GLYPHS",
+    "MatrixLike",
+    "attention_heatmap_image",
+    "network_badge",
+    "render_attention_heatmap",
+]
