@@ -1,0 +1,388 @@
+"""Masked categorical distributions: the single home of the action-distribution math.
+
+Every head of every network turns ``logits [..., n]`` plus a bool ``mask [..., n]``
+(True = valid) into log-probabilities, samples, log-probs of chosen actions and
+normalised entropies through the functions below. They all
+
+* compute in fp32 whatever the logits' dtype (fp32, fp16, bf16), so that rollout and
+  update produce bit-identical log-probs and the PPO ratio at epoch 0 is exactly 1;
+* use the mask explicitly: ``MASKED_LOGIT_VALUE`` is only what the networks *return* as
+  ``"{head}_logits"``; the distribution never relies on it, so valid logits near or below
+  -1e4 still give correct probabilities;
+* give masked actions a log-prob of exactly ``-inf`` and never produce NaN (not even for a
+  row without any valid action while validation is off), with finite gradients w.r.t. the
+  valid logits;
+* accept any leading shape (``[B, n]``, ``[B, T, n]``, ...), cost no host sync while
+  validation is off, and trace under ``torch.compile(fullgraph=True)``.
+
+Example::
+
+    >>> import torch
+    >>> from slotformer.distributions import MaskedCategorical
+    >>> logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    >>> mask = torch.tensor([[True, True, False], [False, True, False]])
+    >>> dist = MaskedCategorical(logits, mask)
+    >>> dist.mode.tolist()
+    [1, 1]
+    >>> dist.entropy()[1].item()              # one valid action: exactly 0
+    0.0
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from slotformer.validation import describe_shape, validation_enabled
+
+__all__ = [
+    "MASKED_LOGIT_VALUE",
+    "InvalidStateMachineError",
+    "MaskedCategorical",
+    "check_logits_and_mask",
+    "greedy_actions",
+    "log_prob_of",
+    "mask_logits",
+    "masked_log_probs",
+    "normalised_entropy",
+    "sample_actions",
+]
+
+MASKED_LOGIT_VALUE: float = -1e4
+"""Finite fill for invalid logits: representable in fp16/bf16, no inf arithmetic under compile."""
+
+# The floor is raised by this relative margin so that ``exp(log(p))`` in fp32 (relative error
+# below 4e-6 over the normal range) still lands at or above the promised minimum probability.
+_FLOOR_MARGIN = 1e-4
+_FLOOR_MAX_MASS = 0.99  # the floor never takes more than 99% of a row's probability mass
+_FP32_TINY = torch.finfo(torch.float32).tiny
+
+
+class InvalidStateMachineError(RuntimeError):
+    """A distribution row has no valid action: the environment's action masks are broken."""
+
+
+def _check_metadata(logits: Tensor, mask: Tensor | None, name: str) -> None:
+    """Dtype/shape/device checks; read metadata only, so they are free and always run."""
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
+    if logits.dim() < 1:
+        raise ValueError(
+            f"{name} must have at least one dimension [..., n], got shape {describe_shape(logits)}"
+        )
+    if mask is None:
+        return
+    if mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask for {name} must have dtype torch.bool (True = valid), got {mask.dtype}"
+        )
+    if mask.shape != logits.shape:
+        raise ValueError(
+            f"mask for {name} must have exactly the logits' shape {describe_shape(logits)}, "
+            f"got {describe_shape(mask)}"
+        )
+    if mask.device != logits.device:
+        raise ValueError(
+            f"mask for {name} must be on the logits' device {logits.device}, got {mask.device}"
+        )
+
+
+def _check_values(logits: Tensor, mask: Tensor | None, name: str) -> None:
+    """NaN/inf and empty-row checks; one host sync for all three counts."""
+    nan_count_t = torch.isnan(logits).sum()
+    inf_count_t = torch.isinf(logits).sum()
+    if mask is None:
+        empty_rows_t = torch.zeros((), dtype=torch.int64, device=logits.device)
+    else:
+        empty_rows_t = (~mask.any(dim=-1)).sum()
+    nan_count, inf_count, empty_rows = torch.stack(
+        [nan_count_t, inf_count_t, empty_rows_t]
+    ).tolist()
+    if nan_count or inf_count:
+        raise ValueError(
+            f"{name} of shape {describe_shape(logits)} must be finite, "
+            f"got {nan_count} NaN and {inf_count} inf values"
+        )
+    if empty_rows:
+        raise InvalidStateMachineError(
+            f"{name}: {empty_rows} row(s) of the mask (shape {describe_shape(logits)}) have no "
+            "valid action; every row needs at least one True entry"
+        )
+
+
+def check_logits_and_mask(logits: Tensor, mask: Tensor | None, name: str = "logits") -> None:
+    """Validate logits and their action mask.
+
+    Metadata checks (floating dtype, mask is ``torch.bool`` with exactly the logits' shape
+    and device) always run. Value checks run only when ``validation_enabled()``: NaN or inf
+    in the logits raise ``ValueError`` with both counts; rows whose mask is all False raise
+    ``InvalidStateMachineError`` naming how many rows.
+
+    Args:
+        logits: ``[..., n]`` any float dtype.
+        mask: ``[..., n]`` bool, True = valid; None = all valid.
+        name: what to call the logits in error messages (e.g. ``"slot_logits"``).
+
+    Example::
+
+        >>> check_logits_and_mask(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool))
+    """
+    _check_metadata(logits, mask, name)
+    if validation_enabled():
+        _check_values(logits, mask, name)
+
+
+def _check_min_prob(min_prob: float | None) -> float:
+    """Returns the floor as a Python float (0.0 = no floor); rejects values outside [0, 1)."""
+    if min_prob is None:
+        return 0.0
+    if isinstance(min_prob, bool) or not isinstance(min_prob, (int, float)):
+        raise ValueError(
+            f"min_prob must be a Python float in [0, 1) or None, got {type(min_prob).__name__}"
+        )
+    if not 0.0 <= min_prob < 1.0:  # also rejects NaN
+        raise ValueError(f"min_prob must be in [0, 1), got {min_prob}")
+    return float(min_prob)
+
+
+def mask_logits(logits: Tensor, mask: Tensor | None) -> Tensor:
+    """Set invalid logits to ``MASKED_LOGIT_VALUE``; what networks return as ``"{head}_logits"``.
+
+    Args:
+        logits: ``[..., n]`` any float dtype.
+        mask: ``[..., n]`` bool, True = valid; None = all valid (logits returned unchanged).
+
+    Returns:
+        ``[..., n]`` in the logits' dtype.
+
+    Example::
+
+        >>> mask_logits(torch.zeros(1, 3), torch.tensor([[True, False, True]])).tolist()
+        [[0.0, -10000.0, 0.0]]
+    """
+    _check_metadata(logits, mask, "logits")
+    if mask is None:
+        return logits
+    return logits.masked_fill(~mask, MASKED_LOGIT_VALUE)
+
+
+def masked_log_probs(logits: Tensor, mask: Tensor | None, min_prob: float | None = None) -> Tensor:
+    """Normalised fp32 log-probabilities of a masked categorical, with an optional floor.
+
+    Valid entries are finite, masked entries exactly ``-inf``; a row without any valid entry
+    gives all ``-inf`` (never NaN). With ``min_prob=f`` each valid action of a row with
+    ``k >= 2`` valid actions gets probability at least ``min(f, 0.99 / k)``:
+    ``p' = fl + (1 - k * fl) * softmax(valid logits)``, computed in probability space with
+    ``fl`` raised by a 1e-4 relative margin, so ``exp(log_probs)`` keeps the guarantee
+    despite fp32 rounding; probabilities still sum to 1. A row with one valid action keeps
+    log-prob exactly 0.
+
+    Args:
+        logits: ``[..., n]`` any float dtype (upcast to fp32 first).
+        mask: ``[..., n]`` bool, True = valid; None = all valid.
+        min_prob: probability floor in [0, 1); None or 0 = no floor.
+
+    Returns:
+        ``[..., n]`` fp32 log-probabilities.
+
+    Example::
+
+        >>> lp = masked_log_probs(torch.tensor([[0.0, 50.0, 1.0]]),
+        ...                       torch.tensor([[True, True, False]]), min_prob=0.05)
+        >>> [round(p, 4) for p in lp.exp()[0].tolist()]
+        [0.05, 0.95, 0.0]
+    """
+    _check_metadata(logits, mask, "logits")
+    floor = _check_min_prob(min_prob)
+    logits_fp32 = logits.float()  # [..., n]
+    n = logits.shape[-1]
+
+    if mask is None:
+        log_probs = torch.log_softmax(logits_fp32, dim=-1)
+        if floor == 0.0 or n <= 1:
+            return log_probs
+        # With no mask the floor is a Python scalar: no extra kernels.
+        floor_eff = min(max(floor, _FP32_TINY), _FLOOR_MAX_MASS / n) * (1.0 + _FLOOR_MARGIN)
+        return torch.log(floor_eff + (1.0 - n * floor_eff) * log_probs.exp())
+
+    invalid = ~mask  # [..., n]
+    # A row with no valid entry would make log_softmax NaN; give it zeros and mask it below.
+    empty_row = invalid.all(dim=-1, keepdim=True)  # [..., 1]
+    filled = logits_fp32.masked_fill(invalid, float("-inf")).masked_fill(empty_row, 0.0)
+    log_probs = torch.log_softmax(filled, dim=-1).masked_fill(invalid, float("-inf"))
+    if floor == 0.0:
+        return log_probs
+
+    num_valid = mask.sum(dim=-1, keepdim=True, dtype=torch.float32)  # [..., 1]
+    floor_row = torch.clamp(_FLOOR_MAX_MASS / num_valid, max=max(floor, _FP32_TINY))
+    # Rows with a single valid action get no floor so that their log-prob stays exactly 0.
+    floor_row = torch.where(num_valid > 1, floor_row * (1.0 + _FLOOR_MARGIN), 0.0)
+    floored_probs = floor_row + (1.0 - num_valid * floor_row) * log_probs.exp()  # [..., n]
+    # Double masking keeps log(0) out of the graph, so gradients stay finite.
+    safe_probs = floored_probs.masked_fill(invalid, 1.0)
+    return torch.log(safe_probs).masked_fill(invalid, float("-inf"))
+
+
+def log_prob_of(log_probs: Tensor, actions: Tensor) -> Tensor:
+    """Log-probability of the chosen actions (a gather); a masked action gives ``-inf``.
+
+    Args:
+        log_probs: ``[..., n]`` fp32 log-probabilities from ``masked_log_probs``.
+        actions: ``[...]`` int64 action indices in ``[0, n)``.
+
+    Returns:
+        ``[...]`` fp32.
+
+    Example::
+
+        >>> log_prob_of(torch.log(torch.tensor([[0.25, 0.75]])), torch.tensor([1])).exp()
+        tensor([0.7500])
+    """
+    if actions.dtype != torch.int64:
+        raise ValueError(f"actions must have dtype torch.int64, got {actions.dtype}")
+    if actions.shape != log_probs.shape[:-1]:
+        raise ValueError(
+            f"actions must have shape {tuple(log_probs.shape[:-1])} (log_probs' shape "
+            f"{describe_shape(log_probs)} without its last dim), got {describe_shape(actions)}"
+        )
+    if validation_enabled():
+        n = log_probs.shape[-1]
+        out_of_range = int(((actions < 0) | (actions >= n)).sum().item())
+        if out_of_range:
+            raise ValueError(
+                f"actions must be in [0, {n}), got {out_of_range} out-of-range value(s)"
+            )
+    return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
+def normalised_entropy(log_probs: Tensor, mask: Tensor | None) -> Tensor:
+    """Entropy divided by ``ln(num_valid)``: in [0, 1], exactly 0 for a single valid action.
+
+    Args:
+        log_probs: ``[..., n]`` fp32 log-probabilities, ``-inf`` where masked.
+        mask: ``[..., n]`` bool, True = valid; None = every entry with a log-prob above
+            ``-inf`` counts as valid (all of them for unmasked log-probs).
+
+    Returns:
+        ``[...]`` fp32; rows with fewer than two valid actions give exactly 0.
+
+    Example::
+
+        >>> normalised_entropy(torch.log(torch.full((1, 4), 0.25)), None)
+        tensor([1.])
+    """
+    if mask is None:
+        valid = log_probs > float("-inf")
+    else:
+        if mask.dtype != torch.bool or mask.shape != log_probs.shape:
+            raise ValueError(
+                f"mask must be torch.bool with log_probs' shape {describe_shape(log_probs)}, "
+                f"got {mask.dtype} {describe_shape(mask)}"
+            )
+        valid = mask
+    # Zero the masked log-probs before multiplying: 0 * -inf would be NaN (and so its gradient).
+    safe_log_probs = log_probs.masked_fill(~valid, 0.0)  # [..., n]
+    entropy = -(log_probs.exp() * safe_log_probs).sum(dim=-1)  # [...]
+    num_valid = valid.sum(dim=-1, dtype=torch.float32)  # [...]
+    normalised = entropy / torch.log(num_valid.clamp(min=2.0))
+    return torch.where(num_valid > 1, normalised, 0.0).clamp(0.0, 1.0)
+
+
+def sample_actions(log_probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Sample one action per row by an exponential race (Gumbel-max), without host sync.
+
+    ``argmax(log_probs - log(E))`` with ``E ~ Exp(1)`` is an exact categorical sample; unlike
+    ``torch.multinomial`` it traces under ``torch.compile``. ``E`` is clamped away from 0 so
+    a masked entry (``-inf``) can never win.
+
+    Args:
+        log_probs: ``[..., n]`` log-probabilities, ``-inf`` where masked.
+        generator: optional ``torch.Generator`` on ``log_probs``' device, for reproducibility.
+
+    Returns:
+        ``[...]`` int64.
+
+    Example::
+
+        >>> g = torch.Generator().manual_seed(0)
+        >>> sample_actions(torch.log(torch.tensor([[0.0, 1.0, 0.0]])), g).tolist()
+        [1]
+    """
+    log_probs_fp32 = log_probs.float()
+    exponential = torch.empty_like(log_probs_fp32).exponential_(generator=generator)
+    race = log_probs_fp32 - exponential.clamp(min=_FP32_TINY).log()  # [..., n]
+    return race.argmax(dim=-1)
+
+
+def greedy_actions(log_probs: Tensor) -> Tensor:
+    """Most probable action per row (first one on ties), int64 ``[...]``.
+
+    Example::
+
+        >>> greedy_actions(torch.tensor([[0.1, 0.7, 0.2]]).log()).tolist()
+        [1]
+    """
+    return log_probs.argmax(dim=-1)
+
+
+class MaskedCategorical:
+    """Categorical distribution over masked logits, all math in fp32.
+
+    Args:
+        logits: ``[..., n]`` any float dtype.
+        mask: ``[..., n]`` bool, True = valid; None = all valid.
+        min_prob: optional probability floor in [0, 1) (see ``masked_log_probs``).
+
+    Metadata checks always run; value checks (NaN/inf, rows without a valid action) run
+    when ``MaskedCategorical.validate`` and ``validation_enabled()`` are both true.
+
+    Example::
+
+        >>> dist = MaskedCategorical(torch.zeros(2, 4), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool())
+        >>> dist.probs[0].tolist()
+        [0.5, 0.5, 0.0, 0.0]
+        >>> dist.log_prob(dist.sample()).shape
+        torch.Size([2])
+    """
+
+    validate: ClassVar[bool] = True
+
+    def __init__(
+        self, logits: Tensor, mask: Tensor | None = None, min_prob: float | None = None
+    ) -> None:
+        _check_metadata(logits, mask, "logits")
+        if type(self).validate and validation_enabled():
+            _check_values(logits, mask, "logits")
+        self.logits = logits  # [..., n] original dtype
+        self.mask = mask  # [..., n] bool or None
+        self.min_prob = min_prob
+        self._log_probs = masked_log_probs(logits, mask, min_prob)  # [..., n] fp32
+
+    @property
+    def log_probs(self) -> Tensor:
+        """``[..., n]`` fp32 normalised log-probabilities (``-inf`` where masked)."""
+        return self._log_probs
+
+    @property
+    def probs(self) -> Tensor:
+        """``[..., n]`` fp32 probabilities (0 where masked)."""
+        return self._log_probs.exp()
+
+    @property
+    def mode(self) -> Tensor:
+        """``[...]`` int64 most probable action."""
+        return greedy_actions(self._log_probs)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """``[...]`` int64 sampled actions (never masked ones)."""
+        return sample_actions(self._log_probs, generator)
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        """``[...]`` fp32 log-probability of ``actions`` (int64 ``[...]``)."""
+        return log_prob_of(self._log_probs, actions)
+
+    def entropy(self) -> Tensor:
+        """``[...]`` fp32 entropy normalised by ``ln(num_valid)``, in [0, 1]."""
+        return normalised_entropy(self._log_probs, self.mask)
