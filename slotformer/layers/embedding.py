@@ -1,0 +1,110 @@
+"""Learned embedding of per-slot blueprint indices, with a null row for empty slots.
+
+An observation carries one blueprint index per slot: ``0 .. num_blueprints - 1`` for a
+slot holding a seed of that blueprint, ``-1`` for an empty slot. ``-1`` is mapped to an
+extra learned "null" row (the last row) rather than to a zero vector, so the network can
+learn what "empty" looks like and the pointer head can still tell empty slots apart by
+position.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from slotformer.validation import describe_shape, validation_enabled
+
+EMPTY_SLOT_INDEX = -1
+"""Blueprint index that marks an empty slot."""
+
+_MAX_BAD_VALUES_SHOWN = 10
+
+
+class BlueprintEmbedding(nn.Module):
+    """Embed blueprint indices (``-1`` = empty slot) into ``embed_dim`` features.
+
+    The table has ``num_blueprints + 1`` rows, all initialised from N(0, 0.02); index
+    ``-1`` selects the last row (``null_index == num_blueprints``). The remap is a
+    ``torch.where`` against a non-persistent buffer, so ``forward`` has no host sync and
+    no value-dependent Python branch (it compiles with ``fullgraph=True``), and the buffer
+    follows the module across ``.to(device)``.
+
+    Range checks (any index ``< -1`` or ``>= num_blueprints``) read tensor values, so they
+    run only while :func:`slotformer.validation.validation_enabled` is true. With
+    validation off an out-of-range index is undefined input (an indexing error on CPU, a
+    device-side assert on CUDA).
+
+    Args:
+        num_blueprints: number of real blueprints (valid indices ``0 .. num_blueprints-1``).
+        embed_dim: size of each embedding vector.
+
+    Shapes:
+        blueprint_indices: ``[...]`` int64 (any leading shape, e.g. ``[B, T, N]``).
+        returns: ``[..., embed_dim]``.
+
+    Example:
+        >>> emb = BlueprintEmbedding(num_blueprints=13, embed_dim=4)
+        >>> out = emb(torch.tensor([[0, 12, -1]]))
+        >>> out.shape
+        torch.Size([1, 3, 4])
+        >>> torch.equal(out[0, 2], emb.embedding.weight[13])
+        True
+    """
+
+    null_index_buffer: Tensor
+
+    def __init__(self, num_blueprints: int = 13, embed_dim: int = 4) -> None:
+        super().__init__()
+        if num_blueprints < 1:
+            raise ValueError(f"num_blueprints must be >= 1, got {num_blueprints}")
+        if embed_dim < 1:
+            raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
+        self.num_blueprints = num_blueprints
+        self.embed_dim = embed_dim
+        self.embedding = nn.Embedding(num_blueprints + 1, embed_dim)
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=0.02)
+        # A 0-dim tensor rather than a Python int: torch.where then needs no scalar
+        # materialisation, and the buffer moves with .to(device). Non-persistent because
+        # it is derived from num_blueprints, not learned state.
+        self.register_buffer(
+            "null_index_buffer", torch.tensor(num_blueprints, dtype=torch.int64), persistent=False
+        )
+
+    @property
+    def null_index(self) -> int:
+        """Row of the embedding table used for empty slots (index ``-1``)."""
+        return self.num_blueprints
+
+    def forward(self, blueprint_indices: Tensor) -> Tensor:
+        """Look up embeddings; ``-1`` maps to the null row. ``[...] -> [..., embed_dim]``."""
+        if blueprint_indices.dtype != torch.int64:
+            raise ValueError(
+                f"blueprint_indices must have dtype torch.int64, got {blueprint_indices.dtype} "
+                f"(shape {describe_shape(blueprint_indices)})"
+            )
+        if validation_enabled():
+            self._check_range(blueprint_indices)
+        table_indices = torch.where(
+            blueprint_indices == EMPTY_SLOT_INDEX, self.null_index_buffer, blueprint_indices
+        )  # [...]
+        return self.embedding(table_indices)  # [..., embed_dim]
+
+    def _check_range(self, blueprint_indices: Tensor) -> None:
+        out_of_range = (blueprint_indices < EMPTY_SLOT_INDEX) | (
+            blueprint_indices >= self.num_blueprints
+        )
+        if not bool(out_of_range.any()):
+            return
+        bad_values = torch.unique(blueprint_indices[out_of_range]).tolist()  # sorted
+        shown = ", ".join(str(v) for v in bad_values[:_MAX_BAD_VALUES_SHOWN])
+        if len(bad_values) > _MAX_BAD_VALUES_SHOWN:
+            shown += f", ... ({len(bad_values)} distinct values)"
+        raise ValueError(
+            f"blueprint_indices (shape {describe_shape(blueprint_indices)}) has "
+            f"{int(out_of_range.sum())} out-of-range entries with values [{shown}]; valid "
+            f"values are -1 (empty slot) or 0..{self.num_blueprints - 1} "
+            f"(num_blueprints={self.num_blueprints})"
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_blueprints={self.num_blueprints}, embed_dim={self.embed_dim}, null_index={self.null_index}"
