@@ -1,0 +1,339 @@
+"""Residual, layer-normalised stacked LSTM: the recurrent core of both policy networks.
+
+Each layer is a single-layer LSTM whose output is layer-normalised and added back to its
+input (``x = x + norm(lstm(x))``). The stack keeps the usual ``(h, c)`` interface of
+``nn.LSTM`` with ``h, c: [num_layers, B, hidden_size]``, so a PPO loop can carry it across
+rollout steps unchanged.
+
+Why not ``nn.LSTM`` modules: TorchDynamo refuses to trace any ``nn.RNN``/``nn.GRU``/
+``nn.LSTM`` instance unless the global flag ``torch._dynamo.config.allow_rnn`` is set
+("Attempted to wrap RNN, GRU, or LSTM"), which would break ``torch.compile(fullgraph=True)``
+of every network that owns one. :class:`LSTMLayer` therefore owns the same four parameters
+as a one-layer ``nn.LSTM`` (same names, so state dicts are interchangeable) and calls the
+same ATen op ``torch.lstm`` (so CPU, cuDNN and autocast take the same kernels), and it
+re-packs its weights for cuDNN after a device move exactly as ``nn.LSTM`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+
+from slotformer.validation import describe_shape
+
+_NUM_GATES = 4  # PyTorch gate order in the stacked weights: input, forget, cell (g), output
+
+
+class LSTMLayer(nn.Module):
+    """One batch-first LSTM layer, parameter-compatible with ``nn.LSTM(n, n, batch_first=True)``.
+
+    Parameters are ``weight_ih_l0 [4H, I]``, ``weight_hh_l0 [4H, H]``, ``bias_ih_l0 [4H]``,
+    ``bias_hh_l0 [4H]`` (gate order i, f, g, o), so ``nn.LSTM(...).state_dict()`` loads into
+    this module and vice versa. Unlike ``nn.LSTM`` it can be traced by ``torch.compile``.
+    Inputs are not validated here; :class:`ResidualLSTM` does that.
+
+    Args:
+        input_size: features of ``x``.
+        hidden_size: features of ``h`` and ``c``.
+
+    Shapes:
+        x: ``[B, T, input_size]``; h, c: ``[1, B, hidden_size]``.
+        returns: ``(out [B, T, hidden_size], h [1, B, hidden_size], c [1, B, hidden_size])``.
+
+    Example:
+        >>> layer = LSTMLayer(8, 16)
+        >>> h = c = torch.zeros(1, 2, 16)
+        >>> out, h, c = layer(torch.randn(2, 5, 8), h, c)
+        >>> out.shape, h.shape
+        (torch.Size([2, 5, 16]), torch.Size([1, 2, 16]))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        gates = _NUM_GATES * hidden_size
+        self.weight_ih_l0 = nn.Parameter(torch.empty(gates, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(gates, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(gates))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
+        bound = 1.0 / math.sqrt(hidden_size)  # nn.LSTM's default; ResidualLSTM re-initialises
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def flat_weights(self) -> list[Tensor]:
+        """The parameters in the order ``torch.lstm`` expects."""
+        return [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the layer over ``x [B, T, I]`` from state ``(h, c)`` each ``[1, B, H]``."""
+        out, h_n, c_n = torch.lstm(
+            x,
+            (h, c),
+            self.flat_weights(),
+            True,  # has_biases
+            1,  # num_layers
+            0.0,  # dropout (ResidualLSTM applies its own between layers)
+            self.training,
+            False,  # bidirectional
+            True,  # batch_first
+        )
+        return out, h_n, c_n  # [B, T, H], [1, B, H], [1, B, H]
+
+    def flatten_parameters(self) -> None:
+        """Pack the weights into one cuDNN buffer (a no-op off CUDA), as ``nn.LSTM`` does.
+
+        Without it cuDNN copies the weights into a packed buffer on every call and warns
+        that "RNN module weights are not part of single contiguous chunk of memory".
+        """
+        weights = self.flat_weights()
+        first = weights[0]
+        if not all(
+            w.is_cuda and w.dtype == first.dtype and torch.backends.cudnn.is_acceptable(w)
+            for w in weights
+        ):
+            return
+        if len({w.data_ptr() for w in weights}) != len(weights):
+            return  # aliased parameters: fall back to cuDNN's copying path, like nn.LSTM
+        import torch.backends.cudnn.rnn as cudnn_rnn
+
+        with torch.cuda.device_of(first), torch.no_grad():
+            if torch._use_cudnn_rnn_flatten_weight():
+                torch._cudnn_rnn_flatten_weight(
+                    weights,
+                    4,  # weights per layer (with biases)
+                    self.input_size,
+                    cudnn_rnn.get_cudnn_mode("LSTM"),
+                    self.hidden_size,
+                    0,  # proj_size
+                    1,  # num_layers
+                    True,  # batch_first
+                    False,  # bidirectional
+                )
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> LSTMLayer:
+        # Re-pack after .to()/.cuda(), the moment the parameters may have landed on CUDA.
+        result = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return result
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, batch_first=True"
+
+
+class ResidualLSTMBlock(nn.Module):
+    """One residual step of :class:`ResidualLSTM`: ``x + norm(lstm(x))`` (see there)."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.lstm = LSTMLayer(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lstm_out, h_n, c_n = self.lstm(x, h, c)  # [B, T, H], [1, B, H], [1, B, H]
+        return x + self.norm(lstm_out), h_n, c_n
+
+
+class ResidualLSTM(nn.Module):
+    """Stacked LSTM with a residual connection and LayerNorm around every layer.
+
+    ``x`` is first projected to ``hidden_size`` (a ``Linear`` when
+    ``input_size != hidden_size``, else the identity). Each layer then computes
+    ``x = x + LayerNorm(lstm_l(x))``.
+
+    Normalisation placement: the norm sits on the LSTM *branch*, before the add. The skip
+    path stays an exact identity, so gradients reach lower layers (and the fused
+    observation features reach the heads) unattenuated, while each layer's contribution is
+    rescaled to unit size whatever its gate saturation. A pre-norm block
+    (``x + lstm(norm(x))``) would add the raw LSTM output, whose magnitude is small
+    (``|h| < 1``, ~0.1 at init) next to the stream; a post-norm block
+    (``norm(x + lstm(x))``) would renormalise the skip path too.
+
+    Initialisation: each gate's ``[H, H]`` block of ``weight_ih`` and ``weight_hh`` is
+    orthogonal (orthogonal rather than Xavier for ``weight_ih`` as well, because after
+    the projection both matrices are square and an orthogonal map preserves the norm of
+    both the input and the recurrent signal); biases are zero except the forget gate,
+    whose effective bias (``bias_ih + bias_hh``) is ``1 + ln(num_layers)`` so deeper stacks
+    start out remembering longer. The value sits in ``bias_ih`` and ``bias_hh`` is zero.
+
+    Dropout (``dropout > 0`` and ``num_layers > 1`` only) is applied to the stream
+    between layers, never after the last, as in ``nn.LSTM``. The policy networks keep
+    it at 0 so that ``evaluate_actions`` stays deterministic.
+
+    Under autocast the LSTM and the linear layers run in the low-precision dtype. The
+    returned ``(h, c)`` are cast back to the dtype of the ``hidden`` passed in (or of
+    ``x`` when ``hidden`` is None), so a state carried across rollout steps keeps one
+    dtype; while autocast is active on ``x``'s device, ``hidden`` may be any floating
+    dtype (typically fp32 from :meth:`initial_hidden` while ``x`` is bf16).
+
+    Args:
+        input_size: features of ``x``.
+        hidden_size: features of the output and of ``h``/``c``.
+        num_layers: number of residual LSTM layers (>= 1).
+        dropout: dropout probability between layers, in ``[0, 1)``.
+
+    Shapes:
+        x: ``[B, T, input_size]``; hidden: ``(h, c)``, each ``[num_layers, B, hidden_size]``.
+        returns: ``(out [B, T, hidden_size], (h, c))``.
+
+    Example:
+        >>> lstm = ResidualLSTM(input_size=24, hidden_size=32, num_layers=2)
+        >>> out, hidden = lstm(torch.randn(4, 6, 24))
+        >>> out.shape, hidden[0].shape
+        (torch.Size([4, 6, 32]), torch.Size([2, 4, 32]))
+        >>> out_step, hidden = lstm(torch.randn(4, 1, 24), hidden)  # one rollout step
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if input_size < 1:
+            raise ValueError(f"input_size must be >= 1, got {input_size}")
+        if hidden_size < 1:
+            raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout_p = dropout
+        self.input_proj: nn.Module = (
+            nn.Linear(input_size, hidden_size) if input_size != hidden_size else nn.Identity()
+        )
+        self.layers = nn.ModuleList(ResidualLSTMBlock(hidden_size) for _ in range(num_layers))
+        self.dropout: nn.Module = (
+            nn.Dropout(dropout) if dropout > 0.0 and num_layers > 1 else nn.Identity()
+        )
+        self.forget_gate_bias = 1.0 + math.log(num_layers)
+        self.reset_lstm_parameters()
+
+    @torch.no_grad()
+    def reset_lstm_parameters(self) -> None:
+        """Orthogonal gate weights, zero biases, forget-gate bias ``1 + ln(num_layers)``."""
+        size = self.hidden_size
+        for index in range(self.num_layers):
+            lstm = self._block(index).lstm
+            for weight in (lstm.weight_ih_l0, lstm.weight_hh_l0):
+                for gate in range(_NUM_GATES):
+                    nn.init.orthogonal_(weight[gate * size : (gate + 1) * size])
+            lstm.bias_ih_l0.zero_()
+            lstm.bias_hh_l0.zero_()
+            lstm.bias_ih_l0[size : 2 * size] = self.forget_gate_bias  # gate order i, f, g, o
+
+    def _block(self, index: int) -> ResidualLSTMBlock:
+        return cast(ResidualLSTMBlock, self.layers[index])
+
+    def initial_hidden(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Zero state ``(h, c)``, each ``[num_layers, batch_size, hidden_size]``.
+
+        ``device`` and ``dtype`` default to those of the module's parameters.
+        """
+        if batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0, got {batch_size}")
+        reference = self._block(0).lstm.weight_hh_l0
+        shape = (self.num_layers, batch_size, self.hidden_size)
+        state_device = reference.device if device is None else device
+        state_dtype = reference.dtype if dtype is None else dtype
+        h = torch.zeros(shape, device=state_device, dtype=state_dtype)
+        c = torch.zeros(shape, device=state_device, dtype=state_dtype)
+        return h, c
+
+    def forward(
+        self, x: Tensor, hidden: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Run the stack over ``x [B, T, input_size]`` from ``hidden`` (zeros when None)."""
+        self._check_input(x)
+        batch_size = x.shape[0]
+        if hidden is None:
+            h_0, c_0 = self.initial_hidden(batch_size, device=x.device, dtype=x.dtype)
+        else:
+            h_0, c_0 = self._check_hidden(hidden, x)
+        state_dtype = h_0.dtype
+
+        x = self.input_proj(x)  # [B, T, H]
+        h_n: list[Tensor] = []
+        c_n: list[Tensor] = []
+        for index in range(self.num_layers):
+            if index > 0:
+                x = self.dropout(x)
+            x, h_layer, c_layer = self._block(index)(
+                x, h_0[index : index + 1], c_0[index : index + 1]
+            )  # [B, T, H], [1, B, H], [1, B, H]
+            h_n.append(h_layer)
+            c_n.append(c_layer)
+        h = torch.cat(h_n, dim=0).to(state_dtype)  # [L, B, H]
+        c = torch.cat(c_n, dim=0).to(state_dtype)  # [L, B, H]
+        return x, (h, c)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x must have shape [B, T, input_size={self.input_size}], got {describe_shape(x)}"
+            )
+        if x.shape[1] == 0:
+            raise ValueError(f"x must have at least one time step, got shape {describe_shape(x)}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        reference = self._block(0).lstm.weight_hh_l0
+        if x.device != reference.device:
+            raise ValueError(
+                f"x is on device {x.device} but the ResidualLSTM parameters are on "
+                f"{reference.device}; move one of them"
+            )
+        if x.dtype != reference.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"x has dtype {x.dtype} but the ResidualLSTM parameters are {reference.dtype} "
+                "(outside autocast they must match)"
+            )
+
+    def _check_hidden(self, hidden: object, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not isinstance(hidden, tuple) or len(hidden) != 2:
+            description = (
+                f"a tuple of length {len(hidden)}"
+                if isinstance(hidden, tuple)
+                else f"a {type(hidden).__name__}"
+            )
+            raise ValueError(f"hidden must be a tuple (h, c) of two tensors, got {description}")
+        h, c = hidden
+        expected = (self.num_layers, x.shape[0], self.hidden_size)
+        for name, state in (("h", h), ("c", c)):
+            if not isinstance(state, Tensor):
+                raise ValueError(f"hidden {name} must be a Tensor, got a {type(state).__name__}")
+            if tuple(state.shape) != expected:
+                raise ValueError(
+                    f"hidden {name} must have shape [num_layers, B, hidden_size] = {expected}, "
+                    f"got {describe_shape(state)}"
+                )
+            if state.device != x.device:
+                raise ValueError(
+                    f"hidden {name} is on device {state.device} but x is on {x.device}"
+                )
+            if not state.is_floating_point():
+                raise ValueError(f"hidden {name} must be floating point, got dtype {state.dtype}")
+            if state.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+                raise ValueError(
+                    f"hidden {name} has dtype {state.dtype} but x has dtype {x.dtype} "
+                    "(outside autocast they must match)"
+                )
+        if h.dtype != c.dtype:
+            raise ValueError(f"hidden h and c must share a dtype, got {h.dtype} and {c.dtype}")
+        return h, c
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"num_layers={self.num_layers}, dropout={self.dropout_p}, "
+            f"forget_gate_bias={self.forget_gate_bias:.4f}"
+        )
