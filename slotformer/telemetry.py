@@ -45,7 +45,7 @@ _MASKED_KEY_TOLERANCE = 1e-3
 _ROW_SUM_TOLERANCE = 1e-2
 
 _NetworkT = TypeVar("_NetworkT")
-TelemetryHook = Callable[[Any, "AttentionStats"], None]
+TelemetryHook = Callable[[Any, "AttentionStats"], object]
 """A hook receives ``(network, stats)``; its return value is ignored."""
 
 
