@@ -1,0 +1,116 @@
+"""Output heads: categorical MLP heads, the four-layer value head, the slot pointer head.
+
+Both networks build their heads from these builders, so "a head of the baseline's shape"
+means the same code in both places. Weight init lives in one place,
+`slotformer.networks.core.init_actor_critic_weights`, not here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def categorical_head(in_dim: int, hidden_dim: int, num_actions: int, depth: int = 2) -> nn.Sequential:
+    """An MLP from a representation to one head's logits.
+
+    ``depth=2``: ``Linear(in, hidden) -> ReLU -> Linear(hidden, n)``; each extra level adds
+    ``Linear(hidden, hidden) -> ReLU`` (the blueprint head uses ``depth=3``).
+
+    Shapes: ``[..., in_dim] -> [..., num_actions]``.
+    """
+    if depth < 2:
+        raise ValueError(f"depth must be >= 2, got {depth}")
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.ReLU()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(hidden_dim, hidden_dim), nn.ReLU()]
+    layers.append(nn.Linear(hidden_dim, num_actions))
+    return nn.Sequential(*layers)
+
+
+def value_head(in_dim: int, hidden_dim: int) -> nn.Sequential:
+    """The four-layer value head used for both V(s) and Q(s, op).
+
+    ``Linear(in, h) -> LN -> ReLU -> Linear(h, h/2) -> LN -> ReLU -> Linear(h/2, h/4) -> ReLU
+    -> Linear(h/4, 1)``. Shapes: ``[..., in_dim] -> [..., 1]``.
+    """
+    if hidden_dim < 4:
+        raise ValueError(f"hidden_dim must be >= 4 for a four-layer value head, got {hidden_dim}")
+    h2, h4 = hidden_dim // 2, hidden_dim // 4
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.LayerNorm(hidden_dim),
+        nn.ReLU(),
+        nn.Linear(hidden_dim, h2),
+        nn.LayerNorm(h2),
+        nn.ReLU(),
+        nn.Linear(h2, h4),
+        nn.ReLU(),
+        nn.Linear(h4, 1),
+    )
+
+
+def contribution_mlp(in_dim: int, hidden_dim: int, out_dim: int, layer_norm: bool) -> nn.Sequential:
+    """The auxiliary contribution predictor: three linear layers with ``Dropout(0.1)``.
+
+    ``Linear(in, h) [-> LN] -> ReLU -> Dropout -> Linear(h, h/2) [-> LN] -> ReLU -> Dropout
+    -> Linear(h/2, out)``. The transformer applies it per slot (``out_dim=1``); the flat
+    baseline predicts every slot at once (``out_dim=N``). The dropout regularises this
+    auxiliary task only; nothing on the policy or value path is stochastic.
+    """
+    h2 = max(hidden_dim // 2, 1)
+
+    def norm(dim: int) -> list[nn.Module]:
+        return [nn.LayerNorm(dim)] if layer_norm else []
+
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        *norm(hidden_dim),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(hidden_dim, h2),
+        *norm(h2),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(h2, out_dim),
+    )
+
+
+class PointerHead(nn.Module):
+    """Scores every slot against the temporal state: scaled dot-product cross-attention.
+
+    ``query = Linear(H, D)(temporal) / sqrt(D)``, ``keys = Linear(D, D)(slot_repr)``,
+    ``logits = einsum(query, keys)``. Scaling the query before the product keeps the logits
+    in range in fp16/bf16. No slot is masked here: which slots are valid comes from the
+    caller's masks (GERMINATE targets empty slots).
+
+    Args:
+        temporal_dim: H, the recurrent core's width.
+        slot_dim: D, the slot representation's width.
+
+    Shapes:
+        ``temporal [B, T, H]``, ``slot_repr [B, T, N, D]`` -> ``logits [B, T, N]``.
+
+    Example:
+        >>> head = PointerHead(temporal_dim=8, slot_dim=4)
+        >>> head(torch.zeros(2, 3, 8), torch.zeros(2, 3, 5, 4)).shape
+        torch.Size([2, 3, 5])
+    """
+
+    def __init__(self, temporal_dim: int, slot_dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(temporal_dim, slot_dim)
+        self.key = nn.Linear(slot_dim, slot_dim)
+        self.scale = 1.0 / math.sqrt(slot_dim)
+
+    def forward(self, temporal: Tensor, slot_repr: Tensor) -> Tensor:
+        query = self.query(temporal) * self.scale  # [B, T, D]
+        keys = self.key(slot_repr)  # [B, T, N, D]
+        return torch.einsum("btd,btnd->btn", query, keys)  # [B, T, N]
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The layer whose init sets the initial logit scale (for small-gain init)."""
+        return self.key

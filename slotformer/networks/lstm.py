@@ -1,0 +1,108 @@
+"""The flat baseline: `FactoredRecurrentActorCritic`, the concatenation LSTM actor-critic.
+
+``concat(state, flattened blueprint embeddings) -> Linear -> LayerNorm -> ReLU ->
+ResidualLSTM``, then per-head MLPs. Its input layer, slot head and contribution predictor
+are sized by N, so it runs on one grid only. Everything right of the trunk is the shared
+core (`slotformer.networks.core`), identical to the Slot Transformer's.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from slotformer.actions import ActionSpace
+from slotformer.config import SlotConfig
+from slotformer.layers.embedding import BlueprintEmbedding
+from slotformer.layers.heads import categorical_head, contribution_mlp, value_head
+from slotformer.layers.lstm import ResidualLSTM
+from slotformer.networks.core import (
+    ActorCriticCore,
+    Hidden,
+    SlotContext,
+    TrunkOutput,
+    init_actor_critic_weights,
+)
+
+
+class FactoredRecurrentActorCritic(ActorCriticCore):
+    """Flat concatenation LSTM actor-critic with factored, masked action heads.
+
+    Args:
+        state_dim: flat observation width ``base_dim + N * slot_dim``.
+        feature_dim: width of the feature layer before the LSTM.
+        lstm_hidden_dim: H.
+        lstm_layers: recurrent layers.
+        slot_config: the slots (default: 3 in one row).
+        value_baseline: ``"q"`` (``value`` = Q(s, op)) or ``"v"`` (``value`` = V(s)).
+        action_space: the factored heads (default: the contract's eight heads).
+        base_dim: features in the base block (default 23).
+        blueprint_embed_dim: width of each slot's blueprint embedding in the concatenation.
+
+    Example:
+        >>> net = FactoredRecurrentActorCritic(state_dim=116, feature_dim=64, lstm_hidden_dim=64)
+        >>> out = net(torch.randn(2, 5, 116), torch.full((2, 5, 3), -1))
+        >>> out["op_logits"].shape, out["lstm_out"].shape
+        (torch.Size([2, 5, 6]), torch.Size([2, 5, 64]))
+    """
+
+    network_type: ClassVar[str] = "lstm"
+
+    def __init__(
+        self,
+        state_dim: int,
+        feature_dim: int = 512,
+        lstm_hidden_dim: int = 512,
+        lstm_layers: int = 1,
+        slot_config: SlotConfig | None = None,
+        value_baseline: str = "q",
+        *,
+        action_space: ActionSpace | None = None,
+        base_dim: int = 23,
+        blueprint_embed_dim: int = 4,
+    ) -> None:
+        super().__init__(
+            state_dim, slot_config, lstm_hidden_dim, lstm_layers, value_baseline,
+            action_space, base_dim,
+        )
+        N, H = self.slot_config.num_slots, lstm_hidden_dim
+        self.feature_dim = feature_dim
+        self.blueprint_embedding = BlueprintEmbedding(embed_dim=blueprint_embed_dim)
+        self.feature_net = nn.Sequential(
+            nn.Linear(state_dim + N * blueprint_embed_dim, feature_dim),
+            nn.LayerNorm(feature_dim),
+            nn.ReLU(),
+        )
+        self.lstm = ResidualLSTM(input_size=feature_dim, hidden_size=H, num_layers=lstm_layers)
+        for name in self.action_space.head_names:
+            depth = 3 if name == "blueprint" else 2
+            n = self.action_space.sizes[name]
+            self.add_module(f"{name}_head", categorical_head(H, H // 2, n, depth))
+        self.state_value_head = value_head(H, H // 2)
+        self.q_head = value_head(H + self.num_ops, H // 2)
+        self.contribution_predictor = contribution_mlp(H, H // 2, N, layer_norm=False)
+        init_actor_critic_weights(self, skip=(self.lstm,))
+
+    def _trunk(
+        self,
+        state: Tensor,
+        blueprint_indices: Tensor,
+        active_mask: Tensor,
+        hidden: Hidden | None,
+        ctx: SlotContext,
+    ) -> TrunkOutput:
+        blueprint = self.blueprint_embedding(blueprint_indices)  # [B, T, N, E]
+        features = torch.cat([state, blueprint.flatten(-2).to(state.dtype)], dim=-1)
+        temporal, new_hidden = self.lstm(self.feature_net(features), hidden)  # [B, T, H]
+        return TrunkOutput(temporal, temporal, new_hidden)
+
+    def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
+        pointer = self.action_space.pointer_head
+        assert pointer is not None
+        return self.head_module(pointer)(trunk.temporal)  # [B, T, N]
+
+    def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
+        temporal = trunk.temporal.detach() if stop_gradient else trunk.temporal
+        return self.contribution_predictor(temporal)  # [B, T, N]

@@ -1,0 +1,199 @@
+"""The Slot Transformer actor-critic: per-slot encoder, self-attention, CLS, LSTM, pointer head.
+
+```
+base [B,T,23] ─► global encoder ─► g [B,T,D] ─────────────────────┐
+slots [B,T,N,S] ‖ blueprint emb ─► SlotTransformerEncoder ─► cls [B,T,D], slot_repr [B,T,N,D]
+                       [g ‖ cls] ─► ResidualLSTM ─► temporal [B,T,H]
+temporal ─► categorical heads         temporal ⊗ slot_repr ─► pointer ─► slot logits [B,T,N]
+[temporal ‖ cls] (‖ one_hot(op)) ─► V(s), Q(s, op)    slot_repr ─► contributions [B,T,N]
+```
+Parameters do not depend on N, and the same weights run on any grid up to ``max_slots``
+slots and ``max_grid_size`` rows/columns (pass ``slot_config=`` per call).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from slotformer.actions import ActionSpace
+from slotformer.config import SlotConfig
+from slotformer.layers.embedding import BlueprintEmbedding
+from slotformer.layers.encoder import SlotTransformerEncoder
+from slotformer.layers.heads import PointerHead, categorical_head, contribution_mlp, value_head
+from slotformer.layers.lstm import ResidualLSTM
+from slotformer.networks.core import (
+    ActorCriticCore,
+    Hidden,
+    SlotContext,
+    TrunkOutput,
+    init_actor_critic_weights,
+)
+from slotformer.telemetry import (
+    AttentionStats,
+    TelemetryHook,
+    TelemetryHookHandle,
+    TelemetryHooks,
+    compute_attention_stats,
+)
+
+
+class SlotTransformerActorCritic(ActorCriticCore):
+    """Recurrent actor-critic over slots with a Slot Transformer trunk.
+
+    Args:
+        state_dim: flat observation width ``base_dim + N * slot_dim`` (31 or 39 features per
+            slot; ``slot_dim`` is inferred).
+        slot_config: the slots (default: 3 in one row).
+        embed_dim: D, the slot token width.
+        lstm_hidden_dim: H.
+        lstm_layers: recurrent layers.
+        transformer_layers: attention blocks.
+        transformer_heads: attention heads.
+        head_hidden: width of the action, value and contribution heads (the plan's 256).
+        value_baseline: ``"q"`` (``value`` = Q(s, op)) or ``"v"`` (``value`` = V(s)).
+        encoder_dropout: dropout inside the encoder in train mode. The default 0.0 keeps the
+            policy and value path deterministic; a non-zero value makes it stochastic.
+        max_slots: largest N the encoder accepts.
+        max_grid_size: rows and columns the positional encoding knows.
+        action_space: the factored heads (default: the contract's eight heads).
+        base_dim: features in the base block (default 23).
+        blueprint_embed_dim: width of the blueprint embedding appended to each slot.
+
+    Example:
+        >>> net = SlotTransformerActorCritic(state_dim=23 + 3 * 31)
+        >>> state, bp = torch.randn(2, 5, 116), torch.full((2, 5, 3), -1)
+        >>> out = net(state, bp)
+        >>> out["slot_logits"].shape, out["value"].shape
+        (torch.Size([2, 5, 3]), torch.Size([2, 5]))
+    """
+
+    network_type: ClassVar[str] = "transformer"
+    supports_slot_config_override: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        state_dim: int,
+        slot_config: SlotConfig | None = None,
+        embed_dim: int = 64,
+        lstm_hidden_dim: int = 128,
+        lstm_layers: int = 1,
+        transformer_layers: int = 2,
+        transformer_heads: int = 4,
+        head_hidden: int = 256,
+        value_baseline: str = "q",
+        encoder_dropout: float = 0.0,
+        *,
+        max_slots: int = 64,
+        max_grid_size: int = 16,
+        action_space: ActionSpace | None = None,
+        base_dim: int = 23,
+        blueprint_embed_dim: int = 4,
+    ) -> None:
+        super().__init__(
+            state_dim, slot_config, lstm_hidden_dim, lstm_layers, value_baseline,
+            action_space, base_dim,
+        )
+        num_slots = self.slot_config.num_slots
+        if num_slots > max_slots:
+            raise ValueError(f"slot_config has {num_slots} slots, more than max_slots={max_slots}")
+        self.embed_dim = embed_dim
+        self.head_hidden = head_hidden
+        self.transformer_layers = transformer_layers
+        self.transformer_heads = transformer_heads
+        self.encoder_dropout = encoder_dropout
+        self.max_slots = max_slots
+        self.max_grid_size = max_grid_size
+        D, H = embed_dim, lstm_hidden_dim
+
+        self.global_encoder = nn.Sequential(
+            nn.Linear(self.layout.base_dim, D), nn.LayerNorm(D), nn.ReLU(), nn.Linear(D, D)
+        )
+        self.blueprint_embedding = BlueprintEmbedding(embed_dim=blueprint_embed_dim)
+        self.encoder = SlotTransformerEncoder(
+            slot_dim=self.layout.slot_dim + blueprint_embed_dim,
+            embed_dim=D,
+            num_heads=transformer_heads,
+            num_layers=transformer_layers,
+            max_slots=max_slots,
+            dropout=encoder_dropout,
+            max_rows=max_grid_size,
+            max_cols=max_grid_size,
+        )
+        # Fusion of [global ‖ CLS] is the LSTM's input projection.
+        self.lstm = ResidualLSTM(input_size=2 * D, hidden_size=H, num_layers=lstm_layers)
+
+        self.slot_head = PointerHead(temporal_dim=H, slot_dim=D)
+        for name in self._categorical_head_names():
+            depth = 3 if name == "blueprint" else 2
+            n = self.action_space.sizes[name]
+            self.add_module(f"{name}_head", categorical_head(H, head_hidden, n, depth))
+        self.state_value_head = value_head(H + D, head_hidden)
+        self.q_head = value_head(H + D + self.num_ops, head_hidden)
+        self.contribution_predictor = contribution_mlp(D, head_hidden, 1, layer_norm=True)
+        init_actor_critic_weights(self, skip=(self.encoder, self.lstm))
+
+        self.capture_attention = False
+        self._attention_stats: AttentionStats | None = None
+        self._telemetry_hooks = TelemetryHooks()
+
+    # ------------------------------------------------------------------ trunk
+    def _trunk(
+        self,
+        state: Tensor,
+        blueprint_indices: Tensor,
+        active_mask: Tensor,
+        hidden: Hidden | None,
+        ctx: SlotContext,
+    ) -> TrunkOutput:
+        base, slots = ctx.layout.split(state)  # [B, T, base], [B, T, N, S]
+        blueprint = self.blueprint_embedding(blueprint_indices)  # [B, T, N, E]
+        slot_inputs = torch.cat([slots, blueprint.to(slots.dtype)], dim=-1)  # [B, T, N, S+E]
+        extras: dict[str, Any] | None = None
+        if self.capture_attention:
+            cls_repr, slot_repr, attention = self.encoder(
+                slot_inputs, active_mask, ctx.row_ids, ctx.col_ids, return_attention=True
+            )
+            extras = {"attention": attention, "active_mask": active_mask, "ctx": ctx}
+        else:
+            cls_repr, slot_repr = self.encoder(slot_inputs, active_mask, ctx.row_ids, ctx.col_ids)
+        global_repr = self.global_encoder(base)  # [B, T, D]
+        fused = torch.cat([global_repr, cls_repr.to(global_repr.dtype)], dim=-1)  # [B, T, 2D]
+        temporal, new_hidden = self.lstm(fused, hidden)  # [B, T, H]
+        value_features = torch.cat([temporal, cls_repr.to(temporal.dtype)], dim=-1)  # [B, T, H+D]
+        return TrunkOutput(temporal, value_features, new_hidden, slot_repr, extras)
+
+    def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
+        assert trunk.slot_repr is not None
+        return self.slot_head(trunk.temporal, trunk.slot_repr.to(trunk.temporal.dtype))
+
+    def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
+        assert trunk.slot_repr is not None
+        slot_repr = trunk.slot_repr.detach() if stop_gradient else trunk.slot_repr
+        return self.contribution_predictor(slot_repr).squeeze(-1)  # [B, T, N]
+
+    # ------------------------------------------------------------------ telemetry
+    def _on_trunk_done(self, trunk: TrunkOutput) -> None:
+        if trunk.extras is None:
+            return
+        ctx: SlotContext = trunk.extras["ctx"]
+        stats = compute_attention_stats(
+            trunk.extras["attention"], trunk.extras["active_mask"], ctx.slot_config.slot_ids
+        )
+        self._attention_stats = stats
+        if self._telemetry_hooks.has_hooks:
+            self._telemetry_hooks.call(self, stats)
+
+    def get_attention_stats(self) -> AttentionStats | None:
+        """Statistics of the last forward run with attention capture on (None before any)."""
+        return self._attention_stats
+
+    def register_telemetry_hook(self, hook: TelemetryHook) -> TelemetryHookHandle:
+        """Call ``hook(network, stats)`` after each forward that captured attention.
+
+        Returns a handle whose ``.remove()`` unregisters the hook. Exceptions raised by the
+        hook propagate to the caller.
+        """
+        return self._telemetry_hooks.register(hook)
