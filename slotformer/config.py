@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -24,6 +23,16 @@ DEFAULT_SLOT_DIM = 31
 """Features per slot in the current default layout (an older layout used 39; both work)."""
 
 _CANONICAL_ID = re.compile(r"^r(\d+)c(\d+)$")
+
+
+def _grid_positions(slot_ids: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """``(row, col)`` parsed from canonical ids, else ``(0, index)`` for every slot."""
+    parsed = [_CANONICAL_ID.match(s) for s in slot_ids]
+    if all(m is not None for m in parsed):
+        pos = tuple((int(m.group(1)), int(m.group(2))) for m in parsed if m is not None)
+        if len(set(pos)) == len(pos):
+            return pos
+    return tuple((0, i) for i in range(len(slot_ids)))
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,11 @@ class SlotConfig:
 
     slot_ids: tuple[str, ...]
     _index: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
+    # Computed once in __post_init__ rather than with functools.cached_property: on
+    # Python < 3.12 its __get__ takes an RLock, which torch.compile(fullgraph=True) cannot trace.
+    _positions: tuple[tuple[int, int], ...] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.slot_ids, str) or not isinstance(self.slot_ids, tuple | list):
@@ -60,6 +74,7 @@ class SlotConfig:
             raise ValueError(f"slot_ids must be unique, duplicated: {duplicates}")
         object.__setattr__(self, "slot_ids", ids)
         object.__setattr__(self, "_index", {s: i for i, s in enumerate(ids)})
+        object.__setattr__(self, "_positions", _grid_positions(ids))
 
     @classmethod
     def default(cls) -> SlotConfig:
@@ -96,16 +111,11 @@ class SlotConfig:
                 f"unknown slot id {slot_id!r}; known ids: {list(self.slot_ids)}"
             ) from None
 
-    @cached_property
+    @property
     def positions(self) -> tuple[tuple[int, int], ...]:
         """``(row, col)`` of each slot. Falls back to ``(0, index)`` for every slot unless all
         ids are canonical ``r{row}c{col}`` with distinct positions."""
-        parsed = [_CANONICAL_ID.match(s) for s in self.slot_ids]
-        if all(m is not None for m in parsed):
-            pos = tuple((int(m.group(1)), int(m.group(2))) for m in parsed if m is not None)
-            if len(set(pos)) == len(pos):
-                return pos
-        return tuple((0, i) for i in range(self.num_slots))
+        return self._positions
 
     @property
     def num_rows(self) -> int:
