@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -136,6 +135,10 @@ class HeadSpec:
             raise ValueError(f"head {self.name!r}: size must be >= 1, got {self.size}")
         if self.relevant_ops is not None:
             object.__setattr__(self, "relevant_ops", frozenset(int(o) for o in self.relevant_ops))
+        if self.canonical_action is not None:
+            # A plain int, not an IntEnum member: under torch.compile, `tensor == IntEnum`
+            # fails to trace (dynamo cannot dispatch the enum's comparison).
+            object.__setattr__(self, "canonical_action", int(self.canonical_action))
         if self.canonical_action is not None and not 0 <= self.canonical_action < self.size:
             raise ValueError(
                 f"head {self.name!r}: canonical_action={self.canonical_action} is outside "
@@ -207,11 +210,13 @@ class ActionSpace:
             pointer_head="slot",
         )
 
-    @cached_property
+    # Plain properties, not functools.cached_property: on Python < 3.12 its __get__ takes an
+    # RLock, which torch.compile(fullgraph=True) cannot trace on first access.
+    @property
     def head_names(self) -> tuple[str, ...]:
         return tuple(h.name for h in self.heads)
 
-    @cached_property
+    @property
     def sizes(self) -> dict[str, int]:
         """Number of choices per head name."""
         return {h.name: h.size for h in self.heads}
@@ -309,9 +314,29 @@ def canonicalize_masks(
     missing = [n for n in action_space.head_names if n not in masks]
     if missing:
         raise KeyError(f"masks is missing heads {missing}; expected {list(action_space.head_names)}")
+    if ops.dtype != torch.long:
+        raise ValueError(
+            f"ops must be int64 with shape {describe_shape(ops)}, got dtype {ops.dtype}"
+        )
+    if slot_by_op is not None:
+        # Without this check a transposed [..., N, num_ops] tensor gathers silently wrong rows.
+        num_slots = action_space.num_slots
+        if num_slots is None:
+            raise ValueError("slot_by_op was given but the action space has no pointer head")
+        expected = (*ops.shape, action_space.num_ops, num_slots)
+        if slot_by_op.dtype != torch.bool or tuple(slot_by_op.shape) != expected:
+            raise ValueError(
+                f"slot_by_op has shape {describe_shape(slot_by_op)} and dtype {slot_by_op.dtype}, "
+                f"expected torch.bool with shape {expected} (ops shape + (num_ops, N))"
+            )
     canonical: dict[str, Tensor] = {}
     for head in action_space.heads:
         mask = masks[head.name]
+        if mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask for head {head.name!r} must be torch.bool (True = valid), got "
+                f"{mask.dtype} with shape {describe_shape(mask)}"
+            )
         if mask.shape[:-1] != ops.shape or mask.shape[-1] != head.size:
             raise ValueError(
                 f"mask for head {head.name!r} has shape {describe_shape(mask)}, expected "
