@@ -1,0 +1,178 @@
+"""Reference policies for Slot Garden: a random valid policy, a scripted heuristic, an evaluator.
+
+Both policies return an int64 action tensor ``[E, 8]`` in the contract's head order (slot,
+blueprint, style, tempo, alpha_target, alpha_speed, alpha_curve, op) that ``SlotGardenEnv.step``
+accepts. Their mean episode returns are the reference scores a learned policy should beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from examples.slot_garden.env import (
+    BASE_PROGRESS,
+    BLUEPRINT_MEAN_QUALITY,
+    ESTIMATE_NOISE_STD,
+    SLOT_CONFIDENCE,
+    SLOT_ESTIMATE,
+    SLOT_NEIGHBOUR_ESTIMATE,
+    SlotGardenEnv,
+    StepOutput,
+)
+from slotformer.actions import (
+    ActionSpace,
+    AlphaCurve,
+    AlphaSpeed,
+    AlphaTarget,
+    Op,
+    Style,
+    Tempo,
+    canonicalize_masks,
+)
+from slotformer.config import ObservationLayout
+
+PolicyFn = Callable[[StepOutput], Tensor]
+
+GOOD_BLUEPRINTS: tuple[int, ...] = tuple(
+    sorted(range(1, len(BLUEPRINT_MEAN_QUALITY)), key=lambda b: -BLUEPRINT_MEAN_QUALITY[b])[:3]
+)
+"""The three blueprints with the best documented mean quality, best first."""
+
+
+def random_valid_policy(step_output: StepOutput, generator: torch.Generator | None = None) -> Tensor:
+    """A uniformly random valid action per environment, int64 ``[E, 8]``.
+
+    The op is uniform among the valid ops, the slot uniform among ``slot_by_op[op]``, and every
+    head relevant to the op uniform among its valid choices; irrelevant heads take their
+    canonical action (via ``canonicalize_masks``, exactly as the networks do).
+
+    Args:
+        step_output: the environment's latest output (masks and ``slot_by_op`` are used).
+        generator: optional ``torch.Generator`` (on the masks' device) for reproducibility.
+
+    Example:
+        >>> env = SlotGardenEnv(num_envs=2, seed=0)
+        >>> actions = random_valid_policy(env.reset(), torch.Generator().manual_seed(0))
+        >>> tuple(actions.shape), bool(env.action_validity(actions).all())
+        ((2, 8), True)
+    """
+    masks = step_output.masks
+    space = ActionSpace.default(step_output.slot_by_op.shape[-1])
+    ops = torch.multinomial(masks["op"].float(), 1, generator=generator).squeeze(-1)  # [E]
+    canonical = canonicalize_masks(space, masks, ops, step_output.slot_by_op)
+    columns = []
+    for name in space.head_names:
+        if name == space.op_head:
+            columns.append(ops)
+        else:
+            choice = torch.multinomial(canonical[name].float(), 1, generator=generator)
+            columns.append(choice.squeeze(-1))
+    return torch.stack(columns, dim=-1)  # [E, 8]
+
+
+def heuristic_policy(step_output: StepOutput) -> Tensor:
+    """A scripted policy that reads only the observation and the masks, int64 ``[E, 8]``.
+
+    Priorities, per environment: PRUNE the live seed whose estimate is most clearly negative
+    (upper confidence bound below 0); else FOSSILIZE a holding seed whose estimate is clearly
+    positive; else ADVANCE a ready training seed with a positive estimate; else GERMINATE one
+    of ``GOOD_BLUEPRINTS`` (STANDARD tempo, FULL target) in the empty slot whose neighbours'
+    estimates are best, unless they are clearly bad; else WAIT.
+
+    Example:
+        >>> env = SlotGardenEnv(num_envs=2, seed=0)
+        >>> actions = heuristic_policy(env.reset())
+        >>> actions[:, -1].tolist()  # GERMINATE on an empty grid
+        [1, 1]
+    """
+    obs, slot_by_op = step_output.obs, step_output.slot_by_op
+    num_envs, num_slots = step_output.blueprint_indices.shape
+    layout = ObservationLayout.infer(obs.shape[-1], num_slots)
+    base, slots = layout.split(obs)  # [E, 23], [E, N, 31]
+    estimate = slots[..., SLOT_ESTIMATE]
+    noise_std = ESTIMATE_NOISE_STD * (1.0 - slots[..., SLOT_CONFIDENCE])  # [E, N]
+    far = torch.finfo(obs.dtype).max
+
+    def pick(candidates: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+        """Best-scoring candidate slot ``[E]`` and whether any exists ``[E]``."""
+        scored = torch.where(candidates, score, -far)
+        return scored.argmax(-1), candidates.any(-1)
+
+    live = slot_by_op[:, Op.PRUNE]
+    prune_slot, prune = pick(live & (estimate + noise_std < 0.0), -estimate)
+    fossil_slot, fossilize = pick(
+        slot_by_op[:, Op.FOSSILIZE] & (estimate - 0.5 * noise_std > 0.0), estimate
+    )
+    advance_slot, advance = pick(slot_by_op[:, Op.ADVANCE] & (estimate > 0.0), estimate)
+    neighbour = slots[..., SLOT_NEIGHBOUR_ESTIMATE]
+    germ_slot, germinate = pick(slot_by_op[:, Op.GERMINATE] & (neighbour > -0.2), neighbour)
+
+    # Rotate among the good blueprints (by slot and time) so a replanted slot tries another.
+    good = torch.tensor(GOOD_BLUEPRINTS, dtype=torch.long, device=obs.device)
+    rotation = (base[:, BASE_PROGRESS] * 997).long() + germ_slot
+    blueprint = good[rotation % len(GOOD_BLUEPRINTS)]
+
+    op = torch.full((num_envs,), int(Op.WAIT), dtype=torch.long, device=obs.device)
+    slot = torch.zeros(num_envs, dtype=torch.long, device=obs.device)
+    # Lowest priority first, so each later assignment overrides the earlier ones.
+    for chosen, where, target_op in (
+        (germ_slot, germinate, Op.GERMINATE),
+        (advance_slot, advance, Op.ADVANCE),
+        (fossil_slot, fossilize, Op.FOSSILIZE),
+        (prune_slot, prune, Op.PRUNE),
+    ):
+        op = torch.where(where, int(target_op), op)
+        slot = torch.where(where, chosen, slot)
+
+    def constant(value: int) -> Tensor:
+        return torch.full((num_envs,), value, dtype=torch.long, device=obs.device)
+
+    blueprint = torch.where(op == Op.GERMINATE, blueprint, 0)
+    return torch.stack([
+        slot,
+        blueprint,
+        constant(Style.SIGMOID_ADD),
+        constant(Tempo.STANDARD),
+        constant(AlphaTarget.FULL),
+        constant(AlphaSpeed.INSTANT),
+        constant(AlphaCurve.LINEAR),
+        op,
+    ], dim=-1)  # [E, 8]
+
+
+def evaluate_policy(
+    env: SlotGardenEnv | Callable[[], SlotGardenEnv],
+    policy_fn: PolicyFn,
+    num_episodes: int = 1,
+) -> float:
+    """Mean return of ``policy_fn`` over ``num_episodes`` episodes of every environment.
+
+    Args:
+        env: an environment (it is reset first) or a factory returning a fresh one.
+        policy_fn: maps a ``StepOutput`` to int64 actions ``[E, 8]`` (bind a generator with
+            ``functools.partial(random_valid_policy, generator=g)``).
+        num_episodes: episodes per environment; ``num_episodes * episode_length`` steps run.
+
+    Returns:
+        The mean over all ``E * num_episodes`` completed episode returns.
+
+    Example:
+        >>> env = SlotGardenEnv(num_envs=4, episode_length=16, seed=0)
+        >>> isinstance(evaluate_policy(env, heuristic_policy), float)
+        True
+    """
+    if not isinstance(num_episodes, int) or num_episodes < 1:
+        raise ValueError(f"num_episodes must be a positive int, got {num_episodes!r}")
+    garden = env if isinstance(env, SlotGardenEnv) else env()
+    if not isinstance(garden, SlotGardenEnv):
+        raise ValueError(f"env must be a SlotGardenEnv or a factory of one, got {type(garden)}")
+    returns = []
+    with torch.no_grad():
+        out = garden.reset()
+        for _ in range(num_episodes * garden.episode_length):
+            out = garden.step(policy_fn(out))
+            returns.append(out.episode_return[out.done])
+    return float(torch.cat(returns).mean())
