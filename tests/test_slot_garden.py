@@ -318,7 +318,26 @@ def test_reward_is_score_change_minus_rent() -> None:
         out = env.step(random_valid_policy(out, generator))
         expected = out.info["host_score"] - score - 0.03 * out.info["num_live"]
         torch.testing.assert_close(out.reward, expected)
-        score = out.info["host_score"]
+        score = torch.where(out.done, 0.0, out.info["host_score"])
+        # The estimate in the observation is a noisy view of info["contributions"].
+        _, slots = env.observation_layout.split(out.obs)
+        error = (slots[..., SLOT_ESTIMATE] - out.info["contributions"]).abs()
+        assert (error < 5 * 0.5).all()
+        assert (out.info["contributions"][out.blueprint_indices < 0] == 0).all()
+
+
+def test_estimate_noise_shrinks_with_age() -> None:
+    env = SlotGardenEnv(512, SlotConfig.for_grid(1, 1), seed=0)
+    env.reset()
+    out = env.step(_action(512, Op.GERMINATE, 0, tempo=int(Tempo.SLOW)))
+    errors = []
+    for _ in range(8):
+        _, slots = env.observation_layout.split(out.obs)
+        errors.append((slots[:, 0, SLOT_ESTIMATE] - out.info["contributions"][:, 0]).std())
+        out = env.step(torch.tensor([WAIT_ACTION] * 512))
+    # std = 0.5 / sqrt(1 + age): 0.5 at age 0, 0.5 / sqrt(8) ~ 0.18 at age 7.
+    assert errors[0].item() == pytest.approx(0.5, rel=0.15)
+    assert errors[7].item() == pytest.approx(0.5 / math.sqrt(8), rel=0.15)
 
 
 def test_fossilizing_locks_in_value_and_stops_rent() -> None:

@@ -240,7 +240,11 @@ class StepOutput:
         episode_return: float32 ``[E]``, the return of the episode that just ended where
             ``done``, NaN elsewhere.
         info: ``host_score [E]`` (score at the end of this step, before any auto-reset),
-            ``num_live [E]`` (live seeds, before any auto-reset).
+            ``num_live [E]`` (live seeds, before any auto-reset),
+            ``contributions_before_reset [E, N]`` (the true contributions that the estimates
+            are noisy views of: ``c`` for live seeds, the locked contribution for fossilized
+            ones, 0 for empty slots; before any auto-reset, a target for a contribution
+            predictor) and ``contributions [E, N]`` (the same for the returned ``obs``).
     """
 
     obs: Tensor
@@ -634,7 +638,13 @@ class SlotGardenEnv:
         self.estimate = torch.zeros_like(self.estimate)  # an empty grid has nothing to estimate
         zeros = torch.zeros(self.num_envs, device=self.device)
         done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-        info = {"host_score": zeros.clone(), "num_live": zeros.clone()}
+        empty = torch.zeros_like(self.contribution)
+        info = {
+            "host_score": zeros.clone(),
+            "num_live": zeros.clone(),
+            "contributions_before_reset": empty,
+            "contributions": empty.clone(),
+        }
         return self._output(zeros, done, torch.full_like(zeros, math.nan), info)
 
     def step(self, actions: Mapping[str, Tensor] | Tensor) -> StepOutput:
@@ -741,10 +751,22 @@ class SlotGardenEnv:
         self.last_op = op
         done = self.t >= self.episode_length  # [E]
         episode_return = torch.where(done, self.running_return, math.nan)
-        info = {"host_score": score, "num_live": live_count}
+        info = {
+            "host_score": score,
+            "num_live": live_count,
+            "contributions_before_reset": self._true_contributions(),
+        }
         self._reset_rows(done)
         self._refresh_estimates(noise)
+        info["contributions"] = self._true_contributions()
         return self._output(reward, done, episode_return, info)
+
+    def _true_contributions(self) -> Tensor:
+        """What the observed estimates are noisy views of, ``[E, N]``: ``c`` for live seeds,
+        the locked contribution for fossilized ones, 0 for empty slots."""
+        return torch.where(
+            self.stage == SeedStage.FOSSILIZED, self.locked_contribution, self.contribution
+        )
 
     def _tick(self, ticking: Tensor) -> None:
         """Age every seed in ``ticking [E, N]`` by one step (stage changes, alpha moves)."""
