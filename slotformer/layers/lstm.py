@@ -71,6 +71,19 @@ class LSTMLayer(nn.Module):
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Run the layer over ``x [B, T, I]`` from state ``(h, c)`` each ``[1, B, H]``."""
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
+            # On CPU torch.lstm picks its kernel by grad mode (oneDNN with grad off, the
+            # native one with grad on) and the two differ in the last bits once h != 0, so
+            # get_action (inference mode) would not reproduce evaluate_actions' log-probs
+            # (grad mode) and the PPO ratio at epoch 0 would not be exactly 1. Take the
+            # grad-mode kernel always; under inference mode nothing is recorded, and under
+            # no_grad the detach drops the one-op graph.
+            with torch.enable_grad():
+                out, h_n, c_n = self._lstm(x, h, c)
+            return out.detach(), h_n.detach(), c_n.detach()
+        return self._lstm(x, h, c)
+
+    def _lstm(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out, h_n, c_n = torch.lstm(
             x,
             (h, c),
