@@ -274,8 +274,20 @@ def test_determinism_under_a_seed() -> None:
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 
 
+def test_table_seed_fixes_the_world_across_trajectory_seeds() -> None:
+    default = SlotGardenEnv(2, seed=0)
+    same_world = SlotGardenEnv(2, seed=1, table_seed=0)
+    also_world = SlotGardenEnv(2, seed=2, table_seed=0)
+    assert not torch.equal(default.affinity, SlotGardenEnv(2, seed=1).affinity)
+    assert torch.equal(same_world.affinity, also_world.affinity)
+    assert torch.equal(same_world.style_bonus, also_world.style_bonus)
+    plant = _action(2, Op.GERMINATE, 0, blueprint=2)
+    same_world.reset(), also_world.reset()
+    assert not torch.equal(same_world.step(plant).obs, also_world.step(plant).obs)  # noise differs
+
+
 def test_clone_continues_identically() -> None:
-    env = SlotGardenEnv(3, seed=2)
+    env = SlotGardenEnv(3, seed=2, table_seed=5)
     generator = torch.Generator().manual_seed(0)
     out = env.reset()
     for _ in range(10):
@@ -301,7 +313,7 @@ def test_auto_reset_after_episode_length() -> None:
             assert bool(out.done.all()) == last and bool(out.done.any()) == last
             if not last:
                 assert out.episode_return.isnan().all()
-        torch.testing.assert_close(out.episode_return, total)
+        assert torch.allclose(out.episode_return, total, atol=1e-5)
         # The returned observation is the new episode's first one: empty grid at t = 0.
         assert (out.blueprint_indices == -1).all()
         assert (out.obs[:, 0] == 0.0).all() and (out.obs[:, 1] == 1.0).all()
@@ -317,7 +329,7 @@ def test_reward_is_score_change_minus_rent() -> None:
     for _ in range(40):
         out = env.step(random_valid_policy(out, generator))
         expected = out.info["host_score"] - score - 0.03 * out.info["num_live"]
-        torch.testing.assert_close(out.reward, expected)
+        assert torch.allclose(out.reward, expected, atol=1e-6)
         score = torch.where(out.done, 0.0, out.info["host_score"])
         # The estimate in the observation is a noisy view of info["contributions"].
         _, slots = env.observation_layout.split(out.obs)
@@ -427,7 +439,7 @@ def test_heuristic_actions_are_valid() -> None:
 @pytest.mark.parametrize("grid", [(1, 3), (2, 5)])
 def test_heuristic_beats_random(grid: tuple[int, int]) -> None:
     def make_env() -> SlotGardenEnv:
-        return SlotGardenEnv(32, SlotConfig.for_grid(*grid), episode_length=100, seed=0)
+        return SlotGardenEnv(16, SlotConfig.for_grid(*grid), episode_length=100, seed=0)
 
     generator = torch.Generator().manual_seed(0)
     random_return = evaluate_policy(
@@ -435,9 +447,10 @@ def test_heuristic_beats_random(grid: tuple[int, int]) -> None:
     )
     heuristic_return = evaluate_policy(make_env, heuristic_policy)
     assert math.isfinite(random_return) and math.isfinite(heuristic_return)
+    # Measured (seed 0, 16 envs): 1x3 random -0.85, heuristic 3.09; 2x5 -1.39, 11.5.
     assert random_return < 0.0
     assert heuristic_return > random_return + 2.0
-    assert heuristic_return > 0.3
+    assert heuristic_return > 1.0
 
 
 def test_evaluate_policy_rejects_bad_episode_count() -> None:

@@ -53,7 +53,7 @@ idx   feature
 5     fraction of fossilized slots
 6-9   fraction of slots GERMINATED, TRAINING, BLENDING, HOLDING
 10    last reward (0 on the first observation)
-11    rent per live seed x 10
+11    rent per live seed x 100
 12    rent paid at the last step (rent x live seeds)
 13    return of the episode so far / N
 14-19 one-hot of the last op (all 0 on the first observation)
@@ -194,7 +194,7 @@ AFFINITY_STD = 0.15
 STYLE_BONUS_STD = 0.05
 """Scale of the per-seed blueprint-by-style bonus table."""
 
-DEFAULT_RENT = 0.02
+DEFAULT_RENT = 0.005
 """Reward charged per live seed per step."""
 
 _SIGMOID_STEEPNESS = (4.0, 8.0, 16.0)  # SIGMOID_GENTLE, SIGMOID, SIGMOID_SHARP
@@ -288,6 +288,9 @@ class SlotGardenEnv:
             identical trajectories.
         device: where all tensors live.
         rent: reward charged per live seed per step.
+        table_seed: when given, the affinity and style tables come from this seed instead of
+            ``seed`` (evaluate on fresh trajectories of the same world: same ``table_seed``,
+            another ``seed``).
 
     Example:
         >>> env = SlotGardenEnv(num_envs=4, slot_config=SlotConfig.for_grid(2, 2), seed=0)
@@ -308,6 +311,7 @@ class SlotGardenEnv:
         seed: int = 0,
         device: torch.device | str = "cpu",
         rent: float = DEFAULT_RENT,
+        table_seed: int | None = None,
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
@@ -315,6 +319,8 @@ class SlotGardenEnv:
             raise ValueError(f"episode_length must be a positive int, got {episode_length!r}")
         if not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        if table_seed is not None and not isinstance(table_seed, int):
+            raise ValueError(f"table_seed must be an int or None, got {table_seed!r}")
         slot_config = SlotConfig.default() if slot_config is None else slot_config
         if not isinstance(slot_config, SlotConfig):
             raise ValueError(f"slot_config must be a SlotConfig, got {type(slot_config).__name__}")
@@ -331,6 +337,7 @@ class SlotGardenEnv:
         self.seed = seed
         self.device = torch.device(device)
         self.rent = float(rent)
+        self.table_seed = table_seed
         self.action_space = ActionSpace.default(self.num_slots)
         self.observation_layout = ObservationLayout(
             num_slots=self.num_slots, slot_dim=DEFAULT_SLOT_DIM, base_dim=DEFAULT_BASE_DIM
@@ -339,13 +346,17 @@ class SlotGardenEnv:
         dev = self.device
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(seed)
-        affinity = torch.randn(NUM_BLUEPRINTS, NUM_BLUEPRINTS, generator=self.generator, device=dev)
+        tables = self.generator
+        if table_seed is not None:
+            tables = torch.Generator(device=dev)
+            tables.manual_seed(table_seed)
+        affinity = torch.randn(NUM_BLUEPRINTS, NUM_BLUEPRINTS, generator=tables, device=dev)
         affinity = (affinity + affinity.T) * (AFFINITY_STD / math.sqrt(2.0))
         affinity[0] = 0.0
         affinity[:, 0] = 0.0
         self.affinity = affinity  # [13, 13], symmetric, NOOP row/col 0
         self.style_bonus = STYLE_BONUS_STD * torch.randn(
-            NUM_BLUEPRINTS, len(Style), generator=self.generator, device=dev
+            NUM_BLUEPRINTS, len(Style), generator=tables, device=dev
         )  # [13, 4]
 
         def const(values: tuple[float, ...] | tuple[int, ...], dtype: torch.dtype) -> Tensor:
@@ -463,7 +474,8 @@ class SlotGardenEnv:
     def clone(self) -> SlotGardenEnv:
         """An independent copy (same tables, state and generator position)."""
         twin = SlotGardenEnv(
-            self.num_envs, self.slot_config, self.episode_length, self.seed, self.device, self.rent
+            self.num_envs, self.slot_config, self.episode_length, self.seed, self.device, self.rent,
+            self.table_seed,
         )
         twin.set_state(self.get_state())
         return twin
@@ -835,7 +847,7 @@ class SlotGardenEnv:
             stage_fraction[:, SeedStage.GERMINATED : SeedStage.HOLDING + 1],
             torch.stack([
                 self.last_reward,
-                torch.full_like(progress, self.rent * 10.0),
+                torch.full_like(progress, self.rent * 100.0),
                 self.last_rent,
                 self.running_return / n,
             ], dim=-1),

@@ -76,11 +76,13 @@ def random_valid_policy(step_output: StepOutput, generator: torch.Generator | No
 def heuristic_policy(step_output: StepOutput) -> Tensor:
     """A scripted policy that reads only the observation and the masks, int64 ``[E, 8]``.
 
-    Priorities, per environment: PRUNE the live seed whose estimate is most clearly negative
-    (upper confidence bound below 0); else FOSSILIZE a holding seed whose estimate is clearly
-    positive; else ADVANCE a ready training seed with a positive estimate; else GERMINATE one
-    of ``GOOD_BLUEPRINTS`` (STANDARD tempo, FULL target) in the empty slot whose neighbours'
-    estimates are best, unless they are clearly bad; else WAIT.
+    Priorities, per environment: PRUNE the live seed whose estimate is most negative, if it
+    is below 0 by half a noise standard deviation; else FOSSILIZE a holding seed whose
+    estimate is above 0 by half a noise standard deviation; else ADVANCE a ready training seed
+    with a positive estimate; else GERMINATE (STANDARD tempo, FULL target) in the empty slot
+    whose neighbours' mean estimate is best, unless it is below -0.2: the best of
+    ``GOOD_BLUEPRINTS``, or, next to neighbours that look bad, one of them rotated by time;
+    else WAIT. It does not know the hidden affinity table, so a learned policy can beat it.
 
     Example:
         >>> env = SlotGardenEnv(num_envs=2, seed=0)
@@ -102,7 +104,7 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
         return scored.argmax(-1), candidates.any(-1)
 
     live = slot_by_op[:, Op.PRUNE]
-    prune_slot, prune = pick(live & (estimate + noise_std < 0.0), -estimate)
+    prune_slot, prune = pick(live & (estimate + 0.5 * noise_std < 0.0), -estimate)
     fossil_slot, fossilize = pick(
         slot_by_op[:, Op.FOSSILIZE] & (estimate - 0.5 * noise_std > 0.0), estimate
     )
@@ -110,10 +112,12 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
     neighbour = slots[..., SLOT_NEIGHBOUR_ESTIMATE]
     germ_slot, germinate = pick(slot_by_op[:, Op.GERMINATE] & (neighbour > -0.2), neighbour)
 
-    # Rotate among the good blueprints (by slot and time) so a replanted slot tries another.
+    # Plant the best blueprint; next to neighbours that look bad (or after a prune left the
+    # slot empty among them), rotate among the good ones by time so a replant tries another.
     good = torch.tensor(GOOD_BLUEPRINTS, dtype=torch.long, device=obs.device)
-    rotation = (base[:, BASE_PROGRESS] * 997).long() + germ_slot
-    blueprint = good[rotation % len(GOOD_BLUEPRINTS)]
+    rotation = (base[:, BASE_PROGRESS] * 997).long() % len(GOOD_BLUEPRINTS)
+    chosen_neighbour = neighbour.gather(1, germ_slot.unsqueeze(-1)).squeeze(-1)  # [E]
+    blueprint = good[torch.where(chosen_neighbour < 0.0, rotation, 0)]
 
     op = torch.full((num_envs,), int(Op.WAIT), dtype=torch.long, device=obs.device)
     slot = torch.zeros(num_envs, dtype=torch.long, device=obs.device)
