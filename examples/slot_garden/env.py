@@ -404,10 +404,10 @@ class SlotGardenEnv:
         self._curve_low = torch.sigmoid(-steepness / 2)
         self._curve_span = torch.sigmoid(steepness / 2) - self._curve_low
         self._allocate_state()
-        self._reset_rows(torch.ones(num_envs, dtype=torch.bool, device=dev))
 
     # ------------------------------------------------------------------ state
     def _allocate_state(self) -> None:
+        """A fresh episode in every environment: empty grids at t = 0."""
         e, n, dev = self.num_envs, self.num_slots, self.device
         self.blueprint = torch.full((e, n), -1, dtype=torch.long, device=dev)
         self.stage = torch.zeros(e, n, dtype=torch.long, device=dev)
@@ -424,6 +424,7 @@ class SlotGardenEnv:
         self.locked_contribution = torch.zeros(e, n, device=dev)
         self.locked_value = torch.zeros(e, n, device=dev)
         self.estimate = torch.zeros(e, n, device=dev)
+        # Derived from the state, cached: every step needs it before and after the action.
         self.contribution = torch.zeros(e, n, device=dev)
         self.t = torch.zeros(e, dtype=torch.long, device=dev)
         self.score = torch.zeros(e, device=dev)
@@ -431,6 +432,7 @@ class SlotGardenEnv:
         self.last_reward = torch.zeros(e, device=dev)
         self.last_rent = torch.zeros(e, device=dev)
         self.last_op = torch.full((e,), -1, dtype=torch.long, device=dev)
+        self._episode_step = 0  # host-side copy of t (all environments step together)
 
     _STATE_NAMES = (
         "blueprint", "stage", "style", "tempo", "curve", "age", "alpha", "alpha_start",
@@ -438,18 +440,6 @@ class SlotGardenEnv:
         "locked_value", "estimate", "t", "score", "running_return", "last_reward", "last_rent",
         "last_op",
     )
-
-    def _reset_rows(self, rows: Tensor) -> None:
-        """Reset the environments where ``rows [E]`` is True to an empty grid at t = 0."""
-        row2 = rows.unsqueeze(-1)  # [E, 1]
-        for name in self._STATE_NAMES:
-            value = getattr(self, name)
-            fill = -1 if name in ("blueprint", "last_op") else 0
-            mask = row2 if value.dim() == 2 else rows
-            setattr(self, name, value.masked_fill(mask, fill))
-        # Derived from the state and cached (every step needs it before and after the action);
-        # an empty grid contributes nothing.
-        self.contribution = self.contribution.masked_fill(row2, 0.0)  # [E, N]
 
     def get_state(self) -> dict[str, Tensor]:
         """A copy of the full state (including the generator), for ``set_state``."""
@@ -470,6 +460,10 @@ class SlotGardenEnv:
             setattr(self, name, value.clone().to(self.device))
         self.generator.set_state(state["generator"])
         self.contribution = self._contribution()
+        steps = self.t.unique()
+        if steps.numel() != 1:
+            raise ValueError(f"state['t'] must be the same in every environment, got {steps.tolist()}")
+        self._episode_step = int(steps[0])
 
     def clone(self) -> SlotGardenEnv:
         """An independent copy (same tables, state and generator position)."""
@@ -646,8 +640,7 @@ class SlotGardenEnv:
     # ------------------------------------------------------------------ api
     def reset(self) -> StepOutput:
         """Reset every environment to an empty grid and return the first observation."""
-        self._reset_rows(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
-        self.estimate = torch.zeros_like(self.estimate)  # an empty grid has nothing to estimate
+        self._allocate_state()
         zeros = torch.zeros(self.num_envs, device=self.device)
         done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         empty = torch.zeros_like(self.contribution)
@@ -761,14 +754,20 @@ class SlotGardenEnv:
         self.last_reward = reward
         self.last_rent = rent
         self.last_op = op
-        done = self.t >= self.episode_length  # [E]
+        # Every environment starts together and episodes have a fixed length, so they all end
+        # together: a host-side counter decides, with no device sync and no reset work on the
+        # other steps.
+        self._episode_step += 1
+        episode_over = self._episode_step >= self.episode_length
+        done = torch.full((self.num_envs,), episode_over, dtype=torch.bool, device=self.device)
         episode_return = torch.where(done, self.running_return, math.nan)
         info = {
             "host_score": score,
             "num_live": live_count,
             "contributions_before_reset": self._true_contributions(),
         }
-        self._reset_rows(done)
+        if episode_over:
+            self._allocate_state()
         self._refresh_estimates(noise)
         info["contributions"] = self._true_contributions()
         return self._output(reward, done, episode_return, info)
