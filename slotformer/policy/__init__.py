@@ -1,0 +1,35 @@
+"""Policy bundles: the `PolicyBundle` protocol, result types, registry and `create_policy`.
+
+Importing this package registers the ``"lstm"`` and ``"transformer"`` bundles.
+"""
+
+from slotformer.policy.bundles import (
+    COMPILE_MODES,
+    ActorCriticBundle,
+    LSTMPolicyBundle,
+    TransformerPolicyBundle,
+)
+from slotformer.policy.factory import NETWORK_TYPES, NetworkConfig, create_policy
+from slotformer.policy.protocol import SLOT_BY_OP_KEY, PolicyBundle, protocol_members
+from slotformer.policy.registry import get_policy, get_policy_class, list_policies, register_policy
+from slotformer.policy.results import ActionResult, EvalResult, ForwardResult
+
+__all__ = [
+    "COMPILE_MODES",
+    "NETWORK_TYPES",
+    "SLOT_BY_OP_KEY",
+    "ActionResult",
+    "ActorCriticBundle",
+    "EvalResult",
+    "ForwardResult",
+    "LSTMPolicyBundle",
+    "NetworkConfig",
+    "PolicyBundle",
+    "TransformerPolicyBundle",
+    "create_policy",
+    "get_policy",
+    "get_policy_class",
+    "list_policies",
+    "protocol_members",
+    "register_policy",
+]

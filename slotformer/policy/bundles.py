@@ -1,0 +1,757 @@
+"""The two registered bundles: ``"lstm"`` and ``"transformer"``.
+
+Both wrap an `ActorCriticCore` network and share one implementation (`ActorCriticBundle`):
+masks arrive as one dict and are unpacked into the network's named mask arguments, results
+are translated into `ActionResult` / `EvalResult` / `ForwardResult`, and compilation keeps
+the compiled callables apart from the network so that ``state_dict()`` keys never carry
+``torch.compile``'s ``_orig_mod.`` prefix.
+
+Shapes: ``B`` batch, ``T`` time, ``D`` = ``feature_dim``, ``N`` slots, ``H`` = ``hidden_dim``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
+from slotformer.networks.core import ActorCriticCore
+from slotformer.networks.lstm import FactoredRecurrentActorCritic
+from slotformer.networks.transformer import SlotTransformerActorCritic
+from slotformer.policy.protocol import SLOT_BY_OP_KEY, Masks, PolicyBundle, ProbabilityFloor
+from slotformer.policy.registry import register_policy
+from slotformer.policy.results import ActionResult, EvalResult, ForwardResult, Hidden
+from slotformer.validation import describe_shape
+
+COMPILE_MODES: tuple[str, ...] = (
+    "off",
+    "default",
+    "reduce-overhead",
+    "max-autotune",
+    "max-autotune-no-cudagraphs",
+)
+"""Valid ``compile_mode`` values: ``"off"`` plus ``torch.compile``'s modes."""
+
+_COMPILE_PREFIX = "_orig_mod."
+_COMPILED_ENTRY_POINTS = ("forward", "get_action", "evaluate_actions")
+
+
+def check_compile_mode(mode: str) -> None:
+    """Raise ``ValueError`` naming the valid modes unless ``mode`` is one of them."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; valid modes: {list(COMPILE_MODES)}")
+
+
+def default_feature_dim(slot_config: SlotConfig, base_dim: int = DEFAULT_BASE_DIM) -> int:
+    """The flat observation width of the default layout: ``base_dim + 31 * N``."""
+    return base_dim + DEFAULT_SLOT_DIM * slot_config.num_slots
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # "cuda" names the current CUDA device; treat it as equal to any index of that type.
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+class ActorCriticBundle:
+    """Shared `PolicyBundle` implementation around one `ActorCriticCore` network.
+
+    Subclasses build the network and register themselves; see `LSTMPolicyBundle` and
+    `TransformerPolicyBundle` for constructor arguments. ``config`` holds every constructor
+    argument except ``slot_config`` (stored as slot ids), so a checkpoint can rebuild the
+    bundle with ``type(bundle)(**config, slot_config=...)``.
+    """
+
+    runs_on_any_grid: ClassVar[bool] = False
+    """True when the weights do not depend on N (a checkpoint may load onto another grid)."""
+
+    def __init__(self, network: ActorCriticCore, config: dict[str, Any]) -> None:
+        self._network = network
+        self._config = config
+        self._compiled: dict[str, Callable[..., Any]] | None = None
+        self._compile_settings: tuple[str, bool, str] | None = None
+
+    # ------------------------------------------------------------------ acting and learning
+    def get_action(
+        self,
+        features: Tensor,
+        blueprint_indices: Tensor,
+        masks: Masks,
+        hidden: Hidden | None = None,
+        deterministic: bool = False,
+        probability_floor: ProbabilityFloor = None,
+        *,
+        return_op_logits: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ActionResult:
+        """One rollout step for ``B`` environments, under ``torch.inference_mode``.
+
+        Args:
+            features: ``[B, D]`` or ``[B, 1, D]``.
+            blueprint_indices: int64 ``[B, N]`` or ``[B, 1, N]``, -1 = empty slot.
+            masks: every head name -> bool ``[B, n]`` (None = all valid), optionally
+                ``"slot_by_op"`` -> bool ``[B, num_ops, N]``.
+            hidden: the previous step's recurrent state (None = zeros).
+            deterministic: take each head's most likely action.
+            probability_floor: minimum probability per valid action (float or per head).
+            return_op_logits: also return the masked op logits ``[B, num_ops]``.
+            generator: RNG for sampling (None = the global RNG).
+
+        Returns:
+            `ActionResult` with ``[B]`` tensors.
+        """
+        head_masks, slot_by_op = self._split_masks(masks)
+        # The network caches its grid's position ids on first use; build them here, outside
+        # inference mode, or they become inference tensors that a later backward through
+        # evaluate_actions cannot save.
+        self._network.slot_context()
+        extra: dict[str, Any] = {} if generator is None else {"generator": generator}
+        # The compiled get_action is the undecorated method (inductor cannot trace the
+        # inference_mode decorator), so inference mode is entered here, around it.
+        with torch.inference_mode():
+            result = self._entry("get_action")(
+                features,
+                blueprint_indices,
+                hidden,
+                masks=head_masks,
+                slot_by_op_mask=slot_by_op,
+                deterministic=deterministic,
+                return_op_logits=return_op_logits,
+                probability_floor=probability_floor,
+                **extra,
+            )
+        return ActionResult(
+            action=result.actions,
+            log_prob=result.log_probs,
+            value=result.values,
+            hidden=result.hidden,
+            op_logits=result.op_logits,
+            head_entropies=result.head_entropies,
+        )
+
+    def forward(
+        self,
+        features: Tensor,
+        blueprint_indices: Tensor,
+        masks: Masks,
+        hidden: Hidden | None = None,
+    ) -> ForwardResult:
+        """Masked logits per head, the selected value and the new hidden state.
+
+        ``masks["slot_by_op"]`` is accepted and not used: it restricts the slot head only
+        once an op is chosen (`get_action`, `evaluate_actions`).
+
+        Args:
+            features: ``[B, T, D]`` or ``[B, D]``.
+            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``.
+            masks: as in `get_action`; ``[B, T, n]`` or ``[B, n]``.
+            hidden: recurrent state at the start (None = zeros).
+
+        Returns:
+            `ForwardResult`: logits ``[B, T, n]`` and value ``[B, T]`` (no T axis for 2-D
+            features).
+        """
+        head_masks, _ = self._split_masks(masks)
+        features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
+        features, hidden, head_masks = _autograd_safe((features, hidden, head_masks))
+        out = self._entry("forward")(features, blueprint_indices, hidden, masks=head_masks)
+        logits = {name: out[f"{name}_logits"] for name in self._head_names()}
+        value = out["value"]
+        if squeeze:
+            logits = {name: head_logits[:, 0] for name, head_logits in logits.items()}
+            value = value[:, 0]
+        return ForwardResult(logits=logits, value=value, hidden=out["hidden"])
+
+    def evaluate_actions(
+        self,
+        features: Tensor,
+        blueprint_indices: Tensor,
+        actions: Mapping[str, Tensor],
+        masks: Masks,
+        hidden: Hidden | None = None,
+        probability_floor: ProbabilityFloor = None,
+        aux_stop_gradient: bool = True,
+    ) -> EvalResult:
+        """Differentiable log-probs, values and entropies of stored actions (PPO update).
+
+        Args:
+            features: ``[B, T, D]`` or ``[B, D]``.
+            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``.
+            actions: every head name -> int64 ``[B, T]`` (``[B]`` for 2-D features).
+            masks: the masks stored at rollout (every head, optional ``"slot_by_op"``
+                ``[B, num_ops, N]`` or ``[B, T, num_ops, N]``).
+            hidden: recurrent state at the start of the sequences (None = zeros).
+            probability_floor: as at rollout.
+            aux_stop_gradient: keep the contribution predictor's gradient out of the trunk.
+
+        Returns:
+            `EvalResult` with ``[B, T]`` tensors (``[B]`` for 2-D features);
+            ``pred_contributions`` is ``[B, T, N]``; ``state_value`` is V(s).
+        """
+        head_masks, slot_by_op = self._split_masks(masks)
+        features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
+        features, actions, hidden, head_masks, slot_by_op = _autograd_safe(
+            (features, actions, hidden, head_masks, slot_by_op)
+        )
+        result = self._entry("evaluate_actions")(
+            features,
+            blueprint_indices,
+            actions,
+            hidden=hidden,
+            probability_floor=probability_floor,
+            aux_stop_gradient=aux_stop_gradient,
+            masks=head_masks,
+            slot_by_op_mask=slot_by_op,
+        )
+        log_probs, value, entropy = result.log_probs, result.value, result.entropy
+        contributions, q_value, state_value = (
+            result.pred_contributions, result.q_value, result.state_value
+        )
+        if squeeze:
+            log_probs = {name: lp[:, 0] for name, lp in log_probs.items()}
+            entropy = {name: ent[:, 0] for name, ent in entropy.items()}
+            value, q_value, state_value = value[:, 0], q_value[:, 0], state_value[:, 0]
+            contributions = contributions[:, 0]
+        return EvalResult(
+            log_prob=log_probs,
+            value=value,
+            entropy=entropy,
+            hidden=result.hidden,
+            pred_contributions=contributions,
+            q_value=q_value,
+            state_value=state_value,
+        )
+
+    def get_q_values(
+        self, features: Tensor, blueprint_indices: Tensor, hidden: Hidden | None = None
+    ) -> Tensor:
+        """Not supported: these bundles have no twin Q critics (``supports_off_policy`` is
+        False). Q(s, op) of the on-policy value head is ``evaluate_actions(...).q_value``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} ({self.network_type!r}) has no twin Q critics for "
+            f"off-policy learning (supports_off_policy is False); for the on-policy Q(s, op) "
+            f"head use evaluate_actions(...).q_value"
+        )
+
+    @torch.no_grad()
+    def get_value(
+        self, features: Tensor, blueprint_indices: Tensor, hidden: Hidden | None = None
+    ) -> Tensor:
+        """V(s), the unbiased bootstrap value, without gradient.
+
+        V(s) whatever ``value_baseline`` says: a bootstrap needs a value of the state, not
+        of an op sampled for it. Use ``evaluate_actions(...).state_value`` for a
+        differentiable V(s).
+
+        Args:
+            features: ``[B, T, D]`` or ``[B, D]``.
+            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``.
+            hidden: recurrent state at the start (None = zeros).
+
+        Returns:
+            ``[B, T]`` (``[B]`` for 2-D features).
+        """
+        features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
+        state_value: Tensor = self._entry("forward")(features, blueprint_indices, hidden)[
+            "state_value"
+        ]
+        return state_value[:, 0] if squeeze else state_value
+
+    def sync_from(self, source: PolicyBundle, tau: float = 0.005) -> None:
+        """Polyak-average ``source``'s weights into this (target) bundle, in place.
+
+        ``target = tau * source + (1 - tau) * target`` for every floating parameter and
+        buffer; integer buffers are copied. ``tau=1`` copies exactly, ``tau=0`` changes
+        nothing.
+
+        Raises:
+            TypeError: ``source`` is not a bundle of the same class.
+            ValueError: ``tau`` outside [0, 1], or the two networks differ in shape.
+        """
+        if type(source) is not type(self):
+            raise TypeError(
+                f"sync_from needs a source of the same bundle class {type(self).__name__}, "
+                f"got {type(source).__name__}"
+            )
+        if not isinstance(tau, int | float) or math.isnan(tau) or not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be a float in [0, 1], got {tau!r}")
+        target_tensors = _named_tensors(self.network)
+        source_tensors = _named_tensors(source.network)
+        if list(target_tensors) != list(source_tensors) or any(
+            target_tensors[k].shape != source_tensors[k].shape for k in target_tensors
+        ):
+            differing = sorted(
+                k for k in set(target_tensors) | set(source_tensors)
+                if k not in target_tensors or k not in source_tensors
+                or target_tensors[k].shape != source_tensors[k].shape
+            )
+            raise ValueError(
+                f"sync_from: source and target networks differ in parameters {differing[:10]}"
+                f"{' ...' if len(differing) > 10 else ''}; build both with the same config"
+            )
+        with torch.no_grad():
+            for name, target in target_tensors.items():
+                value = source_tensors[name].to(device=target.device, dtype=target.dtype)
+                if target.is_floating_point():
+                    target.lerp_(value, float(tau))
+                else:
+                    target.copy_(value)
+
+    def initial_hidden(self, batch_size: int) -> Hidden:
+        """Zero ``(h, c)``, each ``[lstm_layers, batch_size, H]`` on the bundle's device."""
+        _check_positive_int("batch_size", batch_size)
+        return self._network.get_initial_hidden(batch_size, self.device)
+
+    # ------------------------------------------------------------------ weights and placement
+    def state_dict(self) -> dict[str, Any]:
+        """The network's state dict (keys never carry a compile prefix)."""
+        return dict(self._network.state_dict())
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any:
+        """Load weights from `state_dict` (a ``_orig_mod.`` prefix on every key is stripped).
+
+        Raises:
+            ValueError: with ``strict``, the keys or shapes do not fit this network (a state
+                dict of another network type or grid).
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        loaded = dict(state_dict)
+        if loaded and all(k.startswith(_COMPILE_PREFIX) for k in loaded):
+            loaded = {k[len(_COMPILE_PREFIX):]: v for k, v in loaded.items()}
+        if strict:
+            expected = set(self._network.state_dict())
+            missing, unexpected = sorted(expected - set(loaded)), sorted(set(loaded) - expected)
+            if missing or unexpected:
+                raise ValueError(
+                    f"state_dict does not fit this {self.network_type!r} bundle "
+                    f"({type(self._network).__name__}): {len(missing)} missing keys "
+                    f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}; was "
+                    f"it saved from another network type?"
+                )
+        try:
+            return self._network.load_state_dict(loaded, strict=strict)
+        except RuntimeError as error:
+            raise ValueError(
+                f"state_dict does not fit this {self.network_type!r} bundle "
+                f"(slots {list(self.slot_config.slot_ids)}, feature_dim={self.feature_dim}): "
+                f"{error}"
+            ) from error
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> ActorCriticBundle:
+        """Move and/or cast the network; returns the bundle.
+
+        ``bundle.to(torch.float64)`` casts. Refused once compiled: compiled graphs (and CUDA
+        graphs under ``"reduce-overhead"``) are specialised to the device, dtype and memory
+        they were built on, so move first, then compile.
+
+        Raises:
+            RuntimeError: the bundle is compiled and the call would move or cast it.
+            ValueError: ``dtype`` is not a floating dtype.
+        """
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        target_device = torch.device(device) if device is not None else None
+        moves = target_device is not None and not _same_device(target_device, self.device)
+        casts = dtype is not None and dtype != self.dtype
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        if (moves or casts) and self.is_compiled:
+            raise RuntimeError(
+                f"cannot move or cast a compiled {self.network_type!r} bundle (now on "
+                f"{self.device} as {self.dtype}, asked for device={device}, dtype={dtype}): "
+                f"its compiled graphs are specialised to the device, dtype and memory they "
+                f"were built on. Move or cast the bundle first, then compile it (create_policy "
+                f"does it in that order)."
+            )
+        if moves or casts:
+            self._network.to(device=target_device, dtype=dtype)
+        return self
+
+    def train(self, mode: bool = True) -> ActorCriticBundle:
+        """Put the network in train (or eval) mode; returns the bundle."""
+        self._network.train(mode)
+        return self
+
+    def eval(self) -> ActorCriticBundle:
+        """Put the network in eval mode; returns the bundle."""
+        return self.train(False)
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute activations in backward where the network supports it (see subclasses)."""
+        raise NotImplementedError
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether gradient checkpointing is on."""
+        return False
+
+    def compile(
+        self, mode: str = "default", dynamic: bool = True, *, backend: str | None = None
+    ) -> None:
+        """``torch.compile`` the network's ``forward``, ``get_action`` and ``evaluate_actions``.
+
+        The compiled callables are kept beside the network, never in place of it, so
+        `network` and `state_dict` stay uncompiled. ``mode="off"`` does nothing. Compiling
+        again with the same settings does nothing; with other settings it recompiles from
+        the uncompiled network (never a wrapper of a wrapper). Compilation itself happens
+        lazily, on the first call of each entry point. Graph breaks are allowed (not
+        ``fullgraph``): the value checks of `slotformer.validation` are skipped while
+        tracing, the rest traces.
+
+        Args:
+            mode: one of `COMPILE_MODES`.
+            dynamic: mark batch and time sizes dynamic (one graph for every B and T).
+            backend: ``torch.compile`` backend; None = inductor. Tests use ``"eager"`` or
+                ``"aot_eager"`` for speed (``mode`` is passed to inductor only).
+
+        Raises:
+            ValueError: unknown ``mode``.
+        """
+        check_compile_mode(mode)
+        if mode == "off":
+            return
+        backend_name = "inductor" if backend is None else backend
+        settings = (mode, bool(dynamic), backend_name)
+        if self._compiled is not None and self._compile_settings == settings:
+            return
+        options: dict[str, Any] = {"dynamic": bool(dynamic), "backend": backend_name}
+        if backend_name == "inductor":
+            options["mode"] = mode
+        self._compiled = {
+            name: torch.compile(_undecorated_method(self._network, name), **options)
+            for name in _COMPILED_ENTRY_POINTS
+        }
+        self._compile_settings = settings
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self._network.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self._network.parameters()).dtype
+
+    @property
+    def is_recurrent(self) -> bool:
+        return True
+
+    @property
+    def supports_off_policy(self) -> bool:
+        return False
+
+    @property
+    def slot_config(self) -> SlotConfig:
+        return self._network.slot_config
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the flat observation width the bundle consumes."""
+        return self._network.state_dim
+
+    @property
+    def hidden_dim(self) -> int:
+        """H, the recurrent core's width."""
+        return self._network.lstm_hidden_dim
+
+    @property
+    def network(self) -> nn.Module:
+        """The uncompiled network (its state dict is the bundle's)."""
+        return self._network
+
+    @property
+    def is_compiled(self) -> bool:
+        return self._compiled is not None
+
+    @property
+    def compile_mode(self) -> str:
+        """The mode the bundle is compiled with, ``"off"`` when not compiled."""
+        return "off" if self._compile_settings is None else self._compile_settings[0]
+
+    @property
+    def network_type(self) -> str:
+        """The registered policy name (``"lstm"`` or ``"transformer"``)."""
+        return str(self._network.network_type)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Every constructor argument except ``slot_config`` (a copy; primitives only)."""
+        return copy.deepcopy(self._config)
+
+    # ------------------------------------------------------------------ helpers
+    def _entry(self, name: str) -> Callable[..., Any]:
+        if self._compiled is not None:
+            return self._compiled[name]
+        method: Callable[..., Any] = getattr(self._network, name)
+        return method
+
+    def _head_names(self) -> tuple[str, ...]:
+        return self._network.action_space.head_names
+
+    def _split_masks(self, masks: Masks) -> tuple[dict[str, Tensor | None], Tensor | None]:
+        """Head masks by name (every head present) and the optional slot-by-op mask."""
+        if not isinstance(masks, Mapping):
+            raise TypeError(
+                f"masks must be a dict head name -> bool mask (None = all valid), got "
+                f"{type(masks).__name__}"
+            )
+        heads = self._head_names()
+        missing = [name for name in heads if name not in masks]
+        if missing:
+            raise KeyError(
+                f"masks is missing heads {missing}; expected every head {list(heads)} "
+                f"(a value may be None = all valid) plus optional {SLOT_BY_OP_KEY!r}"
+            )
+        unknown = sorted(set(masks) - set(heads) - {SLOT_BY_OP_KEY})
+        if unknown:
+            raise ValueError(
+                f"masks names unknown keys {unknown}; expected the heads {list(heads)} plus "
+                f"optional {SLOT_BY_OP_KEY!r}"
+            )
+        return {name: masks[name] for name in heads}, masks.get(SLOT_BY_OP_KEY)
+
+    def __repr__(self) -> str:
+        compiled = f", compiled={self.compile_mode!r}" if self.is_compiled else ""
+        return (
+            f"{type(self).__name__}(feature_dim={self.feature_dim}, hidden_dim={self.hidden_dim}, "
+            f"slots={list(self.slot_config.slot_ids)}, device={self.device}{compiled})"
+        )
+
+
+def _as_sequence(features: Tensor, blueprint_indices: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """``[B, D]``/``[B, N]`` -> ``[B, 1, D]``/``[B, 1, N]``; 3-D passes through."""
+    if not isinstance(features, Tensor):
+        raise ValueError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if features.dim() not in (2, 3):
+        raise ValueError(
+            f"features has shape {describe_shape(features)}, expected [B, T, D] or [B, D]"
+        )
+    if features.dim() == 3:
+        return features, blueprint_indices, False
+    if isinstance(blueprint_indices, Tensor) and blueprint_indices.dim() == 2:
+        blueprint_indices = blueprint_indices.unsqueeze(1)
+    return features.unsqueeze(1), blueprint_indices, True
+
+
+def _autograd_safe(value: Any) -> Any:
+    """Clone tensors made under ``torch.inference_mode`` (rollout outputs) in nested tuples
+    and dicts: autograd cannot save them for backward. The networks do this for actions and
+    hidden in eager mode, but a compiled graph does not see ``is_inference()``, so the bundle
+    does it before entering the (possibly compiled) network."""
+    if isinstance(value, Tensor):
+        return value.clone() if value.is_inference() else value
+    if isinstance(value, tuple):
+        return tuple(_autograd_safe(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _autograd_safe(v) for k, v in value.items()}
+    return value
+
+
+def _undecorated_method(network: nn.Module, name: str) -> Callable[..., Any]:
+    """``network.name`` without its decorators (``get_action``'s ``torch.inference_mode``:
+    inductor fails on it with "Cannot set version_counter for inference tensor"), bound to
+    ``network``."""
+    function = inspect.unwrap(getattr(type(network), name))
+    bound: Callable[..., Any] = function.__get__(network, type(network))
+    return bound
+
+
+def _named_tensors(network: nn.Module) -> dict[str, Tensor]:
+    tensors: dict[str, Tensor] = dict(network.named_parameters())
+    tensors.update(network.named_buffers())
+    return tensors
+
+
+def _resolve_slot_config(slot_config: SlotConfig | None) -> SlotConfig:
+    if slot_config is None:
+        return SlotConfig.default()
+    if not isinstance(slot_config, SlotConfig):
+        raise TypeError(f"slot_config must be a SlotConfig, got {type(slot_config).__name__}")
+    return slot_config
+
+
+def _resolve_feature_dim(feature_dim: int | None, slot_config: SlotConfig, base_dim: int) -> int:
+    if feature_dim is None:
+        return default_feature_dim(slot_config, base_dim)
+    return _check_positive_int("feature_dim", feature_dim)
+
+
+@register_policy("lstm")
+class LSTMPolicyBundle(ActorCriticBundle):
+    """The flat concatenation LSTM (`FactoredRecurrentActorCritic`) as a `PolicyBundle`.
+
+    Args:
+        feature_dim: D, the flat observation width (None = ``base_dim + 31 * N``); the
+            network's ``state_dim``.
+        slot_config: the slots (None = 3 in one row).
+        hidden_dim: the LSTM width H (the network's ``lstm_hidden_dim``).
+        trunk_dim: width of the feature layer before the LSTM (the network's
+            ``feature_dim``; renamed here because a bundle's ``feature_dim`` is D).
+        lstm_layers: recurrent layers.
+        value_baseline: ``"q"`` or ``"v"`` (what ``value`` holds).
+        base_dim: features in the base block of the observation.
+        blueprint_embed_dim: width of each slot's blueprint embedding.
+
+    Gradient checkpointing is a no-op for this network (`enable_gradient_checkpointing`).
+
+    Example:
+        >>> policy = LSTMPolicyBundle(hidden_dim=32, trunk_dim=32)
+        >>> masks = dict.fromkeys(policy.network.action_space.head_names)
+        >>> result = policy.get_action(torch.randn(4, 116), torch.full((4, 3), -1), masks)
+        >>> result.action["op"].shape, result.value.shape
+        (torch.Size([4]), torch.Size([4]))
+    """
+
+    def __init__(
+        self,
+        feature_dim: int | None = None,
+        *,
+        slot_config: SlotConfig | None = None,
+        hidden_dim: int = 512,
+        trunk_dim: int = 512,
+        lstm_layers: int = 1,
+        value_baseline: str = "q",
+        base_dim: int = DEFAULT_BASE_DIM,
+        blueprint_embed_dim: int = 4,
+    ) -> None:
+        slot_config = _resolve_slot_config(slot_config)
+        feature_dim = _resolve_feature_dim(feature_dim, slot_config, base_dim)
+        network = FactoredRecurrentActorCritic(
+            state_dim=feature_dim,
+            feature_dim=_check_positive_int("trunk_dim", trunk_dim),
+            lstm_hidden_dim=_check_positive_int("hidden_dim", hidden_dim),
+            lstm_layers=_check_positive_int("lstm_layers", lstm_layers),
+            slot_config=slot_config,
+            value_baseline=value_baseline,
+            base_dim=base_dim,
+            blueprint_embed_dim=blueprint_embed_dim,
+        )
+        config = {
+            "feature_dim": feature_dim,
+            "hidden_dim": hidden_dim,
+            "trunk_dim": trunk_dim,
+            "lstm_layers": lstm_layers,
+            "value_baseline": value_baseline,
+            "base_dim": base_dim,
+            "blueprint_embed_dim": blueprint_embed_dim,
+        }
+        super().__init__(network, config)
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """A documented no-op: the flat network has no encoder layers worth recomputing (its
+        activation memory is dominated by the LSTM, whose steps are not checkpointed)."""
+
+
+@register_policy("transformer")
+class TransformerPolicyBundle(ActorCriticBundle):
+    """The Slot Transformer (`SlotTransformerActorCritic`) as a `PolicyBundle`.
+
+    Its weights do not depend on N, so a checkpoint loads onto another grid
+    (`slotformer.checkpoint.load_checkpoint` with ``slot_config=``).
+
+    Args:
+        feature_dim: D, the flat observation width (None = ``base_dim + 31 * N``).
+        slot_config: the slots (None = 3 in one row).
+        hidden_dim: the LSTM width H (the network's ``lstm_hidden_dim``).
+        embed_dim: slot token width.
+        transformer_layers: attention blocks.
+        transformer_heads: attention heads.
+        value_baseline: ``"q"`` or ``"v"`` (what ``value`` holds).
+        lstm_layers: recurrent layers.
+        head_hidden: width of the action, value and contribution heads.
+        encoder_dropout: dropout in the encoder in train mode (0.0 keeps updates
+            deterministic).
+        max_slots: largest N the weights accept.
+        max_grid_size: rows and columns the positional encoding knows.
+        base_dim: features in the base block of the observation.
+        blueprint_embed_dim: width of each slot's blueprint embedding.
+
+    Example:
+        >>> policy = TransformerPolicyBundle(hidden_dim=16, embed_dim=16, head_hidden=16)
+        >>> masks = dict.fromkeys(policy.network.action_space.head_names)
+        >>> out = policy.forward(torch.randn(2, 5, 116), torch.full((2, 5, 3), -1), masks)
+        >>> out.logits["slot"].shape, out.value.shape
+        (torch.Size([2, 5, 3]), torch.Size([2, 5]))
+    """
+
+    runs_on_any_grid: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        feature_dim: int | None = None,
+        *,
+        slot_config: SlotConfig | None = None,
+        hidden_dim: int = 128,
+        embed_dim: int = 64,
+        transformer_layers: int = 2,
+        transformer_heads: int = 4,
+        value_baseline: str = "q",
+        lstm_layers: int = 1,
+        head_hidden: int = 256,
+        encoder_dropout: float = 0.0,
+        max_slots: int = 64,
+        max_grid_size: int = 16,
+        base_dim: int = DEFAULT_BASE_DIM,
+        blueprint_embed_dim: int = 4,
+    ) -> None:
+        slot_config = _resolve_slot_config(slot_config)
+        feature_dim = _resolve_feature_dim(feature_dim, slot_config, base_dim)
+        network = SlotTransformerActorCritic(
+            state_dim=feature_dim,
+            slot_config=slot_config,
+            embed_dim=_check_positive_int("embed_dim", embed_dim),
+            lstm_hidden_dim=_check_positive_int("hidden_dim", hidden_dim),
+            lstm_layers=_check_positive_int("lstm_layers", lstm_layers),
+            transformer_layers=_check_positive_int("transformer_layers", transformer_layers),
+            transformer_heads=_check_positive_int("transformer_heads", transformer_heads),
+            head_hidden=_check_positive_int("head_hidden", head_hidden),
+            value_baseline=value_baseline,
+            encoder_dropout=encoder_dropout,
+            max_slots=max_slots,
+            max_grid_size=max_grid_size,
+            base_dim=base_dim,
+            blueprint_embed_dim=blueprint_embed_dim,
+        )
+        config = {
+            "feature_dim": feature_dim,
+            "hidden_dim": hidden_dim,
+            "embed_dim": embed_dim,
+            "transformer_layers": transformer_layers,
+            "transformer_heads": transformer_heads,
+            "value_baseline": value_baseline,
+            "lstm_layers": lstm_layers,
+            "head_hidden": head_hidden,
+            "encoder_dropout": float(encoder_dropout),
+            "max_slots": max_slots,
+            "max_grid_size": max_grid_size,
+            "base_dim": base_dim,
+            "blueprint_embed_dim": blueprint_embed_dim,
+        }
+        super().__init__(network, config)
+        self._transformer = network
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each encoder block in backward instead of storing its activations.
+
+        Gradients are unchanged; activation memory of the encoder drops to one block's
+        inputs. Applies in train mode with grad enabled.
+        """
+        self._transformer.encoder.gradient_checkpointing = bool(enabled)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self._transformer.encoder.gradient_checkpointing

@@ -1,0 +1,156 @@
+"""`PolicyBundle`: what a trainer may rely on, whichever network sits inside.
+
+A bundle owns one actor-critic network and adapts it to a trainer: masks travel as one dict,
+results come back as frozen records (`ActionResult`, `EvalResult`, `ForwardResult`), and
+device placement, compilation, gradient checkpointing, target-network updates and state
+dicts go through the bundle so that the trainer never touches a compiled wrapper.
+
+Masks: a dict with one entry per head name (``None`` = all valid) plus an optional
+``"slot_by_op"`` ``[B, num_ops, N]``. Each mask is bool, True = valid, ``[B, T, n]`` or
+``[B, n]``. A missing head is a ``KeyError`` naming the missing heads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from slotformer.config import SlotConfig
+from slotformer.policy.results import ActionResult, EvalResult, ForwardResult, Hidden
+
+Masks = Mapping[str, Tensor | None]
+ProbabilityFloor = float | Mapping[str, float] | None
+
+SLOT_BY_OP_KEY = "slot_by_op"
+"""The optional masks entry holding the per-op slot masks ``[B, num_ops, N]``."""
+
+
+@runtime_checkable
+class PolicyBundle(Protocol):
+    """The policy interface a trainer programs against (``isinstance`` works at runtime).
+
+    Shapes: ``features`` ``[B, T, D]`` or ``[B, D]`` (T = 1), ``blueprint_indices`` int64
+    ``[B, T, N]`` or ``[B, N]`` (-1 = empty slot). A 2-D call returns tensors without the T
+    axis.
+
+    Example:
+        >>> from slotformer.policy import create_policy
+        >>> isinstance(create_policy("lstm", hidden_dim=32, trunk_dim=32), PolicyBundle)
+        True
+    """
+
+    # ------------------------------------------------------------------ acting and learning
+    def get_action(
+        self,
+        features: Tensor,
+        blueprint_indices: Tensor,
+        masks: Masks,
+        hidden: Hidden | None = None,
+        deterministic: bool = False,
+        probability_floor: ProbabilityFloor = None,
+    ) -> ActionResult:
+        """One rollout step under inference mode; every returned tensor is ``[B]``."""
+        ...
+
+    def forward(
+        self,
+        features: Tensor,
+        blueprint_indices: Tensor,
+        masks: Masks,
+        hidden: Hidden | None = None,
+    ) -> ForwardResult:
+        """Masked logits per head, the selected value and the new hidden state."""
+        ...
+
+    def evaluate_actions(
+        self,
+        features: Tensor,
+        blueprint_indices: Tensor,
+        actions: Mapping[str, Tensor],
+        masks: Masks,
+        hidden: Hidden | None = None,
+        probability_floor: ProbabilityFloor = None,
+        aux_stop_gradient: bool = True,
+    ) -> EvalResult:
+        """Differentiable log-probs, values and entropies of stored actions."""
+        ...
+
+    def get_q_values(
+        self, features: Tensor, blueprint_indices: Tensor, hidden: Hidden | None = None
+    ) -> Tensor:
+        """Twin-critic Q values for off-policy methods (raise where unsupported)."""
+        ...
+
+    def get_value(
+        self, features: Tensor, blueprint_indices: Tensor, hidden: Hidden | None = None
+    ) -> Tensor:
+        """V(s) for bootstrapping, ``[B, T]`` (``[B]`` for 2-D features)."""
+        ...
+
+    def sync_from(self, source: PolicyBundle, tau: float = 0.005) -> None:
+        """Polyak update: ``target = tau * source + (1 - tau) * target``."""
+        ...
+
+    def initial_hidden(self, batch_size: int) -> Hidden | None:
+        """Zero recurrent state for ``batch_size`` sequences (None if not recurrent)."""
+        ...
+
+    # ------------------------------------------------------------------ weights and placement
+    def state_dict(self) -> dict[str, Any]:
+        """The network's state dict (never with a compile prefix)."""
+        ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any:
+        """Load a state dict produced by `state_dict`."""
+        ...
+
+    def to(self, device: torch.device | str) -> PolicyBundle:
+        """Move the network (refused once compiled); returns the bundle."""
+        ...
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute activations in backward where the network supports it."""
+        ...
+
+    def compile(self, mode: str = "default", dynamic: bool = True) -> None:
+        """``torch.compile`` the network's entry points (``mode="off"`` does nothing)."""
+        ...
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def is_recurrent(self) -> bool: ...
+
+    @property
+    def supports_off_policy(self) -> bool: ...
+
+    @property
+    def slot_config(self) -> SlotConfig: ...
+
+    @property
+    def feature_dim(self) -> int: ...
+
+    @property
+    def hidden_dim(self) -> int: ...
+
+    @property
+    def network(self) -> nn.Module: ...
+
+    @property
+    def is_compiled(self) -> bool: ...
+
+    @property
+    def network_type(self) -> str: ...
+
+
+def protocol_members() -> tuple[str, ...]:
+    """Every public method and property a `PolicyBundle` must have, sorted by name."""
+    return tuple(sorted(name for name in vars(PolicyBundle) if not name.startswith("_")))
