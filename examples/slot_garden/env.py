@@ -34,8 +34,17 @@ change in the host score minus the rent.
   further effect in this toy.
 * Observed contribution estimate = ``c + noise``, fresh noise every step with standard
   deviation ``ESTIMATE_NOISE_STD / sqrt(1 + age)``: it gets less noisy as the seed ages.
-* Episodes last ``episode_length`` steps; an environment whose episode ends is reset in the
-  same ``step`` (auto-reset) and the returned ``obs`` is the new episode's first observation.
+* Episodes last ``episode_length`` steps. All environments start together (``reset``) and
+  so end together; the ``step`` that ends an episode resets them (auto-reset) and returns the
+  new episode's first observation, with ``done`` True and the finished ``episode_return``.
+
+Reference scores (mean episode return, T = 100, 64 environments x 2 episodes, seeds 0/1/2;
+``DEFAULT_RENT`` = 0.005): 1x3 grid: random valid policy -0.61/-0.66/-0.62, heuristic
++2.75/+1.64/+1.86; 2x5 grid: random -1.36/-1.46/-1.58, heuristic +11.78/+5.49/+6.30; doing
+nothing scores exactly 0. A higher rent makes the random policy worse still, but also makes
+"never plant" an optimum a small PPO falls into before it finds the plant-advance-fossilize
+sequence. At 0.005 a small MLP PPO (32 environments, rollouts of 25 steps) on 1x3 goes from
+about -0.4 in its first episode to about +2 after 13k environment steps (+2.5 after 19k).
 
 Observation ``[E, 23 + 31 N]`` float32 (base block, then slot ``k`` at ``23 + 31 k``), all
 features finite and O(1).
@@ -236,7 +245,8 @@ class StepOutput:
             ``op [E, 6]``; True = valid.
         slot_by_op: bool ``[E, 6, N]``, the slots valid for each op (WAIT's row all True).
         reward: float32 ``[E]`` (0 after ``reset``).
-        done: bool ``[E]``, True where the episode ended at this step (and was reset).
+        done: bool ``[E]``, True where the episode ended at this step (and was reset); the
+            environments share one clock, so it is all True or all False.
         episode_return: float32 ``[E]``, the return of the episode that just ended where
             ``done``, NaN elsewhere.
         info: ``host_score [E]`` (score at the end of this step, before any auto-reset),
