@@ -11,16 +11,22 @@ integer observation is always rejected.
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from slotformer.config import SlotConfig
+from slotformer.config import ObservationLayout, SlotConfig
+from slotformer.distributions import InvalidStateMachineError
+from slotformer.layers.encoder import SlotTransformerEncoder
 from slotformer.networks.core import ActorCriticCore
 from slotformer.networks.lstm import FactoredRecurrentActorCritic
 from slotformer.networks.transformer import SlotTransformerActorCritic
+from slotformer.validation import validation
 
 B, T, N = 2, 3, 3
 BASE_DIM, SLOT_DIM = 23, 31
@@ -30,7 +36,15 @@ KINDS = ("transformer", "lstm")
 
 
 def make_net(kind: str, slot_config: SlotConfig | None = None, seed: int = 0) -> ActorCriticCore:
-    """A tiny network of either kind (tests run in milliseconds)."""
+    """A tiny network of either kind, a fresh copy of one built once per argument set.
+
+    Building is dominated by the orthogonal inits' QR factorisations; copying is cheap.
+    """
+    return copy.deepcopy(_build_net(kind, slot_config, seed))
+
+
+@functools.cache
+def _build_net(kind: str, slot_config: SlotConfig | None, seed: int) -> ActorCriticCore:
     config = slot_config if slot_config is not None else SlotConfig.default()
     state_dim = BASE_DIM + config.num_slots * SLOT_DIM
     torch.manual_seed(seed)
@@ -113,3 +127,594 @@ def test_rollout_log_probs_reproduced_exactly_by_update_over_many_steps(
     # blocking (and so rounding) may differ from T products of [B, ...]: close, not equal.
     for name, log_prob in rollout_log_probs.items():
         torch.testing.assert_close(whole.log_probs[name], log_prob, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- bad input: helpers
+ENTRIES = ("forward", "get_action", "evaluate_actions", "predict_contributions")
+# With op = WAIT every other head is irrelevant, so these canonical actions are always valid.
+WAIT_ACTIONS = {
+    "slot": 0, "blueprint": 0, "style": 2, "tempo": 1, "alpha_target": 2,
+    "alpha_speed": 0, "alpha_curve": 0, "op": 0,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _validation_on() -> Iterator[None]:
+    """Value checks on (the default) unless a test switches them off."""
+    with validation(True):
+        yield
+
+
+def wait_actions(batch: int = B, steps: int = T, **override: int) -> dict[str, Tensor]:
+    values = {**WAIT_ACTIONS, **override}
+    return {k: torch.full((batch, steps), v, dtype=torch.long) for k, v in values.items()}
+
+
+def good_inputs(entry: str) -> tuple[Tensor, Tensor]:
+    """A valid observation for the entry point (``get_action`` takes one step ``[B, D]``)."""
+    state, bp = observation()
+    if entry == "get_action":
+        return state[:, 0], bp[:, 0]
+    return state, bp
+
+
+def call(net: ActorCriticCore, entry: str, state: Any, bp: Any, **kwargs: Any) -> Any:
+    if entry == "forward":
+        return net(state, bp, **kwargs)
+    if entry == "get_action":
+        return net.get_action(state, bp, **kwargs)
+    if entry == "evaluate_actions":
+        actions = kwargs.pop("actions", None)
+        return net.evaluate_actions(state, bp, wait_actions() if actions is None else actions, **kwargs)
+    return net.predict_contributions(state, bp, **kwargs)
+
+
+def state_arg(entry: str) -> str:
+    return "states" if entry == "evaluate_actions" else "state"
+
+
+def expect_error(fn: Callable[[], object], exc: type[BaseException], fragments: list[str]) -> str:
+    """Run ``fn``; assert it raises ``exc`` and that the message holds every fragment."""
+    with pytest.raises(exc) as info:
+        fn()
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} is not in the message {message!r}"
+    return message
+
+
+def shape(t: Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+# ---------------------------------------------------------------------- bad observations
+# Each case: (state, bp, entry) -> (bad state, bad bp, extra kwargs, message fragments); the
+# fragments name the argument, the actual value and the expected one.
+ObservationCase = Callable[[Tensor, Tensor, str], tuple[Any, Any, dict[str, Any], list[str]]]
+
+
+def _nan(state: Tensor, value: float) -> Tensor:
+    bad = state.clone()
+    bad.view(-1)[5] = value
+    return bad
+
+
+def _bp_at(bp: Tensor, value: int) -> Tensor:
+    bad = bp.clone()
+    bad.view(-1)[1] = value
+    return bad
+
+
+OBSERVATION_CASES: dict[str, ObservationCase] = {
+    "rank 4": lambda s, bp, e: (s[None, None], bp, {}, [state_arg(e), shape(s[None, None]), "[B, T, D]"]),
+    "rank 1": lambda s, bp, e: (s.reshape(-1), bp, {}, [state_arg(e), shape(s.reshape(-1)), "[B, T, D]"]),
+    "feature size": lambda s, bp, e: (
+        s[..., :-1], bp, {}, [state_arg(e), "feature size 115", "state_dim=116", "slot_dim=31"]
+    ),
+    "integer state": lambda s, bp, e: (
+        s.long(), bp, {}, [state_arg(e), "torch.int64", "torch.float32", "rejected"]
+    ),
+    "float64 state": lambda s, bp, e: (s.double(), bp, {}, [state_arg(e), "torch.float64", "torch.float32"]),
+    "numpy state": lambda s, bp, e: (s.numpy(), bp, {}, [state_arg(e), "ndarray", "torch.Tensor"]),
+    "state on another device": lambda s, bp, e: (
+        s.to("meta"), bp, {}, [state_arg(e), "meta", "cpu"]
+    ),
+    "NaN in state": lambda s, bp, e: (_nan(s, float("nan")), bp, {}, [state_arg(e), "1 NaN", "non-finite"]),
+    "inf in state": lambda s, bp, e: (_nan(s, float("inf")), bp, {}, [state_arg(e), "1 inf", "non-finite"]),
+    "blueprint N": lambda s, bp, e: (s, bp[..., :2], {}, ["blueprint_indices", ", 2)", ", 3)", "N=3"]),
+    "blueprint batch": lambda s, bp, e: (
+        s, torch.cat([bp, bp[:1]]), {}, ["blueprint_indices", "(3,", "(2,"]
+    ),
+    "blueprint dtype": lambda s, bp, e: (s, bp.int(), {}, ["blueprint_indices", "torch.int32", "torch.int64"]),
+    "blueprint numpy": lambda s, bp, e: (s, bp.numpy(), {}, ["blueprint_indices", "ndarray", "torch.Tensor"]),
+    "blueprint device": lambda s, bp, e: (s, bp.to("meta"), {}, ["blueprint_indices", "meta", "cpu"]),
+    "blueprint -2": lambda s, bp, e: (
+        s, _bp_at(bp, -2), {}, ["blueprint_indices", "[-2]", "-1 (empty slot) or 0..12"]
+    ),
+    "blueprint 13": lambda s, bp, e: (
+        s, _bp_at(bp, 13), {}, ["blueprint_indices", "[13]", "-1 (empty slot) or 0..12"]
+    ),
+    "no blueprint and no active mask": lambda s, bp, e: (s, None, {}, ["blueprint_indices", "active_mask"]),
+    "active_mask N": lambda s, bp, e: (
+        s, None, {"active_mask": torch.ones(*bp.shape[:-1], 4, dtype=torch.bool)},
+        ["active_mask", ", 4)", ", 3)"],
+    ),
+    "active_mask dtype": lambda s, bp, e: (
+        s, None, {"active_mask": torch.ones(bp.shape)}, ["active_mask", "torch.float32", "torch.bool"]
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("case", list(OBSERVATION_CASES))
+def test_bad_observation_is_rejected_with_a_message(
+    net: ActorCriticCore, entry: str, case: str
+) -> None:
+    state, bp = good_inputs(entry)
+    bad_state, bad_bp, kwargs, fragments = OBSERVATION_CASES[case](state, bp, entry)
+    expect_error(lambda: call(net, entry, bad_state, bad_bp, **kwargs), ValueError, fragments)
+
+
+@pytest.mark.parametrize("entry", ["forward", "evaluate_actions", "predict_contributions"])
+def test_empty_sequence_is_rejected(net: ActorCriticCore, entry: str) -> None:
+    state, bp = good_inputs(entry)
+    expect_error(
+        lambda: call(net, entry, state[:, :0], bp[:, :0], actions=wait_actions(steps=0))
+        if entry == "evaluate_actions" else call(net, entry, state[:, :0], bp[:, :0]),
+        ValueError, [state_arg(entry), "T=0", "at least one time step"],
+    )
+
+
+def test_get_action_rejects_more_than_one_step(net: ActorCriticCore) -> None:
+    state, bp = observation()
+    expect_error(
+        lambda: net.get_action(state, bp), ValueError, ["state", "(2, 3, 116)", "T=3", "[B, 1, D]"]
+    )
+    # [B, 1, D] is the other accepted form.
+    assert net.get_action(state[:, :1], bp[:, :1]).values.shape == (B,)
+
+
+# ---------------------------------------------------------------------- dtype rule
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_non_floating_observations_are_rejected_not_converted(
+    net: ActorCriticCore, entry: str, dtype: torch.dtype
+) -> None:
+    state, bp = good_inputs(entry)
+    expect_error(
+        lambda: call(net, entry, state.to(dtype), bp), ValueError,
+        [state_arg(entry), str(dtype), "floating", "not converted"],
+    )
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_floating_observation_must_match_parameters_outside_autocast(
+    net: ActorCriticCore, entry: str
+) -> None:
+    state, bp = good_inputs(entry)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        expect_error(
+            lambda d=dtype: call(net, entry, state.to(d), bp), ValueError,  # type: ignore[misc]
+            [state_arg(entry), str(dtype), "torch.float32", f"{state_arg(entry)}.to(torch.float32)"],
+        )
+    # A float64 network takes float64 observations.
+    net64 = copy.deepcopy(net).double()
+    call(net64, entry, state.double(), bp)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_under_autocast_only_parameter_or_autocast_dtype_is_accepted(
+    net: ActorCriticCore, entry: str
+) -> None:
+    state, bp = good_inputs(entry)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        call(net, entry, state, bp)  # fp32 = the parameters' dtype
+        call(net, entry, state.bfloat16(), bp)  # bf16 = the autocast dtype
+        for dtype in (torch.float64, torch.float16):
+            expect_error(
+                lambda d=dtype: call(net, entry, state.to(d), bp), ValueError,  # type: ignore[misc]
+                [state_arg(entry), str(dtype), "torch.float32", "torch.bfloat16"],
+            )
+
+
+# ---------------------------------------------------------------------- bad masks
+def _one_step(entry: str, mask: Tensor) -> Tensor:
+    """A ``[B, T, n]`` mask as the entry point takes it (``[B, n]`` for get_action)."""
+    return mask[:, 0] if entry == "get_action" else mask
+
+
+def _all_true(n: int, batch: int = B) -> Tensor:
+    return torch.ones(batch, T, n, dtype=torch.bool)
+
+
+MASK_ENTRIES = ("forward", "get_action", "evaluate_actions")
+MaskCase = Callable[[str], tuple[dict[str, Any], type[BaseException], list[str]]]
+
+
+def _op_mask_with_empty_row(entry: str) -> Tensor:
+    mask = _all_true(NUM_OPS)
+    mask[1, 0] = False  # one row (batch 1, step 0) has no valid op
+    return _one_step(entry, mask)
+
+
+MASK_CASES: dict[str, MaskCase] = {
+    "slot_mask int64": lambda e: (
+        {"slot_mask": _one_step(e, _all_true(N).long())}, ValueError,
+        ["slot_mask", "torch.int64", "torch.bool"],
+    ),
+    "op_mask float": lambda e: (
+        {"op_mask": _one_step(e, _all_true(NUM_OPS).float())}, ValueError,
+        ["op_mask", "torch.float32", "torch.bool"],
+    ),
+    "op_mask size": lambda e: (
+        {"op_mask": _one_step(e, _all_true(5))}, ValueError, ["op_mask", ", 5)", ", 6)", "6 choices"]
+    ),
+    "slot_mask N": lambda e: (
+        {"slot_mask": _one_step(e, _all_true(4))}, ValueError, ["slot_mask", ", 4)", ", 3)"]
+    ),
+    "blueprint_mask batch": lambda e: (
+        {"blueprint_mask": _one_step(e, _all_true(13, batch=B + 1))}, ValueError,
+        ["blueprint_mask", "(3,", "(2,"],
+    ),
+    "style_mask rank": lambda e: (
+        {"style_mask": torch.ones(4, dtype=torch.bool)}, ValueError, ["style_mask", "(4,)", "(2,"]
+    ),
+    "op_mask numpy": lambda e: (
+        {"op_mask": _one_step(e, _all_true(NUM_OPS)).numpy()}, ValueError,
+        ["op_mask", "ndarray", "torch.Tensor"],
+    ),
+    "op_mask device": lambda e: (
+        {"op_mask": _one_step(e, _all_true(NUM_OPS)).to("meta")}, ValueError,
+        ["op_mask", "meta", "cpu"],
+    ),
+    "unknown head in masks": lambda e: (
+        {"masks": {"bogus": _one_step(e, _all_true(2))}}, ValueError, ["masks", "bogus", "'op'"]
+    ),
+    "op_mask all-False row": lambda e: (
+        {"op_mask": _op_mask_with_empty_row(e)}, InvalidStateMachineError,
+        ["op_mask", "1 row(s)", "no valid action", "at least one True"],
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", MASK_ENTRIES)
+@pytest.mark.parametrize("case", list(MASK_CASES))
+def test_bad_mask_is_rejected_with_a_message(net: ActorCriticCore, entry: str, case: str) -> None:
+    state, bp = good_inputs(entry)
+    kwargs, exc, fragments = MASK_CASES[case](entry)
+    expect_error(lambda: call(net, entry, state, bp, **kwargs), exc, fragments)
+
+
+@pytest.mark.parametrize("entry", ["get_action", "evaluate_actions"])
+def test_all_false_mask_of_a_head_relevant_to_the_op_is_rejected(
+    net: ActorCriticCore, entry: str
+) -> None:
+    germinate_only = torch.zeros(B, T, NUM_OPS, dtype=torch.bool)
+    germinate_only[..., 1] = True
+    no_blueprint = torch.zeros(B, T, 13, dtype=torch.bool)
+    state, bp = good_inputs(entry)
+    kwargs: dict[str, Any] = {
+        "op_mask": _one_step(entry, germinate_only), "blueprint_mask": _one_step(entry, no_blueprint)
+    }
+    if entry == "evaluate_actions":
+        kwargs["actions"] = wait_actions(op=1)
+    expect_error(
+        lambda: call(net, entry, state, bp, **kwargs), InvalidStateMachineError,
+        ["blueprint_mask", "chosen op", f"{B if entry == 'get_action' else B * T} row(s)",
+         "no valid action"],
+    )
+
+
+def test_all_false_mask_of_an_irrelevant_head_is_fine(net: ActorCriticCore) -> None:
+    # WAIT makes every other head irrelevant: each is forced to its canonical action with
+    # log-prob exactly 0, whatever its own mask says (here: nothing valid).
+    state, bp = good_inputs("get_action")
+    wait_only = torch.zeros(B, NUM_OPS, dtype=torch.bool)
+    wait_only[:, 0] = True
+    no_choice = {
+        f"{name}_mask": torch.zeros(B, n, dtype=torch.bool)
+        for name, n in net.action_space.sizes.items() if name != "op"
+    }
+    result = net.get_action(state, bp, op_mask=wait_only, **no_choice)
+    for name, canonical in WAIT_ACTIONS.items():
+        assert torch.equal(result.actions[name], torch.full((B,), canonical)), name
+        assert torch.equal(result.log_probs[name], torch.zeros(B)), name
+        assert torch.equal(result.head_entropies[name], torch.zeros(B)), name
+
+
+# ---------------------------------------------------------------------- slot_by_op
+def _slot_by_op(entry: str, batch: int = B, num_slots: int = N, **kw: Any) -> Tensor:
+    mask = torch.ones(batch, NUM_OPS, num_slots, dtype=torch.bool, **kw)
+    return mask
+
+
+SLOT_BY_OP_CASES: dict[str, tuple[Callable[[], Any], list[str]]] = {
+    "N": (lambda: _slot_by_op("", num_slots=4), ["slot_by_op_mask", "(2, 6, 4)", "(2, 6, 3)", "N=3"]),
+    "batch": (lambda: _slot_by_op("", batch=3), ["slot_by_op_mask", "(3, 6, 3)", "(2, 6, 3)"]),
+    "transposed": (
+        lambda: _slot_by_op("").transpose(1, 2), ["slot_by_op_mask", "(2, 3, 6)", "(2, 6, 3)"]
+    ),
+    "dtype": (lambda: _slot_by_op("").long(), ["slot_by_op_mask", "torch.int64", "torch.bool"]),
+    "device": (lambda: _slot_by_op("").to("meta"), ["slot_by_op_mask", "meta", "cpu"]),
+}
+
+
+@pytest.mark.parametrize("entry", ["get_action", "evaluate_actions"])
+@pytest.mark.parametrize("case", list(SLOT_BY_OP_CASES))
+def test_bad_slot_by_op_is_rejected_with_a_message(
+    net: ActorCriticCore, entry: str, case: str
+) -> None:
+    state, bp = good_inputs(entry)
+    make, fragments = SLOT_BY_OP_CASES[case]
+    expect_error(lambda: call(net, entry, state, bp, slot_by_op_mask=make()), ValueError, fragments)
+
+
+@pytest.mark.parametrize("entry", ["get_action", "evaluate_actions"])
+def test_slot_by_op_without_a_slot_for_the_chosen_op_is_rejected(
+    net: ActorCriticCore, entry: str
+) -> None:
+    prune_only = torch.zeros(B, T, NUM_OPS, dtype=torch.bool)
+    prune_only[..., 3] = True
+    slot_by_op = torch.ones(B, NUM_OPS, N, dtype=torch.bool)
+    slot_by_op[0, 3] = False  # environment 0 has no slot to prune
+    state, bp = good_inputs(entry)
+    kwargs: dict[str, Any] = {"op_mask": _one_step(entry, prune_only), "slot_by_op_mask": slot_by_op}
+    if entry == "evaluate_actions":
+        kwargs["actions"] = wait_actions(op=3)
+    expect_error(
+        lambda: call(net, entry, state, bp, **kwargs), InvalidStateMachineError,
+        ["slot_by_op_mask", "no valid action"],
+    )
+
+
+# ---------------------------------------------------------------------- bad hidden state
+HiddenCase = Callable[[tuple[Tensor, Tensor]], tuple[Any, list[str]]]
+HIDDEN_CASES: dict[str, HiddenCase] = {
+    "batch": lambda h: ((h[0][:, :1], h[1][:, :1]), ["hidden h", "(1, 1, 16)", "(1, 2, 16)"]),
+    "layers": lambda h: (
+        (torch.cat([h[0], h[0]]), torch.cat([h[1], h[1]])), ["hidden h", "(2, 2, 16)", "(1, 2, 16)"]
+    ),
+    "width": lambda h: ((h[0][..., :8], h[1][..., :8]), ["hidden h", "(1, 2, 8)", "(1, 2, 16)"]),
+    "c only wrong": lambda h: ((h[0], h[1][:, :1]), ["hidden c", "(1, 1, 16)", "(1, 2, 16)"]),
+    "float64": lambda h: ((h[0].double(), h[1].double()), ["hidden h", "torch.float64", "torch.float32"]),
+    "int64": lambda h: ((h[0].long(), h[1].long()), ["hidden h", "torch.int64", "floating point"]),
+    "device": lambda h: ((h[0].to("meta"), h[1].to("meta")), ["hidden h", "meta", "cpu"]),
+    "list": lambda h: ([h[0], h[1]], ["hidden", "tuple", "list"]),
+    "one tensor": lambda h: (h[0], ["hidden", "tuple", "Tensor"]),
+    "tuple of one": lambda h: ((h[0],), ["hidden", "tuple", "length 1"]),
+    "tuple of ints": lambda h: ((1, 2), ["hidden h", "Tensor", "int"]),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("case", list(HIDDEN_CASES))
+def test_bad_hidden_is_rejected_with_a_message(net: ActorCriticCore, entry: str, case: str) -> None:
+    state, bp = good_inputs(entry)
+    hidden, fragments = HIDDEN_CASES[case](net.get_initial_hidden(B))
+    expect_error(lambda: call(net, entry, state, bp, hidden=hidden), ValueError, fragments)
+
+
+# ---------------------------------------------------------------------- bad actions
+ACTION_CASES: dict[str, tuple[Callable[[], Any], type[BaseException], list[str]]] = {
+    "missing head": (
+        lambda: {k: v for k, v in wait_actions().items() if k != "op"}, KeyError, ["actions", "'op'"]
+    ),
+    "not a mapping": (lambda: list(wait_actions().values()), ValueError, ["actions", "mapping", "list"]),
+    "int32": (
+        lambda: {**wait_actions(), "op": torch.zeros(B, T, dtype=torch.int32)}, ValueError,
+        ["actions['op']", "torch.int32", "torch.int64"],
+    ),
+    "shape": (
+        lambda: {**wait_actions(), "op": torch.zeros(B, T - 1, dtype=torch.long)}, ValueError,
+        ["actions['op']", "(2, 2)", "(2, 3)"],
+    ),
+    "numpy": (
+        lambda: {**wait_actions(), "op": torch.zeros(B, T, dtype=torch.long).numpy()}, ValueError,
+        ["actions['op']", "ndarray", "torch.Tensor"],
+    ),
+    "out of range": (
+        lambda: {**wait_actions(), "op": torch.full((B, T), NUM_OPS, dtype=torch.long)}, ValueError,
+        ["actions['op']", "[6]", "[0, 6)"],
+    ),
+    "device": (
+        lambda: {**wait_actions(), "op": torch.zeros(B, T, dtype=torch.long, device="meta")},
+        ValueError, ["actions['op']", "meta", "cpu"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ACTION_CASES))
+def test_bad_actions_are_rejected_with_a_message(net: ActorCriticCore, case: str) -> None:
+    state, bp = observation()
+    make, exc, fragments = ACTION_CASES[case]
+    expect_error(lambda: net.evaluate_actions(state, bp, make()), exc, fragments)
+
+
+def test_actions_forbidden_by_the_masks_are_rejected(net: ActorCriticCore) -> None:
+    state, bp = observation()
+    no_wait = _all_true(NUM_OPS)
+    no_wait[..., 0] = False
+    expect_error(
+        lambda: net.evaluate_actions(state, bp, wait_actions(), op_mask=no_wait), ValueError,
+        ["actions", "masks forbid", f"'op': {B * T}"],
+    )
+
+
+@pytest.mark.parametrize("entry", ["forward", "get_action", "evaluate_actions"])
+@pytest.mark.parametrize("floor", [1.0, -0.1, float("nan")])
+def test_bad_probability_floor_is_rejected(net: ActorCriticCore, entry: str, floor: float) -> None:
+    state, bp = good_inputs(entry)
+    expect_error(
+        lambda: call(net, entry, state, bp, probability_floor=floor), ValueError,
+        ["probability_floor", str(floor), "[0, 1)"],
+    )
+    expect_error(
+        lambda: call(net, entry, state, bp, probability_floor={"bogus": 0.1}), ValueError,
+        ["probability_floor", "bogus", "'op'"],
+    )
+
+
+# ---------------------------------------------------------------------- N vs SlotConfig / layout
+def test_transformer_slot_config_override_must_match_the_observation() -> None:
+    net = make_net("transformer")
+    grid = SlotConfig.for_grid(2, 2)
+    state3, bp3 = observation(num_slots=3)
+    state4, bp4 = observation(num_slots=4)
+    # State sized for the constructor's 3 slots on a 4-slot grid.
+    expect_error(
+        lambda: net(state3, bp3, slot_config=grid), ValueError,
+        ["state", "feature size 116", "state_dim=147", "4 slots"],
+    )
+    # Blueprint indices for 3 slots with a 4-slot state and grid.
+    expect_error(
+        lambda: net(state4, bp3, slot_config=grid), ValueError,
+        ["blueprint_indices", "(2, 3, 3)", "(2, 3, 4)", "N=4"],
+    )
+    # Masks sized for the wrong grid.
+    expect_error(
+        lambda: net(state4, bp4, slot_config=grid, slot_mask=_all_true(3)), ValueError,
+        ["slot_mask", ", 3)", ", 4)"],
+    )
+    expect_error(
+        lambda: net.get_action(
+            state4[:, 0], bp4[:, 0], slot_config=grid, slot_by_op_mask=_slot_by_op("", num_slots=3)
+        ),
+        ValueError, ["slot_by_op_mask", "(2, 6, 3)", "N=4"],
+    )
+    # Matching inputs run.
+    assert net(state4, bp4, slot_config=grid)["slot_logits"].shape == (B, T, 4)
+
+
+def test_lstm_rejects_another_slot_config() -> None:
+    net = make_net("lstm")
+    state4, bp4 = observation(num_slots=4)
+    expect_error(
+        lambda: net(state4, bp4, slot_config=SlotConfig.for_grid(2, 2)), ValueError,
+        ["slot_config", "3 slots", "4 slots", "SlotTransformerActorCritic"],
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_constructor_rejects_state_dim_not_matching_the_layout(kind: str) -> None:
+    cls = SlotTransformerActorCritic if kind == "transformer" else FactoredRecurrentActorCritic
+    expect_error(lambda: cls(115), ValueError, ["state_dim=115", "base_dim=23", "3", "positive integer"])
+    expect_error(
+        lambda: cls(STATE_DIM, slot_config=SlotConfig.for_grid(2, 2)), ValueError,
+        ["state_dim=116", "4", "23.25", "positive integer"],
+    )
+    expect_error(lambda: cls(STATE_DIM, base_dim=120), ValueError, ["state_dim=116", "base_dim=120"])
+    # The older 39-feature layout is inferred.
+    assert cls(23 + 3 * 39).layout.slot_dim == 39
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_constructor_rejects_action_space_of_another_slot_count(kind: str) -> None:
+    from slotformer.actions import ActionSpace
+
+    cls = SlotTransformerActorCritic if kind == "transformer" else FactoredRecurrentActorCritic
+    expect_error(
+        lambda: cls(STATE_DIM, action_space=ActionSpace.default(4)), ValueError,
+        ["action_space", "4 choices", "3 slots"],
+    )
+
+
+def test_transformer_rejects_more_slots_than_max_slots() -> None:
+    grid = SlotConfig.for_grid(5, 13)  # 65 slots
+    expect_error(
+        lambda: SlotTransformerActorCritic(BASE_DIM + 65 * SLOT_DIM, slot_config=grid),
+        ValueError, ["65 slots", "max_slots=64"],
+    )
+    net = make_net("transformer")
+    state, bp = observation(num_slots=65)
+    expect_error(
+        lambda: net(state, bp, slot_config=grid), ValueError, ["N=65", "max_slots=64"]
+    )
+
+
+# ---------------------------------------------------------------------- encoder and layout
+def _encoder_inputs(num_slots: int = 3) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    features = torch.randn(B, T, num_slots, SLOT_DIM)
+    active = torch.rand(B, T, num_slots) < 0.5
+    return features, active, torch.zeros(num_slots, dtype=torch.long), torch.arange(num_slots)
+
+
+ENCODER_CASES: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], tuple[tuple[Any, ...], list[str]]]] = {
+    "rank 3 features": lambda f, a, r, c: (
+        (f[0], a, r, c), ["slot_features", "[B, T, N, slot_dim=31]", "(3, 3, 31)"]
+    ),
+    "slot_dim": lambda f, a, r, c: (
+        (f[..., :30], a, r, c), ["slot_features", "slot_dim=31", "(2, 3, 3, 30)"]
+    ),
+    "integer features": lambda f, a, r, c: (
+        (f.long(), a, r, c), ["slot_features", "floating-point", "torch.int64"]
+    ),
+    "mask dtype": lambda f, a, r, c: (
+        (f, a.float(), r, c), ["slot_active_mask", "bool", "torch.float32"]
+    ),
+    "mask shape": lambda f, a, r, c: (
+        (f, a[..., :2], r, c), ["slot_active_mask", "(2, 3, 3)", "(2, 3, 2)"]
+    ),
+    "row_ids shape": lambda f, a, r, c: (
+        (f, a, r[:2], c), ["row_ids", "(3,)", "(2,)"]
+    ),
+    "row_ids out of range": lambda f, a, r, c: (
+        (f, a, r + 8, c), ["row_ids", "[0, 8)", "8"]
+    ),
+    "too many slots": lambda f, a, r, c: (
+        (torch.randn(B, T, 65, SLOT_DIM), torch.ones(B, T, 65, dtype=torch.bool),
+         torch.zeros(65, dtype=torch.long), torch.arange(65)),
+        ["N=65", "max_slots=64"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ENCODER_CASES))
+def test_encoder_rejects_bad_input_with_a_message(case: str) -> None:
+    encoder = SlotTransformerEncoder(slot_dim=SLOT_DIM, embed_dim=16, num_heads=2, num_layers=1)
+    args, fragments = ENCODER_CASES[case](*_encoder_inputs())
+    expect_error(lambda: encoder(*args), ValueError, fragments)
+
+
+def test_encoder_constructor_rejects_bad_sizes() -> None:
+    expect_error(
+        lambda: SlotTransformerEncoder(embed_dim=18, num_heads=4), ValueError,
+        ["embed_dim", "num_heads", "18", "4"],
+    )
+    expect_error(lambda: SlotTransformerEncoder(dropout=1.0), ValueError, ["dropout", "1.0", "[0, 1)"])
+    expect_error(lambda: SlotTransformerEncoder(max_slots=0), ValueError, ["max_slots", ">= 1", "0"])
+
+
+def test_layout_rejects_bad_input_with_a_message() -> None:
+    expect_error(
+        lambda: ObservationLayout.infer(115, 3), ValueError,
+        ["state_dim=115", "(115 - 23) / 3", "30.6667", "positive integer"],
+    )
+    expect_error(lambda: ObservationLayout.infer(116, 0), ValueError, ["num_slots", ">= 1", "0"])
+    expect_error(lambda: ObservationLayout(num_slots=3, slot_dim=0), ValueError, ["slot_dim", "0"])
+    layout = ObservationLayout.infer(STATE_DIM, N)
+    expect_error(
+        lambda: layout.split(torch.zeros(B, 115)), ValueError, ["state", "(2, 115)", "state_dim=116"]
+    )
+    expect_error(
+        lambda: layout.active_mask(None, torch.ones(B, N)), ValueError,
+        ["active_mask", "torch.float32", "torch.bool"],
+    )
+    expect_error(
+        lambda: layout.active_mask(None, torch.ones(B, 4, dtype=torch.bool)), ValueError,
+        ["active_mask", "(2, 4)", "N=3"],
+    )
+    expect_error(
+        lambda: layout.active_mask(torch.zeros(B, 4, dtype=torch.long)), ValueError,
+        ["blueprint_indices", "(2, 4)", "N=3"],
+    )
+    # Activity comes from blueprint_indices >= 0, never from a feature.
+    assert layout.active_mask(torch.tensor([[-1, 0, 12]])).tolist() == [[False, True, True]]

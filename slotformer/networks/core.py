@@ -132,6 +132,14 @@ def _as_autograd_tensor(tensor: Tensor) -> Tensor:
     return tensor.clone() if tensor.is_inference() else tensor
 
 
+def _head_label(name: str, for_chosen_op: bool = False, slot_by_op: bool = False) -> str:
+    """How value-check errors name a head: its logits and the argument its mask came from."""
+    if slot_by_op:
+        return f"{name}_logits (mask: slot_by_op_mask at the chosen op)"
+    suffix = " for the chosen op" if for_chosen_op else ""
+    return f"{name}_logits (mask: {name}_mask{suffix})"
+
+
 class ActorCriticCore(nn.Module, ABC):
     """Base class of the actor-critic networks. Subclasses implement the trunk and slot head.
 
@@ -316,7 +324,7 @@ class ActorCriticCore(nn.Module, ABC):
         self._on_trunk_done(trunk)
         logits = self._head_logits(trunk, ctx)
         op_name = ctx.action_space.op_head
-        check_logits_and_mask(logits[op_name], head_masks[op_name], name=f"{op_name}_logits")
+        check_logits_and_mask(logits[op_name], head_masks[op_name], name=_head_label(op_name))
         op_log_probs = masked_log_probs(logits[op_name], head_masks[op_name], floors.get(op_name))
         sampled_op = sample_actions(op_log_probs)  # [B, T]
         state_value, q_value = self._values(trunk, sampled_op)
@@ -505,7 +513,7 @@ class ActorCriticCore(nn.Module, ABC):
         """Predicted per-slot contributions: ``[B, N]`` for ``state [B, D]``, ``[B, T, N]``
         for ``state [B, T, D]``."""
         ctx = self.slot_context(slot_config)
-        squeeze = state.dim() == 2
+        squeeze = isinstance(state, Tensor) and state.dim() == 2
         state, blueprint_indices, active = self._check_observation(
             state, blueprint_indices, active_mask, ctx, allow_2d=True
         )
@@ -559,7 +567,7 @@ class ActorCriticCore(nn.Module, ABC):
                 return greedy_actions(head_log_probs)
             return sample_actions(head_log_probs, generator=generator)
 
-        check_logits_and_mask(logits[op_name], head_masks[op_name], name=f"{op_name}_logits")
+        check_logits_and_mask(logits[op_name], head_masks[op_name], name=_head_label(op_name))
         op_log_probs = masked_log_probs(logits[op_name], head_masks[op_name], floors.get(op_name))
         op = decide(op_name, op_log_probs)  # [B, T]
         canonical = canonicalize_masks(space, head_masks, op, slot_by_op)
@@ -570,7 +578,9 @@ class ActorCriticCore(nn.Module, ABC):
             if name == op_name:
                 head_log_probs = op_log_probs
             else:
-                check_logits_and_mask(logits[name], canonical[name], name=f"{name}_logits")
+                by_op = slot_by_op is not None and name == space.pointer_head
+                label = _head_label(name, for_chosen_op=True, slot_by_op=by_op)
+                check_logits_and_mask(logits[name], canonical[name], name=label)
                 head_log_probs = masked_log_probs(logits[name], canonical[name], floors.get(name))
             action = op if name == op_name else decide(name, head_log_probs)
             actions[name] = action
@@ -622,24 +632,43 @@ class ActorCriticCore(nn.Module, ABC):
         ranks = "[B, D] or [B, T, D]" if allow_2d else "[B, T, D]"
         if state.dim() == 2 and allow_2d:
             state = state.unsqueeze(1)
-            if blueprint_indices is not None and blueprint_indices.dim() == 2:
+            if isinstance(blueprint_indices, Tensor) and blueprint_indices.dim() == 2:
                 blueprint_indices = blueprint_indices.unsqueeze(1)
-            if active_mask is not None and active_mask.dim() == 2:
+            if isinstance(active_mask, Tensor) and active_mask.dim() == 2:
                 active_mask = active_mask.unsqueeze(1)
         if state.dim() != 3:
             raise ValueError(f"{name} has shape {describe_shape(state)}, expected {ranks}")
         B, T, D = state.shape
+        if T == 0:
+            raise ValueError(
+                f"{name} has shape {describe_shape(state)} (T=0), expected at least one time step"
+            )
+        param = next(self.parameters())
+        if state.device != param.device:
+            raise ValueError(
+                f"{name} is on device {state.device}, expected the network's device {param.device}"
+            )
         if not state.is_floating_point():
             raise ValueError(
                 f"{name} has dtype {state.dtype}, expected a floating dtype "
-                f"({self._param_dtype()}); integer observations are rejected, not converted"
+                f"({param.dtype}); integer observations are rejected, not converted"
             )
-        param_dtype = self._param_dtype()
-        if state.dtype != param_dtype and not torch.is_autocast_enabled(state.device.type):
-            raise ValueError(
-                f"{name} has dtype {state.dtype} but the network's parameters are "
-                f"{param_dtype}; convert with {name}.to({param_dtype}) (or run under autocast)"
-            )
+        # Dtype rule: never convert. Outside autocast the state has the parameters' dtype;
+        # under autocast also the autocast dtype (any other dtype would fail deep inside,
+        # e.g. float64 in a bf16 matmul).
+        if state.dtype != param.dtype:
+            device_type = state.device.type
+            if not torch.is_autocast_enabled(device_type):
+                raise ValueError(
+                    f"{name} has dtype {state.dtype} but the network's parameters are "
+                    f"{param.dtype}; convert with {name}.to({param.dtype}) (or run under autocast)"
+                )
+            autocast_dtype = torch.get_autocast_dtype(device_type)
+            if state.dtype != autocast_dtype:
+                raise ValueError(
+                    f"{name} has dtype {state.dtype}; under {autocast_dtype} autocast it must "
+                    f"be the parameters' {param.dtype} or {autocast_dtype}"
+                )
         if D != ctx.layout.state_dim:
             raise ValueError(
                 f"{name} has shape {describe_shape(state)}: feature size {D} does not match "
@@ -665,10 +694,25 @@ class ActorCriticCore(nn.Module, ABC):
             raise ValueError(
                 f"blueprint_indices has dtype {blueprint_indices.dtype}, expected torch.int64"
             )
-        if active_mask is not None and active_mask.shape != (B, T, N):
+        if blueprint_indices.device != state.device:
             raise ValueError(
-                f"active_mask has shape {describe_shape(active_mask)}, expected {(B, T, N)}"
+                f"blueprint_indices is on device {blueprint_indices.device}, expected {name}'s "
+                f"device {state.device}"
             )
+        if active_mask is not None:
+            if not isinstance(active_mask, Tensor):
+                raise ValueError(
+                    f"active_mask must be a torch.Tensor, got {type(active_mask).__name__}"
+                )
+            if active_mask.shape != (B, T, N):
+                raise ValueError(
+                    f"active_mask has shape {describe_shape(active_mask)}, expected {(B, T, N)}"
+                )
+            if active_mask.device != state.device:
+                raise ValueError(
+                    f"active_mask is on device {active_mask.device}, expected {name}'s device "
+                    f"{state.device}"
+                )
         active = ctx.layout.active_mask(blueprint_indices, active_mask)  # [B, T, N]
         if validation_enabled():
             bad = ~torch.isfinite(state)
@@ -716,6 +760,8 @@ class ActorCriticCore(nn.Module, ABC):
                 raise ValueError(
                     f"{arg} has dtype {mask.dtype}, expected torch.bool (True = valid)"
                 )
+            if mask.device != device:
+                raise ValueError(f"{arg} is on device {mask.device}, expected the state's {device}")
             if mask.dim() == 2 and mask.shape == (B, n):
                 mask = mask.unsqueeze(1).expand(B, T, n)
             elif mask.shape != (B, T, n):
@@ -732,8 +778,17 @@ class ActorCriticCore(nn.Module, ABC):
         if slot_by_op is None:
             return None
         num_ops, N = self.num_ops, ctx.num_slots
+        if not isinstance(slot_by_op, Tensor):
+            raise ValueError(
+                f"slot_by_op_mask must be a torch.Tensor, got {type(slot_by_op).__name__}"
+            )
         if slot_by_op.dtype != torch.bool:
             raise ValueError(f"slot_by_op_mask has dtype {slot_by_op.dtype}, expected torch.bool")
+        if slot_by_op.device != ctx.row_ids.device:
+            raise ValueError(
+                f"slot_by_op_mask is on device {slot_by_op.device}, expected the network's "
+                f"{ctx.row_ids.device}"
+            )
         if slot_by_op.shape == (B, num_ops, N):
             return slot_by_op.unsqueeze(1).expand(B, T, num_ops, N)
         if slot_by_op.shape == (B, T, num_ops, N):
@@ -758,6 +813,15 @@ class ActorCriticCore(nn.Module, ABC):
         out: dict[str, Tensor] = {}
         for name in ctx.action_space.head_names:
             action = actions[name]
+            if not isinstance(action, Tensor):
+                raise ValueError(
+                    f"actions[{name!r}] must be a torch.Tensor (int64 [B, T]), got "
+                    f"{type(action).__name__}"
+                )
+            if action.device != device:
+                raise ValueError(
+                    f"actions[{name!r}] is on device {action.device}, expected the states' {device}"
+                )
             if action.dim() == 1 and T == 1 and action.shape[0] == B:
                 action = action.unsqueeze(1)
             if action.shape != (B, T):
