@@ -1,0 +1,351 @@
+"""Versioned, atomic, safe-to-load policy checkpoints.
+
+A checkpoint is a ``torch.save`` archive of plain data only (dicts, lists, str, int, float,
+bool, None, tensors), so it loads with ``torch.load(..., weights_only=True)`` and never runs
+pickled code::
+
+    {"format_version": 1, "library_version": "0.1.0", "policy_type": "transformer",
+     "config": {...constructor arguments...}, "slot_ids": ["r0c0", ...],
+     "state_dict": {...}, "extra": {...caller data...}}
+
+`save_checkpoint` writes to a temporary file in the target's folder, flushes and fsyncs it,
+then renames it over the target, so an interrupted save leaves the previous checkpoint
+intact and no partial file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import secrets
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slotformer.config import SlotConfig
+from slotformer.policy.bundles import ActorCriticBundle
+from slotformer.policy.protocol import PolicyBundle
+from slotformer.policy.registry import get_policy_class, list_policies
+
+CHECKPOINT_FORMAT_VERSION = 1
+"""The format `save_checkpoint` writes; `load_checkpoint` reads this version and older."""
+
+_REQUIRED_KEYS = ("format_version", "library_version", "policy_type", "config", "slot_ids",
+                  "state_dict")
+
+MapLocation = torch.device | str | Callable[..., Any] | dict[str, str] | None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: unreadable, unsafe, too new, or for another
+    policy or grid. The message names the path, what was found and what was expected."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], policy: PolicyBundle, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Atomically write ``policy`` (config, slot ids and weights) to ``path``.
+
+    Args:
+        path: the checkpoint file; its folder must exist.
+        policy: a bundle built by slotformer (it must expose ``config``).
+        extra: caller data stored alongside (plain data and tensors only, e.g. the step
+            count or an optimizer's state dict); read it back with `read_checkpoint`.
+
+    Returns:
+        The checkpoint's path.
+
+    Raises:
+        ValueError: ``extra`` holds something other than plain data and tensors.
+
+    Example:
+        >>> from slotformer.policy import create_policy
+        >>> policy = create_policy("lstm", hidden_dim=16, trunk_dim=16)
+        >>> path = save_checkpoint(tmp_dir / "policy.pt", policy, extra={"step": 10})  # doctest: +SKIP
+        >>> load_checkpoint(path).network_type  # doctest: +SKIP
+        'lstm'
+    """
+    config = getattr(policy, "config", None)
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"save_checkpoint needs a slotformer bundle exposing .config, got "
+            f"{type(policy).__name__}"
+        )
+    extra_data: dict[str, Any] = dict(extra) if extra is not None else {}
+    _check_plain_data(extra_data, "extra")
+    from slotformer import __version__  # late: slotformer/__init__ may import this module
+
+    payload: dict[str, Any] = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "library_version": __version__,
+        "policy_type": policy.network_type,
+        "config": config,
+        "slot_ids": list(policy.slot_config.slot_ids),
+        "state_dict": policy.state_dict(),
+        "extra": extra_data,
+    }
+    _check_plain_data(payload["config"], "policy.config")
+
+    target = Path(path)
+    temporary = target.with_name(f"{target.name}.tmp-{secrets.token_hex(8)}")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        # Interrupted (error, KeyboardInterrupt): the previous checkpoint is untouched.
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_folder(target.parent)
+    return target
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], map_location: MapLocation = None
+) -> dict[str, Any]:
+    """Load and validate a checkpoint's contents without building the policy.
+
+    Returns:
+        The stored dict (``format_version``, ``library_version``, ``policy_type``,
+        ``config``, ``slot_ids``, ``state_dict``, ``extra``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: unreadable, truncated or corrupt file; a file that needs arbitrary
+            unpickling; a newer format version; missing or malformed entries.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(source)!r}")
+    expected = "a checkpoint written by slotformer.save_checkpoint (a torch zip archive)"
+    if not zipfile.is_zipfile(source):
+        raise CheckpointError(
+            f"{str(source)!r} is not a complete torch zip archive ({source.stat().st_size} "
+            f"bytes): it is truncated, corrupt or not a checkpoint; expected {expected}"
+        )
+    try:
+        payload = torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not _needs_arbitrary_unpickling(error):
+            raise CheckpointError(
+                f"{str(source)!r} could not be read (its pickle record is corrupt: "
+                f"{_unsafe_reason(error)}); expected {expected}"
+            ) from error
+        raise CheckpointError(
+            f"{str(source)!r} was refused: loading it needs arbitrary unpickling "
+            f"(torch.load(weights_only=True) failed: {_unsafe_reason(error)}), which could run "
+            f"code from the file; expected {expected}, which holds only plain data and tensors"
+        ) from error
+    except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, ...
+        raise CheckpointError(
+            f"{str(source)!r} could not be read ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no message'}): it is truncated "
+            f"or corrupt; expected {expected}"
+        ) from error
+    _check_payload(payload, source)
+    return dict(payload)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: MapLocation = None,
+    slot_config: SlotConfig | None = None,
+    *,
+    policy_type: str | None = None,
+) -> PolicyBundle:
+    """Rebuild the policy saved at ``path`` from its stored config and load its weights.
+
+    Args:
+        path: a file written by `save_checkpoint`.
+        map_location: as in ``torch.load``; a device (or device string) also places the
+            bundle there. None = the device the weights were saved from.
+        slot_config: the grid to load onto. None = the saved grid. Another grid is allowed
+            only for a policy whose weights do not depend on N (``"transformer"``); for
+            ``"lstm"`` it must name the saved slot ids, in order.
+        policy_type: the expected policy type; a checkpoint of another type is refused.
+
+    Returns:
+        The bundle, uncompiled, in train mode, with the saved dtype.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: see `read_checkpoint`; also a policy type other than
+            ``policy_type``, or a slot-id set the policy cannot take.
+
+    Example:
+        >>> policy = load_checkpoint("policy.pt", map_location="cpu")  # doctest: +SKIP
+    """
+    source = Path(path)
+    payload = read_checkpoint(source, map_location=map_location)
+    stored_type: str = payload["policy_type"]
+    if policy_type is not None and stored_type != policy_type:
+        raise CheckpointError(
+            f"{str(source)!r} holds a {stored_type!r} policy, expected a {policy_type!r} one; "
+            f"a {stored_type!r} checkpoint cannot be loaded as {policy_type!r} (their weights "
+            f"differ)"
+        )
+    cls = get_policy_class(stored_type)
+    saved_slots = SlotConfig(tuple(payload["slot_ids"]))
+    config = dict(payload["config"])
+    if slot_config is not None and slot_config != saved_slots:
+        if not getattr(cls, "runs_on_any_grid", False):
+            raise CheckpointError(
+                f"{str(source)!r} was saved for slots {list(saved_slots.slot_ids)} but "
+                f"slot_config has {list(slot_config.slot_ids)}; a {stored_type!r} policy's "
+                f"weights are sized by its slots, so it loads only onto the saved slot ids "
+                f"(only a 'transformer' policy loads onto another grid)"
+            )
+        config["feature_dim"] = _feature_dim_for_grid(config, saved_slots, slot_config, source)
+    target_slots = slot_config if slot_config is not None else saved_slots
+
+    try:
+        policy: PolicyBundle = cls(slot_config=target_slots, **config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{str(source)!r}: its stored config {config} does not build a {stored_type!r} "
+            f"policy with this slotformer: {error}"
+        ) from error
+    state_dict: dict[str, Any] = payload["state_dict"]
+    reference = next((t for t in state_dict.values() if t.is_floating_point()), None)
+    if reference is not None:
+        device = (
+            torch.device(map_location)
+            if isinstance(map_location, str | torch.device)
+            else reference.device
+        )
+        policy.to(device)
+        if isinstance(policy, ActorCriticBundle):
+            policy.to(dtype=reference.dtype)
+    try:
+        policy.load_state_dict(state_dict, strict=True)
+    except ValueError as error:
+        raise CheckpointError(
+            f"{str(source)!r}: weights do not fit the {stored_type!r} policy built from its "
+            f"config: {error}"
+        ) from error
+    return policy
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _feature_dim_for_grid(
+    config: Mapping[str, Any], saved: SlotConfig, target: SlotConfig, source: Path
+) -> int:
+    """The observation width on ``target``: same base block and per-slot width as saved."""
+    base_dim = int(config.get("base_dim", 23))
+    slot_total = int(config["feature_dim"]) - base_dim
+    if slot_total % saved.num_slots:
+        raise CheckpointError(
+            f"{str(source)!r}: stored feature_dim={config['feature_dim']} does not split into "
+            f"base_dim={base_dim} plus {saved.num_slots} equal slot blocks"
+        )
+    return base_dim + target.num_slots * (slot_total // saved.num_slots)
+
+
+def _check_payload(payload: Any, source: Path) -> None:
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        found = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{str(source)!r} is not a slotformer checkpoint: found {found}, expected a dict "
+            f"with keys {list(_REQUIRED_KEYS)}"
+        )
+    version = payload["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(
+            f"{str(source)!r} has format_version={version!r}, expected a positive int "
+            f"(<= {CHECKPOINT_FORMAT_VERSION})"
+        )
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(source)!r} has format version {version} (written by slotformer "
+            f"{payload.get('library_version', '?')}), newer than the newest this slotformer "
+            f"reads ({CHECKPOINT_FORMAT_VERSION}); upgrade slotformer to load it"
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(
+            f"{str(source)!r} lacks entries {missing}; expected {list(_REQUIRED_KEYS)}"
+        )
+    if payload["policy_type"] not in list_policies():
+        raise CheckpointError(
+            f"{str(source)!r} holds policy type {payload['policy_type']!r}, which is not "
+            f"registered; registered policies: {list_policies()}"
+        )
+    slot_ids = payload["slot_ids"]
+    if not isinstance(slot_ids, list | tuple) or not all(isinstance(s, str) for s in slot_ids):
+        raise CheckpointError(
+            f"{str(source)!r} has slot_ids={slot_ids!r}, expected a list of str"
+        )
+    if not isinstance(payload["config"], dict):
+        raise CheckpointError(
+            f"{str(source)!r} has config of type {type(payload['config']).__name__}, "
+            f"expected a dict of constructor arguments"
+        )
+    state_dict = payload["state_dict"]
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(v, Tensor) for v in state_dict.values()
+    ):
+        raise CheckpointError(
+            f"{str(source)!r} has a state_dict that is not a dict of tensors"
+        )
+
+
+def _check_plain_data(value: Any, where: str) -> None:
+    """Refuse anything ``torch.load(weights_only=True)`` could not read back."""
+    if value is None or isinstance(value, str | int | float | bool | Tensor | torch.dtype):
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str | int):
+                raise ValueError(f"{where} has key {key!r} of type {type(key).__name__}; "
+                                 f"expected str or int keys")
+            _check_plain_data(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_plain_data(item, f"{where}[{index}]")
+        return
+    raise ValueError(
+        f"{where} is a {type(value).__name__}; a checkpoint holds only dicts, lists, tuples, "
+        f"str, int, float, bool, None and tensors (so that it loads with weights_only=True)"
+    )
+
+
+def _needs_arbitrary_unpickling(error: pickle.UnpicklingError) -> bool:
+    # The weights-only unpickler names the global or class it refused; any other failure
+    # (an unknown opcode, a short record) is damage, not an unsafe file.
+    message = str(error)
+    return any(s in message for s in ("GLOBAL", "allowlisted", "add_safe_globals", "reduce"))
+
+
+def _unsafe_reason(error: pickle.UnpicklingError) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
+    return lines[0] if lines else str(error).splitlines()[0]
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Make the rename itself durable; not every platform can open a folder (Windows).
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "CheckpointError",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,274 @@
+"""Tests for versioned, atomic, weights-only checkpoints (slotformer/checkpoint.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+import slotformer
+from slotformer.checkpoint import (
+    CHECKPOINT_FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from slotformer.config import SlotConfig
+from slotformer.policy import LSTMPolicyBundle, PolicyBundle, TransformerPolicyBundle, create_policy
+
+# The same small configs as tests/test_policy.py, so compiled graphs are shared.
+SMALL: dict[str, dict[str, Any]] = {
+    "lstm": {"hidden_dim": 16, "trunk_dim": 16},
+    "transformer": {
+        "hidden_dim": 16, "embed_dim": 16, "head_hidden": 16,
+        "transformer_heads": 2, "transformer_layers": 1,
+    },
+}
+
+
+def make_bundle(kind: str, seed: int = 0, **overrides: Any) -> PolicyBundle:
+    torch.manual_seed(seed)
+    return create_policy(kind, **{**SMALL[kind], **overrides})
+
+
+def make_inputs(
+    bundle: PolicyBundle, batch: int = 4, seed: int = 0
+) -> tuple[Tensor, Tensor, dict[str, Tensor | None]]:
+    g = torch.Generator().manual_seed(seed)
+    N = bundle.slot_config.num_slots
+    features = torch.randn(batch, bundle.feature_dim, generator=g, dtype=bundle.dtype)
+    blueprint = torch.randint(-1, 13, (batch, N), generator=g)
+    masks: dict[str, Tensor | None] = {}
+    for name, n in bundle.network.action_space.sizes.items():
+        mask = torch.rand(batch, n, generator=g) > 0.4
+        mask[:, 0] = True
+        masks[name] = mask
+    return features, blueprint, masks
+
+
+def outputs(bundle: PolicyBundle, seed: int = 0) -> dict[str, Tensor]:
+    """Deterministic outputs of every path: greedy actions, their re-scoring, V(s)."""
+    features, blueprint, masks = make_inputs(bundle, seed=seed)
+    action = bundle.get_action(features, blueprint, masks, deterministic=True)
+    evaluated = bundle.evaluate_actions(features, blueprint, action.action, masks)
+    out = {f"action.{k}": v for k, v in action.action.items()}
+    out.update({f"log_prob.{k}": v.detach() for k, v in evaluated.log_prob.items()})
+    out["value"] = evaluated.value.detach()
+    out["value_rollout"] = action.value
+    assert evaluated.state_value is not None
+    out["state_value"] = evaluated.state_value.detach()
+    return out
+
+
+def assert_same_outputs(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(params=["lstm", "transformer"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# ---------------------------------------------------------------------------------------
+# round trips
+# ---------------------------------------------------------------------------------------
+
+
+def test_round_trip_rebuilds_the_policy_with_identical_outputs(kind: str, tmp_path: Path) -> None:
+    policy = make_bundle(kind, seed=1, value_baseline="v")
+    path = save_checkpoint(tmp_path / "policy.pt", policy, extra={"step": 7, "lr": [1e-3]})
+    loaded = load_checkpoint(path)
+    assert type(loaded) is type(policy)
+    assert loaded.config == policy.config  # type: ignore[attr-defined]
+    assert loaded.slot_config == policy.slot_config
+    assert_same_outputs(outputs(loaded), outputs(policy))
+
+    stored = read_checkpoint(path)
+    assert stored["format_version"] == CHECKPOINT_FORMAT_VERSION == 1
+    assert stored["library_version"] == slotformer.__version__
+    assert stored["policy_type"] == kind
+    assert stored["slot_ids"] == ["r0c0", "r0c1", "r0c2"]
+    assert stored["config"]["value_baseline"] == "v"
+    assert stored["extra"] == {"step": 7, "lr": [1e-3]}
+    assert stored["state_dict"].keys() == policy.state_dict().keys()
+
+
+def test_compiled_policy_round_trip_is_exact(tmp_path: Path) -> None:
+    policy = make_bundle("transformer", seed=2)
+    policy.compile(backend="eager")
+    compiled_outputs = outputs(policy)
+    path = save_checkpoint(tmp_path / "compiled.pt", policy)
+    assert not any(k.startswith("_orig_mod") for k in read_checkpoint(path)["state_dict"])
+    loaded = load_checkpoint(path)
+    assert not loaded.is_compiled
+    assert_same_outputs(outputs(loaded), compiled_outputs)
+    loaded.compile(backend="eager")
+    assert_same_outputs(outputs(loaded), compiled_outputs)
+
+
+def test_round_trip_keeps_dtype_and_honours_map_location(tmp_path: Path) -> None:
+    policy = make_bundle("lstm", seed=3).to(torch.float64)  # type: ignore[attr-defined]
+    path = save_checkpoint(tmp_path / "double.pt", policy)
+    loaded = load_checkpoint(path, map_location="cpu")
+    assert loaded.dtype == torch.float64 and loaded.device == torch.device("cpu")
+    assert_same_outputs(outputs(loaded), outputs(policy))
+
+
+def test_transformer_loads_onto_another_grid_on_purpose(tmp_path: Path) -> None:
+    policy = make_bundle("transformer", seed=4, feature_dim=23 + 39 * 3)  # older 39-wide slots
+    path = save_checkpoint(tmp_path / "grid.pt", policy)
+    grid = SlotConfig.for_grid(2, 3)
+    loaded = load_checkpoint(path, slot_config=grid)
+    assert isinstance(loaded, TransformerPolicyBundle)
+    assert loaded.slot_config == grid and loaded.feature_dim == 23 + 39 * 6
+    for name, tensor in policy.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    features, blueprint, masks = make_inputs(loaded)
+    result = loaded.get_action(features, blueprint, masks)
+    assert result.action["slot"].max() < 6 and torch.isfinite(result.value).all()
+
+
+def test_lstm_loads_with_its_own_slot_config(tmp_path: Path) -> None:
+    grid = SlotConfig.for_grid(1, 2)
+    policy = make_bundle("lstm", slot_config=grid)
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "p.pt", policy), slot_config=grid)
+    assert loaded.slot_config == grid
+
+
+# ---------------------------------------------------------------------------------------
+# interrupted save
+# ---------------------------------------------------------------------------------------
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("error", [_Interrupted("power cut"), KeyboardInterrupt()])
+def test_interrupted_save_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    old, new = make_bundle("lstm", seed=5), make_bundle("lstm", seed=6)
+    path = save_checkpoint(tmp_path / "policy.pt", old)
+    previous_bytes = path.read_bytes()
+    real_save = torch.save
+
+    def save_half_then_fail(obj: Any, file: Any, *args: Any, **kwargs: Any) -> None:
+        real_save(obj, file, *args, **kwargs)
+        file.seek(0)
+        file.truncate(100)  # a partial archive on disk, then the process "dies"
+        raise error
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(type(error)):
+        save_checkpoint(path, new)
+    monkeypatch.undo()
+    assert path.read_bytes() == previous_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.pt"]  # no temp file left
+    assert_same_outputs(outputs(load_checkpoint(path)), outputs(old))
+
+
+def test_extra_must_be_plain_data(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"extra\['optimizer'\] is a SGD"):
+        save_checkpoint(
+            tmp_path / "p.pt",
+            make_bundle("lstm"),
+            extra={"optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)},
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------
+# refused checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+class Payload:
+    """A class that only arbitrary unpickling can rebuild."""
+
+
+def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "unsafe.pt"
+    torch.save({"format_version": 1, "state_dict": {}, "evil": Payload()}, path)
+    with pytest.raises(CheckpointError, match=r"refused.*arbitrary unpickling.*weights_only"):
+        load_checkpoint(path)
+
+
+def test_newer_format_version_is_refused(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "policy.pt", make_bundle("lstm"))
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = CHECKPOINT_FORMAT_VERSION + 1
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"format version 2 .*newer than .*reads \(1\)"):
+        load_checkpoint(path)
+
+
+def test_lstm_refuses_another_slot_id_set(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "policy.pt", make_bundle("lstm"))
+    pattern = (r"saved for slots \['r0c0', 'r0c1', 'r0c2'\] but slot_config has "
+               r"\['r0c0', 'r0c1', 'r1c0', 'r1c1'\].*only a 'transformer'")
+    with pytest.raises(CheckpointError, match=pattern):
+        load_checkpoint(path, slot_config=SlotConfig.for_grid(2, 2))
+    # Same ids in another order change what each slot action means: refused too.
+    with pytest.raises(CheckpointError, match="saved for slots"):
+        load_checkpoint(path, slot_config=SlotConfig(("r0c2", "r0c1", "r0c0")))
+
+
+def test_lstm_checkpoint_loaded_as_transformer_fails_clearly(tmp_path: Path) -> None:
+    lstm = make_bundle("lstm")
+    path = save_checkpoint(tmp_path / "lstm.pt", lstm)
+    with pytest.raises(CheckpointError, match=r"holds a 'lstm' policy, expected a 'transformer'"):
+        load_checkpoint(path, policy_type="transformer")
+    assert isinstance(load_checkpoint(path, policy_type="lstm"), LSTMPolicyBundle)
+    transformer = make_bundle("transformer")
+    with pytest.raises(ValueError, match=r"does not fit this 'transformer' bundle.*missing keys"):
+        transformer.load_state_dict(read_checkpoint(path)["state_dict"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty"])
+def test_truncated_or_corrupt_file_is_a_clear_error(tmp_path: Path, damage: str) -> None:
+    path = save_checkpoint(tmp_path / "policy.pt", make_bundle("lstm"))
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "random":
+        path.write_bytes(os.urandom(len(data)))
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"policy\.pt.*truncated.*expected a checkpoint"):
+        load_checkpoint(path)
+
+
+def test_corrupt_record_inside_a_valid_archive_is_a_clear_error(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "policy.pt", make_bundle("lstm"))
+    data = bytearray(path.read_bytes())
+    marker = data.find(b"data.pkl")
+    assert marker > 0
+    start = marker + 100  # inside the pickle record; the zip directory stays intact
+    data[start : start + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"policy\.pt' could not be read") as info:
+        load_checkpoint(path)
+    assert "refused" not in str(info.value)
+
+
+def test_other_torch_files_and_missing_files(tmp_path: Path) -> None:
+    plain = tmp_path / "weights.pt"
+    torch.save({"weight": torch.ones(2)}, plain)
+    with pytest.raises(CheckpointError, match=r"not a slotformer checkpoint: found \['weight'\]"):
+        load_checkpoint(plain)
+    unknown = tmp_path / "unknown.pt"
+    payload = read_checkpoint(save_checkpoint(tmp_path / "p.pt", make_bundle("lstm")))
+    payload["policy_type"] = "gru"
+    torch.save(payload, unknown)
+    with pytest.raises(CheckpointError, match=r"policy type 'gru'.*registered policies"):
+        load_checkpoint(unknown)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
