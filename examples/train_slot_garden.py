@@ -109,7 +109,8 @@ def policy_fn(policy: PolicyBundle, num_envs: int, deterministic: bool):  # type
     return act
 
 
-def train(args: Args) -> dict[str, float]:
+def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
+    """Train, evaluate against the reference policies, checkpoint; returns (metrics, policy)."""
     if args.episode_length % args.rollout_length != 0:
         raise ValueError(
             f"rollout_length={args.rollout_length} must divide episode_length={args.episode_length}"
@@ -252,7 +253,7 @@ def train(args: Args) -> dict[str, float]:
               f"({args.policy}, {args.rows}x{args.cols} grid): learned {learned:.3f}  "
               f"random {random_score:.3f}  heuristic {heuristic:.3f}  "
               f"(trained {wall:.0f} s, {result['env_steps_per_s']:.0f} env steps/s)")
-    return result
+    return result, policy
 
 
 if __name__ == "__main__":
