@@ -112,10 +112,6 @@ class ActorCriticBundle:
             `ActionResult` with ``[B]`` tensors.
         """
         head_masks, slot_by_op = self._split_masks(masks)
-        # The network caches its grid's position ids on first use; build them here, outside
-        # inference mode, or they become inference tensors that a later backward through
-        # evaluate_actions cannot save.
-        self._network.slot_context()
         extra: dict[str, Any] = {} if generator is None else {"generator": generator}
         # The compiled get_action is the undecorated method (inductor cannot trace the
         # inference_mode decorator), so inference mode is entered here, around it.
