@@ -221,7 +221,9 @@ class SlotTransformerEncoder(nn.Module):
         D = self.embed_dim
         M = B * T  # B and T merged: attention runs within one time step of one episode
 
-        tokens = self.slot_embed(slot_features) + self.pos_encoding(row_ids, col_ids)  # [B,T,N,D]
+        position = self.pos_encoding(row_ids, col_ids)  # [N, D]
+        # In place on the embedding's fresh output: one [B, T, N, D] allocation fewer.
+        tokens = self.slot_embed(slot_features).add_(position)  # [B, T, N, D]
         x = torch.cat([self.cls_token.expand(M, 1, D), tokens.reshape(M, N, D)], dim=1)  # [M,N+1,D]
 
         # Additive key mask built once for all layers: 0 = attend, -inf = inactive slot.

@@ -1,0 +1,134 @@
+"""Shared benchmark options and helpers (pytest-benchmark).
+
+Run all suites: ``python -m pytest benchmarks --benchmark-only``; add ``--quick`` for a fast
+smoke run (smaller sizes, fewer rounds), as CI does.
+
+Fixtures:
+    quick: True under ``--quick``.
+    matmul_peak_gflops: fp32 matmul GFLOP/s measured once per session on this machine, the
+        yardstick for achieved GFLOP/s.
+    interleaved_timer: ``timer(fns, rounds) -> {name: median seconds}``, calling the
+        functions in turn each round so that machine noise hits them alike; use it for
+        ratios between implementations measured in the same run.
+    flop_counter: ``count(fn) -> FLOPs`` of one call, via ``FlopCounterMode`` (with the CPU
+        flash-attention kernels counted too).
+    bench_report: ``report(title, figures)`` adds a row to the summary printed at the end.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
+
+_REPORT_KEY = pytest.StashKey[list[tuple[str, dict[str, Any]]]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--quick",
+        action="store_true",
+        default=False,
+        help="benchmarks: small sizes and few rounds (a smoke run, not a measurement)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_REPORT_KEY] = []
+
+
+@pytest.fixture(scope="session")
+def quick(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--quick"))
+
+
+@pytest.fixture(scope="session")
+def matmul_peak_gflops(quick: bool) -> float:
+    """Best fp32 GFLOP/s of a square matmul into a preallocated output (no allocation cost)."""
+    n = 512 if quick else 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)  # warm-up
+    best = float("inf")
+    for _ in range(3 if quick else 10):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def _interleaved_median_seconds(
+    fns: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1
+) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(warmup + rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(samples) for name, samples in times.items()}
+
+
+@pytest.fixture(scope="session")
+def interleaved_timer() -> Callable[..., dict[str, float]]:
+    return _interleaved_median_seconds
+
+
+def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+    return int(sdpa_flop_count(query, key, value))
+
+
+def _sdpa_cpu_backward_flops(
+    grad_out: Any, query: Any, key: Any, value: Any, *args: Any, **kwargs: Any
+) -> int:
+    return int(sdpa_backward_flop_count(grad_out, query, key, value))
+
+
+def _count_flops(fn: Callable[[], object]) -> int:
+    # FlopCounterMode knows the CUDA attention kernels but not the CPU flash ones.
+    aten = torch.ops.aten
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
+    }
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+@pytest.fixture(scope="session")
+def flop_counter() -> Callable[[Callable[[], object]], int]:
+    return _count_flops
+
+
+@pytest.fixture(scope="session")
+def bench_report(request: pytest.FixtureRequest) -> Callable[[str, dict[str, Any]], None]:
+    rows = request.config.stash[_REPORT_KEY]
+
+    def report(title: str, figures: dict[str, Any]) -> None:
+        rows.append((title, figures))
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    rows = config.stash.get(_REPORT_KEY, [])
+    if not rows:
+        return
+    terminalreporter.section("benchmark figures")
+    for title, figures in rows:
+        text = ", ".join(
+            f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in figures.items()
+        )
+        terminalreporter.write_line(f"{title}: {text}")
