@@ -129,7 +129,8 @@ def _as_autograd_tensor(tensor: Tensor) -> Tensor:
     # Tensors made under torch.inference_mode (get_action's outputs) cannot be saved for
     # backward; a trainer feeding stored rollout tensors to evaluate_actions should not
     # have to know that.
-    return tensor.clone() if tensor.is_inference() else tensor
+    # A non-tensor is left for the LSTM's check to name.
+    return tensor.clone() if isinstance(tensor, Tensor) and tensor.is_inference() else tensor
 
 
 def _head_label(name: str, for_chosen_op: bool = False, slot_by_op: bool = False) -> str:
@@ -483,7 +484,7 @@ class ActorCriticCore(nn.Module, ABC):
         )
         given = self._check_actions(actions, ctx, B, T, states.device)
         slot_by_op = self._check_slot_by_op(slot_by_op_mask, ctx, B, T)
-        if hidden is not None and isinstance(hidden, tuple):
+        if isinstance(hidden, tuple) and len(hidden) == 2:
             hidden = (_as_autograd_tensor(hidden[0]), _as_autograd_tensor(hidden[1]))
         floors = self._floors(probability_floor, ctx)
         trunk = self._trunk(states, blueprint_indices, active, hidden, ctx)
@@ -517,7 +518,7 @@ class ActorCriticCore(nn.Module, ABC):
         state, blueprint_indices, active = self._check_observation(
             state, blueprint_indices, active_mask, ctx, allow_2d=True
         )
-        if hidden is not None and isinstance(hidden, tuple):
+        if isinstance(hidden, tuple) and len(hidden) == 2:
             hidden = (_as_autograd_tensor(hidden[0]), _as_autograd_tensor(hidden[1]))
         trunk = self._trunk(state, blueprint_indices, active, hidden, ctx)
         contributions = self._contributions(trunk, stop_gradient=stop_gradient)
