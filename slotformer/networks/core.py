@@ -257,7 +257,12 @@ class ActorCriticCore(nn.Module, ABC):
         key = (config.slot_ids, str(device))
         ctx = self._contexts.get(key)
         if ctx is None:
-            row_ids, col_ids = config.position_ids(device)
+            # The context is cached across calls, and the first call is usually get_action
+            # (under inference mode): position ids made there would be inference tensors, and
+            # every later differentiable call (evaluate_actions) would fail when the
+            # positional embedding saves them for backward.
+            with torch.inference_mode(False):
+                row_ids, col_ids = config.position_ids(device)
             ctx = SlotContext(
                 slot_config=config,
                 layout=ObservationLayout(config.num_slots, self.layout.slot_dim, self.layout.base_dim),
