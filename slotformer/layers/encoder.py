@@ -75,38 +75,41 @@ class SlotAttentionBlock(nn.Module):
         M, S, D = x.shape
         H = self.num_heads
         dropout = self.dropout if self.training else 0.0
+        # The linear layers see 2-D tokens [M*S, D], so their outputs are fresh tensors, not
+        # views: the in-place residual adds below then cost nothing extra in backward.
+        tokens = x.reshape(M * S, D)
 
         # Fused projection, split into strided views (SDPA takes arbitrary strides). split,
         # unlike unbind, backpropagates with a single cat and no extra layout copy.
         q, k, v = (
             part.view(M, S, H, D // H).transpose(1, 2)  # [M, H, S, hd]
-            for part in self.qkv(self.attn_norm(x)).split(D, dim=-1)
+            for part in self.qkv(self.attn_norm(tokens)).split(D, dim=-1)
         )
         weights: Tensor | None = None
         if return_attention:
             # Diagnostics only: materialise the [M, H, S, S] matrix that SDPA never builds.
             scores = (q @ k.transpose(-2, -1)) * (D // H) ** -0.5 + key_bias  # [M, H, S, S]
             weights = scores.softmax(dim=-1)
-            attended = F.dropout(weights, dropout, self.training) if dropout > 0 else weights
+            attended = F.dropout(weights, dropout, True) if dropout > 0 else weights
             heads = attended @ v  # [M, H, S, hd]
         else:
             heads = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, dropout_p=dropout)
-        # SDPA returns its output laid out as [M, S, H, hd], so this reshape is a view.
-        attn = self.attn_out(heads.transpose(1, 2).reshape(M, S, D))  # [M, S, D]
+        # SDPA lays its output out as [M, S, H, hd], so this reshape is a view.
+        attn = self.attn_out(heads.transpose(1, 2).reshape(M * S, D))  # [M*S, D]
         if dropout > 0:
             attn = F.dropout(attn, dropout, True)
-        # Residual adds in place on the branch's fresh output (its backward does not need
-        # it): one [M, S, D] allocation fewer each, which is measurable on CPU.
-        x = attn.add_(x)
+        # In place on the branch's fresh output (its backward does not need it): one
+        # [M*S, D] allocation fewer per residual.
+        tokens = attn.add_(tokens)
 
-        hidden = self.ff_in(self.ff_norm(x))  # [M, S, 4D]
+        hidden = self.ff_in(self.ff_norm(tokens))  # [M*S, 4D]
         # Exact GELU: on CPU the erf kernel is faster than the tanh approximation (measured).
         # Without autograd it runs in place, sparing the largest allocation of the block.
         hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
-        ff = self.ff_out(hidden)  # [M, S, D]
+        ff = self.ff_out(hidden)  # [M*S, D]
         if dropout > 0:
             ff = F.dropout(ff, dropout, True)
-        return ff.add_(x), weights
+        return ff.add_(tokens).view(M, S, D), weights
 
 
 class SlotTransformerEncoder(nn.Module):
@@ -221,9 +224,7 @@ class SlotTransformerEncoder(nn.Module):
         D = self.embed_dim
         M = B * T  # B and T merged: attention runs within one time step of one episode
 
-        position = self.pos_encoding(row_ids, col_ids)  # [N, D]
-        # In place on the embedding's fresh output: one [B, T, N, D] allocation fewer.
-        tokens = self.slot_embed(slot_features).add_(position)  # [B, T, N, D]
+        tokens = self.slot_embed(slot_features) + self.pos_encoding(row_ids, col_ids)  # [B,T,N,D]
         x = torch.cat([self.cls_token.expand(M, 1, D), tokens.reshape(M, N, D)], dim=1)  # [M,N+1,D]
 
         # Additive key mask built once for all layers: 0 = attend, -inf = inactive slot.
