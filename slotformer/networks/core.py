@@ -129,8 +129,19 @@ def _as_autograd_tensor(tensor: Tensor) -> Tensor:
     # Tensors made under torch.inference_mode (get_action's outputs) cannot be saved for
     # backward; a trainer feeding stored rollout tensors to evaluate_actions should not
     # have to know that.
-    # A non-tensor is left for the LSTM's check to name.
-    return tensor.clone() if isinstance(tensor, Tensor) and tensor.is_inference() else tensor
+    # Inside inference mode (a rollout) the tensor is used as is: no copy on the hot path.
+    # Dynamo cannot trace is_inference(); a compiled caller must pass normal tensors.
+    if torch.compiler.is_compiling() or not isinstance(tensor, Tensor):
+        return tensor  # a non-tensor is left for the LSTM's check to name
+    if tensor.is_inference() and not torch.is_inference_mode_enabled():
+        return tensor.clone()
+    return tensor
+
+
+def _as_autograd_hidden(hidden: Hidden | None) -> Hidden | None:
+    if isinstance(hidden, tuple) and len(hidden) == 2:
+        return (_as_autograd_tensor(hidden[0]), _as_autograd_tensor(hidden[1]))
+    return hidden  # anything else is rejected, with its type, by the LSTM's check
 
 
 def _head_label(name: str, for_chosen_op: bool = False, slot_by_op: bool = False) -> str:
@@ -326,6 +337,9 @@ class ActorCriticCore(nn.Module, ABC):
             alpha_curve=alpha_curve_mask, op=op_mask,
         )
         floors = self._floors(probability_floor, ctx)
+        # A hidden state carried from get_action is an inference tensor; forward may be
+        # differentiated (a bundle's forward at update), so it gets a normal copy.
+        hidden = _as_autograd_hidden(hidden)
         trunk = self._trunk(state, blueprint_indices, active, hidden, ctx)
         self._on_trunk_done(trunk)
         logits = self._head_logits(trunk, ctx)
@@ -489,8 +503,7 @@ class ActorCriticCore(nn.Module, ABC):
         )
         given = self._check_actions(actions, ctx, B, T, states.device)
         slot_by_op = self._check_slot_by_op(slot_by_op_mask, ctx, B, T)
-        if isinstance(hidden, tuple) and len(hidden) == 2:
-            hidden = (_as_autograd_tensor(hidden[0]), _as_autograd_tensor(hidden[1]))
+        hidden = _as_autograd_hidden(hidden)
         floors = self._floors(probability_floor, ctx)
         trunk = self._trunk(states, blueprint_indices, active, hidden, ctx)
         self._on_trunk_done(trunk)
@@ -523,8 +536,7 @@ class ActorCriticCore(nn.Module, ABC):
         state, blueprint_indices, active = self._check_observation(
             state, blueprint_indices, active_mask, ctx, allow_2d=True
         )
-        if isinstance(hidden, tuple) and len(hidden) == 2:
-            hidden = (_as_autograd_tensor(hidden[0]), _as_autograd_tensor(hidden[1]))
+        hidden = _as_autograd_hidden(hidden)
         trunk = self._trunk(state, blueprint_indices, active, hidden, ctx)
         contributions = self._contributions(trunk, stop_gradient=stop_gradient)
         return contributions[:, 0] if squeeze else contributions
