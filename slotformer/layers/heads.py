@@ -81,7 +81,7 @@ def contribution_mlp(in_dim: int, hidden_dim: int, out_dim: int, layer_norm: boo
 class PointerHead(nn.Module):
     """Scores every slot against the temporal state: scaled dot-product cross-attention.
 
-    ``query = Linear(H, D)(temporal) / sqrt(D)``, ``keys = Linear(D, D)(slot_repr)``,
+    ``query = Linear(H, D)(temporal) / sqrt(D)``, ``keys = Linear(D, D, bias=False)(slot_repr)``,
     ``logits = einsum(query, keys)``. Scaling the query before the product keeps the logits
     in range in fp16/bf16. No slot is masked here: which slots are valid comes from the
     caller's masks (GERMINATE targets empty slots).
@@ -102,7 +102,9 @@ class PointerHead(nn.Module):
     def __init__(self, temporal_dim: int, slot_dim: int) -> None:
         super().__init__()
         self.query = nn.Linear(temporal_dim, slot_dim)
-        self.key = nn.Linear(slot_dim, slot_dim)
+        # No key bias: it adds ``query . bias`` to every slot's logit alike, which the softmax
+        # cancels, so it would be a parameter that never receives a gradient.
+        self.key = nn.Linear(slot_dim, slot_dim, bias=False)
         self.scale = 1.0 / math.sqrt(slot_dim)
 
     def forward(self, temporal: Tensor, slot_repr: Tensor) -> Tensor:
