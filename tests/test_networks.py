@@ -713,3 +713,11 @@ def test_transformer_attention_telemetry() -> None:
     handle.remove()
     net(state, bp)
     assert len(calls) == 2
+
+
+def test_two_d_call_errors_quote_the_shapes_the_caller_passed() -> None:
+    """Regression: a [B, D] call's error quoted blueprint_indices after adding the T axis."""
+    net = SlotTransformerActorCritic(116, embed_dim=16, lstm_hidden_dim=16, head_hidden=16)
+    bad_blueprints = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"blueprint_indices has shape \(2, 4\), expected \(2, 3\)"):
+        net.get_action(torch.zeros(2, 116), bad_blueprints)

@@ -648,7 +648,14 @@ class ActorCriticCore(nn.Module, ABC):
         if not isinstance(state, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(state).__name__}")
         ranks = "[B, D] or [B, T, D]" if allow_2d else "[B, T, D]"
-        if state.dim() == 2 and allow_2d:
+        # Errors quote the shapes the caller passed, before a 2-D call gains its time axis.
+        given_shapes = {
+            "state": describe_shape(state),
+            "blueprint_indices": describe_shape(blueprint_indices)
+            if isinstance(blueprint_indices, Tensor) else "",
+        }
+        two_d = state.dim() == 2 and allow_2d
+        if two_d:
             state = state.unsqueeze(1)
             if isinstance(blueprint_indices, Tensor) and blueprint_indices.dim() == 2:
                 blueprint_indices = blueprint_indices.unsqueeze(1)
@@ -703,10 +710,10 @@ class ActorCriticCore(nn.Module, ABC):
                 f"blueprint_indices must be a torch.Tensor, got {type(blueprint_indices).__name__}"
             )
         if blueprint_indices.shape != (B, T, N):
+            expected = f"{(B, N)} ([B, N]" if two_d else f"{(B, T, N)} ([B, T, N]"
             raise ValueError(
-                f"blueprint_indices has shape {describe_shape(blueprint_indices)}, expected "
-                f"{(B, T, N)} ([B, T, N] with N={N} slots, matching {name} "
-                f"{describe_shape(state)})"
+                f"blueprint_indices has shape {given_shapes['blueprint_indices']}, expected "
+                f"{expected} with N={N} slots, matching {name} {given_shapes['state']})"
             )
         if blueprint_indices.dtype != torch.long:
             raise ValueError(
