@@ -7,7 +7,7 @@ Fixtures:
     quick: True under ``--quick``.
     matmul_peak_gflops: fp32 matmul GFLOP/s measured once per session on this machine, the
         yardstick for achieved GFLOP/s.
-    interleaved_timer: ``timer(fns, rounds) -> {name: median seconds}``, calling the
+    interleaved_timer: ``timer(fns, rounds) -> {name: [seconds per round]}``, calling the
         functions in turn each round so that machine noise hits them alike; use it for
         ratios between implementations measured in the same run.
     flop_counter: ``count(fn) -> FLOPs`` of one call, via ``FlopCounterMode`` (with the CPU
@@ -17,7 +17,6 @@ Fixtures:
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -66,9 +65,9 @@ def matmul_peak_gflops(quick: bool) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _interleaved_median_seconds(
+def _interleaved_seconds(
     fns: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1
-) -> dict[str, float]:
+) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_index in range(warmup + rounds):
         for name, fn in fns.items():
@@ -76,12 +75,12 @@ def _interleaved_median_seconds(
             fn()
             if round_index >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(samples) for name, samples in times.items()}
+    return times
 
 
 @pytest.fixture(scope="session")
-def interleaved_timer() -> Callable[..., dict[str, float]]:
-    return _interleaved_median_seconds
+def interleaved_timer() -> Callable[..., dict[str, list[float]]]:
+    return _interleaved_seconds
 
 
 def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
