@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs slotformer with its dev extras, lints, type-checks, checks that the built wheel
-# imports from a fresh virtual environment, and runs the test suite and the quick benchmarks.
+# Installs slotformer with its dev extras, then lints, type-checks, runs the unit tests and
+# the docstring examples, and runs the benchmark suites in quick mode so they cannot rot.
+# Extra arguments go to the unit-test pytest run (e.g. `bash scripts/test.sh -x -k encoder`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || python -m pip install "torch==2.13.0"
 python -m pip install -q -e ".[dev]"
 ruff check .
 mypy slotformer
-python -m pytest -q "$@"
+python -m pytest -q --doctest-modules slotformer examples/slot_garden tests "$@"

@@ -63,10 +63,12 @@ def save_checkpoint(
         ValueError: ``extra`` holds something other than plain data and tensors.
 
     Example:
+        >>> import tempfile, pathlib
         >>> from slotformer.policy import create_policy
         >>> policy = create_policy("lstm", hidden_dim=16, trunk_dim=16)
-        >>> path = save_checkpoint(tmp_dir / "policy.pt", policy, extra={"step": 10})  # doctest: +SKIP
-        >>> load_checkpoint(path).network_type  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp_dir:
+        ...     path = save_checkpoint(pathlib.Path(tmp_dir) / "policy.pt", policy, extra={"step": 10})
+        ...     load_checkpoint(path).network_type
         'lstm'
     """
     config = getattr(policy, "config", None)
@@ -178,8 +180,10 @@ def load_checkpoint(
         CheckpointError: see `read_checkpoint`; also a policy type other than
             ``policy_type``, or a slot-id set the policy cannot take.
 
-    Example:
-        >>> policy = load_checkpoint("policy.pt", map_location="cpu")  # doctest: +SKIP
+    Example::
+
+        policy = load_checkpoint("policy.pt", map_location="cpu")
+        wide = load_checkpoint("policy.pt", slot_config=SlotConfig.for_grid(4, 4))  # transformer
     """
     source = Path(path)
     payload = read_checkpoint(source, map_location=map_location)

@@ -24,9 +24,10 @@ def register_policy(name: str) -> Callable[[BundleClass], BundleClass]:
         TypeError: the class lacks protocol members (all missing names are listed).
         ValueError: ``name`` is empty or already registered.
 
-    Example:
-        >>> @register_policy("my-policy")        # doctest: +SKIP
-        ... class MyBundle: ...
+    Example::
+
+        @register_policy("my-policy")   # every PolicyBundle member must exist on the class
+        class MyBundle(ActorCriticBundle): ...
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"policy name must be a non-empty str, got {name!r}")
