@@ -5,6 +5,7 @@ smoke run (smaller sizes, fewer rounds), as CI does.
 
 Fixtures:
     quick: True under ``--quick``.
+    bench_device: the ``--bench-device`` option (default ``"cpu"``).
     matmul_peak_gflops: fp32 matmul GFLOP/s measured once per session on this machine, the
         yardstick for achieved GFLOP/s.
     interleaved_timer: ``timer(fns, rounds) -> {name: [seconds per round]}``, calling the
@@ -39,6 +40,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="benchmarks: small sizes and few rounds (a smoke run, not a measurement)",
     )
+    parser.addoption(
+        "--bench-device",
+        default="cpu",
+        help="benchmarks: device of the network suite (test_network_bench.py), e.g. cuda",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,6 +54,11 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def quick(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--quick"))
+
+
+@pytest.fixture(scope="session")
+def bench_device(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--bench-device"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,472 @@
+"""LSTM vs Slot Transformer: speed, memory and compile time per slot count, in one run.
+
+    python benchmarks/compare.py                          # the docs/benchmarks.md table
+    python benchmarks/compare.py --json bench.json        # also write every figure as JSON
+    python benchmarks/compare.py --quick                  # seconds-long smoke run
+    python benchmarks/compare.py --profile prof/          # + torch.profiler traces
+    python benchmarks/compare.py --threads 1 --rounds 3   # pin threads; fewer rounds
+
+For each N (grids 1x3, 2x5, 5x5, 5x10) it builds both networks with ``create_policy``
+defaults and measures, with the code the pytest-benchmark suite uses
+(`benchmarks/_workload.py`): ``evaluate_actions`` forward, backward and a full update step
+(B = 32, T = 64, about half the slots active), ``get_action`` latency at B = 1 and 64,
+parameters, bytes of parameters + gradients + Adam state, peak activation memory of one
+forward + backward, and the compile time of ``evaluate_actions`` with ``fullgraph=True``
+(inductor, default mode). The two networks are timed interleaved, round by round, so the
+ratio transformer / lstm per N is measured under the same machine noise; compare ratios,
+not absolute times across runs.
+
+Prints a markdown table, the ratios and the targets; ``--json`` writes all of it (with
+per-row details and run metadata); ``--profile DIR`` writes one trace per network and N,
+viewable with ``tensorboard --logdir DIR`` (torch-tb-profiler plugin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._workload import (
+    FULL,
+    GRIDS,
+    NETWORK_TYPES,
+    QUICK,
+    Sizes,
+    build_policy,
+    build_rollout_inputs,
+    build_workload,
+    grid_for,
+    measure_compile,
+    parameter_memory,
+    peak_activation_bytes,
+    time_networks,
+)
+from slotformer.validation import set_validation, validation_enabled
+
+MB = 1e6
+TIMING_COLUMNS = ("forward_ms", "backward_ms", "update_ms")
+RATIO_KEYS = (
+    "parameters",
+    "param_bytes",
+    "grad_bytes",
+    "adam_state_bytes",
+    "param_grad_adam_bytes",
+    "peak_activation_bytes",
+)
+# The issue's targets (reported, never asserted).
+UPDATE_RATIO_GOAL_N3 = 1.10
+STATE_RATIO_GOAL_N50 = 0.50
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="LSTM vs Slot Transformer benchmark report (markdown + JSON)."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: B=4, T=8, N in (3, 10), aot_eager compile at N=3",
+    )
+    parser.add_argument("--batch", type=int, help="B of the update (default 32)")
+    parser.add_argument("--time", type=int, help="T of the update (default 64)")
+    parser.add_argument("--slots", type=int, nargs="+", help="slot counts N (default 3 10 25 50)")
+    parser.add_argument(
+        "--act-batches", type=int, nargs="+", help="rollout batch sizes (default 1 64)"
+    )
+    parser.add_argument("--rounds", type=int, help="timed rounds per figure (default 5)")
+    parser.add_argument(
+        "--act-iterations", type=int, help="get_action calls per latency sample (default 20)"
+    )
+    parser.add_argument(
+        "--compile-backend",
+        choices=("inductor", "aot_eager", "eager", "none"),
+        help="backend of the compile figures (default inductor; none = skip)",
+    )
+    parser.add_argument(
+        "--compile-rounds",
+        type=int,
+        help="compiled steady-state rounds after the first call (default 3)",
+    )
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="switch slotformer's value checks off (production rollout setting)",
+    )
+    parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    parser.add_argument(
+        "--profile", type=Path, help="write torch.profiler traces (TensorBoard) into this folder"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def sizes_from_args(args: argparse.Namespace) -> Sizes:
+    base = QUICK if args.quick else FULL
+    overrides: dict[str, Any] = {}
+    for name, value in (
+        ("batch", args.batch),
+        ("time", args.time),
+        ("rounds", args.rounds),
+        ("act_iterations", args.act_iterations),
+        ("compile_rounds", args.compile_rounds),
+        ("compile_backend", args.compile_backend),
+    ):
+        if value is not None:
+            overrides[name] = value
+    if args.slots is not None:
+        overrides["slots"] = tuple(args.slots)
+        if base.compile_slots is not None:  # measure compile where asked, at the first N
+            overrides["compile_slots"] = (args.slots[0],)
+    if args.act_batches is not None:
+        overrides["act_batches"] = tuple(args.act_batches)
+    return dataclasses.replace(base, **overrides)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -------------------------------------------------------------------- measuring
+def measure_slot_count(
+    num_slots: int, sizes: Sizes, device: str, seed: int, profile_dir: Path | None
+) -> list[dict[str, Any]]:
+    """Every figure of both networks at one N; one row per network."""
+    grid = grid_for(num_slots)
+    workloads, rollouts = {}, {}
+    for network_type in NETWORK_TYPES:
+        policy = build_policy(network_type, num_slots, device, seed)
+        workloads[network_type] = build_workload(policy, sizes.batch, sizes.time, seed)
+        rollouts[network_type] = {
+            batch: build_rollout_inputs(policy, batch, seed) for batch in sizes.act_batches
+        }
+    start = time.perf_counter()
+    timings = time_networks(workloads, rollouts, sizes.rounds, sizes.act_iterations)
+    log(f"  N={num_slots}: timings in {time.perf_counter() - start:.0f}s")
+
+    rows = []
+    for network_type, workload in workloads.items():
+        row: dict[str, Any] = {
+            "network": network_type,
+            "N": num_slots,
+            "grid": f"{grid.num_rows}x{grid.num_cols}",
+            **timings[network_type],
+            **parameter_memory(workload),
+            **peak_activation_bytes(workload),
+        }
+        if sizes.compile_backend != "none" and sizes.compiles(num_slots):
+            start = time.perf_counter()
+            row["compile"] = measure_compile(workload, sizes.compile_backend, sizes.compile_rounds)
+            log(
+                f"  N={num_slots} {network_type}: compile figures in "
+                f"{time.perf_counter() - start:.0f}s"
+            )
+        if profile_dir is not None:
+            write_profile(profile_dir, workload, rollouts[network_type])
+        rows.append(row)
+    return rows
+
+
+def write_profile(profile_dir: Path, workload: Any, rollouts: dict[int, Any]) -> None:
+    """Three profiled steps (update, then get_action at each rollout B) into a
+    TensorBoard trace ``{network}_N{N}.*.pt.trace.json``."""
+    from torch.profiler import (
+        ProfilerActivity,
+        profile,
+        record_function,
+        schedule,
+        tensorboard_trace_handler,
+    )
+
+    policy = workload.policy
+    activities = [ProfilerActivity.CPU]
+    if workload.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    name = f"{policy.network_type}_N{policy.slot_config.num_slots}"
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    with profile(
+        activities=activities,
+        schedule=schedule(wait=0, warmup=1, active=2, repeat=1),
+        on_trace_ready=tensorboard_trace_handler(str(profile_dir), worker_name=name),
+        record_shapes=True,
+        profile_memory=True,
+    ) as prof:
+        for _ in range(3):
+            with record_function("update_step"):
+                workload.update()
+            for batch, inputs in rollouts.items():
+                with record_function(f"get_action_B{batch}"):
+                    inputs.act()
+            prof.step()
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """transformer / lstm per N, for every figure both rows have."""
+    by_key = {(row["network"], row["N"]): row for row in rows}
+    out = []
+    for num_slots in sorted({row["N"] for row in rows}):
+        lstm, transformer = by_key.get(("lstm", num_slots)), by_key.get(("transformer", num_slots))
+        if lstm is None or transformer is None:
+            continue
+        ratio: dict[str, Any] = {"N": num_slots}
+        for key, value in transformer.items():
+            other = lstm.get(key)
+            if (key.endswith("_ms") or key in RATIO_KEYS) and other:
+                ratio[key] = value / other
+        compile_t, compile_l = transformer.get("compile", {}), lstm.get("compile", {})
+        if "compile_s" in compile_t and "compile_s" in compile_l:
+            ratio["compile_s"] = compile_t["compile_s"] / compile_l["compile_s"]
+        out.append(ratio)
+    return out
+
+
+def targets(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met (None when
+    this run did not measure what the target needs)."""
+    by_n = {r["N"]: r for r in ratio_rows}
+    out: list[dict[str, Any]] = []
+    update_n3 = by_n.get(3, {}).get("update_ms")
+    out.append(
+        {
+            "target": "transformer update step no slower than the LSTM's at N=3 (within 10%)",
+            "measure": "update_ms transformer / lstm at N=3",
+            "goal": f"<= {UPDATE_RATIO_GOAL_N3}",
+            "value": update_n3,
+            "met": None if update_n3 is None else update_n3 <= UPDATE_RATIO_GOAL_N3,
+        }
+    )
+    counts = sorted({r["parameters"] for r in rows if r["network"] == "transformer"})
+    out.append(
+        {
+            "target": "transformer parameter count constant in N",
+            "measure": "distinct transformer parameter counts over the measured N",
+            "goal": "1",
+            "value": counts,
+            "met": None if len({r["N"] for r in rows}) < 2 else len(counts) == 1,
+        }
+    )
+    state_n50 = by_n.get(50, {}).get("param_grad_adam_bytes")
+    out.append(
+        {
+            "target": "transformer parameters + gradients + Adam state under 50% of the LSTM's at N=50",
+            "measure": "param_grad_adam_bytes transformer / lstm at N=50",
+            "goal": f"< {STATE_RATIO_GOAL_N50}",
+            "value": state_n50,
+            "met": None if state_n50 is None else state_n50 < STATE_RATIO_GOAL_N50,
+        }
+    )
+    compiled = [r for r in rows if "compile" in r]
+    failures = [f"{r['network']} N={r['N']}" for r in compiled if not r["compile"]["fullgraph_ok"]]
+    out.append(
+        {
+            "target": "torch.compile(fullgraph=True) succeeds for both networks' evaluate_actions",
+            "measure": "fullgraph compile of network.evaluate_actions + backward",
+            "goal": "no failure",
+            "value": failures or "all succeeded",
+            "met": None if not compiled else not failures,
+        }
+    )
+    return out
+
+
+# -------------------------------------------------------------------- formatting
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 10**digits:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _compile_cell(row: dict[str, Any]) -> str:
+    compiled = row.get("compile")
+    if compiled is None:
+        return "-"
+    if not compiled["fullgraph_ok"]:
+        return "failed"
+    return _fmt(compiled["compile_s"])
+
+
+def table_header(act_batches: Sequence[int]) -> list[str]:
+    """The report table's columns (one ``act B=... ms`` per rollout batch size)."""
+    return [
+        "network",
+        "N",
+        "grid",
+        "forward ms",
+        "backward ms",
+        "update ms",
+        *(f"act B={b} ms" for b in act_batches),
+        "param+grad+Adam MB",
+        "peak activation MB",
+        "compile s",
+        "parameters",
+    ]
+
+
+def markdown_table(rows: list[dict[str, Any]], act_batches: Sequence[int]) -> str:
+    header = table_header(act_batches)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["network"], str(row["N"]), row["grid"]]
+        cells += [_fmt(row.get(key)) for key in TIMING_COLUMNS]
+        cells += [_fmt(row.get(f"act_b{b}_ms")) for b in act_batches]
+        cells += [
+            _fmt(row["param_grad_adam_bytes"] / MB),
+            _fmt(row["peak_activation_bytes"] / MB),
+            _compile_cell(row),
+            _fmt(row["parameters"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+RATIO_COLUMNS = (
+    ("forward_ms", "forward"),
+    ("backward_ms", "backward"),
+    ("update_ms", "update"),
+)
+
+
+def ratio_table(ratio_rows: list[dict[str, Any]], act_batches: Sequence[int]) -> str:
+    columns = list(RATIO_COLUMNS) + [(f"act_b{b}_ms", f"act B={b}") for b in act_batches]
+    columns += [
+        ("param_grad_adam_bytes", "param+grad+Adam"),
+        ("peak_activation_bytes", "peak activation"),
+        ("compile_s", "compile"),
+        ("parameters", "parameters"),
+    ]
+    header = ["N"] + [label for _, label in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for ratio in ratio_rows:
+        cells = [str(ratio["N"])] + [_fmt(ratio.get(key), 2) for key, _ in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_list(target_rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for target in target_rows:
+        met = {True: "met", False: "NOT met", None: "not measured in this run"}[target["met"]]
+        value = target["value"]
+        shown = _fmt(value, 3) if isinstance(value, float) else str(value)
+        lines.append(
+            f"- {target['target']}: {target['measure']} = {shown} "
+            f"(goal {target['goal']}): **{met}**"
+        )
+    return "\n".join(lines)
+
+
+def run_metadata(sizes: Sizes, device: str, argv: Sequence[str]) -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "cuda_device": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "validation": validation_enabled(),
+        "sizes": dataclasses.asdict(sizes),
+        "grids": {str(n): f"{r}x{c}" for n, (r, c) in GRIDS.items()},
+        "command": " ".join(["python benchmarks/compare.py", *argv]),
+    }
+
+
+def markdown_report(
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+    ratio_rows: list[dict[str, Any]],
+    target_rows: list[dict[str, Any]],
+) -> str:
+    sizes = meta["sizes"]
+    where = meta["cuda_device"] or f"CPU ({meta['cpu_count']} cores, {meta['threads']} threads)"
+    load = meta["load_average"]
+    load_text = f", load average {load[0]:.1f} at the end" if load else ""
+    compile_text = (
+        f"compile: `torch.compile(network.evaluate_actions, fullgraph=True, dynamic=True, "
+        f"backend={sizes['compile_backend']!r})` first forward + backward minus the compiled "
+        f"steady-state step"
+    )
+    parts = [
+        f"Run {meta['date']}, torch {meta['torch']}, {where}{load_text}; "
+        f"B={sizes['batch']}, T={sizes['time']}, {sizes['rounds']} interleaved rounds "
+        f"(median); validation {'on' if meta['validation'] else 'off'}; {compile_text}.",
+        "",
+        markdown_table(rows, sizes["act_batches"]),
+        "",
+        "Ratio transformer / lstm, same run:",
+        "",
+        ratio_table(ratio_rows, sizes["act_batches"]),
+        "",
+        "Targets:",
+        "",
+        targets_list(target_rows),
+    ]
+    return "\n".join(parts)
+
+
+# -------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the comparison; print the markdown report; return (and optionally write) JSON."""
+    args = parse_args(argv)
+    sizes = sizes_from_args(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.no_validation:
+        set_validation(False)
+    device = args.device
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for num_slots in sizes.slots:
+        log(f"measuring N={num_slots} ...")
+        rows += measure_slot_count(num_slots, sizes, device, args.seed, args.profile)
+    ratio_rows = ratios(rows)
+    target_rows = targets(rows, ratio_rows)
+    meta = run_metadata(sizes, device, sys.argv[1:] if argv is None else list(argv))
+    meta["wall_s"] = time.perf_counter() - started
+    report = markdown_report(meta, rows, ratio_rows, target_rows)
+    print(report)
+    result = {
+        "meta": meta,
+        "rows": rows,
+        "ratios": ratio_rows,
+        "targets": target_rows,
+        "markdown": report,
+    }
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        log(f"wrote {args.json}")
+    if args.profile is not None:
+        log(f"profiler traces in {args.profile} (tensorboard --logdir {args.profile})")
+    return result
+
+
+if __name__ == "__main__":
+    main()
