@@ -16,7 +16,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from slotformer.validation import describe_shape, validation_enabled
 Hidden = tuple[Tensor, Tensor]
 ProbabilityFloor = float | Mapping[str, float] | None
 VALUE_BASELINES = ("q", "v")
+_Value = TypeVar("_Value")
 
 
 class GetActionResult(NamedTuple):
@@ -125,23 +126,31 @@ class TrunkOutput:
     extras: dict[str, Any] | None = None
 
 
-def _as_autograd_tensor(tensor: Tensor) -> Tensor:
-    # Tensors made under torch.inference_mode (get_action's outputs) cannot be saved for
-    # backward; a trainer feeding stored rollout tensors to evaluate_actions should not
-    # have to know that.
-    # Inside inference mode (a rollout) the tensor is used as is: no copy on the hot path.
-    # Dynamo cannot trace is_inference(); a compiled caller must pass normal tensors.
-    if torch.compiler.is_compiling() or not isinstance(tensor, Tensor):
-        return tensor  # a non-tensor is left for the LSTM's check to name
-    if tensor.is_inference() and not torch.is_inference_mode_enabled():
-        return tensor.clone()
-    return tensor
+def as_autograd_input(value: _Value) -> _Value:
+    """``value`` with every tensor made under ``torch.inference_mode`` cloned into a normal one.
+
+    Tensors made under inference mode (``get_action``'s outputs: actions, hidden state) cannot
+    be saved for backward; a trainer feeding stored rollout tensors to a differentiable call
+    should not have to know that. Tensors nested in tuples and mappings are handled (mappings
+    come back as dicts); anything else is returned as is, for the callee's checks to name.
+
+    Nothing is copied inside inference mode (a rollout: nothing is saved for backward) or while
+    ``torch.compile`` traces (dynamo cannot trace ``is_inference()``; the policy bundles call
+    this before entering a compiled network).
+    """
+    if torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+        return value
+    return cast(_Value, _clone_inference_tensors(value))
 
 
-def _as_autograd_hidden(hidden: Hidden | None) -> Hidden | None:
-    if isinstance(hidden, tuple) and len(hidden) == 2:
-        return (_as_autograd_tensor(hidden[0]), _as_autograd_tensor(hidden[1]))
-    return hidden  # anything else is rejected, with its type, by the LSTM's check
+def _clone_inference_tensors(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.clone() if value.is_inference() else value
+    if isinstance(value, tuple):
+        return tuple(_clone_inference_tensors(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _clone_inference_tensors(v) for k, v in value.items()}
+    return value
 
 
 def _head_label(name: str, for_chosen_op: bool = False, slot_by_op: bool = False) -> str:
@@ -339,7 +348,7 @@ class ActorCriticCore(nn.Module, ABC):
         floors = self._floors(probability_floor, ctx)
         # A hidden state carried from get_action is an inference tensor; forward may be
         # differentiated (a bundle's forward at update), so it gets a normal copy.
-        hidden = _as_autograd_hidden(hidden)
+        hidden = as_autograd_input(hidden)
         trunk = self._trunk(state, blueprint_indices, active, hidden, ctx)
         self._on_trunk_done(trunk)
         logits = self._head_logits(trunk, ctx)
@@ -503,7 +512,7 @@ class ActorCriticCore(nn.Module, ABC):
         )
         given = self._check_actions(actions, ctx, B, T, states.device)
         slot_by_op = self._check_slot_by_op(slot_by_op_mask, ctx, B, T)
-        hidden = _as_autograd_hidden(hidden)
+        hidden = as_autograd_input(hidden)
         floors = self._floors(probability_floor, ctx)
         trunk = self._trunk(states, blueprint_indices, active, hidden, ctx)
         self._on_trunk_done(trunk)
@@ -536,7 +545,7 @@ class ActorCriticCore(nn.Module, ABC):
         state, blueprint_indices, active = self._check_observation(
             state, blueprint_indices, active_mask, ctx, allow_2d=True
         )
-        hidden = _as_autograd_hidden(hidden)
+        hidden = as_autograd_input(hidden)
         trunk = self._trunk(state, blueprint_indices, active, hidden, ctx)
         contributions = self._contributions(trunk, stop_gradient=stop_gradient)
         return contributions[:, 0] if squeeze else contributions
@@ -857,7 +866,7 @@ class ActorCriticCore(nn.Module, ABC):
                 raise ValueError(
                     f"actions[{name!r}] has dtype {action.dtype}, expected torch.int64"
                 )
-            action = _as_autograd_tensor(action)
+            action = as_autograd_input(action)
             if validation_enabled():
                 n = ctx.action_space.sizes[name]
                 out_of_range = (action < 0) | (action >= n)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
-from slotformer.networks.core import ActorCriticCore
+from slotformer.networks.core import ActorCriticCore, as_autograd_input
 from slotformer.networks.lstm import FactoredRecurrentActorCritic
 from slotformer.networks.transformer import SlotTransformerActorCritic
 from slotformer.policy.protocol import SLOT_BY_OP_KEY, Masks, PolicyBundle, ProbabilityFloor
@@ -160,7 +160,8 @@ class ActorCriticBundle:
         """
         head_masks, _ = self._split_masks(masks)
         features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
-        features, hidden, head_masks = _autograd_safe((features, hidden, head_masks))
+        # Here, not only in the network: a compiled network cannot see is_inference().
+        features, hidden, head_masks = as_autograd_input((features, hidden, head_masks))
         out = self._entry("forward")(features, blueprint_indices, hidden, masks=head_masks)
         logits = {name: out[f"{name}_logits"] for name in self._head_names()}
         value = out["value"]
@@ -197,7 +198,8 @@ class ActorCriticBundle:
         """
         head_masks, slot_by_op = self._split_masks(masks)
         features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
-        features, actions, hidden, head_masks, slot_by_op = _autograd_safe(
+        # Here, not only in the network: a compiled network cannot see is_inference().
+        features, actions, hidden, head_masks, slot_by_op = as_autograd_input(
             (features, actions, hidden, head_masks, slot_by_op)
         )
         result = self._entry("evaluate_actions")(
@@ -541,20 +543,6 @@ def _as_sequence(features: Tensor, blueprint_indices: Tensor) -> tuple[Tensor, T
     if isinstance(blueprint_indices, Tensor) and blueprint_indices.dim() == 2:
         blueprint_indices = blueprint_indices.unsqueeze(1)
     return features.unsqueeze(1), blueprint_indices, True
-
-
-def _autograd_safe(value: Any) -> Any:
-    """Clone tensors made under ``torch.inference_mode`` (rollout outputs) in nested tuples
-    and dicts: autograd cannot save them for backward. The networks do this for actions and
-    hidden in eager mode, but a compiled graph does not see ``is_inference()``, so the bundle
-    does it before entering the (possibly compiled) network."""
-    if isinstance(value, Tensor):
-        return value.clone() if value.is_inference() else value
-    if isinstance(value, tuple):
-        return tuple(_autograd_safe(v) for v in value)
-    if isinstance(value, Mapping):
-        return {k: _autograd_safe(v) for k, v in value.items()}
-    return value
 
 
 def _undecorated_method(network: nn.Module, name: str) -> Callable[..., Any]:
