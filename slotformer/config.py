@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from slotformer.validation import describe_shape
+from slotformer.validation import check_positive_int, describe_shape
 
 DEFAULT_BASE_DIM = 23
 """Features in the base (global) block of the default observation layout."""
@@ -159,9 +159,7 @@ class ObservationLayout:
 
     def __post_init__(self) -> None:
         for name in ("num_slots", "slot_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if not isinstance(self.base_dim, int) or self.base_dim < 0:
             raise ValueError(f"base_dim must be a non-negative int, got {self.base_dim!r}")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -47,3 +48,10 @@ def validation(enabled: bool) -> Iterator[None]:
 def describe_shape(tensor: torch.Tensor) -> str:
     """``tuple(tensor.shape)`` as text, for error messages."""
     return str(tuple(tensor.shape))
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` if it is an int >= 1 (not a bool), else raise ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value

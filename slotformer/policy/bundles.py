@@ -27,7 +27,7 @@ from slotformer.networks.transformer import SlotTransformerActorCritic
 from slotformer.policy.protocol import SLOT_BY_OP_KEY, Masks, PolicyBundle, ProbabilityFloor
 from slotformer.policy.registry import register_policy
 from slotformer.policy.results import ActionResult, EvalResult, ForwardResult, Hidden
-from slotformer.validation import describe_shape
+from slotformer.validation import check_positive_int, describe_shape
 
 COMPILE_MODES: tuple[str, ...] = (
     "off",
@@ -51,12 +51,6 @@ def check_compile_mode(mode: str) -> None:
 def default_feature_dim(slot_config: SlotConfig, base_dim: int = DEFAULT_BASE_DIM) -> int:
     """The flat observation width of the default layout: ``base_dim + 31 * N``."""
     return base_dim + DEFAULT_SLOT_DIM * slot_config.num_slots
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -308,7 +302,7 @@ class ActorCriticBundle:
 
     def initial_hidden(self, batch_size: int) -> Hidden:
         """Zero ``(h, c)``, each ``[lstm_layers, batch_size, H]`` on the bundle's device."""
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         return self._network.get_initial_hidden(batch_size, self.device)
 
     # ------------------------------------------------------------------ weights and placement
@@ -571,7 +565,7 @@ def _resolve_slot_config(slot_config: SlotConfig | None) -> SlotConfig:
 def _resolve_feature_dim(feature_dim: int | None, slot_config: SlotConfig, base_dim: int) -> int:
     if feature_dim is None:
         return default_feature_dim(slot_config, base_dim)
-    return _check_positive_int("feature_dim", feature_dim)
+    return check_positive_int("feature_dim", feature_dim)
 
 
 @register_policy("lstm")
@@ -616,9 +610,9 @@ class LSTMPolicyBundle(ActorCriticBundle):
         feature_dim = _resolve_feature_dim(feature_dim, slot_config, base_dim)
         network = FactoredRecurrentActorCritic(
             state_dim=feature_dim,
-            feature_dim=_check_positive_int("trunk_dim", trunk_dim),
-            lstm_hidden_dim=_check_positive_int("hidden_dim", hidden_dim),
-            lstm_layers=_check_positive_int("lstm_layers", lstm_layers),
+            feature_dim=check_positive_int("trunk_dim", trunk_dim),
+            lstm_hidden_dim=check_positive_int("hidden_dim", hidden_dim),
+            lstm_layers=check_positive_int("lstm_layers", lstm_layers),
             slot_config=slot_config,
             value_baseline=value_baseline,
             base_dim=base_dim,
@@ -697,12 +691,12 @@ class TransformerPolicyBundle(ActorCriticBundle):
         network = SlotTransformerActorCritic(
             state_dim=feature_dim,
             slot_config=slot_config,
-            embed_dim=_check_positive_int("embed_dim", embed_dim),
-            lstm_hidden_dim=_check_positive_int("hidden_dim", hidden_dim),
-            lstm_layers=_check_positive_int("lstm_layers", lstm_layers),
-            transformer_layers=_check_positive_int("transformer_layers", transformer_layers),
-            transformer_heads=_check_positive_int("transformer_heads", transformer_heads),
-            head_hidden=_check_positive_int("head_hidden", head_hidden),
+            embed_dim=check_positive_int("embed_dim", embed_dim),
+            lstm_hidden_dim=check_positive_int("hidden_dim", hidden_dim),
+            lstm_layers=check_positive_int("lstm_layers", lstm_layers),
+            transformer_layers=check_positive_int("transformer_layers", transformer_layers),
+            transformer_heads=check_positive_int("transformer_heads", transformer_heads),
+            head_hidden=check_positive_int("head_hidden", head_hidden),
             value_baseline=value_baseline,
             encoder_dropout=encoder_dropout,
             max_slots=max_slots,

@@ -17,6 +17,7 @@ from slotformer.networks.core import VALUE_BASELINES
 from slotformer.policy.bundles import COMPILE_MODES, check_compile_mode
 from slotformer.policy.protocol import PolicyBundle
 from slotformer.policy.registry import get_policy_class, list_policies
+from slotformer.validation import check_positive_int
 
 NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
 """The network types shipped with slotformer (others may be registered)."""
@@ -70,8 +71,7 @@ class NetworkConfig:
             value = getattr(self, name)
             if value is None and name == "hidden_dim":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"NetworkConfig.{name} must be a positive int, got {value!r}")
+            check_positive_int(f"NetworkConfig.{name}", value)
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Constructor arguments for ``network_type``'s bundle (the fields it accepts)."""
