@@ -1,7 +1,7 @@
 """LSTM vs Slot Transformer on Slot Garden: which learns better, and zero-shot transfer.
 
     python benchmarks/training_comparison.py                     # the docs/training.md run
-    python benchmarks/training_comparison.py --steps 20000 --seeds 0 1 --json out.json
+    python benchmarks/training_comparison.py --steps 20000 --seeds 0 1 --workers 2 --json out.json
 
 For each grid (1x3, 2x5) and network (lstm, transformer), trains with
 `examples/train_slot_garden.py` for the same environment-step budget on several seeds and
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -44,38 +46,49 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def run_one(spec: dict[str, object]) -> dict[str, object]:
+    """Train one (network, grid, seed) run; for the 2x5 transformer, also evaluate transfer."""
+    torch.set_num_threads(1)  # one run per core: these small models gain little from two
+    network, rows, cols, seed = spec["network"], spec["rows"], spec["cols"], spec["seed"]
+    assert isinstance(rows, int) and isinstance(cols, int) and isinstance(seed, int)
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt = str(Path(folder) / "policy.pt")
+        args = Args(policy=str(network), rows=rows, cols=cols, seed=seed,
+                    total_steps=int(spec["steps"]), eval_episodes=int(spec["eval_episodes"]),
+                    checkpoint=ckpt, quiet=True)
+        metrics, _ = train(args)
+        run: dict[str, object] = {"network": network, "grid": f"{rows}x{cols}", "seed": seed,
+                                  **metrics}
+        if network == "transformer" and (rows, cols) == (2, 5):
+            for grid in TRANSFER_GRIDS:
+                config = SlotConfig.for_grid(*grid)
+                policy = load_checkpoint(ckpt, slot_config=config)
+                env = SlotGardenEnv(args.num_envs, config, args.episode_length,
+                                    seed=seed + 1000, table_seed=seed)
+                run[f"transfer_{grid[0]}x{grid[1]}"] = evaluate_policy(
+                    env, policy_fn(policy, args.num_envs, False),
+                    num_episodes=args.eval_episodes)
+    print(json.dumps(run), flush=True)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60_000, help="env steps per run")
+    parser.add_argument("--steps", type=int, default=40_000, help="env steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-episodes", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel, 1 thread each")
     parser.add_argument("--json", type=str, default=None)
     cli = parser.parse_args()
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
 
-    runs: list[dict[str, object]] = []
-    transfer: dict[tuple[int, int], list[float]] = {g: [] for g in TRANSFER_GRIDS}
-    with tempfile.TemporaryDirectory() as folder:
-        for rows, cols in GRIDS:
-            for network in ("lstm", "transformer"):
-                for seed in cli.seeds:
-                    ckpt = str(Path(folder) / f"{network}_{rows}x{cols}_{seed}.pt")
-                    args = Args(policy=network, rows=rows, cols=cols, seed=seed,
-                                total_steps=cli.steps, eval_episodes=cli.eval_episodes,
-                                checkpoint=ckpt, quiet=True)
-                    metrics, _ = train(args)
-                    run = {"network": network, "grid": f"{rows}x{cols}", "seed": seed, **metrics}
-                    runs.append(run)
-                    print(json.dumps(run), flush=True)
-                    if network == "transformer" and (rows, cols) == (2, 5):
-                        for grid in TRANSFER_GRIDS:
-                            config = SlotConfig.for_grid(*grid)
-                            policy = load_checkpoint(ckpt, slot_config=config)
-                            env = SlotGardenEnv(args.num_envs, config, args.episode_length,
-                                                seed=seed + 1000, table_seed=seed)
-                            score = evaluate_policy(env, policy_fn(policy, args.num_envs, False),
-                                                    num_episodes=cli.eval_episodes)
-                            transfer[grid].append(score)
+    specs = [{"network": network, "rows": rows, "cols": cols, "seed": seed,
+              "steps": cli.steps, "eval_episodes": cli.eval_episodes}
+             for rows, cols in GRIDS for network in ("lstm", "transformer") for seed in cli.seeds]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=cli.workers, mp_context=context) as pool:
+        runs = list(pool.map(run_one, specs))
+    transfer = {g: [float(r[f"transfer_{g[0]}x{g[1]}"]) for r in runs  # type: ignore[arg-type]
+                    if f"transfer_{g[0]}x{g[1]}" in r] for g in TRANSFER_GRIDS}
 
     print(f"\n{cli.steps} env steps per run, seeds {cli.seeds}, "
           f"{cli.eval_episodes} evaluation episodes x 32 envs\n")
