@@ -1,7 +1,8 @@
 """Shared benchmark options and helpers (pytest-benchmark).
 
 Run all suites: ``python -m pytest benchmarks --benchmark-only``; add ``--quick`` for a fast
-smoke run (smaller sizes, fewer rounds), as CI does.
+smoke run (smaller sizes, fewer rounds), as CI does, and ``--threads N`` to pin torch's
+intra-op threads.
 
 Fixtures:
     quick: True under ``--quick``.
@@ -41,6 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="benchmarks: small sizes and few rounds (a smoke run, not a measurement)",
     )
     parser.addoption(
+        "--threads",
+        type=int,
+        default=None,
+        help="benchmarks: torch.set_num_threads for the session (default: torch's choice); "
+        "1 gives steadier ratios on a machine shared with other jobs",
+    )
+    parser.addoption(
         "--bench-device",
         default="cpu",
         help="benchmarks: device of the network suite (test_network_bench.py), e.g. cuda",
@@ -49,6 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_REPORT_KEY] = []
+    threads = config.getoption("--threads")
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
