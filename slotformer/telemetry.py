@@ -37,7 +37,8 @@ from torch import Tensor
 from slotformer.validation import describe_shape, validation_enabled
 
 NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
-"""The network types the diagnostics and the status badge know about."""
+"""The network types shipped with slotformer (others may be registered); the diagnostics and
+the status badge know these."""
 
 # Tolerances of the (validation-gated) sanity checks on attention maps. Maps may come from
 # bf16/fp16 attention, so row sums are only checked loosely.

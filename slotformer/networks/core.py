@@ -37,7 +37,9 @@ from slotformer.layers.lstm import ResidualLSTM
 from slotformer.validation import describe_shape, validation_enabled
 
 Hidden = tuple[Tensor, Tensor]
+"""Recurrent state ``(h, c)``, each ``[lstm_layers, B, H]``."""
 ProbabilityFloor = float | Mapping[str, float] | None
+"""A minimum probability per valid action: one float for every head, or per head name."""
 VALUE_BASELINES = ("q", "v")
 _Value = TypeVar("_Value")
 

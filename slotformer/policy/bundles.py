@@ -21,12 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
-from slotformer.networks.core import ActorCriticCore, as_autograd_input
+from slotformer.networks.core import ActorCriticCore, Hidden, ProbabilityFloor, as_autograd_input
 from slotformer.networks.lstm import FactoredRecurrentActorCritic
 from slotformer.networks.transformer import SlotTransformerActorCritic
-from slotformer.policy.protocol import SLOT_BY_OP_KEY, Masks, PolicyBundle, ProbabilityFloor
+from slotformer.policy.protocol import SLOT_BY_OP_KEY, Masks, PolicyBundle
 from slotformer.policy.registry import register_policy
-from slotformer.policy.results import ActionResult, EvalResult, ForwardResult, Hidden
+from slotformer.policy.results import ActionResult, EvalResult, ForwardResult
 from slotformer.validation import check_positive_int, describe_shape
 
 COMPILE_MODES: tuple[str, ...] = (

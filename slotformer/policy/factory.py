@@ -17,10 +17,8 @@ from slotformer.networks.core import VALUE_BASELINES
 from slotformer.policy.bundles import COMPILE_MODES, check_compile_mode
 from slotformer.policy.protocol import PolicyBundle
 from slotformer.policy.registry import get_policy_class, list_policies
+from slotformer.telemetry import NETWORK_TYPES
 from slotformer.validation import check_positive_int
-
-NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
-"""The network types shipped with slotformer (others may be registered)."""
 
 
 @dataclass

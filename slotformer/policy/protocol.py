@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.config import SlotConfig
-from slotformer.policy.results import ActionResult, EvalResult, ForwardResult, Hidden
+from slotformer.networks.core import Hidden, ProbabilityFloor
+from slotformer.policy.results import ActionResult, EvalResult, ForwardResult
 
 Masks = Mapping[str, Tensor | None]
-ProbabilityFloor = float | Mapping[str, float] | None
 
 SLOT_BY_OP_KEY = "slot_by_op"
 """The optional masks entry holding the per-op slot masks ``[B, num_ops, N]``."""

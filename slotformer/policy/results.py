@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-Hidden = tuple[Tensor, Tensor]
-"""Recurrent state ``(h, c)``, each ``[lstm_layers, B, H]``."""
+from slotformer.networks.core import Hidden
 
 
 @dataclass(frozen=True, slots=True)
