@@ -351,20 +351,15 @@ class ActorCriticCore(nn.Module, ABC):
         # A hidden state carried from get_action is an inference tensor; forward may be
         # differentiated (a bundle's forward at update), so it gets a normal copy.
         hidden = as_autograd_input(hidden)
-        trunk = self._trunk(state, blueprint_indices, active, hidden, ctx)
-        self._on_trunk_done(trunk)
-        logits = self._head_logits(trunk, ctx)
-        op_name = ctx.action_space.op_head
-        check_logits_and_mask(logits[op_name], head_masks[op_name], name=_head_label(op_name))
-        op_log_probs = masked_log_probs(logits[op_name], head_masks[op_name], floors.get(op_name))
-        sampled_op = sample_actions(op_log_probs)  # [B, T]
-        state_value, q_value = self._values(trunk, sampled_op)
+        trunk, logits = self._trunk_and_logits(state, blueprint_indices, active, hidden, ctx)
+        sampled_op = sample_actions(self._op_log_probs(logits, head_masks, floors, ctx))  # [B, T]
+        value, state_value, q_value = self._values(trunk, sampled_op)
         out: dict[str, Any] = {
             f"{name}_logits": mask_logits(logits[name], head_masks[name])
             for name in ctx.action_space.head_names
         }
         out.update(
-            value=q_value if self.value_baseline == "q" else state_value,
+            value=value,
             state_value=state_value,
             q_value=q_value,
             lstm_out=trunk.temporal,
@@ -432,17 +427,14 @@ class ActorCriticCore(nn.Module, ABC):
         )
         slot_by_op = self._check_slot_by_op(slot_by_op_mask, ctx, B, T)
         floors = self._floors(probability_floor, ctx)
-        trunk = self._trunk(state, blueprint_indices, active, hidden, ctx)
-        self._on_trunk_done(trunk)
-        logits = self._head_logits(trunk, ctx)
+        trunk, logits = self._trunk_and_logits(state, blueprint_indices, active, hidden, ctx)
         actions, log_probs, entropies = self._policy(
             logits, head_masks, floors, ctx, slot_by_op,
             given_actions=None, deterministic=deterministic, generator=generator,
         )
-        op = actions[ctx.action_space.op_head]
-        state_value, q_value = self._values(trunk, op)
-        value = q_value if self.value_baseline == "q" else state_value
         op_name = ctx.action_space.op_head
+        op = actions[op_name]
+        value, _, _ = self._values(trunk, op)
         op_logits = (
             mask_logits(logits[op_name], head_masks[op_name])[:, 0] if return_op_logits else None
         )
@@ -516,15 +508,12 @@ class ActorCriticCore(nn.Module, ABC):
         slot_by_op = self._check_slot_by_op(slot_by_op_mask, ctx, B, T)
         hidden = as_autograd_input(hidden)
         floors = self._floors(probability_floor, ctx)
-        trunk = self._trunk(states, blueprint_indices, active, hidden, ctx)
-        self._on_trunk_done(trunk)
-        logits = self._head_logits(trunk, ctx)
+        trunk, logits = self._trunk_and_logits(states, blueprint_indices, active, hidden, ctx)
         _, log_probs, entropies = self._policy(
             logits, head_masks, floors, ctx, slot_by_op,
             given_actions=given, deterministic=False, generator=None,
         )
-        state_value, q_value = self._values(trunk, given[ctx.action_space.op_head])
-        value = q_value if self.value_baseline == "q" else state_value
+        value, state_value, q_value = self._values(trunk, given[ctx.action_space.op_head])
         contributions = self._contributions(trunk, stop_gradient=aux_stop_gradient)
         return EvaluateActionsResult(
             log_probs, value, entropies, trunk.hidden, contributions, q_value, state_value
@@ -553,6 +542,19 @@ class ActorCriticCore(nn.Module, ABC):
         return contributions[:, 0] if squeeze else contributions
 
     # ------------------------------------------------------------------ shared machinery
+    def _trunk_and_logits(
+        self,
+        state: Tensor,
+        blueprint_indices: Tensor,
+        active: Tensor,
+        hidden: Hidden | None,
+        ctx: SlotContext,
+    ) -> tuple[TrunkOutput, dict[str, Tensor]]:
+        """The trunk (then its telemetry) and every head's raw logits ``[B, T, n]``."""
+        trunk = self._trunk(state, blueprint_indices, active, hidden, ctx)
+        self._on_trunk_done(trunk)
+        return trunk, self._head_logits(trunk, ctx)
+
     def _head_logits(self, trunk: TrunkOutput, ctx: SlotContext) -> dict[str, Tensor]:
         logits: dict[str, Tensor] = {}
         for name in ctx.action_space.head_names:
@@ -562,13 +564,26 @@ class ActorCriticCore(nn.Module, ABC):
                 logits[name] = self.head_module(name)(trunk.temporal)  # [B, T, n]
         return logits
 
-    def _values(self, trunk: TrunkOutput, op: Tensor) -> tuple[Tensor, Tensor]:
-        """V(s) and Q(s, op), each ``[B, T]``."""
+    def _values(self, trunk: TrunkOutput, op: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``value`` (the one ``value_baseline`` selects), V(s) and Q(s, op), each ``[B, T]``."""
         features = trunk.value_features  # [B, T, F]
         state_value = self.state_value_head(features).squeeze(-1)
         op_one_hot = F.one_hot(op, num_classes=self.num_ops).to(features.dtype)  # [B, T, O]
         q_value = self.q_head(torch.cat([features, op_one_hot], dim=-1)).squeeze(-1)
-        return state_value, q_value
+        value = q_value if self.value_baseline == "q" else state_value
+        return value, state_value, q_value
+
+    def _op_log_probs(
+        self,
+        logits: Mapping[str, Tensor],
+        head_masks: Mapping[str, Tensor],
+        floors: Mapping[str, float],
+        ctx: SlotContext,
+    ) -> Tensor:
+        """The op head's floored fp32 log-probs ``[B, T, num_ops]`` under its base mask."""
+        op_name = ctx.action_space.op_head
+        check_logits_and_mask(logits[op_name], head_masks[op_name], name=_head_label(op_name))
+        return masked_log_probs(logits[op_name], head_masks[op_name], floors.get(op_name))
 
     def _policy(
         self,
@@ -596,8 +611,7 @@ class ActorCriticCore(nn.Module, ABC):
                 return greedy_actions(head_log_probs)
             return sample_actions(head_log_probs, generator=generator)
 
-        check_logits_and_mask(logits[op_name], head_masks[op_name], name=_head_label(op_name))
-        op_log_probs = masked_log_probs(logits[op_name], head_masks[op_name], floors.get(op_name))
+        op_log_probs = self._op_log_probs(logits, head_masks, floors, ctx)
         op = decide(op_name, op_log_probs)  # [B, T]
         canonical = canonicalize_masks(space, head_masks, op, slot_by_op)
         actions: dict[str, Tensor] = {}
@@ -759,9 +773,6 @@ class ActorCriticCore(nn.Module, ABC):
                     f"{int(bad.sum()) - n_nan} inf (of {state.numel()} entries)"
                 )
         return state, blueprint_indices, active
-
-    def _param_dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
 
     def _collect_masks(
         self,
