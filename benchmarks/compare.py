@@ -5,6 +5,7 @@
     python benchmarks/compare.py --quick                  # seconds-long smoke run
     python benchmarks/compare.py --profile prof/          # + torch.profiler traces
     python benchmarks/compare.py --threads 1 --rounds 3   # pin threads; fewer rounds
+    python benchmarks/compare.py --doc docs/benchmarks.md # refresh the doc's table in place
 
 For each N (grids 1x3, 2x5, 5x5, 5x10) it builds both networks with ``create_policy``
 defaults and measures, with the code the pytest-benchmark suite uses
@@ -66,6 +67,8 @@ RATIO_KEYS = (
     "param_grad_adam_bytes",
     "peak_activation_bytes",
 )
+DOC_BEGIN = "<!-- compare.py report: begin -->"
+DOC_END = "<!-- compare.py report: end -->"
 # The issue's targets (reported, never asserted).
 UPDATE_RATIO_GOAL_N3 = 1.10
 STATE_RATIO_GOAL_N50 = 0.50
@@ -110,6 +113,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument(
         "--profile", type=Path, help="write torch.profiler traces (TensorBoard) into this folder"
+    )
+    parser.add_argument(
+        "--doc",
+        type=Path,
+        help=f"replace the text between {DOC_BEGIN!r} and {DOC_END!r} in this markdown file "
+        "with the report (docs/benchmarks.md)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -431,6 +440,16 @@ def markdown_report(
     return "\n".join(parts)
 
 
+def replace_doc_block(path: Path, report: str) -> None:
+    """Put ``report`` between the `DOC_BEGIN` and `DOC_END` markers of ``path``."""
+    text = path.read_text()
+    begin, end = text.find(DOC_BEGIN), text.find(DOC_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{path} has no {DOC_BEGIN!r} ... {DOC_END!r} block to replace")
+    head, tail = text[: begin + len(DOC_BEGIN)], text[end:]
+    path.write_text(f"{head}\n{report}\n{tail}")
+
+
 # -------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the comparison; print the markdown report; return (and optionally write) JSON."""
@@ -463,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
         log(f"wrote {args.json}")
+    if args.doc is not None:
+        replace_doc_block(args.doc, report)
+        log(f"updated the report block of {args.doc}")
     if args.profile is not None:
         log(f"profiler traces in {args.profile} (tensorboard --logdir {args.profile})")
     return result

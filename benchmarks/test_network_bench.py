@@ -194,9 +194,10 @@ def test_memory(
     figures["param_grad_adam_mb"] = figures["param_grad_adam_bytes"] / MB
     figures["peak_activation_mb"] = figures["peak_activation_bytes"] / MB
     benchmark.extra_info.update(figures)
-    bench_report(f"{network_type} N={num_slots} memory", {
-        k: figures[k] for k in ("parameters", "param_grad_adam_mb", "peak_activation_mb")
-    })
+    bench_report(
+        f"{network_type} N={num_slots} memory",
+        {k: figures[k] for k in ("parameters", "param_grad_adam_mb", "peak_activation_mb")},
+    )
 
 
 @pytest.mark.parametrize("network_type", NETWORK_TYPES)
@@ -221,11 +222,22 @@ def test_compile(
         iterations=1,
     )
     benchmark.extra_info.update(figures)
-    bench_report(f"{network_type} N={compile_slots} compile", {
-        k: v for k, v in figures.items()
-        if k in ("compile_backend", "fullgraph_ok", "compile_s", "first_call_s",
-                 "compiled_speedup", "compile_error")
-    })
+    bench_report(
+        f"{network_type} N={compile_slots} compile",
+        {
+            k: v
+            for k, v in figures.items()
+            if k
+            in (
+                "compile_backend",
+                "fullgraph_ok",
+                "compile_s",
+                "first_call_s",
+                "compiled_speedup",
+                "compile_error",
+            )
+        },
+    )
 
 
 def test_transformer_over_lstm(

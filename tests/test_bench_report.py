@@ -13,19 +13,50 @@ from benchmarks import compare
 from benchmarks._workload import _profiled_peak_bytes, build_workload
 from slotformer.policy import create_policy
 
-TINY = ["--batch", "2", "--time", "2", "--slots", "3", "4", "--act-batches", "1", "2",
-        "--rounds", "1", "--act-iterations", "1", "--compile-backend", "none", "--threads", "1"]
+TINY = [
+    "--batch",
+    "2",
+    "--time",
+    "2",
+    "--slots",
+    "3",
+    "4",
+    "--act-batches",
+    "1",
+    "2",
+    "--rounds",
+    "1",
+    "--act-iterations",
+    "1",
+    "--compile-backend",
+    "none",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path, str]:
     folder = tmp_path_factory.mktemp("bench")
     json_path, profile_dir = folder / "out" / "bench.json", folder / "traces"
+    doc = folder / "doc.md"
+    doc.write_text(f"# Title\n\n{compare.DOC_BEGIN}\nold table\n{compare.DOC_END}\n\nAfter.\n")
     threads = torch.get_num_threads()
     try:
-        result = compare.main([*TINY, "--json", str(json_path), "--profile", str(profile_dir)])
+        result = compare.main(
+            [
+                *TINY,
+                "--json",
+                str(json_path),
+                "--profile",
+                str(profile_dir),
+                "--doc",
+                str(doc),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
+    result["doc_text"] = doc.read_text()
     return result, json_path, profile_dir, result["markdown"]
 
 
@@ -37,7 +68,10 @@ def test_table_has_one_row_per_network_and_slot_count(report: tuple) -> None:
     start = lines.index(header)
     body = lines[start + 2 : start + 6]
     assert [line.split(" | ")[0:2] for line in body] == [
-        ["| lstm", "3"], ["| transformer", "3"], ["| lstm", "4"], ["| transformer", "4"],
+        ["| lstm", "3"],
+        ["| transformer", "3"],
+        ["| lstm", "4"],
+        ["| transformer", "4"],
     ]
     for line in body:
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -55,8 +89,16 @@ def test_ratios_are_transformer_over_lstm_of_the_same_run(report: tuple) -> None
     assert [r["N"] for r in result["ratios"]] == [3, 4]
     for ratio in result["ratios"]:
         n = ratio["N"]
-        for key in ("forward_ms", "backward_ms", "update_ms", "act_b1_ms", "act_b2_ms",
-                    "param_grad_adam_bytes", "peak_activation_bytes", "parameters"):
+        for key in (
+            "forward_ms",
+            "backward_ms",
+            "update_ms",
+            "act_b1_ms",
+            "act_b2_ms",
+            "param_grad_adam_bytes",
+            "peak_activation_bytes",
+            "parameters",
+        ):
             expected = rows[("transformer", n)][key] / rows[("lstm", n)][key]
             assert ratio[key] == pytest.approx(expected)
     assert "Ratio transformer / lstm, same run:" in markdown
@@ -90,10 +132,17 @@ def test_json_file_holds_the_printed_report(report: tuple) -> None:
     result, json_path, _, _ = report
     written = json.loads(json_path.read_text())
     assert set(written) == {"meta", "rows", "ratios", "targets", "markdown"}
+    assert "doc_text" not in written  # added by the fixture after the file was written
     assert written["markdown"] == result["markdown"]
     assert written["meta"]["threads"] == 1
     assert written["meta"]["sizes"]["batch"] == 2
     assert written["meta"]["sizes"]["slots"] == [3, 4]
+
+
+def test_doc_block_is_replaced_and_the_rest_kept(report: tuple) -> None:
+    result, _, _, markdown = report
+    expected = f"# Title\n\n{compare.DOC_BEGIN}\n{markdown}\n{compare.DOC_END}\n\nAfter.\n"
+    assert result["doc_text"] == expected
 
 
 def test_profile_writes_one_tensorboard_trace_per_network_and_slot_count(report: tuple) -> None:
