@@ -42,6 +42,7 @@ __all__ = [
     "InvalidStateMachineError",
     "MaskedCategorical",
     "check_logits_and_mask",
+    "gather_log_prob",
     "greedy_actions",
     "log_prob_of",
     "mask_logits",
@@ -254,6 +255,27 @@ def log_prob_of(log_probs: Tensor, actions: Tensor) -> Tensor:
             raise ValueError(
                 f"actions must be in [0, {n}), got {out_of_range} out-of-range value(s)"
             )
+    return gather_log_prob(log_probs, actions)
+
+
+def gather_log_prob(log_probs: Tensor, actions: Tensor) -> Tensor:
+    """`log_prob_of` without its checks: no host sync even while validation is on.
+
+    For actions that are in range by construction: sampled or taken greedily from these
+    ``log_probs``, or range-checked already (the networks check stored actions once, up front).
+
+    Args:
+        log_probs: ``[..., n]`` fp32 log-probabilities.
+        actions: ``[...]`` int64 action indices in ``[0, n)``.
+
+    Returns:
+        ``[...]`` fp32.
+
+    Example::
+
+        >>> gather_log_prob(torch.log(torch.tensor([[0.25, 0.75]])), torch.tensor([0])).exp()
+        tensor([0.2500])
+    """
     return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
 

@@ -26,8 +26,8 @@ from slotformer.actions import ActionSpace, canonicalize_masks
 from slotformer.config import ObservationLayout, SlotConfig
 from slotformer.distributions import (
     check_logits_and_mask,
+    gather_log_prob,
     greedy_actions,
-    log_prob_of,
     mask_logits,
     masked_log_probs,
     normalised_entropy,
@@ -627,10 +627,13 @@ class ActorCriticCore(nn.Module, ABC):
                 head_log_probs = masked_log_probs(logits[name], canonical[name], floors.get(name))
             action = op if name == op_name else decide(name, head_log_probs)
             actions[name] = action
-            log_probs[name] = log_prob_of(head_log_probs, action)
+            # Sampled from head_log_probs or checked by _check_actions: in range either way,
+            # so log_prob_of's range check (a host sync per head) would only repeat work.
+            log_probs[name] = gather_log_prob(head_log_probs, action)
             entropies[name] = normalised_entropy(head_log_probs, canonical[name])
         if given_actions is not None and validation_enabled():
-            masked = {n: int((~torch.isfinite(lp)).sum()) for n, lp in log_probs.items()}
+            counts = torch.stack([(~torch.isfinite(lp)).sum() for lp in log_probs.values()])
+            masked = dict(zip(log_probs, counts.tolist()))  # one host sync for every head
             bad = {n: c for n, c in masked.items() if c}
             if bad:
                 raise ValueError(
@@ -879,16 +882,18 @@ class ActorCriticCore(nn.Module, ABC):
                 raise ValueError(
                     f"actions[{name!r}] has dtype {action.dtype}, expected torch.int64"
                 )
-            action = as_autograd_input(action)
-            if validation_enabled():
-                n = ctx.action_space.sizes[name]
-                out_of_range = (action < 0) | (action >= n)
-                if bool(out_of_range.any()):
-                    bad = sorted(set(action[out_of_range].tolist()))[:10]
-                    raise ValueError(
-                        f"actions[{name!r}] has values {bad} outside [0, {n})"
-                    )
-            out[name] = action
+            out[name] = as_autograd_input(action)
+        if validation_enabled():
+            sizes = ctx.action_space.sizes
+            any_out_of_range = torch.stack(
+                [((action < 0) | (action >= sizes[name])).any() for name, action in out.items()]
+            )
+            # One host sync for every head; the values are read back only for an error.
+            for (name, action), has_bad in zip(out.items(), any_out_of_range.tolist()):
+                if has_bad:
+                    n = sizes[name]
+                    bad = sorted(set(action[(action < 0) | (action >= n)].tolist()))[:10]
+                    raise ValueError(f"actions[{name!r}] has values {bad} outside [0, {n})")
         return out
 
 
