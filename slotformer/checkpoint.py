@@ -60,6 +60,7 @@ def save_checkpoint(
         The checkpoint's path.
 
     Raises:
+        TypeError: ``policy`` does not expose a ``config`` dict (not a slotformer bundle).
         ValueError: ``extra`` holds something other than plain data and tensors.
 
     Example:

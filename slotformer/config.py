@@ -41,7 +41,8 @@ class SlotConfig:
 
     Args:
         slot_ids: one id per slot; the index of an id is its slot-head action index. Canonical
-            ids are ``r{row}c{col}``; any other id is placed on row 0 at column = its index.
+            ids are ``r{row}c{col}``; if any id is not canonical (or two ids share a
+            position), every slot is placed on row 0 at column = its index.
 
     Example:
         >>> cfg = SlotConfig.for_grid(2, 2)

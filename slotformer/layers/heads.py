@@ -103,7 +103,7 @@ class PointerHead(nn.Module):
         super().__init__()
         self.query = nn.Linear(temporal_dim, slot_dim)
         # No key bias: it adds ``query . bias`` to every slot's logit alike, which the softmax
-        # cancels, so it would be a parameter that never receives a gradient.
+        # cancels, so its gradient would be zero (rounding noise only) and it would never learn.
         self.key = nn.Linear(slot_dim, slot_dim, bias=False)
         self.scale = 1.0 / math.sqrt(slot_dim)
 

@@ -473,8 +473,8 @@ class ActorCriticCore(nn.Module, ABC):
         """Log-probs, values and entropies of stored actions (differentiable; PPO update).
 
         Uses the stored op for canonicalisation and for Q(s, op). Deterministic in train
-        mode on the policy and value path (only the auxiliary contribution predictor has
-        dropout).
+        mode on the policy and value path: only the auxiliary contribution predictor has
+        dropout (and the transformer's encoder, if built with ``encoder_dropout > 0``).
 
         Args:
             states: ``[B, T, D]``.
@@ -900,8 +900,10 @@ class ActorCriticCore(nn.Module, ABC):
 def init_actor_critic_weights(network: ActorCriticCore, skip: tuple[nn.Module, ...] = ()) -> None:
     """The one place the networks' weights are initialised.
 
-    Orthogonal (gain sqrt(2), zero bias) for every Linear outside ``skip`` (the encoder,
-    which has its own Xavier init, and the LSTM, which has its own); gain 0.01 for the last
+    Orthogonal (gain sqrt(2), zero bias) for every Linear outside ``skip``. Modules in
+    ``skip`` keep their own init: the encoder (Xavier in its attention blocks, PyTorch's
+    default for its slot projection) and the LSTM (orthogonal gates; PyTorch's default for
+    its input projection, when it has one). Gain 0.01 for the last
     layer of every action head and both value heads, so the initial policy is near uniform
     and initial values near 0; gain 0.1 with zero bias for the contribution predictor's
     last layer.

@@ -188,7 +188,7 @@ class ActorCriticBundle:
 
         Returns:
             `EvalResult` with ``[B, T]`` tensors (``[B]`` for 2-D features);
-            ``pred_contributions`` is ``[B, T, N]``; ``state_value`` is V(s).
+            ``pred_contributions`` is ``[B, T, N]`` (``[B, N]``); ``state_value`` is V(s).
         """
         head_masks, slot_by_op = self._split_masks(masks)
         features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)

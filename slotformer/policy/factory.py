@@ -99,7 +99,8 @@ def create_policy(
     Args:
         policy_type: a registered name (``"lstm"``, ``"transformer"``); None =
             ``config.network_type``, or ``"lstm"`` without a config.
-        state_dim: the flat observation width D (None = ``23 + 31 * N``).
+        state_dim: the flat observation width D (None = ``base_dim + 31 * N``, by default
+            ``23 + 31 * N``).
         slot_config: the slots (None = 3 in one row).
         device: where the network lives.
         compile_mode: one of `COMPILE_MODES`; None = ``config.compile_mode``, or ``"off"``.

@@ -54,7 +54,8 @@ class EvalResult:
         value: the network's selected baseline (Q(s, stored op) or V(s)).
         entropy: normalised entropy per head name.
         hidden: the recurrent state at the end of the sequences.
-        pred_contributions: auxiliary per-slot contribution predictions ``[B, T, N]``.
+        pred_contributions: auxiliary per-slot contribution predictions ``[B, T, N]``
+            (``[B, N]`` for 2-D features).
         q_value: Q(s, stored op).
         state_value: V(s). Train it too when ``value`` is Q: under DDP every parameter
             must receive a gradient.
