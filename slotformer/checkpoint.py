@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slotformer.config import SlotConfig
+from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
 from slotformer.policy.bundles import ActorCriticBundle
 from slotformer.policy.protocol import PolicyBundle
 from slotformer.policy.registry import get_policy_class, list_policies
@@ -242,7 +242,7 @@ def _feature_dim_for_grid(
     config: Mapping[str, Any], saved: SlotConfig, target: SlotConfig, source: Path
 ) -> int:
     """The observation width on ``target``: same base block and per-slot width as saved."""
-    base_dim = int(config.get("base_dim", 23))
+    base_dim = int(config.get("base_dim", DEFAULT_BASE_DIM))
     slot_total = int(config["feature_dim"]) - base_dim
     if slot_total % saved.num_slots:
         raise CheckpointError(

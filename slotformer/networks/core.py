@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slotformer.actions import ActionSpace, canonicalize_masks
-from slotformer.config import ObservationLayout, SlotConfig
+from slotformer.config import DEFAULT_BASE_DIM, ObservationLayout, SlotConfig
 from slotformer.distributions import (
     check_logits_and_mask,
     gather_log_prob,
@@ -188,7 +188,7 @@ class ActorCriticCore(nn.Module, ABC):
         lstm_layers: int,
         value_baseline: str,
         action_space: ActionSpace | None = None,
-        base_dim: int = 23,
+        base_dim: int = DEFAULT_BASE_DIM,
     ) -> None:
         super().__init__()
         if value_baseline not in VALUE_BASELINES:

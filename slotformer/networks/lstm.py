@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.actions import ActionSpace
-from slotformer.config import SlotConfig
+from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
 from slotformer.layers.embedding import BlueprintEmbedding
 from slotformer.layers.heads import categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
@@ -60,7 +60,7 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
         value_baseline: str = "q",
         *,
         action_space: ActionSpace | None = None,
-        base_dim: int = 23,
+        base_dim: int = DEFAULT_BASE_DIM,
         blueprint_embed_dim: int = 4,
     ) -> None:
         super().__init__(

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.actions import ActionSpace
-from slotformer.config import SlotConfig
+from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
 from slotformer.layers.embedding import BlueprintEmbedding
 from slotformer.layers.encoder import SlotTransformerEncoder
 from slotformer.layers.heads import PointerHead, categorical_head, contribution_mlp, value_head
@@ -89,7 +89,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
         max_slots: int = 64,
         max_grid_size: int = 16,
         action_space: ActionSpace | None = None,
-        base_dim: int = 23,
+        base_dim: int = DEFAULT_BASE_DIM,
         blueprint_embed_dim: int = 4,
     ) -> None:
         super().__init__(
