@@ -677,11 +677,10 @@ class ActorCriticCore(nn.Module, ABC):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(state).__name__}")
         ranks = "[B, D] or [B, T, D]" if allow_2d else "[B, T, D]"
         # Errors quote the shapes the caller passed, before a 2-D call gains its time axis.
-        given_shapes = {
-            "state": describe_shape(state),
-            "blueprint_indices": describe_shape(blueprint_indices)
-            if isinstance(blueprint_indices, Tensor) else "",
-        }
+        given_state_shape = tuple(state.shape)
+        given_blueprint_shape = (
+            tuple(blueprint_indices.shape) if isinstance(blueprint_indices, Tensor) else ()
+        )
         two_d = state.dim() == 2 and allow_2d
         if two_d:
             state = state.unsqueeze(1)
@@ -740,8 +739,8 @@ class ActorCriticCore(nn.Module, ABC):
         if blueprint_indices.shape != (B, T, N):
             expected = f"{(B, N)} ([B, N]" if two_d else f"{(B, T, N)} ([B, T, N]"
             raise ValueError(
-                f"blueprint_indices has shape {given_shapes['blueprint_indices']}, expected "
-                f"{expected} with N={N} slots, matching {name} {given_shapes['state']})"
+                f"blueprint_indices has shape {given_blueprint_shape}, expected {expected} "
+                f"with N={N} slots, matching {name} {given_state_shape})"
             )
         if blueprint_indices.dtype != torch.long:
             raise ValueError(
