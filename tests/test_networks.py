@@ -721,3 +721,19 @@ def test_two_d_call_errors_quote_the_shapes_the_caller_passed() -> None:
     bad_blueprints = torch.zeros(2, 4, dtype=torch.long)
     with pytest.raises(ValueError, match=r"blueprint_indices has shape \(2, 4\), expected \(2, 3\)"):
         net.get_action(torch.zeros(2, 116), bad_blueprints)
+
+
+def test_named_mask_for_a_head_the_action_space_lacks_is_an_error() -> None:
+    """Regression: style_mask= on an action space without a style head was silently ignored."""
+    from slotformer.actions import ActionSpace, HeadSpec
+
+    space = ActionSpace(
+        heads=(HeadSpec("slot", 3, frozenset({1}), None), HeadSpec("op", 2)),
+        op_head="op", pointer_head="slot",
+    )
+    net = FactoredRecurrentActorCritic(116, feature_dim=16, lstm_hidden_dim=16, action_space=space)
+    out = net(torch.zeros(2, 1, 116), torch.full((2, 1, 3), -1))
+    assert set(out) >= {"slot_logits", "op_logits"}
+    with pytest.raises(ValueError, match=r"style_mask given, but the action space has no such head"):
+        net(torch.zeros(2, 1, 116), torch.full((2, 1, 3), -1),
+            style_mask=torch.zeros(2, 4, dtype=torch.bool))

@@ -787,6 +787,12 @@ class ActorCriticCore(nn.Module, ABC):
     ) -> dict[str, Tensor]:
         """Every head's mask as bool ``[B, T, n]``; None -> all valid, ``[B, n]`` -> over T."""
         by_name: dict[str, Tensor | None] = {k: v for k, v in named.items() if v is not None}
+        unused = sorted(f"{k}_mask" for k in by_name if k not in ctx.action_space.sizes)
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} given, but the action space has no such head; heads are "
+                f"{list(ctx.action_space.head_names)}"
+            )
         if masks is not None:
             unknown = sorted(set(masks) - set(ctx.action_space.head_names))
             if unknown:
