@@ -57,6 +57,7 @@ class Args:
     num_minibatches: int = 4  # minibatches by environment
     clip_coef: float = 0.2
     ent_coef: float = 0.01
+    op_floor: float = 0.05  # minimum probability of each valid op while training (exploration)
     vf_coef: float = 0.5
     q_coef: float = 0.25
     aux_coef: float = 0.1
@@ -130,6 +131,9 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
 
         writer = create_summary_writer(args.tensorboard)
 
+    # The same floor at rollout and update keeps the PPO ratio exact; it stops the op head
+    # from collapsing onto WAIT (every action costs rent before the policy learns to plant).
+    floor = {"op": args.op_floor} if args.op_floor > 0 else None
     step = env.reset()
     hidden = policy.initial_hidden(E)
     num_updates = max(1, args.total_steps // (E * T))
@@ -143,7 +147,8 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
         buf_actions: dict[str, list[torch.Tensor]] = {h: [] for h in HEAD_NAMES}
         for _ in range(T):
             masks = masks_of(step)
-            result = policy.get_action(step.obs, step.blueprint_indices, masks, hidden)
+            result = policy.get_action(step.obs, step.blueprint_indices, masks, hidden,
+                                       probability_floor=floor)
             buf["obs"].append(step.obs)
             buf["bp"].append(step.blueprint_indices)
             buf["active"].append(step.blueprint_indices >= 0)
@@ -193,6 +198,7 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
                 ev = policy.evaluate_actions(
                     obs[mb], bp[mb], {k: v[mb] for k, v in actions_t.items()},
                     {k: v[mb] for k, v in masks_t.items()}, mb_hidden,
+                    probability_floor=floor,
                 )
                 new_logp = sum(ev.log_prob.values())  # [mb, T]
                 ratio = (new_logp - old_logp[mb]).exp()
