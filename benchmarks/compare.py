@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -388,6 +389,29 @@ def targets_list(target_rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def git_commit() -> str | None:
+    """The measured tree's commit (with ``+dirty`` for local changes), None outside git."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "slotformer"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
 def run_metadata(sizes: Sizes, device: str, argv: Sequence[str]) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -404,6 +428,7 @@ def run_metadata(sizes: Sizes, device: str, argv: Sequence[str]) -> dict[str, An
         "sizes": dataclasses.asdict(sizes),
         "grids": {str(n): f"{r}x{c}" for n, (r, c) in GRIDS.items()},
         "command": " ".join(["python benchmarks/compare.py", *argv]),
+        "git_commit": git_commit(),
     }
 
 
@@ -416,14 +441,19 @@ def markdown_report(
     sizes = meta["sizes"]
     where = meta["cuda_device"] or f"CPU ({meta['cpu_count']} cores, {meta['threads']} threads)"
     load = meta["load_average"]
-    load_text = f", load average {load[0]:.1f} at the end" if load else ""
+    start = meta.get("load_average_start")
+    load_text = f", load average {start[0]:.1f} at the start" if start else ""
+    load_text += f", {load[0]:.1f} at the end" if load else ""
     compile_text = (
         f"compile: `torch.compile(network.evaluate_actions, fullgraph=True, dynamic=True, "
         f"backend={sizes['compile_backend']!r})` first forward + backward minus the compiled "
         f"steady-state step"
+        if sizes["compile_backend"] != "none"
+        else "compile: not measured"
     )
     parts = [
-        f"Run {meta['date']}, torch {meta['torch']}, {where}{load_text}; "
+        f"Run {meta['date']} at commit {meta['git_commit']}, torch {meta['torch']}, "
+        f"{where}{load_text}; "
         f"B={sizes['batch']}, T={sizes['time']}, {sizes['rounds']} interleaved rounds "
         f"(median); validation {'on' if meta['validation'] else 'off'}; {compile_text}.",
         "",
@@ -461,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         set_validation(False)
     device = args.device
     rows: list[dict[str, Any]] = []
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
     for num_slots in sizes.slots:
         log(f"measuring N={num_slots} ...")
@@ -469,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     target_rows = targets(rows, ratio_rows)
     meta = run_metadata(sizes, device, sys.argv[1:] if argv is None else list(argv))
     meta["wall_s"] = time.perf_counter() - started
+    meta["load_average_start"] = load_at_start
     report = markdown_report(meta, rows, ratio_rows, target_rows)
     print(report)
     result = {
