@@ -9,4 +9,6 @@ python -c "import torch" 2>/dev/null || python -m pip install "torch==2.13.0"
 python -m pip install -q -e ".[dev]"
 ruff check .
 mypy slotformer
+# Benchmark suites at quick sizes (about 1.5 minutes): they must keep running, not be fast.
+python -m pytest benchmarks --quick --benchmark-only -q -p no:cacheprovider
 python -m pytest -q --doctest-modules slotformer examples/slot_garden tests "$@"
