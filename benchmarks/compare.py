@@ -6,6 +6,7 @@
     python benchmarks/compare.py --profile prof/          # + torch.profiler traces
     python benchmarks/compare.py --threads 1 --rounds 3   # pin threads; fewer rounds
     python benchmarks/compare.py --doc docs/benchmarks.md # refresh the doc's table in place
+    python benchmarks/compare.py --from-json bench.json --doc docs/benchmarks.md  # no re-run
 
 For each N (grids 1x3, 2x5, 5x5, 5x10) it builds both networks with ``create_policy``
 defaults and measures, with the code the pytest-benchmark suite uses
@@ -120,6 +121,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         help=f"replace the text between {DOC_BEGIN!r} and {DOC_END!r} in this markdown file "
         "with the report (docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="measure nothing: re-render the report (and --doc) from a JSON file of an earlier run",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -439,7 +445,8 @@ def markdown_report(
     target_rows: list[dict[str, Any]],
 ) -> str:
     sizes = meta["sizes"]
-    where = meta["cuda_device"] or f"CPU ({meta['cpu_count']} cores, {meta['threads']} threads)"
+    threads = f"{meta['threads']} thread{'s' if meta['threads'] != 1 else ''}"
+    where = meta["cuda_device"] or f"CPU ({meta['cpu_count']} cores, {threads})"
     load = meta["load_average"]
     start = meta.get("load_average_start")
     load_text = f", load average {start[0]:.1f} at the start" if start else ""
@@ -481,6 +488,22 @@ def replace_doc_block(path: Path, report: str) -> None:
 
 
 # -------------------------------------------------------------------- main
+def measure(
+    sizes: Sizes, args: argparse.Namespace, argv: Sequence[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every figure at every N (one row per network and N) and the run's metadata."""
+    rows: list[dict[str, Any]] = []
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    started = time.perf_counter()
+    for num_slots in sizes.slots:
+        log(f"measuring N={num_slots} ...")
+        rows += measure_slot_count(num_slots, sizes, args.device, args.seed, args.profile)
+    meta = run_metadata(sizes, args.device, argv)
+    meta["wall_s"] = time.perf_counter() - started
+    meta["load_average_start"] = load_at_start
+    return meta, rows
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the comparison; print the markdown report; return (and optionally write) JSON."""
     args = parse_args(argv)
@@ -489,18 +512,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     if args.no_validation:
         set_validation(False)
-    device = args.device
-    rows: list[dict[str, Any]] = []
-    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    started = time.perf_counter()
-    for num_slots in sizes.slots:
-        log(f"measuring N={num_slots} ...")
-        rows += measure_slot_count(num_slots, sizes, device, args.seed, args.profile)
+    if args.from_json is not None:  # re-render a saved run, measure nothing
+        saved = json.loads(args.from_json.read_text())
+        meta, rows = saved["meta"], saved["rows"]
+    else:
+        meta, rows = measure(sizes, args, sys.argv[1:] if argv is None else list(argv))
     ratio_rows = ratios(rows)
     target_rows = targets(rows, ratio_rows)
-    meta = run_metadata(sizes, device, sys.argv[1:] if argv is None else list(argv))
-    meta["wall_s"] = time.perf_counter() - started
-    meta["load_average_start"] = load_at_start
     report = markdown_report(meta, rows, ratio_rows, target_rows)
     print(report)
     result = {

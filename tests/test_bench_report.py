@@ -139,6 +139,13 @@ def test_json_file_holds_the_printed_report(report: tuple) -> None:
     assert written["meta"]["sizes"]["slots"] == [3, 4]
 
 
+def test_a_saved_run_re_renders_to_the_same_report(report: tuple) -> None:
+    result, json_path, _, _ = report
+    again = compare.main(["--from-json", str(json_path)])
+    assert again["markdown"] == result["markdown"]
+    assert again["ratios"] == result["ratios"]
+
+
 def test_doc_block_is_replaced_and_the_rest_kept(report: tuple) -> None:
     result, _, _, markdown = report
     expected = f"# Title\n\n{compare.DOC_BEGIN}\n{markdown}\n{compare.DOC_END}\n\nAfter.\n"
