@@ -10,5 +10,5 @@ python -m pip install -q -e ".[dev]"
 ruff check .
 mypy slotformer
 # Benchmark suites at quick sizes (about 1.5 minutes): they must keep running, not be fast.
-python -m pytest benchmarks --quick --benchmark-only -q -p no:cacheprovider
+python -m pytest benchmarks --quick --threads 1 --benchmark-only -q -p no:cacheprovider
 python -m pytest -q --doctest-modules slotformer examples/slot_garden tests "$@"
