@@ -21,4 +21,4 @@ def test_readme_usage_snippet_runs() -> None:
 def test_readme_names_the_two_commands() -> None:
     text = README.read_text()
     assert "python examples/train_slot_garden.py" in text
-    assert "bash scripts/test.sh" in text
+    assert "bash .ci/test.sh" in text

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs slotformer with its dev extras, then lints, type-checks, runs the unit tests and
 # the docstring examples, and runs the benchmark suites in quick mode so they cannot rot.
-# Extra arguments go to the unit-test pytest run (e.g. `bash scripts/test.sh -x -k encoder`).
+# Extra arguments go to the unit-test pytest run (e.g. `bash .ci/test.sh -x -k encoder`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA build.
