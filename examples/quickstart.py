@@ -48,7 +48,7 @@ advantages, returns = torch.randn(B, T), torch.randn(B, T)
 
 optimizer = torch.optim.Adam(policy.network.parameters(), lr=3e-4)
 new = policy.evaluate_actions(states, bp_seq, actions, seq_masks, hidden)
-ratio = (sum(new.log_prob.values()) - old_log_prob).exp()  # exactly 1 before the step
+ratio = (sum(new.log_prob.values()) - old_log_prob).exp()  # 1 up to fp32 rounding before the step
 policy_loss = -torch.min(ratio * advantages, ratio.clamp(0.8, 1.2) * advantages).mean()
 value_loss = (new.value - returns).pow(2).mean() + (new.state_value - returns).pow(2).mean()
 aux_loss = new.pred_contributions.pow(2).mean()  # stand-in for real contribution targets

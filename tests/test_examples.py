@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,12 @@ def test_quickstart_runs_and_reloads_identically() -> None:
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
-    assert "max |ratio - 1| = 0.00e+00" in done.stdout
+    # Rollout scores one step at a time, the update all T steps at once; the matmul kernel
+    # (MKL picks it by shape, e.g. on AVX-512 CPUs) may round those differently, so the
+    # guarantee is fp32 rounding (~1e-6 measured on AVX-512), not bit equality.
+    found = re.search(r"max \|ratio - 1\| = (\S+)", done.stdout)
+    assert found is not None, done.stdout
+    assert float(found.group(1)) <= 1e-5, done.stdout
     assert "reloaded identical: True" in done.stdout
 
 
