@@ -50,6 +50,10 @@ from slotformer.policy import PolicyBundle, create_policy
 from slotformer.policy.protocol import SLOT_BY_OP_KEY
 
 NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
+VARIANTS: tuple[str, ...] = (*NETWORK_TYPES, "transformer-lean")
+"""What `build_policy` builds: a network type at its defaults, or ``transformer-lean``, the
+transformer with its lean-memory setting (`enable_gradient_checkpointing`: the encoder and
+the contribution predictor recomputed chunk by chunk in backward)."""
 GRIDS: dict[int, tuple[int, int]] = {3: (1, 3), 10: (2, 5), 25: (5, 5), 50: (5, 10)}
 """Slot count N -> (rows, cols) of the grid it is measured on."""
 
@@ -118,9 +122,15 @@ def sync(device: torch.device) -> None:
 def build_policy(
     network_type: str, num_slots: int, device: str | torch.device = "cpu", seed: int = 0
 ) -> PolicyBundle:
-    """``create_policy(network_type, slot_config=grid_for(num_slots))`` with default sizes."""
+    """``create_policy(network_type, slot_config=grid_for(num_slots))`` with default sizes
+    (``network_type`` is one of `VARIANTS`)."""
     torch.manual_seed(seed)
-    policy = create_policy(network_type, slot_config=grid_for(num_slots), device=device)
+    lean = network_type == "transformer-lean"
+    policy = create_policy(
+        "transformer" if lean else network_type, slot_config=grid_for(num_slots), device=device
+    )
+    if lean:
+        policy.enable_gradient_checkpointing()
     policy.network.train()
     return policy
 
@@ -544,6 +554,69 @@ def peak_activation_bytes(workload: Workload) -> dict[str, Any]:
         "allocator_events": count,
         "memory_method": CPU_PEAK_METHOD,
     }
+
+
+# -------------------------------------------------------------------- FLOPs
+FLOP_METHOD = (
+    "matmuls (mm/addmm/bmm) counted from their shapes by torch.utils.flop_counter over one "
+    "forward + loss + backward (checkpoint recomputation included); plus, analytically, the "
+    "ops it does not count: each LSTM layer 8*H*(I+H) per step forward, and each attention "
+    "block 4*S^2*D per step forward (S = N + 1 tokens), both x3 for forward + backward (x4 "
+    "for recomputed attention)"
+)
+
+
+def update_flops(workload: Workload) -> dict[str, Any]:
+    """Floating-point operations of one forward + loss + backward (an update minus the
+    optimizer step, whose element-wise work is negligible next to it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from slotformer.layers.encoder import SlotAttentionBlock, SlotTransformerEncoder
+    from slotformer.layers.lstm import LSTMLayer
+
+    workload.zero_grad()
+    with FlopCounterMode(display=False) as counter:
+        workload.loss().backward()
+    counted = counter.get_flop_counts().get("Global", {})
+    matmul = int(sum(counted.values()))
+    network: Any = workload.policy.network
+    rows = workload.batch * workload.time
+    lstm = sum(
+        3 * 8 * m.hidden_size * (m.input_size + m.hidden_size) * rows
+        for m in network.modules()
+        if isinstance(m, LSTMLayer)
+    )
+    attention = 0
+    if not any("scaled_dot_product" in str(op) for op in counted):
+        tokens = network.slot_config.num_slots + 1
+        for encoder in (m for m in network.modules() if isinstance(m, SlotTransformerEncoder)):
+            passes = 4 if encoder.gradient_checkpointing else 3
+            blocks = sum(isinstance(m, SlotAttentionBlock) for m in encoder.modules())
+            attention += passes * blocks * 4 * tokens * tokens * encoder.embed_dim * rows
+    return {
+        "update_flops": matmul + lstm + attention,
+        "flops_matmul": matmul,
+        "flops_lstm": lstm,
+        "flops_attention": attention,
+        "flop_method": FLOP_METHOD,
+    }
+
+
+def matmul_peak_gflops(device: torch.device | str = "cpu", size: int = 1024, rounds: int = 5) -> float:
+    """Best-of-``rounds`` GFLOP/s of one fp32 ``[size, size] @ [size, size]`` matmul on this
+    machine with torch's current thread count: the roof the achieved figures are read
+    against."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        sync(torch.device(device))
+        start = time.perf_counter()
+        a @ b
+        sync(torch.device(device))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 # -------------------------------------------------------------------- compile

@@ -45,18 +45,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._workload import (
     FULL,
     GRIDS,
-    NETWORK_TYPES,
     QUICK,
+    VARIANTS,
     Sizes,
     build_policy,
     build_rollout_inputs,
     build_workload,
     grid_for,
+    matmul_peak_gflops,
     measure_compile,
     parameter_memory,
     peak_activation_bytes,
     time_networks,
+    update_flops,
 )
+from slotformer.allocator import configure_malloc
 from slotformer.validation import set_validation, validation_enabled
 
 MB = 1e6
@@ -68,12 +71,18 @@ RATIO_KEYS = (
     "adam_state_bytes",
     "param_grad_adam_bytes",
     "peak_activation_bytes",
+    "train_step_bytes",
+    "update_flops",
 )
 DOC_BEGIN = "<!-- compare.py report: begin -->"
 DOC_END = "<!-- compare.py report: end -->"
-# The issue's targets (reported, never asserted).
+# The issues' targets (reported, never asserted).
 UPDATE_RATIO_GOAL_N3 = 1.10
 STATE_RATIO_GOAL_N50 = 0.50
+UPDATE_RATIO_GOALS = {3: 0.5, 10: 1.0, 50: 2.0}  # transformer / lstm update step
+UPDATE_RATIO_STRETCH_N50 = 1.0
+TRAIN_STEP_MEMORY_GOAL_N50 = 0.5  # any transformer setting / lstm
+ACT_RATIO_GOAL = 0.5  # get_action, every N and rollout B
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -127,6 +136,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="measure nothing: re-render the report (and --doc) from a JSON file of an earlier run",
     )
+    parser.add_argument(
+        "--networks",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="what to measure; transformer-lean = the transformer with its lean-memory "
+        "setting (default: all three)",
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=("tuned", "default", "both"),
+        default="both",
+        help="glibc malloc setting: tuned = slotformer.configure_malloc() (large tensors stay "
+        "in the heap), default = glibc's own; both (default) = everything with tuned, plus "
+        "the timings again with default in a second process",
+    )
+    parser.add_argument(
+        "--timings-only",
+        action="store_true",
+        help="measure the timings only (no memory, FLOP or compile figures)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -159,12 +189,18 @@ def log(message: str) -> None:
 
 # -------------------------------------------------------------------- measuring
 def measure_slot_count(
-    num_slots: int, sizes: Sizes, device: str, seed: int, profile_dir: Path | None
+    num_slots: int,
+    sizes: Sizes,
+    device: str,
+    seed: int,
+    profile_dir: Path | None,
+    networks: Sequence[str] = VARIANTS,
+    timings_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every figure of both networks at one N; one row per network."""
+    """Every figure of every network at one N; one row per network."""
     grid = grid_for(num_slots)
     workloads, rollouts = {}, {}
-    for network_type in NETWORK_TYPES:
+    for network_type in networks:
         policy = build_policy(network_type, num_slots, device, seed)
         workloads[network_type] = build_workload(policy, sizes.batch, sizes.time, seed)
         rollouts[network_type] = {
@@ -181,10 +217,19 @@ def measure_slot_count(
             "N": num_slots,
             "grid": f"{grid.num_rows}x{grid.num_cols}",
             **timings[network_type],
-            **parameter_memory(workload),
-            **peak_activation_bytes(workload),
         }
-        if sizes.compile_backend != "none" and sizes.compiles(num_slots):
+        if timings_only:
+            rows.append(row)
+            continue
+        row.update(parameter_memory(workload))
+        row.update(peak_activation_bytes(workload))
+        row["train_step_bytes"] = row["param_grad_adam_bytes"] + row["peak_activation_bytes"]
+        row.update(update_flops(workload))
+        row["achieved_gflops"] = row["update_flops"] / row["update_ms"] / 1e6
+        # The lean setting's rollout is the plain transformer's (checkpointing is a
+        # training-time setting), so its compile figure would repeat the transformer's.
+        compiles = sizes.compiles(num_slots) and network_type != "transformer-lean"
+        if sizes.compile_backend != "none" and compiles:
             start = time.perf_counter()
             row["compile"] = measure_compile(workload, sizes.compile_backend, sizes.compile_rounds)
             log(
@@ -192,12 +237,14 @@ def measure_slot_count(
                 f"{time.perf_counter() - start:.0f}s"
             )
         if profile_dir is not None:
-            write_profile(profile_dir, workload, rollouts[network_type])
+            write_profile(profile_dir, workload, rollouts[network_type], network_type)
         rows.append(row)
     return rows
 
 
-def write_profile(profile_dir: Path, workload: Any, rollouts: dict[int, Any]) -> None:
+def write_profile(
+    profile_dir: Path, workload: Any, rollouts: dict[int, Any], variant: str
+) -> None:
     """Three profiled steps (update, then get_action at each rollout B) into a
     TensorBoard trace ``{network}_N{N}.*.pt.trace.json``."""
     from torch.profiler import (
@@ -212,7 +259,7 @@ def write_profile(profile_dir: Path, workload: Any, rollouts: dict[int, Any]) ->
     activities = [ProfilerActivity.CPU]
     if workload.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    name = f"{policy.network_type}_N{policy.slot_config.num_slots}"
+    name = f"{variant}_N{policy.slot_config.num_slots}"
     profile_dir.mkdir(parents=True, exist_ok=True)
     with profile(
         activities=activities,
@@ -231,18 +278,21 @@ def write_profile(profile_dir: Path, workload: Any, rollouts: dict[int, Any]) ->
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """transformer / lstm per N, for every figure both rows have."""
+    """Each transformer setting / lstm per N, for every figure both rows have."""
     by_key = {(row["network"], row["N"]): row for row in rows}
     out = []
-    for num_slots in sorted({row["N"] for row in rows}):
-        lstm, transformer = by_key.get(("lstm", num_slots)), by_key.get(("transformer", num_slots))
-        if lstm is None or transformer is None:
+    for (network, num_slots), transformer in sorted(by_key.items(), key=lambda kv: kv[0][1]):
+        lstm = by_key.get(("lstm", num_slots))
+        if network == "lstm" or lstm is None:
             continue
-        ratio: dict[str, Any] = {"N": num_slots}
+        ratio: dict[str, Any] = {"network": network, "N": num_slots}
         for key, value in transformer.items():
             other = lstm.get(key)
             if (key.endswith("_ms") or key in RATIO_KEYS) and other:
                 ratio[key] = value / other
+        default_t, default_l = transformer.get("default_malloc"), lstm.get("default_malloc")
+        if default_t and default_l and default_l.get("update_ms"):
+            ratio["update_ms_default_malloc"] = default_t["update_ms"] / default_l["update_ms"]
         compile_t, compile_l = transformer.get("compile", {}), lstm.get("compile", {})
         if "compile_s" in compile_t and "compile_s" in compile_l:
             ratio["compile_s"] = compile_t["compile_s"] / compile_l["compile_s"]
@@ -253,8 +303,52 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def targets(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured value and whether it is met (None when
     this run did not measure what the target needs)."""
-    by_n = {r["N"]: r for r in ratio_rows}
+    by_n = {r["N"]: r for r in ratio_rows if r["network"] == "transformer"}
+    lean_by_n = {r["N"]: r for r in ratio_rows if r["network"] == "transformer-lean"}
     out: list[dict[str, Any]] = []
+
+    def target(name: str, measure: str, goal: str, value: Any, met: bool | None) -> None:
+        out.append({"target": name, "measure": measure, "goal": goal, "value": value, "met": met})
+
+    for num_slots, goal in UPDATE_RATIO_GOALS.items():
+        value = by_n.get(num_slots, {}).get("update_ms")
+        target(
+            f"transformer update step <= {goal}x the LSTM's at N={num_slots}",
+            f"update_ms transformer / lstm at N={num_slots}",
+            f"<= {goal}",
+            value,
+            None if value is None else value <= goal,
+        )
+    value = by_n.get(50, {}).get("update_ms")
+    target(
+        f"stretch: transformer update step <= {UPDATE_RATIO_STRETCH_N50}x the LSTM's at N=50",
+        "update_ms transformer / lstm at N=50",
+        f"<= {UPDATE_RATIO_STRETCH_N50}",
+        value,
+        None if value is None else value <= UPDATE_RATIO_STRETCH_N50,
+    )
+    settings = {"transformer": by_n.get(50, {}), "transformer-lean": lean_by_n.get(50, {})}
+    memory = {k: v["train_step_bytes"] for k, v in settings.items() if "train_step_bytes" in v}
+    best = min(memory, key=lambda k: memory[k]) if memory else None
+    target(
+        f"memory of a training step <= {TRAIN_STEP_MEMORY_GOAL_N50}x the LSTM's at N=50 "
+        "(parameters + gradients + Adam state + peak activations), in some setting",
+        "train_step_bytes transformer / lstm at N=50, best setting"
+        + (f" ({best})" if best else ""),
+        f"<= {TRAIN_STEP_MEMORY_GOAL_N50}",
+        memory.get(best) if best else None,
+        None if best is None else memory[best] <= TRAIN_STEP_MEMORY_GOAL_N50,
+    )
+    act = [(n, key, r[key]) for n, r in by_n.items() for key in r if key.startswith("act_b")]
+    worst = max(act, key=lambda item: item[2]) if act else None
+    target(
+        f"get_action <= {ACT_RATIO_GOAL}x the LSTM's at every N and rollout B",
+        "worst act_b*_ms transformer / lstm"
+        + (f" ({worst[1]} at N={worst[0]})" if worst else ""),
+        f"<= {ACT_RATIO_GOAL}",
+        worst[2] if worst else None,
+        None if worst is None else worst[2] <= ACT_RATIO_GOAL,
+    )
     update_n3 = by_n.get(3, {}).get("update_ms")
     out.append(
         {
@@ -265,7 +359,7 @@ def targets(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> lis
             "met": None if update_n3 is None else update_n3 <= UPDATE_RATIO_GOAL_N3,
         }
     )
-    counts = sorted({r["parameters"] for r in rows if r["network"] == "transformer"})
+    counts = sorted({r["parameters"] for r in rows if r["network"] == "transformer" and "parameters" in r})
     out.append(
         {
             "target": "transformer parameter count constant in N",
@@ -337,9 +431,16 @@ def table_header(act_batches: Sequence[int]) -> list[str]:
         *(f"act B={b} ms" for b in act_batches),
         "param+grad+Adam MB",
         "peak activation MB",
+        "train step MB",
+        "GFLOP / update",
+        "GFLOP/s",
         "compile s",
         "parameters",
     ]
+
+
+def _mb(row: dict[str, Any], key: str) -> str:
+    return _fmt(row[key] / MB) if key in row else "-"
 
 
 def markdown_table(rows: list[dict[str, Any]], act_batches: Sequence[int]) -> str:
@@ -349,11 +450,15 @@ def markdown_table(rows: list[dict[str, Any]], act_batches: Sequence[int]) -> st
         cells = [row["network"], str(row["N"]), row["grid"]]
         cells += [_fmt(row.get(key)) for key in TIMING_COLUMNS]
         cells += [_fmt(row.get(f"act_b{b}_ms")) for b in act_batches]
+        flops = row.get("update_flops")
         cells += [
-            _fmt(row["param_grad_adam_bytes"] / MB),
-            _fmt(row["peak_activation_bytes"] / MB),
+            _mb(row, "param_grad_adam_bytes"),
+            _mb(row, "peak_activation_bytes"),
+            _mb(row, "train_step_bytes"),
+            "-" if flops is None else _fmt(flops / 1e9),
+            _fmt(row.get("achieved_gflops")),
             _compile_cell(row),
-            _fmt(row["parameters"]),
+            _fmt(row.get("parameters")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -367,17 +472,43 @@ RATIO_COLUMNS = (
 
 
 def ratio_table(ratio_rows: list[dict[str, Any]], act_batches: Sequence[int]) -> str:
-    columns = list(RATIO_COLUMNS) + [(f"act_b{b}_ms", f"act B={b}") for b in act_batches]
+    columns = list(RATIO_COLUMNS)
+    if any("update_ms_default_malloc" in r for r in ratio_rows):
+        columns.append(("update_ms_default_malloc", "update, default malloc"))
+    columns += [(f"act_b{b}_ms", f"act B={b}") for b in act_batches]
     columns += [
         ("param_grad_adam_bytes", "param+grad+Adam"),
         ("peak_activation_bytes", "peak activation"),
+        ("train_step_bytes", "train step memory"),
+        ("update_flops", "FLOP / update"),
         ("compile_s", "compile"),
         ("parameters", "parameters"),
     ]
-    header = ["N"] + [label for _, label in columns]
+    header = ["network", "N"] + [label for _, label in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for ratio in ratio_rows:
-        cells = [str(ratio["N"])] + [_fmt(ratio.get(key), 2) for key, _ in columns]
+        cells = [ratio["network"], str(ratio["N"])]
+        cells += [_fmt(ratio.get(key), 2) for key, _ in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def malloc_table(rows: list[dict[str, Any]]) -> str:
+    """Update step and rollout with glibc's default malloc against the tuned one."""
+    keys = [k for k in ("update_ms", "act_b1_ms", "act_b64_ms") if any(k in r for r in rows)]
+    header = ["network", "N"]
+    for key in keys:
+        label = key.removesuffix("_ms").replace("_b", " B=")
+        header += [f"{label} default ms", f"{label} tuned ms", "default / tuned"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        default = row.get("default_malloc")
+        if not default:
+            continue
+        cells = [row["network"], str(row["N"])]
+        for key in keys:
+            a, b = default.get(key), row.get(key)
+            cells += [_fmt(a), _fmt(b), _fmt(a / b if a and b else None, 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -431,6 +562,7 @@ def run_metadata(sizes: Sizes, device: str, argv: Sequence[str]) -> dict[str, An
         "device": device,
         "cuda_device": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
         "validation": validation_enabled(),
+        "malloc": MALLOC_STATE["setting"],
         "sizes": dataclasses.asdict(sizes),
         "grids": {str(n): f"{r}x{c}" for n, (r, c) in GRIDS.items()},
         "command": " ".join(["python benchmarks/compare.py", *argv]),
@@ -458,22 +590,37 @@ def markdown_report(
         if sizes["compile_backend"] != "none"
         else "compile: not measured"
     )
+    malloc = meta.get("malloc", "default")
+    peak = meta.get("matmul_peak_gflops")
+    peak_text = (
+        f" Matmul roof of this run: {peak:.1f} GFLOP/s (best fp32 1024 x 1024 x 1024 matmul, "
+        f"same threads); GFLOP/s = GFLOP / update over the update step's time."
+        if peak
+        else ""
+    )
     parts = [
         f"Run {meta['date']} at commit {meta['git_commit']}, torch {meta['torch']}, "
         f"{where}{load_text}; "
         f"B={sizes['batch']}, T={sizes['time']}, {sizes['rounds']} interleaved rounds "
-        f"(median); validation {'on' if meta['validation'] else 'off'}; {compile_text}.",
+        f"(median); validation {'on' if meta['validation'] else 'off'}; malloc {malloc}"
+        f"{' (slotformer.configure_malloc())' if malloc == 'tuned' else ''}; {compile_text}."
+        f"{peak_text}",
         "",
         markdown_table(rows, sizes["act_batches"]),
         "",
-        "Ratio transformer / lstm, same run:",
+        "Ratio to the lstm of the same N, same run:",
         "",
         ratio_table(ratio_rows, sizes["act_batches"]),
-        "",
-        "Targets:",
-        "",
-        targets_list(target_rows),
     ]
+    if any(row.get("default_malloc") for row in rows):
+        parts += [
+            "",
+            "The timings again in a second process with glibc's default malloc (each "
+            "process's networks interleaved; compare within a column pair):",
+            "",
+            malloc_table(rows),
+        ]
+    parts += ["", "Targets:", "", targets_list(target_rows)]
     return "\n".join(parts)
 
 
@@ -497,11 +644,52 @@ def measure(
     started = time.perf_counter()
     for num_slots in sizes.slots:
         log(f"measuring N={num_slots} ...")
-        rows += measure_slot_count(num_slots, sizes, args.device, args.seed, args.profile)
+        rows += measure_slot_count(
+            num_slots, sizes, args.device, args.seed, args.profile, args.networks,
+            args.timings_only,
+        )
     meta = run_metadata(sizes, args.device, argv)
+    if not args.timings_only:
+        meta["matmul_peak_gflops"] = matmul_peak_gflops(args.device)
     meta["wall_s"] = time.perf_counter() - started
     meta["load_average_start"] = load_at_start
     return meta, rows
+
+
+MALLOC_STATE = {"setting": "default"}
+"""What this process runs with: ``tuned`` once `configure_malloc` took effect."""
+
+
+def merge_default_malloc_timings(rows: list[dict[str, Any]], argv: Sequence[str]) -> None:
+    """Re-run the timings in a fresh process with glibc's default malloc (a process cannot
+    undo ``mallopt``) and attach them to ``rows`` as ``row["default_malloc"]``."""
+    import tempfile
+
+    # Options of one value that the second process must not repeat (it writes no doc,
+    # profile or compile figures, and its own JSON).
+    drop = {"--json", "--doc", "--profile", "--malloc", "--compile-backend"}
+    kept: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in drop:
+            next(args, None)  # its value
+        elif arg.split("=", 1)[0] not in drop:
+            kept.append(arg)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "default_malloc.json"
+        command = [
+            sys.executable, str(Path(__file__).resolve()), *kept,
+            "--malloc", "default", "--timings-only", "--compile-backend", "none",
+            "--json", str(out),
+        ]
+        log("timings again with glibc's default malloc (second process) ...")
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        other = json.loads(out.read_text())["rows"]
+    by_key = {(r["network"], r["N"]): r for r in other}
+    for row in rows:
+        match = by_key.get((row["network"], row["N"]))
+        if match is not None:
+            row["default_malloc"] = {k: v for k, v in match.items() if k.endswith("_ms")}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -512,11 +700,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     if args.no_validation:
         set_validation(False)
+    argv_list = sys.argv[1:] if argv is None else list(argv)
     if args.from_json is not None:  # re-render a saved run, measure nothing
         saved = json.loads(args.from_json.read_text())
         meta, rows = saved["meta"], saved["rows"]
     else:
-        meta, rows = measure(sizes, args, sys.argv[1:] if argv is None else list(argv))
+        if args.malloc in ("tuned", "both"):
+            MALLOC_STATE["setting"] = "tuned" if configure_malloc() else "default"
+        meta, rows = measure(sizes, args, argv_list)
+        if args.timings_only:  # raw figures for another process (see --malloc both)
+            result = {"meta": meta, "rows": rows}
+            if args.json is not None:
+                args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+            return result
+        if args.malloc == "both":
+            merge_default_malloc_timings(rows, argv_list)
     ratio_rows = ratios(rows)
     target_rows = targets(rows, ratio_rows)
     report = markdown_report(meta, rows, ratio_rows, target_rows)

@@ -31,6 +31,8 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
+from slotformer.allocator import configure_malloc
+
 _REPORT_KEY = pytest.StashKey[list[tuple[str, dict[str, Any]]]]()
 
 
@@ -49,6 +51,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "1 gives steadier ratios on a machine shared with other jobs",
     )
     parser.addoption(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="benchmarks: glibc malloc setting for the session; tuned (default) = "
+        "slotformer.configure_malloc(), default = glibc's own",
+    )
+    parser.addoption(
         "--bench-device",
         default="cpu",
         help="benchmarks: device of the network suite (test_network_bench.py), e.g. cuda",
@@ -60,6 +69,9 @@ def pytest_configure(config: pytest.Config) -> None:
     threads = config.getoption("--threads")
     if threads is not None:
         torch.set_num_threads(threads)
+    # Only when the session runs benchmarks: a plain test run keeps glibc's settings.
+    if config.getoption("--malloc") == "tuned" and config.getoption("--benchmark-only", False):
+        configure_malloc()
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from slotformer.actions import (
     Tempo,
     canonicalize_masks,
 )
+from slotformer.allocator import DEFAULT_MALLOC_THRESHOLD, configure_malloc
 from slotformer.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointError,
@@ -93,6 +94,7 @@ __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "COMPILE_MODES",
     "DEFAULT_BASE_DIM",
+    "DEFAULT_MALLOC_THRESHOLD",
     "DEFAULT_SLOT_DIM",
     "HEAD_NAMES",
     "MASKED_LOGIT_VALUE",
@@ -143,6 +145,7 @@ __all__ = [
     "capture_attention",
     "check_logits_and_mask",
     "compute_attention_stats",
+    "configure_malloc",
     "create_policy",
     "gather_log_prob",
     "get_policy",

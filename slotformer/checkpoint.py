@@ -197,7 +197,7 @@ def load_checkpoint(
         )
     cls = get_policy_class(stored_type)
     saved_slots = SlotConfig(tuple(payload["slot_ids"]))
-    config = dict(payload["config"])
+    config = _with_legacy_defaults(stored_type, dict(payload["config"]))
     if slot_config is not None and slot_config != saved_slots:
         if not getattr(cls, "runs_on_any_grid", False):
             raise CheckpointError(
@@ -238,6 +238,19 @@ def load_checkpoint(
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _with_legacy_defaults(policy_type: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Fill in constructor arguments that a checkpoint written by an older slotformer
+    predates with the values that build *its* architecture, not today's defaults.
+
+    Before 0.2 the transformer's contribution predictor was ``head_hidden`` wide with
+    ``Dropout(0.1)``; the defaults are now 64 and 0.0.
+    """
+    if policy_type == "transformer" and "contribution_hidden" not in config:
+        config["contribution_hidden"] = config.get("head_hidden", 256)
+        config.setdefault("contribution_dropout", 0.1)
+    return config
+
+
 def _feature_dim_for_grid(
     config: Mapping[str, Any], saved: SlotConfig, target: SlotConfig, source: Path
 ) -> int:

@@ -272,3 +272,22 @@ def test_other_torch_files_and_missing_files(tmp_path: Path) -> None:
         load_checkpoint(unknown)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_checkpoint_from_before_the_contribution_options_loads_its_architecture(
+    tmp_path: Path,
+) -> None:
+    # Before 0.2 the transformer's contribution predictor was head_hidden wide with
+    # Dropout(0.1) and the stored config had no contribution_* keys. Such a checkpoint must
+    # rebuild that architecture (the weights would not fit today's default width).
+    old = make_bundle("transformer", contribution_hidden=16, contribution_dropout=0.1)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, old)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["contribution_hidden"], payload["config"]["contribution_dropout"]
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)
+    assert loaded.config["contribution_hidden"] == 16  # type: ignore[attr-defined]
+    assert loaded.config["contribution_dropout"] == 0.1  # type: ignore[attr-defined]
+    for key, value in outputs(old.eval()).items():
+        assert torch.equal(outputs(loaded.eval())[key], value), key

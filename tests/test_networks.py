@@ -541,6 +541,66 @@ def test_pointer_head_has_no_parameter_the_softmax_cancels() -> None:
             assert (after - before).abs().max() > 1e-3, name
 
 
+def test_pointer_head_scores_slots_as_query_dot_projected_key() -> None:
+    # The head projects the query into slot space instead of projecting every slot; the
+    # logits must still be query . key(slot) of the documented formula.
+    torch.manual_seed(0)
+    head = PointerHead(temporal_dim=8, slot_dim=4)
+    temporal, slot_repr = torch.randn(3, 2, 8), torch.randn(3, 2, 5, 4)
+    query = head.query(temporal) * head.scale  # [B, T, D]
+    keys = head.key(slot_repr)  # [B, T, N, D]
+    expected = (query.unsqueeze(-2) * keys).sum(-1)  # [B, T, N]
+    torch.testing.assert_close(head(temporal, slot_repr), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_transformer_contribution_predictor_width_and_dropout_are_options() -> None:
+    net = SlotTransformerActorCritic(116, embed_dim=16, lstm_hidden_dim=16, head_hidden=32)
+    linears = [m for m in net.contribution_predictor.modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [64, 32, 1]  # default width 64, not 32
+    assert not any(isinstance(m, nn.Dropout) for m in net.contribution_predictor.modules())
+    wide = SlotTransformerActorCritic(
+        116, embed_dim=16, lstm_hidden_dim=16, contribution_hidden=8, contribution_dropout=0.2
+    )
+    linears = [m for m in wide.contribution_predictor.modules() if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [8, 4, 1]
+    drops = [m for m in wide.contribution_predictor.modules() if isinstance(m, nn.Dropout)]
+    assert [m.p for m in drops] == [0.2, 0.2]
+    with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\), got dropout=1.5"):
+        SlotTransformerActorCritic(116, contribution_dropout=1.5)
+
+
+def test_lean_memory_setting_keeps_outputs_and_gradients() -> None:
+    # Chunked recomputation of the encoder and the contribution predictor (several chunks
+    # here) gives the same outputs and gradients as the plain path, up to fp32 rounding.
+    torch.manual_seed(0)
+    config = SlotConfig.for_grid(2, 3)
+    net = SlotTransformerActorCritic(
+        23 + 6 * 31, config, embed_dim=16, lstm_hidden_dim=16, head_hidden=16
+    ).train()
+    g = torch.Generator().manual_seed(1)
+    state = torch.randn(3, 5, 23 + 6 * 31, generator=g)
+    bp = torch.randint(-1, 13, (3, 5, 6), generator=g)
+
+    def outputs_and_grads() -> tuple[list[Tensor], dict[str, Tensor]]:
+        net.zero_grad(set_to_none=True)
+        out = net(state, bp)
+        contributions = net.predict_contributions(state, bp, stop_gradient=False)
+        loss = out["slot_logits"].square().sum() + out["state_value"].sum()
+        (loss + contributions.square().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        return [out["slot_logits"], out["state_value"], contributions], grads
+
+    plain, plain_grads = outputs_and_grads()
+    net.encoder.gradient_checkpointing = True
+    net.encoder.checkpoint_chunk_tokens = 14  # 2 steps of N + 1 = 7 tokens per chunk
+    lean, lean_grads = outputs_and_grads()
+    for a, b in zip(plain, lean):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert plain_grads.keys() == lean_grads.keys() and len(plain_grads) > 10
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(lean_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("kind", NETWORKS)
 def test_all_slots_empty_gives_finite_outputs_and_gradients(kind: str) -> None:
     net = make_network(kind)

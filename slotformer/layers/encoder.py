@@ -16,6 +16,7 @@ per forward; the attention matrix is materialised only when ``return_attention=T
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, overload
 
 import torch
@@ -25,6 +26,34 @@ from torch.utils.checkpoint import checkpoint
 
 from slotformer.layers.positional import SlotPositionalEncoding
 from slotformer.validation import describe_shape
+
+
+def checkpoint_in_chunks(
+    fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], chunk: int, *shared: Tensor
+) -> Tensor:
+    """``fn(*inputs, *shared)`` in chunks along dim 0 of ``inputs``, each chunk recomputed
+    in backward instead of keeping its activations (``torch.utils.checkpoint``).
+
+    Activation memory is one chunk's, plus the inputs and the concatenated output; the
+    gradients equal those of ``fn`` on the whole batch (the work per row is independent).
+    ``shared`` tensors (e.g. positional encodings) go to every chunk whole. Under
+    ``torch.compile`` the batch is one chunk (the chunk count would depend on a symbolic
+    size).
+
+    Example:
+        >>> layer = nn.Linear(3, 2)
+        >>> x = torch.randn(10, 3, requires_grad=True)
+        >>> checkpoint_in_chunks(layer, (x,), 4).shape
+        torch.Size([10, 2])
+    """
+    rows = inputs[0].shape[0]
+    if torch.compiler.is_compiling() or rows <= chunk:
+        return checkpoint(fn, *inputs, *shared, use_reentrant=False)
+    parts = [
+        checkpoint(fn, *piece, *shared, use_reentrant=False)
+        for piece in zip(*(tensor.split(chunk) for tensor in inputs))
+    ]
+    return torch.cat(parts)
 
 
 class SlotAttentionBlock(nn.Module):
@@ -126,9 +155,12 @@ class SlotTransformerEncoder(nn.Module):
         max_cols: column ids must lie in ``[0, max_cols)``.
 
     Attributes:
-        gradient_checkpointing: when True (and training with grad enabled), each block is
-            recomputed in backward instead of storing its activations; gradients are
-            unchanged.
+        gradient_checkpointing: when True (and training with grad enabled), the encoder runs
+            in chunks of time steps, each recomputed in backward instead of storing its
+            activations; gradients are unchanged (up to fp32 rounding). Activation memory is
+            then one chunk's plus the inputs and outputs, whatever ``B * T``.
+        checkpoint_chunk_tokens: tokens (steps x (N + 1)) per recomputed chunk; smaller
+            chunks use less memory and dispatch more operators (default 4096).
 
     Shapes:
         ``forward(slot_features [B, T, N, slot_dim] float, slot_active_mask [B, T, N] bool
@@ -146,6 +178,7 @@ class SlotTransformerEncoder(nn.Module):
     """
 
     gradient_checkpointing: bool
+    checkpoint_chunk_tokens: int
 
     def __init__(
         self,
@@ -176,6 +209,7 @@ class SlotTransformerEncoder(nn.Module):
         self.num_layers = num_layers
         self.max_slots = max_slots
         self.gradient_checkpointing = False
+        self.checkpoint_chunk_tokens = 4096
 
         # One embedding shared by every slot: parameters do not grow with N.
         self.slot_embed = nn.Linear(slot_dim, embed_dim)
@@ -220,38 +254,57 @@ class SlotTransformerEncoder(nn.Module):
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, tuple[Tensor, ...]]:
         """Encode slots; see the class docstring for shapes."""
         self._check_inputs(slot_features, slot_active_mask, row_ids, col_ids)
-        B, T, N, _ = slot_features.shape
+        B, T, N, S = slot_features.shape
         D = self.embed_dim
         M = B * T  # B and T merged: attention runs within one time step of one episode
+        features = slot_features.reshape(M, N, S)
+        active = slot_active_mask.reshape(M, N)
+        position = self.pos_encoding(row_ids, col_ids)  # [N, D]
 
-        tokens = self.slot_embed(slot_features) + self.pos_encoding(row_ids, col_ids)  # [B,T,N,D]
-        x = torch.cat([self.cls_token.expand(M, 1, D), tokens.reshape(M, N, D)], dim=1)  # [M,N+1,D]
-
-        # Additive key mask built once for all layers: 0 = attend, -inf = inactive slot.
-        # Float rather than bool: SDPA would otherwise convert a bool mask on every call.
-        slot_key_bias = torch.where(slot_active_mask.reshape(M, N), 0.0, float("-inf"))  # [M, N]
-        key_bias = torch.cat(
-            [self.cls_key_bias.expand(M, 1), slot_key_bias.to(self.cls_key_bias.dtype)], dim=1
-        ).view(M, 1, 1, N + 1)  # broadcast over heads and queries
-
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         attention: list[Tensor] = []
-        for block in self.blocks:
-            if checkpointing:
-                x, weights = checkpoint(block, x, key_bias, return_attention, use_reentrant=False)
-            else:
-                x, weights = block(x, key_bias, return_attention)
-            if weights is not None:
-                attention.append(weights.view(B, T, self.num_heads, N + 1, N + 1))
-        x = self.final_norm(x)  # [M, N+1, D]
-
+        if return_attention:
+            x = self._encode(features, active, position, attention)
+        elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            chunk = max(1, self.checkpoint_chunk_tokens // (N + 1))  # steps per chunk
+            x = checkpoint_in_chunks(self._encode, (features, active), chunk, position)
+        else:
+            x = self._encode(features, active, position)
         # split (not indexing) so that backward is one cat rather than two zero-filled copies.
         cls_part, slot_part = x.split([1, N], dim=1)
         cls_repr = cls_part.view(B, T, D)
         slot_repr = slot_part.view(B, T, N, D)  # a view: the CLS row is skipped by stride
         if return_attention:
-            return cls_repr, slot_repr, tuple(attention)
+            maps = tuple(w.view(B, T, self.num_heads, N + 1, N + 1) for w in attention)
+            return cls_repr, slot_repr, maps
         return cls_repr, slot_repr
+
+    def _encode(
+        self,
+        features: Tensor,
+        active: Tensor,
+        position: Tensor,
+        attention: list[Tensor] | None = None,
+    ) -> Tensor:
+        """Tokens of ``M`` independent steps: ``features [M, N, S]``, ``active [M, N]``,
+        ``position [N, D]`` -> ``[M, N+1, D]`` (CLS first), after the final LayerNorm.
+        Appends each block's attention weights to ``attention`` when given."""
+        M, N, _ = features.shape
+        D = self.embed_dim
+        tokens = self.slot_embed(features) + position  # [M, N, D]
+        x = torch.cat([self.cls_token.expand(M, 1, D), tokens], dim=1)  # [M, N+1, D]
+
+        # Additive key mask built once for all layers: 0 = attend, -inf = inactive slot.
+        # Float rather than bool: SDPA would otherwise convert a bool mask on every call.
+        slot_key_bias = torch.where(active, 0.0, float("-inf"))  # [M, N]
+        key_bias = torch.cat(
+            [self.cls_key_bias.expand(M, 1), slot_key_bias.to(self.cls_key_bias.dtype)], dim=1
+        ).view(M, 1, 1, N + 1)  # broadcast over heads and queries
+
+        for block in self.blocks:
+            x, weights = block(x, key_bias, attention is not None)
+            if attention is not None and weights is not None:
+                attention.append(weights)
+        return self.final_norm(x)  # [M, N+1, D]
 
     def _check_inputs(
         self, slot_features: Tensor, slot_active_mask: Tensor, row_ids: Tensor, col_ids: Tensor

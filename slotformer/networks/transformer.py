@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from slotformer.actions import ActionSpace
 from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
 from slotformer.layers.embedding import BlueprintEmbedding
-from slotformer.layers.encoder import SlotTransformerEncoder
+from slotformer.layers.encoder import SlotTransformerEncoder, checkpoint_in_chunks
 from slotformer.layers.heads import PointerHead, categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
 from slotformer.networks.core import (
@@ -52,7 +52,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
         lstm_layers: recurrent layers.
         transformer_layers: attention blocks.
         transformer_heads: attention heads.
-        head_hidden: width of the action, value and contribution heads (the plan's 256).
+        head_hidden: width of the action and value heads (the plan's 256).
         value_baseline: ``"q"`` (``value`` = Q(s, op)) or ``"v"`` (``value`` = V(s)).
         encoder_dropout: dropout inside the encoder in train mode. The default 0.0 keeps the
             policy and value path deterministic; a non-zero value makes it stochastic.
@@ -61,6 +61,13 @@ class SlotTransformerActorCritic(ActorCriticCore):
         action_space: the factored heads (default: the contract's eight heads).
         base_dim: features in the base block (default 23).
         blueprint_embed_dim: width of the blueprint embedding appended to each slot.
+        contribution_hidden: width of the per-slot contribution predictor
+            (``D -> h -> h/2 -> 1``). It runs on every slot token, so at large N its width
+            is a large share of the update's cost: 64 by default (before 0.2 it was
+            ``head_hidden``, 256, about 45% of the N = 50 update step).
+        contribution_dropout: dropout in the contribution predictor in train mode (default
+            0.0; before 0.2 it was 0.1, whose random masks on ``[B, T, N, h]`` cost a
+            quarter of the N = 50 update step).
 
     Example:
         >>> net = SlotTransformerActorCritic(state_dim=23 + 3 * 31)
@@ -91,6 +98,8 @@ class SlotTransformerActorCritic(ActorCriticCore):
         action_space: ActionSpace | None = None,
         base_dim: int = DEFAULT_BASE_DIM,
         blueprint_embed_dim: int = 4,
+        contribution_hidden: int = 64,
+        contribution_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             state_dim, slot_config, lstm_hidden_dim, lstm_layers, value_baseline,
@@ -101,6 +110,8 @@ class SlotTransformerActorCritic(ActorCriticCore):
             raise ValueError(f"slot_config has {num_slots} slots, more than max_slots={max_slots}")
         self.embed_dim = embed_dim
         self.head_hidden = head_hidden
+        self.contribution_hidden = contribution_hidden
+        self.contribution_dropout = contribution_dropout
         self.transformer_layers = transformer_layers
         self.transformer_heads = transformer_heads
         self.encoder_dropout = encoder_dropout
@@ -132,7 +143,9 @@ class SlotTransformerActorCritic(ActorCriticCore):
             self.add_module(f"{name}_head", categorical_head(H, head_hidden, n, depth))
         self.state_value_head = value_head(H + D, head_hidden)
         self.q_head = value_head(H + D + self.num_ops, head_hidden)
-        self.contribution_predictor = contribution_mlp(D, head_hidden, 1, layer_norm=True)
+        self.contribution_predictor = contribution_mlp(
+            D, contribution_hidden, 1, layer_norm=True, dropout=contribution_dropout
+        )
         init_actor_critic_weights(self, skip=(self.encoder, self.lstm))
 
         self.capture_attention = False
@@ -172,6 +185,16 @@ class SlotTransformerActorCritic(ActorCriticCore):
     def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
         assert trunk.slot_repr is not None
         slot_repr = trunk.slot_repr.detach() if stop_gradient else trunk.slot_repr
+        encoder = self.encoder
+        if encoder.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The lean-memory setting: recompute the per-slot MLP chunk by chunk in backward
+            # too, so its [B*T*N, h] activations are never all alive at once.
+            B, T, N, D = slot_repr.shape
+            tokens = slot_repr.reshape(B * T * N, D)
+            out = checkpoint_in_chunks(
+                self.contribution_predictor, (tokens,), encoder.checkpoint_chunk_tokens
+            )
+            return out.view(B, T, N)
         return self.contribution_predictor(slot_repr).squeeze(-1)  # [B, T, N]
 
     # ------------------------------------------------------------------ telemetry

@@ -650,7 +650,9 @@ class TransformerPolicyBundle(ActorCriticBundle):
         transformer_heads: attention heads.
         value_baseline: ``"q"`` or ``"v"`` (what ``value`` holds).
         lstm_layers: recurrent layers.
-        head_hidden: width of the action, value and contribution heads.
+        head_hidden: width of the action and value heads.
+        contribution_hidden: width of the per-slot contribution predictor.
+        contribution_dropout: dropout in the contribution predictor in train mode.
         encoder_dropout: dropout in the encoder in train mode (0.0 keeps updates
             deterministic).
         max_slots: largest N the weights accept.
@@ -685,6 +687,8 @@ class TransformerPolicyBundle(ActorCriticBundle):
         max_grid_size: int = 16,
         base_dim: int = DEFAULT_BASE_DIM,
         blueprint_embed_dim: int = 4,
+        contribution_hidden: int = 64,
+        contribution_dropout: float = 0.0,
     ) -> None:
         slot_config = _resolve_slot_config(slot_config)
         feature_dim = _resolve_feature_dim(feature_dim, slot_config, base_dim)
@@ -703,6 +707,8 @@ class TransformerPolicyBundle(ActorCriticBundle):
             max_grid_size=max_grid_size,
             base_dim=base_dim,
             blueprint_embed_dim=blueprint_embed_dim,
+            contribution_hidden=check_positive_int("contribution_hidden", contribution_hidden),
+            contribution_dropout=contribution_dropout,
         )
         config = {
             "feature_dim": feature_dim,
@@ -718,17 +724,28 @@ class TransformerPolicyBundle(ActorCriticBundle):
             "max_grid_size": max_grid_size,
             "base_dim": base_dim,
             "blueprint_embed_dim": blueprint_embed_dim,
+            "contribution_hidden": contribution_hidden,
+            "contribution_dropout": float(contribution_dropout),
         }
         super().__init__(network, config)
         self._transformer = network
 
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute each encoder block in backward instead of storing its activations.
+    def enable_gradient_checkpointing(
+        self, enabled: bool = True, chunk_tokens: int | None = None
+    ) -> None:
+        """The lean-memory setting: the encoder and the per-slot contribution predictor run
+        in chunks of about ``chunk_tokens`` slot tokens, each recomputed in backward instead
+        of storing its activations.
 
-        Gradients are unchanged; activation memory of the encoder drops to one block's
-        inputs. Applies in train mode with grad enabled.
+        Gradients are unchanged (up to fp32 rounding); activation memory of the slot path
+        drops to one chunk's plus its inputs and outputs, at the cost of running that path
+        forward twice (`docs/benchmarks.md` measures both). Applies in train mode with grad
+        enabled. ``chunk_tokens`` None keeps the current size (default 4096).
         """
-        self._transformer.encoder.gradient_checkpointing = bool(enabled)
+        encoder = self._transformer.encoder
+        encoder.gradient_checkpointing = bool(enabled)
+        if chunk_tokens is not None:
+            encoder.checkpoint_chunk_tokens = check_positive_int("chunk_tokens", chunk_tokens)
 
     @property
     def gradient_checkpointing(self) -> bool:
