@@ -40,6 +40,9 @@ def test_it_reports_whether_mallopt_accepted_both_settings(monkeypatch: pytest.M
     monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: fake_mallopt)
     assert slotformer.configure_malloc(mmap_threshold=1 << 20, trim_threshold=1 << 21) is False
     assert calls == [(allocator._M_MMAP_THRESHOLD, 1 << 20), (allocator._M_TRIM_THRESHOLD, 1 << 21)]
+    calls.clear()
+    slotformer.configure_malloc()  # the default: mmap above 1 GiB, never trim (-1)
+    assert calls == [(allocator._M_MMAP_THRESHOLD, 1 << 30), (allocator._M_TRIM_THRESHOLD, -1)]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")

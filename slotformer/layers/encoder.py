@@ -17,7 +17,7 @@ per forward; the attention matrix is materialised only when ``return_attention=T
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -29,16 +29,17 @@ from slotformer.validation import describe_shape
 
 
 def checkpoint_in_chunks(
-    fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], chunk: int, *shared: Tensor
-) -> Tensor:
+    fn: Callable[..., Any], inputs: tuple[Tensor, ...], chunk: int, *shared: Tensor
+) -> Any:
     """``fn(*inputs, *shared)`` in chunks along dim 0 of ``inputs``, each chunk recomputed
     in backward instead of keeping its activations (``torch.utils.checkpoint``).
 
-    Activation memory is one chunk's, plus the inputs and the concatenated output; the
-    gradients equal those of ``fn`` on the whole batch (the work per row is independent).
-    ``shared`` tensors (e.g. positional encodings) go to every chunk whole. Under
-    ``torch.compile`` the batch is one chunk (the chunk count would depend on a symbolic
-    size).
+    ``fn`` returns a tensor or a tuple of tensors, each with the chunk's rows first; the
+    chunks' outputs are concatenated along dim 0. Activation memory is one chunk's, plus the
+    inputs and the concatenated outputs; the gradients equal those of ``fn`` on the whole
+    batch up to fp32 rounding (the rows must be independent). ``shared`` tensors (e.g.
+    positional encodings) go whole to every chunk. Under ``torch.compile`` the batch is one
+    chunk (the chunk count would depend on a symbolic size).
 
     Example:
         >>> layer = nn.Linear(3, 2)
@@ -53,6 +54,8 @@ def checkpoint_in_chunks(
         checkpoint(fn, *piece, *shared, use_reentrant=False)
         for piece in zip(*(tensor.split(chunk) for tensor in inputs))
     ]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(outputs) for outputs in zip(*parts))
     return torch.cat(parts)
 
 
@@ -263,31 +266,32 @@ class SlotTransformerEncoder(nn.Module):
 
         attention: list[Tensor] = []
         if return_attention:
-            x = self._encode(features, active, position, attention)
+            cls_repr, slot_repr = self.encode(features, active, position, attention)
         elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             chunk = max(1, self.checkpoint_chunk_tokens // (N + 1))  # steps per chunk
-            x = checkpoint_in_chunks(self._encode, (features, active), chunk, position)
+            cls_repr, slot_repr = checkpoint_in_chunks(
+                self.encode, (features, active), chunk, position
+            )
         else:
-            x = self._encode(features, active, position)
-        # split (not indexing) so that backward is one cat rather than two zero-filled copies.
-        cls_part, slot_part = x.split([1, N], dim=1)
-        cls_repr = cls_part.view(B, T, D)
-        slot_repr = slot_part.view(B, T, N, D)  # a view: the CLS row is skipped by stride
+            cls_repr, slot_repr = self.encode(features, active, position)
+        cls_repr, slot_repr = cls_repr.view(B, T, D), slot_repr.view(B, T, N, D)
         if return_attention:
             maps = tuple(w.view(B, T, self.num_heads, N + 1, N + 1) for w in attention)
             return cls_repr, slot_repr, maps
         return cls_repr, slot_repr
 
-    def _encode(
+    def encode(
         self,
         features: Tensor,
         active: Tensor,
         position: Tensor,
         attention: list[Tensor] | None = None,
-    ) -> Tensor:
-        """Tokens of ``M`` independent steps: ``features [M, N, S]``, ``active [M, N]``,
-        ``position [N, D]`` -> ``[M, N+1, D]`` (CLS first), after the final LayerNorm.
-        Appends each block's attention weights to ``attention`` when given."""
+    ) -> tuple[Tensor, Tensor]:
+        """The encoder on ``M`` independent steps, without input checks (the caller's
+        boundary has checked them): ``features [M, N, slot_dim]``, ``active [M, N]`` bool,
+        ``position [N, D]`` (from ``pos_encoding``) -> ``(cls [M, D], slots [M, N, D])``,
+        after the final LayerNorm. Appends each block's attention weights ``[M, H, N+1,
+        N+1]`` to ``attention`` when a list is given."""
         M, N, _ = features.shape
         D = self.embed_dim
         tokens = self.slot_embed(features) + position  # [M, N, D]
@@ -304,7 +308,11 @@ class SlotTransformerEncoder(nn.Module):
             x, weights = block(x, key_bias, attention is not None)
             if attention is not None and weights is not None:
                 attention.append(weights)
-        return self.final_norm(x)  # [M, N+1, D]
+        x = self.final_norm(x)  # [M, N+1, D]
+        # split (not indexing) so that backward is one cat rather than two zero-filled copies;
+        # the slot part is a view that skips the CLS row by stride.
+        cls_part, slot_part = x.split([1, N], dim=1)
+        return cls_part.view(M, D), slot_part
 
     def _check_inputs(
         self, slot_features: Tensor, slot_active_mask: Tensor, row_ids: Tensor, col_ids: Tensor

@@ -162,21 +162,52 @@ class SlotTransformerActorCritic(ActorCriticCore):
         ctx: SlotContext,
     ) -> TrunkOutput:
         base, slots = ctx.layout.split(state)  # [B, T, base], [B, T, N, S]
-        blueprint = self.blueprint_embedding(blueprint_indices)  # [B, T, N, E]
-        slot_inputs = torch.cat([slots, blueprint.to(slots.dtype)], dim=-1)  # [B, T, N, S+E]
+        B, T, N, S = slots.shape
+        M = B * T  # the encoder's work is independent per step
+        # Views of the caller's tensors (no copy): what a recomputed chunk keeps.
+        steps = (
+            slots.reshape(M, N, S), blueprint_indices.reshape(M, N), active_mask.reshape(M, N)
+        )
+        position = self.encoder.pos_encoding(ctx.row_ids, ctx.col_ids)  # [N, D]
         extras: dict[str, Any] | None = None
         if self.capture_attention:
-            cls_repr, slot_repr, attention = self.encoder(
-                slot_inputs, active_mask, ctx.row_ids, ctx.col_ids, return_attention=True
-            )
-            extras = {"attention": attention, "active_mask": active_mask, "ctx": ctx}
+            attention: list[Tensor] = []
+            cls_repr, slot_repr = self._encode_steps(*steps, position, attention)
+            maps = tuple(w.view(B, T, *w.shape[1:]) for w in attention)
+            extras = {"attention": maps, "active_mask": active_mask, "ctx": ctx}
+        elif self._recomputes_slot_path():
+            # Lean memory: embedding + encoder recomputed chunk by chunk in backward.
+            chunk = max(1, self.encoder.checkpoint_chunk_tokens // (N + 1))  # steps
+            cls_repr, slot_repr = checkpoint_in_chunks(self._encode_steps, steps, chunk, position)
         else:
-            cls_repr, slot_repr = self.encoder(slot_inputs, active_mask, ctx.row_ids, ctx.col_ids)
+            cls_repr, slot_repr = self._encode_steps(*steps, position)
+        cls_repr = cls_repr.view(B, T, self.embed_dim)  # [B, T, D]
+        slot_repr = slot_repr.view(B, T, N, self.embed_dim)  # [B, T, N, D]
         global_repr = self.global_encoder(base)  # [B, T, D]
         fused = torch.cat([global_repr, cls_repr.to(global_repr.dtype)], dim=-1)  # [B, T, 2D]
         temporal, new_hidden = self.lstm(fused, hidden)  # [B, T, H]
         value_features = torch.cat([temporal, cls_repr.to(temporal.dtype)], dim=-1)  # [B, T, H+D]
         return TrunkOutput(temporal, value_features, new_hidden, slot_repr, extras)
+
+    def _encode_steps(
+        self,
+        slots: Tensor,
+        blueprint_indices: Tensor,
+        active: Tensor,
+        position: Tensor,
+        attention: list[Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``slots [M, N, S]``, ``blueprint_indices [M, N]``, ``active [M, N]`` ->
+        ``(cls [M, D], slot_repr [M, N, D])``."""
+        blueprint = self.blueprint_embedding(blueprint_indices)  # [M, N, E]
+        slot_inputs = torch.cat([slots, blueprint.to(slots.dtype)], dim=-1)  # [M, N, S+E]
+        return self.encoder.encode(slot_inputs, active, position, attention)
+
+    def _recomputes_slot_path(self) -> bool:
+        """The lean-memory setting is on and this call builds a graph for backward."""
+        return (
+            self.encoder.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        )
 
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
         assert trunk.slot_repr is not None
@@ -185,17 +216,22 @@ class SlotTransformerActorCritic(ActorCriticCore):
     def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
         assert trunk.slot_repr is not None
         slot_repr = trunk.slot_repr.detach() if stop_gradient else trunk.slot_repr
-        encoder = self.encoder
-        if encoder.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            # The lean-memory setting: recompute the per-slot MLP chunk by chunk in backward
-            # too, so its [B*T*N, h] activations are never all alive at once.
+        if self._recomputes_slot_path():
+            # Lean memory: the per-slot MLP is recomputed chunk by chunk in backward too, so
+            # its [B*T*N, h] activations are never all alive at once.
             B, T, N, D = slot_repr.shape
             tokens = slot_repr.reshape(B * T * N, D)
-            out = checkpoint_in_chunks(
-                self.contribution_predictor, (tokens,), encoder.checkpoint_chunk_tokens
-            )
-            return out.view(B, T, N)
+            chunk = self.encoder.checkpoint_chunk_tokens
+            return checkpoint_in_chunks(self.contribution_predictor, (tokens,), chunk).view(B, T, N)
         return self.contribution_predictor(slot_repr).squeeze(-1)  # [B, T, N]
+
+    def slot_context(self, slot_config: SlotConfig | None = None) -> SlotContext:
+        ctx = super().slot_context(slot_config)
+        if ctx.num_slots > self.max_slots:
+            raise ValueError(
+                f"slot_config has N={ctx.num_slots} slots, more than max_slots={self.max_slots}"
+            )
+        return ctx
 
     # ------------------------------------------------------------------ telemetry
     def _on_trunk_done(self, trunk: TrunkOutput) -> None:
