@@ -55,7 +55,9 @@ def run_one(spec: dict[str, object]) -> dict[str, object]:
         ckpt = str(Path(folder) / "policy.pt")
         args = Args(policy=str(network), rows=rows, cols=cols, seed=seed,
                     total_steps=int(spec["steps"]), eval_episodes=int(spec["eval_episodes"]),
-                    checkpoint=ckpt, quiet=True)
+                    checkpoint=ckpt, quiet=True,
+                    contribution_hidden=int(spec["contribution_hidden"]),  # type: ignore[call-overload]
+                    contribution_dropout=float(spec["contribution_dropout"]))  # type: ignore[arg-type]
         metrics, _ = train(args)
         run: dict[str, object] = {"network": network, "grid": f"{rows}x{cols}", "seed": seed,
                                   **metrics}
@@ -79,23 +81,35 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, 1 thread each")
     parser.add_argument("--json", type=str, default=None)
+    parser.add_argument("--networks", nargs="+", choices=("lstm", "transformer"),
+                        default=["lstm", "transformer"])
+    parser.add_argument("--contribution-hidden", type=int, default=Args.contribution_hidden,
+                        help="transformer: width of the per-slot contribution predictor")
+    parser.add_argument("--contribution-dropout", type=float, default=Args.contribution_dropout,
+                        help="transformer: dropout of the contribution predictor")
     cli = parser.parse_args()
 
     specs = [{"network": network, "rows": rows, "cols": cols, "seed": seed,
-              "steps": cli.steps, "eval_episodes": cli.eval_episodes}
-             for rows, cols in GRIDS for network in ("lstm", "transformer") for seed in cli.seeds]
+              "steps": cli.steps, "eval_episodes": cli.eval_episodes,
+              "contribution_hidden": cli.contribution_hidden,
+              "contribution_dropout": cli.contribution_dropout}
+             for rows, cols in GRIDS for network in cli.networks for seed in cli.seeds]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=cli.workers, mp_context=context) as pool:
         runs = list(pool.map(run_one, specs))
     transfer = {g: [float(r[f"transfer_{g[0]}x{g[1]}"]) for r in runs  # type: ignore[arg-type]
                     if f"transfer_{g[0]}x{g[1]}" in r] for g in TRANSFER_GRIDS}
+    if cli.json:
+        Path(cli.json).write_text(json.dumps(
+            {"runs": runs, "transfer": {f"{g[0]}x{g[1]}": v for g, v in transfer.items()}},
+            indent=2))
 
     print(f"\n{cli.steps} env steps per run, seeds {cli.seeds}, "
           f"{cli.eval_episodes} evaluation episodes x 32 envs\n")
     print("| grid | network | final mean return | random | heuristic | env steps/s | wall s |")
     print("|---|---|---|---|---|---|---|")
     for rows, cols in GRIDS:
-        for network in ("lstm", "transformer"):
+        for network in cli.networks:
             sel = [r for r in runs if r["network"] == network and r["grid"] == f"{rows}x{cols}"]
             col = {k: [float(r[k]) for r in sel] for k in  # type: ignore[arg-type]
                    ("learned", "random", "heuristic", "env_steps_per_s", "wall_s")}
@@ -103,6 +117,8 @@ def main() -> None:
                   f"{mean_std(col['random'])} | {mean_std(col['heuristic'])} | "
                   f"{statistics.mean(col['env_steps_per_s']):.0f} | "
                   f"{statistics.mean(col['wall_s']):.0f} |")
+    if "transformer" not in cli.networks:
+        return
     print("\nZero-shot transfer of the transformer trained on 2x5:\n")
     print("| grid | transformer (trained on 2x5) | lstm | random | heuristic |")
     print("|---|---|---|---|---|")
@@ -115,10 +131,6 @@ def main() -> None:
             refs.append(mean_std(scores))
         print(f"| {grid[0]}x{grid[1]} | {mean_std(transfer[grid])} | cannot run (input layer "
               f"sized for 2x5) | {refs[0]} | {refs[1]} |")
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(
-            {"runs": runs, "transfer": {f"{g[0]}x{g[1]}": v for g, v in transfer.items()}},
-            indent=2))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class Args:
     aux_coef: float = 0.1
     max_grad_norm: float = 0.5
     hidden_dim: int = 128
+    contribution_hidden: int = 64  # transformer: width of the per-slot contribution predictor
+    contribution_dropout: float = 0.0  # transformer: its dropout
     eval_episodes: int = 2
     tensorboard: str | None = None  # a log folder, or None
     checkpoint: str | None = "runs/slot_garden.pt"
@@ -127,9 +129,12 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     slot_config = SlotConfig.for_grid(args.rows, args.cols)
     env = SlotGardenEnv(args.num_envs, slot_config, args.episode_length, seed=args.seed)
     E, T, N = args.num_envs, args.rollout_length, slot_config.num_slots
+    extra = ({"contribution_hidden": args.contribution_hidden,
+              "contribution_dropout": args.contribution_dropout}
+             if args.policy == "transformer" else {})
     policy = create_policy(
         args.policy, state_dim=23 + 31 * N, slot_config=slot_config,
-        hidden_dim=args.hidden_dim, value_baseline="v",
+        hidden_dim=args.hidden_dim, value_baseline="v", **extra,
     )
     optimizer = torch.optim.Adam(policy.network.parameters(), lr=args.learning_rate, eps=1e-5)
     writer = None

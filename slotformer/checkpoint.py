@@ -242,8 +242,8 @@ def _with_legacy_defaults(policy_type: str, config: dict[str, Any]) -> dict[str,
     """Fill in constructor arguments that a checkpoint written by an older slotformer
     predates with the values that build *its* architecture, not today's defaults.
 
-    Before 0.2 the transformer's contribution predictor was ``head_hidden`` wide with
-    ``Dropout(0.1)``; the defaults are now 64 and 0.0.
+    Checkpoints saved before the contribution options existed hold a contribution
+    predictor ``head_hidden`` wide with ``Dropout(0.1)``; the defaults are now 64 and 0.0.
     """
     if policy_type == "transformer" and "contribution_hidden" not in config:
         config["contribution_hidden"] = config.get("head_hidden", 256)

@@ -274,10 +274,22 @@ def test_other_torch_files_and_missing_files(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_the_scale_options_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
+    policy = make_bundle(
+        "transformer", contribution_hidden=8, contribution_dropout=0.2, transformer_ff_mult=2
+    )
+    save_checkpoint(tmp_path / "p.pt", policy)
+    loaded = load_checkpoint(tmp_path / "p.pt")
+    for key in ("contribution_hidden", "contribution_dropout", "transformer_ff_mult"):
+        assert loaded.config[key] == policy.config[key], key  # type: ignore[attr-defined]
+    for key, value in outputs(policy.eval()).items():
+        assert torch.equal(outputs(loaded.eval())[key], value), key
+
+
 def test_a_checkpoint_from_before_the_contribution_options_loads_its_architecture(
     tmp_path: Path,
 ) -> None:
-    # Before 0.2 the transformer's contribution predictor was head_hidden wide with
+    # Checkpoints saved before the contribution options had a predictor head_hidden wide with
     # Dropout(0.1) and the stored config had no contribution_* keys. Such a checkpoint must
     # rebuild that architecture (the weights would not fit today's default width).
     old = make_bundle("transformer", contribution_hidden=16, contribution_dropout=0.1)

@@ -569,6 +569,15 @@ def test_transformer_contribution_predictor_width_and_dropout_are_options() -> N
         SlotTransformerActorCritic(116, contribution_dropout=1.5)
 
 
+def test_transformer_feed_forward_width_is_an_option() -> None:
+    net = SlotTransformerActorCritic(116, embed_dim=16, lstm_hidden_dim=16, transformer_ff_mult=2)
+    assert [block.ff_in.out_features for block in net.encoder.blocks] == [32, 32]
+    default = SlotTransformerActorCritic(116, embed_dim=16, lstm_hidden_dim=16)
+    assert [block.ff_in.out_features for block in default.encoder.blocks] == [64, 64]
+    with pytest.raises(ValueError, match="ff_mult must be >= 1, got ff_mult=0"):
+        SlotTransformerActorCritic(116, transformer_ff_mult=0)
+
+
 def test_lean_memory_setting_keeps_outputs_and_gradients() -> None:
     # Chunked recomputation of the encoder and the contribution predictor (several chunks
     # here) gives the same outputs and gradients as the plain path, up to fp32 rounding.

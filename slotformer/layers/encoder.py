@@ -156,6 +156,8 @@ class SlotTransformerEncoder(nn.Module):
         dropout: dropout inside the blocks in training mode (policy networks pass 0.0).
         max_rows: row ids must lie in ``[0, max_rows)``.
         max_cols: column ids must lie in ``[0, max_cols)``.
+        ff_mult: each block's feed-forward width is ``ff_mult * embed_dim`` (two thirds of
+            a block's matmul work at the default 4).
 
     Attributes:
         gradient_checkpointing: when True (and training with grad enabled), the encoder runs
@@ -193,9 +195,11 @@ class SlotTransformerEncoder(nn.Module):
         dropout: float = 0.1,
         max_rows: int = 8,
         max_cols: int = 8,
+        ff_mult: int = 4,
     ) -> None:
         super().__init__()
         for name, value in (
+            ("ff_mult", ff_mult),
             ("slot_dim", slot_dim),
             ("embed_dim", embed_dim),
             ("num_heads", num_heads),
@@ -219,7 +223,7 @@ class SlotTransformerEncoder(nn.Module):
         self.pos_encoding = SlotPositionalEncoding(max_rows, max_cols, embed_dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
         self.blocks = nn.ModuleList(
-            SlotAttentionBlock(embed_dim, num_heads, dropout) for _ in range(num_layers)
+            SlotAttentionBlock(embed_dim, num_heads, dropout, ff_mult) for _ in range(num_layers)
         )
         self.final_norm = nn.LayerNorm(embed_dim)
         # The CLS key's additive bias (0 = always attended); a buffer so that building the

@@ -63,11 +63,13 @@ class SlotTransformerActorCritic(ActorCriticCore):
         blueprint_embed_dim: width of the blueprint embedding appended to each slot.
         contribution_hidden: width of the per-slot contribution predictor
             (``D -> h -> h/2 -> 1``). It runs on every slot token, so at large N its width
-            is a large share of the update's cost: 64 by default (before 0.2 it was
+            is a large share of the update's cost: 64 by default (it used to be
             ``head_hidden``, 256, about 45% of the N = 50 update step).
         contribution_dropout: dropout in the contribution predictor in train mode (default
-            0.0; before 0.2 it was 0.1, whose random masks on ``[B, T, N, h]`` cost a
+            0.0; it used to be 0.1, whose random masks on ``[B, T, N, h]`` cost a
             quarter of the N = 50 update step).
+        transformer_ff_mult: feed-forward width of each block, in multiples of
+            ``embed_dim`` (default 4).
 
     Example:
         >>> net = SlotTransformerActorCritic(state_dim=23 + 3 * 31)
@@ -100,6 +102,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
         blueprint_embed_dim: int = 4,
         contribution_hidden: int = 64,
         contribution_dropout: float = 0.0,
+        transformer_ff_mult: int = 4,
     ) -> None:
         super().__init__(
             state_dim, slot_config, lstm_hidden_dim, lstm_layers, value_baseline,
@@ -114,6 +117,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
         self.contribution_dropout = contribution_dropout
         self.transformer_layers = transformer_layers
         self.transformer_heads = transformer_heads
+        self.transformer_ff_mult = transformer_ff_mult
         self.encoder_dropout = encoder_dropout
         self.max_slots = max_slots
         self.max_grid_size = max_grid_size
@@ -132,6 +136,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
             dropout=encoder_dropout,
             max_rows=max_grid_size,
             max_cols=max_grid_size,
+            ff_mult=transformer_ff_mult,
         )
         # Fusion of [global ‖ CLS] is the LSTM's input projection.
         self.lstm = ResidualLSTM(input_size=2 * D, hidden_size=H, num_layers=lstm_layers)

@@ -653,6 +653,8 @@ class TransformerPolicyBundle(ActorCriticBundle):
         head_hidden: width of the action and value heads.
         contribution_hidden: width of the per-slot contribution predictor.
         contribution_dropout: dropout in the contribution predictor in train mode.
+        transformer_ff_mult: feed-forward width of each block, in multiples of
+            ``embed_dim``.
         encoder_dropout: dropout in the encoder in train mode (0.0 keeps updates
             deterministic).
         max_slots: largest N the weights accept.
@@ -689,6 +691,7 @@ class TransformerPolicyBundle(ActorCriticBundle):
         blueprint_embed_dim: int = 4,
         contribution_hidden: int = 64,
         contribution_dropout: float = 0.0,
+        transformer_ff_mult: int = 4,
     ) -> None:
         slot_config = _resolve_slot_config(slot_config)
         feature_dim = _resolve_feature_dim(feature_dim, slot_config, base_dim)
@@ -709,6 +712,7 @@ class TransformerPolicyBundle(ActorCriticBundle):
             blueprint_embed_dim=blueprint_embed_dim,
             contribution_hidden=check_positive_int("contribution_hidden", contribution_hidden),
             contribution_dropout=contribution_dropout,
+            transformer_ff_mult=check_positive_int("transformer_ff_mult", transformer_ff_mult),
         )
         config = {
             "feature_dim": feature_dim,
@@ -726,6 +730,7 @@ class TransformerPolicyBundle(ActorCriticBundle):
             "blueprint_embed_dim": blueprint_embed_dim,
             "contribution_hidden": contribution_hidden,
             "contribution_dropout": float(contribution_dropout),
+            "transformer_ff_mult": transformer_ff_mult,
         }
         super().__init__(network, config)
         self._transformer = network
