@@ -345,16 +345,98 @@ def canonicalize_masks(
                 f"mask for head {head.name!r} has shape {describe_shape(mask)}, expected "
                 f"{(*ops.shape, head.size)} (ops shape {describe_shape(ops)} + head size)"
             )
-        relevant_mask = mask
-        if head.name == action_space.pointer_head and slot_by_op is not None:
-            relevant_mask = select_slot_mask_for_op(slot_by_op, ops)
-        relevant = _relevance(head, ops)
-        if relevant is None:
-            canonical[head.name] = relevant_mask
-            continue
-        if head.canonical_action is None:
-            forced = _one_hot_like(mask, first_valid_index(mask))
-        else:
-            forced = _one_hot_like(mask, head.canonical_action)
-        canonical[head.name] = torch.where(relevant.unsqueeze(-1), relevant_mask, forced)
+        by_op = slot_by_op if head.name == action_space.pointer_head else None
+        canonical[head.name] = canonicalize_head(head, mask, ops, by_op)
     return canonical
+
+
+def canonicalize_head(
+    head: HeadSpec, mask: Tensor, ops: Tensor, slot_by_op: Tensor | None = None
+) -> Tensor:
+    """One head's row of `canonicalize_masks`, without its checks: ``mask [..., n]`` for
+    ``ops [...]`` (``slot_by_op [..., num_ops, N]`` only for the pointer head)."""
+    relevant_mask = mask if slot_by_op is None else select_slot_mask_for_op(slot_by_op, ops)
+    relevant = _relevance(head, ops)
+    if relevant is None:
+        return relevant_mask
+    if head.canonical_action is None:
+        forced = _one_hot_like(mask, first_valid_index(mask))
+    else:
+        forced = _one_hot_like(mask, head.canonical_action)
+    return torch.where(relevant.unsqueeze(-1), relevant_mask, forced)
+
+
+@dataclass(frozen=True)
+class PaddedHeads:
+    """Several categorical heads laid side by side as one ``[..., K, W]`` tensor.
+
+    The policy step scores every head with the same few kernels (log-softmax, floor,
+    sample, gather, entropy), so the heads are computed together instead of one at a time:
+    at B = 1 that was 305 of ``get_action``'s 493 operators, dispatch-bound. Row ``k``
+    holds head ``names[k]`` in its first ``sizes[k]`` columns; the rest of the row is
+    padding, always masked (never valid), so every masked-distribution formula gives the
+    head's own result. Which heads: those other than the op and pointer heads whose
+    canonical action is a constant (`from_space`); the rest go one by one.
+
+    Attributes:
+        names: the heads, in action-space order.
+        sizes: their sizes ``n_k``; ``width`` = max size W.
+        index: ``[K, W]`` int64: column of ``cat(per-head tensors)`` for each padded cell
+            (padding points at column 0; `real` masks it).
+        real: ``[K, W]`` bool: True on a head's own columns.
+        relevance: ``[num_ops, K]`` bool: is head k relevant for op o.
+        canonical: ``[K, W]`` bool: one-hot on head k's canonical action.
+    """
+
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]
+    width: int
+    index: Tensor
+    real: Tensor
+    relevance: Tensor
+    canonical: Tensor
+
+    @classmethod
+    def from_space(cls, space: ActionSpace, device: torch.device | str = "cpu") -> PaddedHeads:
+        """The heads of ``space`` that can be padded together (possibly none)."""
+        heads = [
+            h
+            for h in space.heads
+            if h.name not in (space.op_head, space.pointer_head)
+            and (h.canonical_action is not None or h.relevant_ops is None)
+        ]
+        sizes = [h.size for h in heads]
+        width = max(sizes, default=1)
+        offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        index = [[offsets[k] + j if j < n else 0 for j in range(width)] for k, n in enumerate(sizes)]
+        real = [[j < n for j in range(width)] for n in sizes]
+        relevance = [
+            [h.relevant_ops is None or op in h.relevant_ops for h in heads]
+            for op in range(space.num_ops)
+        ]
+        canonical = [
+            [h.canonical_action is not None and j == h.canonical_action for j in range(width)]
+            for h in heads
+        ]
+        K = len(heads)
+        return cls(
+            names=tuple(h.name for h in heads),
+            sizes=tuple(sizes),
+            width=width,
+            index=torch.tensor(index, dtype=torch.long, device=device).view(K, width),
+            real=torch.tensor(real, dtype=torch.bool, device=device).view(K, width),
+            relevance=torch.tensor(relevance, dtype=torch.bool, device=device).view(space.num_ops, K),
+            canonical=torch.tensor(canonical, dtype=torch.bool, device=device).view(K, width),
+        )
+
+    def pack(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """``{name: [..., n_k]}`` -> ``[..., K, W]`` (padding cells hold column 0's value;
+        combine masks with `real`)."""
+        flat = torch.cat([tensors[name] for name in self.names], dim=-1)  # [..., sum n_k]
+        return flat[..., self.index]  # [..., K, W]
+
+    def canonicalize(self, masks: Tensor, ops: Tensor) -> Tensor:
+        """`canonicalize_head` for every packed head: ``masks [..., K, W]`` (padding
+        False), ``ops [...]`` -> ``[..., K, W]``."""
+        relevant = self.relevance[ops]  # [..., K]
+        return torch.where(relevant.unsqueeze(-1), masks, self.canonical)

@@ -20,6 +20,7 @@ from slotformer.actions import (
     BlueprintAction,
     HeadSpec,
     Op,
+    PaddedHeads,
     Style,
     Tempo,
     canonicalize_masks,
@@ -537,3 +538,39 @@ def test_canonicalize_under_fullgraph_compile_matches_eager() -> None:
     for name in expected:
         assert got[name].dtype == torch.bool
         assert torch.equal(got[name], expected[name]), name
+
+
+CUSTOM_SPACE = ActionSpace(
+    heads=(
+        HeadSpec("target", 5, frozenset({1, 2}), None),  # pointer-like: first valid index
+        HeadSpec("colour", 7, frozenset({1}), 3),
+        HeadSpec("speed", 2, None, None),  # relevant for every op
+        HeadSpec("never", 4, frozenset(), 1),  # relevant for no op
+        HeadSpec("verb", 3),
+    ),
+    op_head="verb",
+    pointer_head=None,
+)
+
+
+@pytest.mark.parametrize("space", [ActionSpace.default(5), CUSTOM_SPACE], ids=["default", "custom"])
+@settings(deadline=None, max_examples=30)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_padded_heads_canonicalise_like_canonicalize_masks(space: ActionSpace, seed: int) -> None:
+    # The policy step scores the padded heads together; each packed row must be exactly the
+    # head's canonicalize_masks row, and the padding must never be valid.
+    g = torch.Generator().manual_seed(seed)
+    lead = (3, 4)
+    masks = {h.name: torch.rand(*lead, h.size, generator=g) < 0.6 for h in space.heads}
+    ops = torch.randint(0, space.num_ops, lead, generator=g)
+    expected = canonicalize_masks(space, masks, ops)
+    packed = PaddedHeads.from_space(space)
+    pointer_like = {h.name for h in space.heads if h.canonical_action is None and h.relevant_ops is not None}
+    assert set(packed.names) == set(space.head_names) - {space.op_head, space.pointer_head} - pointer_like
+    canonical = packed.canonicalize(packed.pack(masks) & packed.real, ops)  # [3, 4, K, W]
+    logits = {h.name: torch.randn(*lead, h.size, generator=g) for h in space.heads}
+    packed_logits = packed.pack(logits)
+    for k, (name, n) in enumerate(zip(packed.names, packed.sizes)):
+        assert torch.equal(canonical[..., k, :n], expected[name]), name
+        assert not canonical[..., k, n:].any(), name
+        assert torch.equal(packed_logits[..., k, :n], logits[name]), name

@@ -28,7 +28,12 @@ from slotformer.actions import (
     canonicalize_masks,
 )
 from slotformer.config import SlotConfig
-from slotformer.distributions import MASKED_LOGIT_VALUE, masked_log_probs, sample_actions
+from slotformer.distributions import (
+    MASKED_LOGIT_VALUE,
+    masked_log_probs,
+    normalised_entropy,
+    sample_actions,
+)
 from slotformer.layers.heads import PointerHead
 from slotformer.networks import (
     ActorCriticCore,
@@ -389,6 +394,36 @@ def test_deterministic_mode_picks_the_argmax(kind: str) -> None:
     again = net.get_action(state, bp, hidden, **mask_kwargs(masks), deterministic=True)
     for name in HEAD_NAMES:
         assert torch.equal(again.actions[name], result.actions[name])
+
+
+@pytest.mark.parametrize("floor", [None, 0.05, {"blueprint": 0.02, "op": 0.1}], ids=["none", "float", "map"])
+@pytest.mark.parametrize("kind", NETWORKS)
+def test_log_probs_and_entropies_are_each_heads_own_distribution(
+    kind: str, floor: float | dict[str, float] | None
+) -> None:
+    # The policy step scores most heads padded side by side; every head must still get
+    # exactly its own masked distribution: compare with masked_log_probs head by head.
+    net = make_network(kind)
+    space = net.action_space
+    state, bp = observation((8, 3), seed=21)
+    masks = random_masks(space, (8, 3), seed=22)
+    flat = {k: v.flatten(0, 1) for k, v in masks.items()}
+    rollout = net.get_action(state.flatten(0, 1), bp.flatten(0, 1), **mask_kwargs(flat))
+    actions = {k: v.clone().view(8, 3) for k, v in rollout.actions.items()}  # valid actions
+    with torch.no_grad():
+        evaluated = net.evaluate_actions(
+            state, bp, actions, **mask_kwargs(masks), probability_floor=floor
+        )
+        out = net(state, bp, **mask_kwargs(masks))
+    canonical = canonicalize_masks(space, masks, actions["op"])
+    floors = floor if isinstance(floor, dict) else dict.fromkeys(space.head_names, floor)
+    for name in space.head_names:
+        raw = out[f"{name}_logits"]  # masked with the base mask: same log-softmax
+        log_probs = masked_log_probs(raw, canonical[name], floors.get(name))
+        expected = log_probs.gather(-1, actions[name][..., None])[..., 0]
+        torch.testing.assert_close(evaluated.log_probs[name], expected, rtol=0, atol=2e-6)
+        entropy = normalised_entropy(log_probs, canonical[name])
+        torch.testing.assert_close(evaluated.entropy[name], entropy, rtol=0, atol=2e-6)
 
 
 # --------------------------------------------------------------------------- rollout == update

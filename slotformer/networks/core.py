@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slotformer.actions import ActionSpace, canonicalize_masks
+from slotformer.actions import ActionSpace, PaddedHeads, canonicalize_head
 from slotformer.config import DEFAULT_BASE_DIM, ObservationLayout, SlotConfig
 from slotformer.distributions import (
     check_logits_and_mask,
@@ -111,6 +111,7 @@ class SlotContext:
     action_space: ActionSpace
     row_ids: Tensor  # [N]
     col_ids: Tensor  # [N]
+    padded_heads: PaddedHeads  # the heads the policy step scores together
 
     @property
     def num_slots(self) -> int:
@@ -283,14 +284,17 @@ class ActorCriticCore(nn.Module, ABC):
             # (under inference mode): position ids made there would be inference tensors, and
             # every later differentiable call (evaluate_actions) would fail when the
             # positional embedding saves them for backward.
+            action_space = self.action_space.with_num_slots(config.num_slots)
             with torch.inference_mode(False):
                 row_ids, col_ids = config.position_ids(device)
+                padded_heads = PaddedHeads.from_space(action_space, device)
             ctx = SlotContext(
                 slot_config=config,
                 layout=ObservationLayout(config.num_slots, self.layout.slot_dim, self.layout.base_dim),
-                action_space=self.action_space.with_num_slots(config.num_slots),
+                action_space=action_space,
                 row_ids=row_ids,
                 col_ids=col_ids,
+                padded_heads=padded_heads,
             )
             self._contexts[key] = ctx
         return ctx
@@ -613,24 +617,67 @@ class ActorCriticCore(nn.Module, ABC):
 
         op_log_probs = self._op_log_probs(logits, head_masks, floors, ctx)
         op = decide(op_name, op_log_probs)  # [B, T]
-        canonical = canonicalize_masks(space, head_masks, op, slot_by_op)
-        actions: dict[str, Tensor] = {}
-        log_probs: dict[str, Tensor] = {}
-        entropies: dict[str, Tensor] = {}
-        for name in space.head_names:
-            if name == op_name:
-                head_log_probs = op_log_probs
-            else:
-                by_op = slot_by_op is not None and name == space.pointer_head
-                label = _head_label(name, for_chosen_op=True, slot_by_op=by_op)
-                check_logits_and_mask(logits[name], canonical[name], name=label)
-                head_log_probs = masked_log_probs(logits[name], canonical[name], floors.get(name))
-            action = op if name == op_name else decide(name, head_log_probs)
-            actions[name] = action
+        actions: dict[str, Tensor] = {op_name: op}
+        log_probs: dict[str, Tensor] = {op_name: gather_log_prob(op_log_probs, op)}
+        entropies: dict[str, Tensor] = {op_name: normalised_entropy(op_log_probs, head_masks[op_name])}
+
+        # Heads one by one: the pointer (its mask may come from slot_by_op) and any head
+        # whose canonical action depends on its mask.
+        packed = ctx.padded_heads
+        for head in space.heads:
+            name = head.name
+            if name == op_name or name in packed.names:
+                continue
+            by_op = slot_by_op if name == space.pointer_head else None
+            canonical = canonicalize_head(head, head_masks[name], op, by_op)
+            label = _head_label(name, for_chosen_op=True, slot_by_op=by_op is not None)
+            check_logits_and_mask(logits[name], canonical, name=label)
+            head_log_probs = masked_log_probs(logits[name], canonical, floors.get(name))
+            actions[name] = decide(name, head_log_probs)
             # Sampled from head_log_probs or checked by _check_actions: in range either way,
             # so log_prob_of's range check (a host sync per head) would only repeat work.
-            log_probs[name] = gather_log_prob(head_log_probs, action)
-            entropies[name] = normalised_entropy(head_log_probs, canonical[name])
+            log_probs[name] = gather_log_prob(head_log_probs, actions[name])
+            entropies[name] = normalised_entropy(head_log_probs, canonical)
+
+        # The other heads together, padded side by side: the same maths in a few kernels.
+        if packed.names:
+            packed_logits = packed.pack(logits)  # [B, T, K, W]
+            canonical = packed.canonicalize(packed.pack(head_masks) & packed.real, op)
+            if validation_enabled():
+                for k, (name, n) in enumerate(zip(packed.names, packed.sizes)):
+                    check_logits_and_mask(
+                        packed_logits[..., k, :n], canonical[..., k, :n],
+                        name=_head_label(name, for_chosen_op=True),
+                    )
+            head_floors = [floors.get(name) for name in packed.names]
+            if len(set(head_floors)) == 1:
+                packed_log_probs = masked_log_probs(packed_logits, canonical, head_floors[0])
+            else:  # different floors per head: row by row, the same formula
+                packed_log_probs = torch.stack(
+                    [
+                        masked_log_probs(packed_logits[..., k, :], canonical[..., k, :], floor)
+                        for k, floor in enumerate(head_floors)
+                    ],
+                    dim=-2,
+                )
+            if given_actions is not None:
+                chosen = torch.stack([given_actions[name] for name in packed.names], dim=-1)
+            elif deterministic:
+                chosen = greedy_actions(packed_log_probs)  # [B, T, K]
+            else:
+                chosen = sample_actions(packed_log_probs, generator=generator)
+            packed_lp = gather_log_prob(packed_log_probs, chosen)  # [B, T, K]
+            packed_entropy = normalised_entropy(packed_log_probs, canonical)  # [B, T, K]
+            for name, a, lp, h in zip(
+                packed.names, chosen.unbind(-1), packed_lp.unbind(-1), packed_entropy.unbind(-1)
+            ):
+                actions[name], log_probs[name], entropies[name] = a, lp, h
+
+        # Outputs keyed in the action space's order.
+        names = space.head_names
+        actions = {n: actions[n] for n in names}
+        log_probs = {n: log_probs[n] for n in names}
+        entropies = {n: entropies[n] for n in names}
         if given_actions is not None and validation_enabled():
             counts = torch.stack([(~torch.isfinite(lp)).sum() for lp in log_probs.values()])
             masked = dict(zip(log_probs, counts.tolist()))  # one host sync for every head
