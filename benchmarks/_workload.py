@@ -51,9 +51,14 @@ from slotformer.policy.protocol import SLOT_BY_OP_KEY
 
 NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
 VARIANTS: tuple[str, ...] = (*NETWORK_TYPES, "transformer-lean")
-"""What `build_policy` builds: a network type at its defaults, or ``transformer-lean``, the
-transformer with its lean-memory setting (`enable_gradient_checkpointing`: the encoder and
-the contribution predictor recomputed chunk by chunk in backward)."""
+"""What `build_policy` builds by default: a network type at its defaults, or
+``transformer-lean``, the transformer with its lean-memory setting
+(`enable_gradient_checkpointing`: the encoder and the contribution predictor recomputed chunk
+by chunk in backward)."""
+EXTRA_VARIANTS: dict[str, dict[str, Any]] = {
+    "transformer-ff2": {"transformer_ff_mult": 2},  # half-width feed-forward blocks
+}
+"""Further transformer settings `build_policy` knows, by name: constructor overrides."""
 GRIDS: dict[int, tuple[int, int]] = {3: (1, 3), 10: (2, 5), 25: (5, 5), 50: (5, 10)}
 """Slot count N -> (rows, cols) of the grid it is measured on."""
 
@@ -126,9 +131,9 @@ def build_policy(
     (``network_type`` is one of `VARIANTS`)."""
     torch.manual_seed(seed)
     lean = network_type == "transformer-lean"
-    policy = create_policy(
-        "transformer" if lean else network_type, slot_config=grid_for(num_slots), device=device
-    )
+    overrides = EXTRA_VARIANTS.get(network_type, {})
+    base = "transformer" if lean or overrides else network_type
+    policy = create_policy(base, slot_config=grid_for(num_slots), device=device, **overrides)
     if lean:
         policy.enable_gradient_checkpointing()
     policy.network.train()

@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._workload import (
+    EXTRA_VARIANTS,
     FULL,
     GRIDS,
     QUICK,
@@ -139,10 +140,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--networks",
         nargs="+",
-        choices=VARIANTS,
+        choices=(*VARIANTS, *EXTRA_VARIANTS),
         default=list(VARIANTS),
         help="what to measure; transformer-lean = the transformer with its lean-memory "
-        "setting (default: all three)",
+        "setting, transformer-ff2 = feed-forward width 2 x embed_dim (default: lstm, "
+        "transformer, transformer-lean)",
     )
     parser.add_argument(
         "--malloc",

@@ -240,3 +240,14 @@ def test_workload_actions_are_valid_under_their_masks() -> None:
     for log_prob in result.log_prob.values():
         assert torch.isfinite(log_prob).all()
     assert workload.loss().dim() == 0
+
+
+def test_compiled_rollout_times_eager_and_compiled_get_action() -> None:
+    from benchmarks import compiled_rollout
+
+    row = compiled_rollout.measure(
+        "transformer", num_slots=3, batch=2, mode="default", rounds=1, calls=1, backend="eager"
+    )
+    assert (row["network"], row["N"], row["B"], row["backend"]) == ("transformer", 3, 2, "eager")
+    assert row["eager_ms"] > 0 and row["compiled_ms"] > 0
+    assert row["eager_over_compiled"] == pytest.approx(row["eager_ms"] / row["compiled_ms"])
