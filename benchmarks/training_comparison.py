@@ -57,7 +57,8 @@ def run_one(spec: dict[str, object]) -> dict[str, object]:
                     total_steps=int(spec["steps"]), eval_episodes=int(spec["eval_episodes"]),
                     checkpoint=ckpt, quiet=True,
                     contribution_hidden=int(spec["contribution_hidden"]),  # type: ignore[call-overload]
-                    contribution_dropout=float(spec["contribution_dropout"]))  # type: ignore[arg-type]
+                    contribution_dropout=float(spec["contribution_dropout"]),  # type: ignore[arg-type]
+                    ff_mult=int(spec["ff_mult"]))  # type: ignore[call-overload]
         metrics, _ = train(args)
         run: dict[str, object] = {"network": network, "grid": f"{rows}x{cols}", "seed": seed,
                                   **metrics}
@@ -87,12 +88,14 @@ def main() -> None:
                         help="transformer: width of the per-slot contribution predictor")
     parser.add_argument("--contribution-dropout", type=float, default=Args.contribution_dropout,
                         help="transformer: dropout of the contribution predictor")
+    parser.add_argument("--ff-mult", type=int, default=Args.ff_mult,
+                        help="transformer: feed-forward width of each block / embed_dim")
     cli = parser.parse_args()
 
     specs = [{"network": network, "rows": rows, "cols": cols, "seed": seed,
               "steps": cli.steps, "eval_episodes": cli.eval_episodes,
               "contribution_hidden": cli.contribution_hidden,
-              "contribution_dropout": cli.contribution_dropout}
+              "contribution_dropout": cli.contribution_dropout, "ff_mult": cli.ff_mult}
              for rows, cols in GRIDS for network in cli.networks for seed in cli.seeds]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=cli.workers, mp_context=context) as pool:

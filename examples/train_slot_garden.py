@@ -65,6 +65,7 @@ class Args:
     hidden_dim: int = 128
     contribution_hidden: int = 64  # transformer: width of the per-slot contribution predictor
     contribution_dropout: float = 0.0  # transformer: its dropout
+    ff_mult: int = 4  # transformer: feed-forward width of each block / embed_dim
     eval_episodes: int = 2
     tensorboard: str | None = None  # a log folder, or None
     checkpoint: str | None = "runs/slot_garden.pt"
@@ -130,7 +131,8 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     env = SlotGardenEnv(args.num_envs, slot_config, args.episode_length, seed=args.seed)
     E, T, N = args.num_envs, args.rollout_length, slot_config.num_slots
     extra = ({"contribution_hidden": args.contribution_hidden,
-              "contribution_dropout": args.contribution_dropout}
+              "contribution_dropout": args.contribution_dropout,
+              "transformer_ff_mult": args.ff_mult}
              if args.policy == "transformer" else {})
     policy = create_policy(
         args.policy, state_dim=23 + 31 * N, slot_config=slot_config,
