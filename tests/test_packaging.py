@@ -1,7 +1,10 @@
 """Build the wheel and sdist, install the wheel into a fresh venv, import it from outside the repo.
 
-Offline: the build runs with ``--no-isolation`` against the installed setuptools, and the venv
-uses ``--system-site-packages`` so torch and einops come from the system.
+Offline: the build runs with ``--no-isolation`` against the installed setuptools, and the
+fresh venv sees the test interpreter's own site-packages (torch, numpy, einops, pip) through a
+``.pth`` file, so the test passes whether pytest runs from a system Python or inside a venv
+(``--system-site-packages`` would point at the *base* interpreter, which a venv user's torch
+is not in).
 """
 
 from __future__ import annotations
@@ -61,6 +64,17 @@ def _repo_package_files() -> set[str]:
     return files
 
 
+def _host_site_dirs() -> list[str]:
+    """The directories this interpreter imports torch, numpy and pip from (a venv's or the
+    system's site-packages), for a fresh venv's ``.pth`` file."""
+    import site
+
+    import torch
+
+    dirs = [*site.getsitepackages(), str(Path(torch.__file__).resolve().parents[1])]
+    return list(dict.fromkeys(d for d in dirs if Path(d).is_dir()))
+
+
 def _build_command(outdir: Path) -> list[str]:
     command = [sys.executable, "-m", "build", "--wheel", "--sdist", "--no-isolation"]
     if importlib.util.find_spec("wheel") is None:
@@ -111,10 +125,14 @@ def test_wheel_and_sdist_build_install_and_import(tmp_path: Path) -> None:
     missing_sources = sorted(f for f in expected if f"{top}/{f}" not in sdist_members)
     assert not missing_sources, f"missing from the sdist: {missing_sources}"
 
-    # A fresh venv that sees the system torch/einops; the system pip installs into it.
+    # A fresh venv that sees this interpreter's packages (after its own); this pip installs.
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], cwd=tmp_path)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    venv_site = _run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path
+    ).stdout.strip()
+    (Path(venv_site) / "host_packages.pth").write_text("\n".join(_host_site_dirs()) + "\n")
     _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], cwd=tmp_path)
 
     outside = tmp_path / "elsewhere"

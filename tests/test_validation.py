@@ -71,11 +71,69 @@ def test_context_manager_restores_after_exception() -> None:
     assert validation_enabled() is True
 
 
-def test_set_validation_inside_block_is_undone_on_exit() -> None:
+def test_set_validation_inside_a_block_sets_the_default_the_block_still_wins() -> None:
+    # set_validation is the process-wide default; a validation() block scopes its own value
+    # (a block restoring the global on exit was what made one thread's block switch the
+    # checks of every other thread).
     set_validation(False)
     with validation(True):
         set_validation(True)
-    assert validation_enabled() is False
+        set_validation(False)
+        assert validation_enabled() is True  # the block's own value
+    assert validation_enabled() is False  # the default set inside the block stays
+    set_validation(True)
+    assert validation_enabled() is True
+
+
+def test_a_block_in_one_thread_does_not_switch_another_thread() -> None:
+    import threading
+
+    set_validation(True)
+    entered, release = threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def worker() -> None:
+        with validation(False):
+            seen["worker inside"] = validation_enabled()
+            entered.set()
+            release.wait(timeout=10)
+        seen["worker after"] = validation_enabled()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert entered.wait(timeout=10)
+    seen["main while worker is inside"] = validation_enabled()
+    release.set()
+    thread.join(timeout=10)
+    assert seen == {
+        "worker inside": False, "main while worker is inside": True, "worker after": True,
+    }
+
+
+def test_blocks_are_scoped_per_asyncio_task() -> None:
+    import asyncio
+
+    set_validation(True)
+
+    async def checker(enabled: bool, started: asyncio.Event, go: asyncio.Event) -> list[bool]:
+        with validation(enabled):
+            started.set()
+            await go.wait()  # the other task enters its block meanwhile
+            return [validation_enabled()]
+
+    async def main() -> tuple[list[bool], list[bool], bool]:
+        go = asyncio.Event()
+        started_off, started_on = asyncio.Event(), asyncio.Event()
+        off = asyncio.create_task(checker(False, started_off, go))
+        on = asyncio.create_task(checker(True, started_on, go))
+        await started_off.wait()
+        await started_on.wait()
+        outside = validation_enabled()
+        go.set()
+        return await off, await on, outside
+
+    off, on, outside = asyncio.run(main())
+    assert (off, on, outside) == ([False], [True], True)
 
 
 def test_validation_is_off_inside_a_compile_trace() -> None:
