@@ -172,8 +172,11 @@ def mask_logits(logits: Tensor, mask: Tensor | None) -> Tensor:
 def masked_log_probs(logits: Tensor, mask: Tensor | None, min_prob: float | None = None) -> Tensor:
     """Normalised fp32 log-probabilities of a masked categorical, with an optional floor.
 
-    Valid entries are finite, masked entries exactly ``-inf``; a row without any valid entry
-    gives all ``-inf`` (never NaN). With ``min_prob=f`` each valid action of a row with
+    Valid entries are finite, masked entries exactly ``-inf``. A row without any valid entry
+    (an error that `check_logits_and_mask` reports while validation is on) falls back to
+    action 0 as its only valid action: log-prob 0 there and ``-inf`` elsewhere, so sampling
+    picks 0, its log-prob and entropy are 0 and no gradient flows through the row (never
+    ``-inf`` for the chosen action, never NaN). With ``min_prob=f`` each valid action of a row with
     ``k >= 2`` valid actions gets probability at least ``min(f, 0.99 / k)``:
     ``p' = fl + (1 - k * fl) * softmax(valid logits)``, computed in probability space with
     ``fl`` raised by a 1e-4 relative margin, so ``exp(log_probs)`` keeps the guarantee
@@ -209,14 +212,20 @@ def masked_log_probs(logits: Tensor, mask: Tensor | None, min_prob: float | None
         return torch.log(floor_eff + (1.0 - n * floor_eff) * log_probs.exp())
 
     invalid = ~mask  # [..., n]
-    # A row with no valid entry would make log_softmax NaN; give it zeros and mask it below.
+    # A row with no valid entry (with validation on, check_logits_and_mask raises first) falls
+    # back to action 0 as its only valid action: log-prob 0 there, -inf elsewhere, so a PPO
+    # ratio stays finite (exp(0 - 0) = 1) and no gradient flows through the row. Without
+    # the fallback the row would be all -inf and one bad row would make the whole
+    # minibatch's loss NaN.
     empty_row = invalid.all(dim=-1, keepdim=True)  # [..., 1]
-    filled = logits_fp32.masked_fill(invalid, float("-inf")).masked_fill(empty_row, 0.0)
+    first = torch.arange(n, device=mask.device) == 0  # [n]
+    invalid = invalid & ~(empty_row & first)  # [..., n]
+    filled = logits_fp32.masked_fill(invalid, float("-inf"))
     log_probs = torch.log_softmax(filled, dim=-1).masked_fill(invalid, float("-inf"))
     if floor == 0.0:
         return log_probs
 
-    num_valid = mask.sum(dim=-1, keepdim=True, dtype=torch.float32)  # [..., 1]
+    num_valid = (~invalid).sum(dim=-1, keepdim=True, dtype=torch.float32)  # [..., 1]
     floor_row = torch.clamp(_FLOOR_MAX_MASS / num_valid, max=max(floor, _FP32_TINY))
     # Rows with a single valid action get no floor so that their log-prob stays exactly 0.
     floor_row = torch.where(num_valid > 1, floor_row * (1.0 + _FLOOR_MARGIN), 0.0)

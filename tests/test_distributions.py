@@ -202,11 +202,12 @@ def test_validation_off_empty_row_gives_no_error_and_no_nan(monkeypatch):
             monkeypatch.setattr(MaskedCategorical, "validate", False)
             dist = MaskedCategorical(logits, mask, min_prob=0.1)
         assert not torch.isnan(dist.log_probs).any()
-        assert (dist.log_probs[1] == float("-inf")).all()
+        # The empty row falls back to action 0 as its only valid action.
+        assert dist.log_probs[1].tolist() == [0.0] + [float("-inf")] * 3
         entropy = dist.entropy()
         assert entropy[1] == 0.0 and entropy[2] == 0.0
         actions = dist.sample()
-        assert 0 <= actions[1] < 4
+        assert actions[1] == 0 and dist.log_prob(actions)[1] == 0.0
         assert mask[0, actions[0]] and actions[2] == 2
         loss = dist.log_prob(torch.tensor([0, 0, 2])).sum() + entropy.sum()
         (grad,) = torch.autograd.grad(loss, logits)

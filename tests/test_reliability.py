@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from slotformer.actions import Op
 from slotformer.config import ObservationLayout, SlotConfig
 from slotformer.distributions import InvalidStateMachineError
 from slotformer.layers.encoder import SlotTransformerEncoder
@@ -1058,3 +1059,55 @@ def test_state_dict_reload_reproduces_outputs_bit_for_bit(kind: str) -> None:
         contributions = net.predict_contributions(state[:, 0], bp[:, 0])
         outputs.append((forward, step, tuple(evaluated), evaluated.state_value, contributions))
     _assert_same_result(outputs[0], outputs[1])
+
+
+# ---------------------------------------------------------------------- a bad row, validation off
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_mask_row_with_no_valid_action_is_finite_and_counted_with_validation_off(
+    kind: str,
+) -> None:
+    # One environment row whose op mask allows nothing used to give op 0 with log-prob -inf,
+    # and so NaN PPO ratios for the whole minibatch. Now it falls back to action 0 (log-prob
+    # 0, entropy 0, no gradient through that row) and network.empty_mask_rows counts it.
+    net = make_net(kind).train()
+    state, bp = observation(batch=4, steps=3)
+    op_mask = torch.ones(4, 3, NUM_OPS, dtype=torch.bool)
+    op_mask[1, 2] = False  # one bad row at batch 1, step 2
+    blueprint_mask = torch.ones(4, 3, 13, dtype=torch.bool)
+    blueprint_mask[2, 0] = False  # an empty row of a head that the chosen op may make irrelevant
+    with validation(False):
+        before = int(net.empty_mask_rows)
+        step = net.get_action(state[:, 2], bp[:, 2], op_mask=op_mask[:, 2])
+        assert int(step.actions["op"][1]) == 0 and float(step.log_probs["op"][1]) == 0.0
+        assert int(net.empty_mask_rows) - before == 1
+        hidden, steps = net.get_initial_hidden(4), []
+        for t in range(3):  # the rollout meets the bad rows too
+            out = net.get_action(
+                state[:, t], bp[:, t], hidden,
+                op_mask=op_mask[:, t], blueprint_mask=blueprint_mask[:, t],
+            )
+            hidden = out.hidden
+            steps.append(out.actions)
+        actions = {k: torch.stack([s[k] for s in steps], dim=1).clone() for k in steps[0]}
+        at_rollout = int(net.empty_mask_rows) - before - 1
+        result = net.evaluate_actions(
+            state, bp, actions, op_mask=op_mask, blueprint_mask=blueprint_mask
+        )
+    # The op row, plus the blueprint row when its op made the head relevant (GERMINATE);
+    # counted once by the rollout and once by the update.
+    expected = 1 + int(int(actions["op"][2, 0]) == int(Op.GERMINATE))
+    assert at_rollout == expected
+    assert int(net.empty_mask_rows) - before - 1 == 2 * expected
+    for name in result.log_probs:
+        assert torch.isfinite(result.log_probs[name]).all(), name
+        assert torch.isfinite(result.entropy[name]).all(), name
+    assert float(result.log_probs["op"][1, 2].detach()) == 0.0
+    loss = sum(lp.sum() for lp in result.log_probs.values()) + result.value.sum()
+    loss = loss + sum(h.sum() for h in result.entropy.values())
+    loss.backward()
+    for name, param in net.named_parameters():
+        if param.grad is not None:
+            assert torch.isfinite(param.grad).all(), name
+    # With validation on, the same row is still the clear error.
+    with pytest.raises(InvalidStateMachineError, match="op_mask"):
+        net.get_action(state[:, 2], bp[:, 2], op_mask=op_mask[:, 2])

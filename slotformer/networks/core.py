@@ -215,6 +215,10 @@ class ActorCriticCore(nn.Module, ABC):
         self.value_baseline = value_baseline
         self.num_ops = self.action_space.num_ops
         self._contexts: dict[tuple[tuple[str, ...], str], SlotContext] = {}
+        # Mask rows with no valid action met while validation was off (each fell back to
+        # action 0; see masked_log_probs): a device counter, so counting costs no host sync.
+        self.register_buffer("empty_mask_rows", torch.zeros((), dtype=torch.long), persistent=False)
+        self.empty_mask_rows: Tensor
 
     # ------------------------------------------------------------------ subclass hooks
     # Modules every subclass builds (the shared core reads them by these names).
@@ -617,6 +621,10 @@ class ActorCriticCore(nn.Module, ABC):
 
         op_log_probs = self._op_log_probs(logits, head_masks, floors, ctx)
         op = decide(op_name, op_log_probs)  # [B, T]
+        # With validation off an empty mask row is not an error: it falls back to action 0
+        # (masked_log_probs) and is counted in `empty_mask_rows`.
+        count_empty = not validation_enabled() and not torch.compiler.is_compiling()
+        empty_rows: list[Tensor] = [~head_masks[op_name].any(-1)] if count_empty else []
         actions: dict[str, Tensor] = {op_name: op}
         log_probs: dict[str, Tensor] = {op_name: gather_log_prob(op_log_probs, op)}
         entropies: dict[str, Tensor] = {op_name: normalised_entropy(op_log_probs, head_masks[op_name])}
@@ -630,6 +638,8 @@ class ActorCriticCore(nn.Module, ABC):
                 continue
             by_op = slot_by_op if name == space.pointer_head else None
             canonical = canonicalize_head(head, head_masks[name], op, by_op)
+            if count_empty:
+                empty_rows.append(~canonical.any(-1))
             label = _head_label(name, for_chosen_op=True, slot_by_op=by_op is not None)
             check_logits_and_mask(logits[name], canonical, name=label)
             head_log_probs = masked_log_probs(logits[name], canonical, floors.get(name))
@@ -643,6 +653,8 @@ class ActorCriticCore(nn.Module, ABC):
         if packed.names:
             packed_logits = packed.pack(logits)  # [B, T, K, W]
             canonical = packed.canonicalize(packed.pack(head_masks) & packed.real, op)
+            if count_empty:
+                empty_rows.append(~canonical.any(-1))  # [B, T, K]
             if validation_enabled():
                 for k, (name, n) in enumerate(zip(packed.names, packed.sizes)):
                     check_logits_and_mask(
@@ -673,6 +685,8 @@ class ActorCriticCore(nn.Module, ABC):
             ):
                 actions[name], log_probs[name], entropies[name] = a, lp, h
 
+        if empty_rows:
+            self.empty_mask_rows.add_(sum(rows.sum() for rows in empty_rows))
         # Outputs keyed in the action space's order.
         names = space.head_names
         actions = {n: actions[n] for n in names}
