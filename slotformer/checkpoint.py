@@ -132,6 +132,21 @@ def read_checkpoint(
             f"{str(source)!r} is not a complete torch zip archive ({source.stat().st_size} "
             f"bytes): it is truncated, corrupt or not a checkpoint; expected {expected}"
         )
+    # torch.load does not verify the archive's CRC-32s: a flipped bit inside a tensor record
+    # would load silently as a wrong weight. Check every record first.
+    try:
+        with zipfile.ZipFile(source) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise CheckpointError(
+            f"{str(source)!r} could not be read ({type(error).__name__}: {error}): it is "
+            f"truncated or corrupt; expected {expected}"
+        ) from error
+    if damaged is not None:
+        raise CheckpointError(
+            f"{str(source)!r} is corrupt: its record {damaged!r} fails its CRC-32 check "
+            f"(damaged on disk or in transfer); nothing was loaded; expected {expected}"
+        )
     try:
         payload = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

@@ -254,9 +254,78 @@ def test_corrupt_record_inside_a_valid_archive_is_a_clear_error(tmp_path: Path) 
     start = marker + 100  # inside the pickle record; the zip directory stays intact
     data[start : start + 64] = bytes(64)
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"policy\.pt' could not be read") as info:
+    with pytest.raises(
+        CheckpointError, match=r"policy\.pt' is corrupt: its record '.*data\.pkl' fails its CRC-32"
+    ) as info:
         load_checkpoint(path)
     assert "refused" not in str(info.value)
+
+
+def test_a_flipped_bit_anywhere_is_an_error_or_changes_nothing(tmp_path: Path) -> None:
+    # torch.load does not check the archive's CRCs, so a flipped bit in a tensor record used
+    # to load as a silently wrong weight. Flip one bit at 40 places spread over the file:
+    # each load either fails with a CheckpointError naming the file or (a bit in a field
+    # nothing reads) gives exactly the saved policy, never a partial or altered one.
+    policy = make_bundle("lstm")
+    path = save_checkpoint(tmp_path / "policy.pt", policy)
+    original = path.read_bytes()
+    expected = outputs(policy)
+    errors = 0
+    for offset in range(0, len(original), max(1, len(original) // 40)):
+        damaged = bytearray(original)
+        damaged[offset] ^= 0x04
+        path.write_bytes(bytes(damaged))
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError as error:
+            assert "policy.pt" in str(error), str(error)
+            errors += 1
+            continue
+        assert_same_outputs(outputs(loaded), expected)
+        for key, value in policy.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), (offset, key)
+    assert errors >= 30  # nearly every byte is a tensor, the pickle or a zip header
+
+
+def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path: Path) -> None:
+    # SIGKILL a process in the middle of save_checkpoint (no Python cleanup runs): the file
+    # at the path is still a complete checkpoint, the old one or the new one.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    old = make_bundle("lstm", seed=1)
+    path = save_checkpoint(tmp_path / "policy.pt", old)
+    old_outputs = outputs(old)
+    writer = (
+        "import sys, torch\n"
+        "from slotformer import create_policy, save_checkpoint\n"
+        "torch.manual_seed(2)\n"
+        "policy = create_policy('lstm', hidden_dim=16, trunk_dim=16)\n"
+        "big = {'ballast': torch.zeros(30_000_000)}  # ~120 MB: a slow write\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    save_checkpoint(sys.argv[1], policy, extra=big)\n"
+    )
+    for delay in (0.05, 0.2, 0.5):
+        process = subprocess.Popen(
+            [sys.executable, "-c", writer, str(path)], stdout=subprocess.PIPE, text=True,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        loaded = load_checkpoint(path)  # a complete checkpoint, never a torn one
+        if loaded.network.feature_net[0].weight.equal(old.network.feature_net[0].weight):
+            assert_same_outputs(outputs(loaded), old_outputs)
+        else:
+            assert read_checkpoint(path)["extra"]["ballast"].shape == (30_000_000,)
+    # A killed writer cannot remove its temporary file; it never replaces the checkpoint.
+    # At least one kill landed inside a write (its temporary file is left behind).
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0] == "policy.pt" and any(".tmp-" in n for n in names), names
 
 
 def test_other_torch_files_and_missing_files(tmp_path: Path) -> None:
