@@ -12,3 +12,11 @@ mypy slotformer
 # Benchmark suites at quick sizes (about 1.5 minutes): they must keep running, not be fast.
 python -m pytest benchmarks --quick --threads 1 --benchmark-only -q -p no:cacheprovider
 python -m pytest -q --doctest-modules slotformer examples/slot_garden tests "$@"
+# The rollout/update parity tests again under settings that change the CPU kernels (thread
+# count, ATen's vector ISA, MKL's instruction set), so that a guarantee that holds for one
+# kernel only cannot hide (the guarantees: slotformer/networks/core.py).
+for setting in OMP_NUM_THREADS=1 OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=avx2 \
+        ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2; do
+    echo "parity tests with ${setting}"
+    env "${setting}" python -m pytest -q -m parity -p no:cacheprovider tests
+done

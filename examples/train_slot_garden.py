@@ -145,8 +145,9 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
 
         writer = create_summary_writer(args.tensorboard)
 
-    # The same floor at rollout and update keeps the PPO ratio exact; it stops the op head
-    # from collapsing onto WAIT (every action costs rent before the policy learns to plant).
+    # The same floor at rollout and update keeps the PPO ratio at 1 (up to fp32 rounding); it
+    # stops the op head from collapsing onto WAIT (every action costs rent before the policy
+    # learns to plant).
     floor = {"op": args.op_floor} if args.op_floor > 0 else None
     step = env.reset()
     hidden = policy.initial_hidden(E)

@@ -4,8 +4,9 @@ Every head of every network turns ``logits [..., n]`` plus a bool ``mask [..., n
 (True = valid) into log-probabilities, samples, log-probs of chosen actions and
 normalised entropies through the functions below. They all
 
-* compute in fp32 whatever the logits' dtype (fp32, fp16, bf16), so that rollout and
-  update produce bit-identical log-probs and the PPO ratio at epoch 0 is exactly 1;
+* compute in fp32 whatever the logits' dtype (fp32, fp16, bf16), on the same code path at
+  rollout and at update, so the PPO ratio at epoch 0 is 1 up to fp32 rounding (see
+  `slotformer.networks.core` for what is exact and what is within a tolerance);
 * use the mask explicitly: ``MASKED_LOGIT_VALUE`` is only what the networks *return* as
   ``"{head}_logits"``; the distribution never relies on it, so valid logits near or below
   -1e4 still give correct probabilities;

@@ -15,6 +15,7 @@ from examples.train_slot_garden import Args, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.parity
 def test_quickstart_runs_and_reloads_identically() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py")],

@@ -396,6 +396,7 @@ def test_deterministic_mode_picks_the_argmax(kind: str) -> None:
         assert torch.equal(again.actions[name], result.actions[name])
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("floor", [None, 0.05, {"blueprint": 0.02, "op": 0.1}], ids=["none", "float", "map"])
 @pytest.mark.parametrize("kind", NETWORKS)
 def test_log_probs_and_entropies_are_each_heads_own_distribution(
@@ -427,6 +428,7 @@ def test_log_probs_and_entropies_are_each_heads_own_distribution(
 
 
 # --------------------------------------------------------------------------- rollout == update
+@pytest.mark.parity
 @pytest.mark.parametrize("use_slot_by_op", [False, True])
 @pytest.mark.parametrize(
     "floor", [None, 0.05, {"slot": 0.2, "op": 0.1, "blueprint": 0.02}], ids=["none", "float", "map"]

@@ -103,6 +103,7 @@ def rollout(
 
 
 # ---------------------------------------------------------------------- rollout == update
+@pytest.mark.parity
 @pytest.mark.parametrize("grad_mode", ["enabled", "no_grad"])
 def test_rollout_log_probs_reproduced_exactly_by_update_over_many_steps(
     net: ActorCriticCore, grad_mode: str

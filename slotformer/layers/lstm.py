@@ -75,7 +75,7 @@ class LSTMLayer(nn.Module):
             # On CPU torch.lstm picks its kernel by grad mode (oneDNN with grad off, the
             # native one with grad on) and the two differ in the last bits once h != 0, so
             # get_action (inference mode) would not reproduce evaluate_actions' log-probs
-            # (grad mode) and the PPO ratio at epoch 0 would not be exactly 1. Take the
+            # (grad mode) bit for bit even on the same shapes. Take the
             # grad-mode kernel always; under inference mode nothing is recorded, and under
             # no_grad the detach drops the one-op graph.
             with torch.enable_grad():

@@ -4,8 +4,18 @@ A network (`SlotTransformerActorCritic`, `FactoredRecurrentActorCritic`) supplie
 trunk (observation -> temporal representation), its slot head and its contribution
 predictor. Heads' logits, masks, op-conditioned canonicalisation, probability floors,
 fp32 log-probs, normalised entropies, sampling, V(s) and Q(s, op) are computed here, by the
-same functions at rollout (`get_action`) and at update (`evaluate_actions`), so the PPO
-ratio at epoch 0 is exactly 1.
+same functions at rollout (`get_action`) and at update (`evaluate_actions`).
+
+What that guarantees for the PPO ratio at epoch 0 (tests marked ``parity``, run in CI under
+1 and 2 threads, ``ATEN_CPU_CAPABILITY=avx2`` / ``default`` and ``MKL_ENABLE_INSTRUCTIONS=AVX2``):
+
+* an update that re-scores the stored steps one at a time (``T = 1`` per call, the rollout's
+  shapes) reproduces the rollout's log-probs bit for bit: the same kernels on the same
+  shapes (on CPU the LSTM takes ``torch.lstm``'s grad-mode kernel in both);
+* an update that scores ``T > 1`` steps in one call (the usual case) agrees within fp32
+  rounding, ``|log-prob difference| <= 1e-5``: the matmul library picks its kernel (and
+  blocking) by shape, so ``[B*T, ...]`` products may round differently from ``T`` products
+  of ``[B, ...]`` (about 1e-6 on AVX-512 CPUs with MKL).
 
 Shapes: ``B`` batch, ``T`` time, ``D`` state features, ``N`` slots, ``H`` recurrent width.
 """
