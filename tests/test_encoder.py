@@ -3,6 +3,8 @@ compile, mixed precision, attention maps, checkpointing and input errors."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -330,6 +332,14 @@ def test_dynamic_compile_does_not_recompile_across_slot_counts() -> None:
     assert counter.frame_count == 1
 
 
+# torch 2.13's inductor on CPU gives NaN (ATEN_CPU_CAPABILITY=avx2) or fails to build its C++
+# (ATEN_CPU_CAPABILITY=default) when ATen's vector ISA is forced below the CPU's; reproduced
+# at 6dd4b44, before this code changed. The parity reruns under those settings use no inductor.
+@pytest.mark.xfail(
+    bool(os.environ.get("ATEN_CPU_CAPABILITY")),
+    reason="inductor on CPU is broken under a forced ATEN_CPU_CAPABILITY (torch 2.13)",
+    strict=False,
+)
 @pytest.mark.slow
 def test_compiles_fullgraph_with_the_default_backend() -> None:
     torch._dynamo.reset()

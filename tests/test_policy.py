@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -551,6 +552,14 @@ def test_compile_round_trip_with_eager_backend() -> None:
 
 
 @pytest.mark.slow
+# torch 2.13's inductor on CPU gives NaN (ATEN_CPU_CAPABILITY=avx2) or fails to build its C++
+# (ATEN_CPU_CAPABILITY=default) when ATen's vector ISA is forced below the CPU's; reproduced
+# at 6dd4b44, before this code changed. The parity reruns under those settings use no inductor.
+@pytest.mark.xfail(
+    bool(os.environ.get("ATEN_CPU_CAPABILITY")),
+    reason="inductor on CPU is broken under a forced ATEN_CPU_CAPABILITY (torch 2.13)",
+    strict=False,
+)
 def test_compile_with_default_inductor_backend() -> None:
     bundle = make_bundle("lstm", seed=4)
     features, blueprint, masks = make_inputs(bundle, 4, None, seed=9)
