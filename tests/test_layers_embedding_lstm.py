@@ -202,9 +202,10 @@ def test_hidden_chaining_equals_full_sequence() -> None:
         step_out, hidden = lstm(x[:, t : t + 1], hidden)
         step_outs.append(step_out)
     chained_out = torch.cat(step_outs, dim=1)
-    assert torch.allclose(chained_out, full_out, atol=1e-6, rtol=0)
-    assert torch.allclose(hidden[0], full_h, atol=1e-6, rtol=0)
-    assert torch.allclose(hidden[1], full_c, atol=1e-6, rtol=0)
+    # One call over T steps and T calls of one step round differently (kernels depend on the
+    # shape, and on the ISA: ATEN_CPU_CAPABILITY=default gave 1.04e-6 here): fp32 rounding.
+    for chained, full in ((chained_out, full_out), (hidden[0], full_h), (hidden[1], full_c)):
+        torch.testing.assert_close(chained, full, atol=1e-5, rtol=1e-5)
     # The state matters: starting from zeros gives a different result.
     assert not torch.allclose(lstm(x)[0], full_out, atol=1e-3)
 
