@@ -17,8 +17,10 @@ from slotformer.actions import (
     BlueprintAction,
     HeadSpec,
     Op,
+    PaddedHeads,
     Style,
     Tempo,
+    canonicalize_head,
     canonicalize_masks,
 )
 from slotformer.allocator import DEFAULT_MALLOC_THRESHOLD, configure_malloc
@@ -125,6 +127,7 @@ __all__ = [
     "NetworkConfig",
     "ObservationLayout",
     "Op",
+    "PaddedHeads",
     "PointerHead",
     "PolicyBundle",
     "ResidualLSTM",
@@ -141,6 +144,7 @@ __all__ = [
     "TransformerPolicyBundle",
     "__version__",
     "attention_heatmap_image",
+    "canonicalize_head",
     "canonicalize_masks",
     "capture_attention",
     "check_logits_and_mask",

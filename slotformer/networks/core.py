@@ -622,15 +622,16 @@ class ActorCriticCore(nn.Module, ABC):
         space = ctx.action_space
         op_name = space.op_head
 
-        def decide(name: str, head_log_probs: Tensor) -> Tensor:
-            if given_actions is not None:
-                return given_actions[name]
+        def decide(head_log_probs: Tensor, given: Tensor | None) -> Tensor:
+            """The given actions, else the argmax or a sample of ``head_log_probs``."""
+            if given is not None:
+                return given
             if deterministic:
                 return greedy_actions(head_log_probs)
             return sample_actions(head_log_probs, generator=generator)
 
         op_log_probs = self._op_log_probs(logits, head_masks, floors, ctx)
-        op = decide(op_name, op_log_probs)  # [B, T]
+        op = decide(op_log_probs, None if given_actions is None else given_actions[op_name])
         # With validation off an empty mask row is not an error: it falls back to action 0
         # (masked_log_probs) and is counted in `empty_mask_rows`.
         count_empty = not validation_enabled() and not torch.compiler.is_compiling()
@@ -653,7 +654,9 @@ class ActorCriticCore(nn.Module, ABC):
             label = _head_label(name, for_chosen_op=True, slot_by_op=by_op is not None)
             check_logits_and_mask(logits[name], canonical, name=label)
             head_log_probs = masked_log_probs(logits[name], canonical, floors.get(name))
-            actions[name] = decide(name, head_log_probs)
+            actions[name] = decide(
+                head_log_probs, None if given_actions is None else given_actions[name]
+            )
             # Sampled from head_log_probs or checked by _check_actions: in range either way,
             # so log_prob_of's range check (a host sync per head) would only repeat work.
             log_probs[name] = gather_log_prob(head_log_probs, actions[name])
@@ -682,12 +685,12 @@ class ActorCriticCore(nn.Module, ABC):
                     ],
                     dim=-2,
                 )
-            if given_actions is not None:
-                chosen = torch.stack([given_actions[name] for name in packed.names], dim=-1)
-            elif deterministic:
-                chosen = greedy_actions(packed_log_probs)  # [B, T, K]
-            else:
-                chosen = sample_actions(packed_log_probs, generator=generator)
+            given = (
+                None
+                if given_actions is None
+                else torch.stack([given_actions[name] for name in packed.names], dim=-1)
+            )
+            chosen = decide(packed_log_probs, given)  # [B, T, K]
             packed_lp = gather_log_prob(packed_log_probs, chosen)  # [B, T, K]
             packed_entropy = normalised_entropy(packed_log_probs, canonical)  # [B, T, K]
             for name, a, lp, h in zip(
