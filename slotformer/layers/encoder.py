@@ -271,10 +271,9 @@ class SlotTransformerEncoder(nn.Module):
         attention: list[Tensor] = []
         if return_attention:
             cls_repr, slot_repr = self.encode(features, active, position, attention)
-        elif self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            chunk = max(1, self.checkpoint_chunk_tokens // (N + 1))  # steps per chunk
+        elif self.recomputes():
             cls_repr, slot_repr = checkpoint_in_chunks(
-                self.encode, (features, active), chunk, position
+                self.encode, (features, active), self.chunk_steps(N), position
             )
         else:
             cls_repr, slot_repr = self.encode(features, active, position)
@@ -283,6 +282,14 @@ class SlotTransformerEncoder(nn.Module):
             maps = tuple(w.view(B, T, self.num_heads, N + 1, N + 1) for w in attention)
             return cls_repr, slot_repr, maps
         return cls_repr, slot_repr
+
+    def recomputes(self) -> bool:
+        """Gradient checkpointing is on and this call builds a graph for backward."""
+        return self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+
+    def chunk_steps(self, num_slots: int) -> int:
+        """Steps per recomputed chunk: about ``checkpoint_chunk_tokens`` tokens of N + 1."""
+        return max(1, self.checkpoint_chunk_tokens // (num_slots + 1))
 
     def encode(
         self,

@@ -180,9 +180,9 @@ class SlotTransformerActorCritic(ActorCriticCore):
             cls_repr, slot_repr = self._encode_steps(*steps, position, attention)
             maps = tuple(w.view(B, T, *w.shape[1:]) for w in attention)
             extras = {"attention": maps, "active_mask": active_mask, "ctx": ctx}
-        elif self._recomputes_slot_path():
+        elif self.encoder.recomputes():
             # Lean memory: embedding + encoder recomputed chunk by chunk in backward.
-            chunk = max(1, self.encoder.checkpoint_chunk_tokens // (N + 1))  # steps
+            chunk = self.encoder.chunk_steps(N)
             cls_repr, slot_repr = checkpoint_in_chunks(self._encode_steps, steps, chunk, position)
         else:
             cls_repr, slot_repr = self._encode_steps(*steps, position)
@@ -208,12 +208,6 @@ class SlotTransformerActorCritic(ActorCriticCore):
         slot_inputs = torch.cat([slots, blueprint.to(slots.dtype)], dim=-1)  # [M, N, S+E]
         return self.encoder.encode(slot_inputs, active, position, attention)
 
-    def _recomputes_slot_path(self) -> bool:
-        """The lean-memory setting is on and this call builds a graph for backward."""
-        return (
-            self.encoder.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        )
-
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
         assert trunk.slot_repr is not None
         return self.slot_head(trunk.temporal, trunk.slot_repr.to(trunk.temporal.dtype))
@@ -221,7 +215,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
     def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
         assert trunk.slot_repr is not None
         slot_repr = trunk.slot_repr.detach() if stop_gradient else trunk.slot_repr
-        if self._recomputes_slot_path():
+        if self.encoder.recomputes():
             # Lean memory: the per-slot MLP is recomputed chunk by chunk in backward too, so
             # its [B*T*N, h] activations are never all alive at once.
             B, T, N, D = slot_repr.shape
