@@ -275,14 +275,11 @@ def ppo_loss(result: Any, workload: Workload, clip: float = 0.2) -> Tensor:
     """Clipped PPO surrogate + value losses (``value`` and ``state_value``, so every
     parameter gets a gradient) + masked contribution loss - entropy bonus; a scalar.
 
-    ``result`` is what ``evaluate_actions`` returns: a bundle's `EvalResult` or the
-    network's 6-tuple with ``.state_value``.
+    ``result`` is what ``evaluate_actions`` returns (a bundle and a network alike): an
+    `EvalResult`.
     """
-    if hasattr(result, "log_prob"):  # EvalResult (bundle)
-        log_probs, value, entropy = result.log_prob, result.value, result.entropy
-        contributions = result.pred_contributions
-    else:  # the network's EvaluateActionsResult
-        log_probs, value, entropy, _, contributions, _ = result
+    log_probs, value, entropy = result.log_probs, result.value, result.entropies
+    contributions = result.pred_contributions
     new_log_prob = torch.stack(list(log_probs.values())).sum(0)  # [B, T]
     ratio = (new_log_prob - workload.old_log_prob).exp()
     advantages = workload.advantages
@@ -320,8 +317,8 @@ def build_workload(policy: PolicyBundle, batch: int, time: int, seed: int = 0) -
         )
     # .clone() outside inference mode: stored rollout tensors would otherwise be copied by
     # evaluate_actions on every call (autograd cannot save inference tensors).
-    actions = {k: v.clone().reshape(batch, time) for k, v in result.action.items()}
-    old_log_prob = torch.stack(list(result.log_prob.values())).sum(0).clone().reshape(batch, time)
+    actions = {k: v.clone().reshape(batch, time) for k, v in result.actions.items()}
+    old_log_prob = torch.stack(list(result.log_probs.values())).sum(0).clone().reshape(batch, time)
     active = (blueprint_indices >= 0).float()
     advantages = torch.randn(batch, time, generator=generator)
     zeros = policy.initial_hidden(batch)  # shapes only: a minibatch starts mid-episode

@@ -81,14 +81,14 @@ def evaluate_actions_path() -> dict[str, int]:
     import slotformer
 
     torch.manual_seed(0)
-    policy = slotformer.create_policy("transformer", hidden_dim=32, embed_dim=16, head_hidden=32)
+    policy = slotformer.create_policy("transformer", lstm_hidden_dim=32, embed_dim=16, head_hidden=32)
     head_names = policy.network.action_space.head_names
     B, T, N = 4, 3, policy.slot_config.num_slots
-    features = torch.randn(B, T, policy.feature_dim)
+    features = torch.randn(B, T, policy.state_dim)
     blueprints = torch.full((B, T, N), -1)
     masks: dict[str, Any] = dict.fromkeys(head_names)
     step = policy.get_action(features[:, 0], blueprints[:, 0], masks)
-    actions = {k: v[:, None].expand(B, T).contiguous() for k, v in step.action.items()}
+    actions = {k: v[:, None].expand(B, T).contiguous() for k, v in step.actions.items()}
     policy.evaluate_actions(features, blueprints, actions, masks)  # warm-up (caches)
 
     root = str(PACKAGE)

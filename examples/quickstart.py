@@ -28,7 +28,7 @@ masks = {name: None for name in policy.network.action_space.head_names}
 masks["op"] = torch.tensor([True, True, False, True, False, False]).expand(B, 6)
 hidden = policy.initial_hidden(B)
 step = policy.get_action(obs, blueprint_indices, masks, hidden)
-print("actions:", {k: v.tolist()[:4] for k, v in step.action.items()})
+print("actions:", {k: v.tolist()[:4] for k, v in step.actions.items()})
 print("values:", step.value.shape, "hidden:", step.hidden[0].shape)
 
 # A rollout of T steps stores observations, masks and actions; the update re-scores them
@@ -39,8 +39,8 @@ rollout_hidden, stored, stored_log_prob = hidden, [], []
 for t in range(T):
     result = policy.get_action(states[:, t], bp_seq[:, t], masks, rollout_hidden)
     rollout_hidden = result.hidden
-    stored.append(result.action)
-    stored_log_prob.append(sum(result.log_prob.values()))  # joint log-prob over heads
+    stored.append(result.actions)
+    stored_log_prob.append(sum(result.log_probs.values()))  # joint log-prob over heads
 actions = {k: torch.stack([a[k] for a in stored], dim=1) for k in stored[0]}  # [B, T]
 old_log_prob = torch.stack(stored_log_prob, dim=1)  # [B, T]
 seq_masks = dict(masks)  # [B, n] masks apply to every step
@@ -48,11 +48,11 @@ advantages, returns = torch.randn(B, T), torch.randn(B, T)
 
 optimizer = torch.optim.Adam(policy.network.parameters(), lr=3e-4)
 new = policy.evaluate_actions(states, bp_seq, actions, seq_masks, hidden)
-ratio = (sum(new.log_prob.values()) - old_log_prob).exp()  # 1 up to fp32 rounding before the step
+ratio = (sum(new.log_probs.values()) - old_log_prob).exp()  # 1 up to fp32 rounding before the step
 policy_loss = -torch.min(ratio * advantages, ratio.clamp(0.8, 1.2) * advantages).mean()
 value_loss = (new.value - returns).pow(2).mean() + (new.state_value - returns).pow(2).mean()
 aux_loss = new.pred_contributions.pow(2).mean()  # stand-in for real contribution targets
-entropy = torch.stack(list(new.entropy.values())).sum(0).mean()
+entropy = torch.stack(list(new.entropies.values())).sum(0).mean()
 loss = policy_loss + 0.5 * value_loss + 0.1 * aux_loss - 0.01 * entropy
 optimizer.zero_grad()
 loss.backward()
@@ -66,4 +66,4 @@ with tempfile.TemporaryDirectory() as folder:
     restored = load_checkpoint(path)
     a = policy.evaluate_actions(states, bp_seq, actions, seq_masks, hidden)
     b = restored.evaluate_actions(states, bp_seq, actions, seq_masks, hidden)
-    print("reloaded identical:", all(torch.equal(a.log_prob[k], b.log_prob[k]) for k in a.log_prob))
+    print("reloaded identical:", all(torch.equal(a.log_probs[k], b.log_probs[k]) for k in a.log_probs))

@@ -111,7 +111,7 @@ def policy_fn(policy: PolicyBundle, num_envs: int, deterministic: bool):  # type
             step.obs, step.blueprint_indices, masks_of(step), state["hidden"], deterministic
         )
         state["hidden"], state["t"] = result.hidden, state["t"] + 1
-        return torch.stack([result.action[h] for h in HEAD_NAMES], dim=-1)
+        return torch.stack([result.actions[h] for h in HEAD_NAMES], dim=-1)
 
     return act
 
@@ -136,7 +136,7 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
              if args.policy == "transformer" else {})
     policy = create_policy(
         args.policy, state_dim=23 + 31 * N, slot_config=slot_config,
-        hidden_dim=args.hidden_dim, value_baseline="v", **extra,
+        lstm_hidden_dim=args.hidden_dim, value_baseline="v", **extra,
     )
     optimizer = torch.optim.Adam(policy.network.parameters(), lr=args.learning_rate, eps=1e-5)
     writer = None
@@ -171,11 +171,11 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
             for name, mask in masks.items():
                 buf_masks.setdefault(name, []).append(mask)
             for name in HEAD_NAMES:
-                buf_actions[name].append(result.action[name].clone())
-            buf["logp"].append(sum(result.log_prob.values()).clone())
+                buf_actions[name].append(result.actions[name].clone())
+            buf["logp"].append(sum(result.log_probs.values()).clone())
             buf["value"].append(result.value.clone())
             hidden = (result.hidden[0].clone(), result.hidden[1].clone())
-            step = env.step({h: result.action[h] for h in HEAD_NAMES})
+            step = env.step({h: result.actions[h] for h in HEAD_NAMES})
             buf["reward"].append(step.reward)
             buf["done"].append(step.done)
             hidden = reset_done(hidden, step.done)
@@ -215,7 +215,7 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
                     {k: v[mb] for k, v in masks_t.items()}, mb_hidden,
                     probability_floor=floor,
                 )
-                new_logp = sum(ev.log_prob.values())  # [mb, T]
+                new_logp = sum(ev.log_probs.values())  # [mb, T]
                 ratio = (new_logp - old_logp[mb]).exp()
                 adv = advantages[mb]
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -226,7 +226,7 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
                 q_loss = 0.5 * (ev.q_value - returns[mb]).pow(2).mean()
                 mb_active = active[mb].float()
                 aux_loss = ((ev.pred_contributions - contrib_target[mb]).pow(2) * mb_active).sum() / mb_active.sum().clamp(min=1)
-                entropy = torch.stack(list(ev.entropy.values())).sum(0).mean()
+                entropy = torch.stack(list(ev.entropies.values())).sum(0).mean()
                 loss = (pg_loss + args.vf_coef * v_loss + args.q_coef * q_loss
                         + args.aux_coef * aux_loss - args.ent_coef * entropy)
                 optimizer.zero_grad(set_to_none=True)

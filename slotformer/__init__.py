@@ -54,11 +54,16 @@ from slotformer.layers import (
     SlotTransformerEncoder,
 )
 from slotformer.networks import (
+    ActorCriticConfig,
     ActorCriticCore,
     EvaluateActionsResult,
     FactoredRecurrentActorCritic,
     GetActionResult,
+    LSTMConfig,
+    PolicyInputs,
     SlotTransformerActorCritic,
+    TransformerConfig,
+    read_inputs,
 )
 from slotformer.policy import (
     COMPILE_MODES,
@@ -87,7 +92,7 @@ from slotformer.telemetry import (
     compute_attention_stats,
     policy_diagnostics,
 )
-from slotformer.validation import set_validation, validation, validation_enabled
+from slotformer.validation import expect, set_validation, validation, validation_enabled
 from slotformer.viz import attention_heatmap_image, network_badge, render_attention_heatmap
 
 __version__ = "0.1.0.dev0"
@@ -107,6 +112,7 @@ __all__ = [
     "ActionResult",
     "ActionSpace",
     "ActorCriticBundle",
+    "ActorCriticConfig",
     "ActorCriticCore",
     "AlphaCurve",
     "AlphaSpeed",
@@ -122,6 +128,7 @@ __all__ = [
     "GetActionResult",
     "HeadSpec",
     "InvalidStateMachineError",
+    "LSTMConfig",
     "LSTMPolicyBundle",
     "MaskedCategorical",
     "NetworkConfig",
@@ -130,6 +137,7 @@ __all__ = [
     "PaddedHeads",
     "PointerHead",
     "PolicyBundle",
+    "PolicyInputs",
     "ResidualLSTM",
     "SlotAttentionBlock",
     "SlotConfig",
@@ -141,6 +149,7 @@ __all__ = [
     "TelemetryHookHandle",
     "TelemetryHooks",
     "Tempo",
+    "TransformerConfig",
     "TransformerPolicyBundle",
     "__version__",
     "attention_heatmap_image",
@@ -151,6 +160,7 @@ __all__ = [
     "compute_attention_stats",
     "configure_malloc",
     "create_policy",
+    "expect",
     "gather_log_prob",
     "get_policy",
     "get_policy_class",
@@ -164,6 +174,7 @@ __all__ = [
     "normalised_entropy",
     "policy_diagnostics",
     "read_checkpoint",
+    "read_inputs",
     "register_policy",
     "render_attention_heatmap",
     "sample_actions",

@@ -15,6 +15,7 @@ intact and no partial file behind.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import secrets
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
+from slotformer.networks.core import legacy_config_names
 from slotformer.policy.bundles import ActorCriticBundle
 from slotformer.policy.protocol import PolicyBundle
 from slotformer.policy.registry import get_policy_class, list_policies
@@ -60,23 +62,25 @@ def save_checkpoint(
         The checkpoint's path.
 
     Raises:
-        TypeError: ``policy`` does not expose a ``config`` dict (not a slotformer bundle).
+        TypeError: ``policy`` exposes no ``config`` dataclass or dict (not a slotformer bundle).
         ValueError: ``extra`` holds something other than plain data and tensors.
 
     Example:
         >>> import tempfile, pathlib
         >>> from slotformer.policy import create_policy
-        >>> policy = create_policy("lstm", hidden_dim=16, trunk_dim=16)
+        >>> policy = create_policy("lstm", lstm_hidden_dim=16)
         >>> with tempfile.TemporaryDirectory() as tmp_dir:
         ...     path = save_checkpoint(pathlib.Path(tmp_dir) / "policy.pt", policy, extra={"step": 10})
         ...     load_checkpoint(path).network_type
         'lstm'
     """
     config = getattr(policy, "config", None)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
     if not isinstance(config, dict):
         raise TypeError(
-            f"save_checkpoint needs a slotformer bundle exposing .config, got "
-            f"{type(policy).__name__}"
+            f"save_checkpoint needs a slotformer bundle exposing .config (a config dataclass "
+            f"or a dict), got {type(policy).__name__}"
         )
     extra_data: dict[str, Any] = dict(extra) if extra is not None else {}
     _check_plain_data(extra_data, "extra")
@@ -212,7 +216,9 @@ def load_checkpoint(
         )
     cls = get_policy_class(stored_type)
     saved_slots = SlotConfig(tuple(payload["slot_ids"]))
-    config = _with_legacy_defaults(stored_type, dict(payload["config"]))
+    config_class = getattr(cls, "config_class", None)
+    config = _with_legacy_defaults(stored_type, dict(payload["config"]), config_class)
+    width_key = "state_dim" if config_class is not None else "feature_dim"
     if slot_config is not None and slot_config != saved_slots:
         if not getattr(cls, "runs_on_any_grid", False):
             raise CheckpointError(
@@ -221,11 +227,14 @@ def load_checkpoint(
                 f"weights are sized by its slots, so it loads only onto the saved slot ids "
                 f"(only a 'transformer' policy loads onto another grid)"
             )
-        config["feature_dim"] = _feature_dim_for_grid(config, saved_slots, slot_config, source)
+        config[width_key] = _width_for_grid(config, width_key, saved_slots, slot_config, source)
     target_slots = slot_config if slot_config is not None else saved_slots
 
     try:
-        policy: PolicyBundle = cls(slot_config=target_slots, **config)
+        if config_class is not None:  # slotformer's bundles: they hold a config dataclass
+            policy: PolicyBundle = cls(slot_config=target_slots, config=config_class(**config))
+        else:  # a bundle registered by a user: its stored constructor arguments
+            policy = cls(slot_config=target_slots, **config)
     except (TypeError, ValueError) as error:
         raise CheckpointError(
             f"{str(source)!r}: its stored config {config} does not build a {stored_type!r} "
@@ -253,28 +262,35 @@ def load_checkpoint(
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _with_legacy_defaults(policy_type: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Fill in constructor arguments that a checkpoint written by an older slotformer
-    predates with the values that build *its* architecture, not today's defaults.
+def _with_legacy_defaults(
+    policy_type: str, config: dict[str, Any], config_class: type | None
+) -> dict[str, Any]:
+    """A stored config as today's config fields, building *its* architecture (not today's
+    defaults) when an older slotformer wrote it.
 
+    Checkpoints of slotformer 0.1 stored the bundles' constructor arguments (``feature_dim``
+    for the observation width, ``hidden_dim``, ``trunk_dim``): renamed to the config fields.
     Checkpoints saved before the contribution options existed hold a contribution
     predictor ``head_hidden`` wide with ``Dropout(0.1)``; the defaults are now 64 and 0.0.
     """
+    if config_class is not None and "hidden_dim" in config:  # written by slotformer 0.1
+        renames = legacy_config_names(config_class)
+        config = {renames.get(key, key): value for key, value in config.items()}
     if policy_type == "transformer" and "contribution_hidden" not in config:
         config["contribution_hidden"] = config.get("head_hidden", 256)
         config.setdefault("contribution_dropout", 0.1)
     return config
 
 
-def _feature_dim_for_grid(
-    config: Mapping[str, Any], saved: SlotConfig, target: SlotConfig, source: Path
+def _width_for_grid(
+    config: Mapping[str, Any], key: str, saved: SlotConfig, target: SlotConfig, source: Path
 ) -> int:
     """The observation width on ``target``: same base block and per-slot width as saved."""
     base_dim = int(config.get("base_dim", DEFAULT_BASE_DIM))
-    slot_total = int(config["feature_dim"]) - base_dim
+    slot_total = int(config[key]) - base_dim
     if slot_total % saved.num_slots:
         raise CheckpointError(
-            f"{str(source)!r}: stored feature_dim={config['feature_dim']} does not split into "
+            f"{str(source)!r}: stored {key}={config[key]} does not split into "
             f"base_dim={base_dim} plus {saved.num_slots} equal slot blocks"
         )
     return base_dim + target.num_slots * (slot_total // saved.num_slots)

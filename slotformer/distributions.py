@@ -91,8 +91,9 @@ def _check_metadata(logits: Tensor, mask: Tensor | None, name: str) -> None:
         )
 
 
-def _check_values(logits: Tensor, mask: Tensor | None, name: str) -> None:
-    """NaN/inf and empty-row checks; one host sync for all three counts."""
+def check_logit_values(logits: Tensor, mask: Tensor | None, name: str) -> None:
+    """The value checks of `check_logits_and_mask` alone (NaN/inf, rows with no valid
+    action; one host sync for all three counts), for callers whose metadata is checked."""
     nan_count_t = torch.isnan(logits).sum()
     inf_count_t = torch.isinf(logits).sum()
     if mask is None:
@@ -133,7 +134,7 @@ def check_logits_and_mask(logits: Tensor, mask: Tensor | None, name: str = "logi
     """
     _check_metadata(logits, mask, name)
     if validation_enabled():
-        _check_values(logits, mask, name)
+        check_logit_values(logits, mask, name)
 
 
 def _check_min_prob(min_prob: float | None) -> float:
@@ -386,7 +387,7 @@ class MaskedCategorical:
     ) -> None:
         _check_metadata(logits, mask, "logits")
         if type(self).validate and validation_enabled():
-            _check_values(logits, mask, "logits")
+            check_logit_values(logits, mask, "logits")
         self.logits = logits  # [..., n] original dtype
         self.mask = mask  # [..., n] bool or None
         self.min_prob = min_prob

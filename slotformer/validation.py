@@ -18,7 +18,7 @@ concurrent task. `set_validation` sets the default that every context without it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -66,6 +66,50 @@ def validation(enabled: bool) -> Iterator[None]:
 def describe_shape(tensor: torch.Tensor) -> str:
     """``tuple(tensor.shape)`` as text, for error messages."""
     return str(tuple(tensor.shape))
+
+
+def expect(
+    name: str,
+    value: object,
+    *,
+    dtype: torch.dtype | None = None,
+    floating: bool = False,
+    device: torch.device | None = None,
+    shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    hint: str = "",
+) -> torch.Tensor:
+    """State what ``value`` must be; raise ``ValueError`` naming ``name`` if it is not.
+
+    The one way the package checks a tensor argument: its type, then ``dtype`` (or any
+    floating dtype with ``floating``), ``device`` and ``shape`` (one shape, or several
+    accepted ones), in that order. Metadata only: no host sync. The message names the
+    argument, what it got and what was expected, followed by ``hint`` (e.g. which head a
+    mask belongs to).
+
+    Example:
+        >>> expect("op_mask", torch.ones(2, 6, dtype=torch.bool), dtype=torch.bool, shape=(2, 6)).shape
+        torch.Size([2, 6])
+        >>> expect("op_mask", torch.ones(2, 5, dtype=torch.bool), shape=[(2, 3, 6), (2, 6)])
+        Traceback (most recent call last):
+        ...
+        ValueError: op_mask has shape (2, 5), expected (2, 3, 6) or (2, 6)
+    """
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}{hint}")
+    if dtype is not None and value.dtype != dtype:
+        raise ValueError(f"{name} has dtype {value.dtype}, expected {dtype}{hint}")
+    if floating and not value.is_floating_point():
+        raise ValueError(f"{name} has dtype {value.dtype}, expected a floating dtype{hint}")
+    if device is not None and value.device != device:
+        raise ValueError(f"{name} is on device {value.device}, expected {device}{hint}")
+    if shape is not None:
+        # Several shapes are a sequence of tuples (sizes may be SymInts under compile).
+        one = len(shape) == 0 or not isinstance(shape[0], tuple | list)
+        shapes = [tuple(shape)] if one else [tuple(s) for s in shape]  # type: ignore[arg-type]
+        if tuple(value.shape) not in shapes:
+            expected = " or ".join(str(s) for s in shapes)
+            raise ValueError(f"{name} has shape {describe_shape(value)}, expected {expected}{hint}")
+    return value
 
 
 def check_positive_int(name: str, value: Any) -> int:

@@ -229,7 +229,7 @@ def test_cpu_peak_is_the_running_sum_of_allocator_events() -> None:
 
 def test_workload_actions_are_valid_under_their_masks() -> None:
     # Small widths: the masks and actions do not depend on them, and building is fast.
-    policy = create_policy("transformer", hidden_dim=16, embed_dim=16, head_hidden=16)
+    policy = create_policy("transformer", lstm_hidden_dim=16, embed_dim=16, head_hidden=16)
     workload = build_workload(policy, batch=2, time=3)
     active = workload.blueprint_indices >= 0
     assert workload.active.bool().equal(active)
@@ -237,7 +237,7 @@ def test_workload_actions_are_valid_under_their_masks() -> None:
     assert slot_by_op[..., 1, :].equal(~active)  # GERMINATE: empty slots only
     # evaluate_actions rejects actions its canonicalised masks forbid (validation is on).
     result = workload.evaluate()
-    for log_prob in result.log_prob.values():
+    for log_prob in result.log_probs.values():
         assert torch.isfinite(log_prob).all()
     assert workload.loss().dim() == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ from slotformer.policy import LSTMPolicyBundle, PolicyBundle, TransformerPolicyB
 
 # The same small configs as tests/test_policy.py, so compiled graphs are shared.
 SMALL: dict[str, dict[str, Any]] = {
-    "lstm": {"hidden_dim": 16, "trunk_dim": 16},
+    "lstm": {"lstm_hidden_dim": 16, "trunk_dim": 16},
     "transformer": {
-        "hidden_dim": 16, "embed_dim": 16, "head_hidden": 16,
+        "lstm_hidden_dim": 16, "embed_dim": 16, "head_hidden": 16,
         "transformer_heads": 2, "transformer_layers": 1,
     },
 }
@@ -41,7 +42,7 @@ def make_inputs(
 ) -> tuple[Tensor, Tensor, dict[str, Tensor | None]]:
     g = torch.Generator().manual_seed(seed)
     N = bundle.slot_config.num_slots
-    features = torch.randn(batch, bundle.feature_dim, generator=g, dtype=bundle.dtype)
+    features = torch.randn(batch, bundle.state_dim, generator=g, dtype=bundle.dtype)
     blueprint = torch.randint(-1, 13, (batch, N), generator=g)
     masks: dict[str, Tensor | None] = {}
     for name, n in bundle.network.action_space.sizes.items():
@@ -55,9 +56,9 @@ def outputs(bundle: PolicyBundle, seed: int = 0) -> dict[str, Tensor]:
     """Deterministic outputs of every path: greedy actions, their re-scoring, V(s)."""
     features, blueprint, masks = make_inputs(bundle, seed=seed)
     action = bundle.get_action(features, blueprint, masks, deterministic=True)
-    evaluated = bundle.evaluate_actions(features, blueprint, action.action, masks)
-    out = {f"action.{k}": v for k, v in action.action.items()}
-    out.update({f"log_prob.{k}": v.detach() for k, v in evaluated.log_prob.items()})
+    evaluated = bundle.evaluate_actions(features, blueprint, action.actions, masks)
+    out = {f"action.{k}": v for k, v in action.actions.items()}
+    out.update({f"log_prob.{k}": v.detach() for k, v in evaluated.log_probs.items()})
     out["value"] = evaluated.value.detach()
     out["value_rollout"] = action.value
     assert evaluated.state_value is not None
@@ -122,17 +123,17 @@ def test_round_trip_keeps_dtype_and_honours_map_location(tmp_path: Path) -> None
 
 
 def test_transformer_loads_onto_another_grid_on_purpose(tmp_path: Path) -> None:
-    policy = make_bundle("transformer", seed=4, feature_dim=23 + 39 * 3)  # older 39-wide slots
+    policy = make_bundle("transformer", seed=4, state_dim=23 + 39 * 3)  # older 39-wide slots
     path = save_checkpoint(tmp_path / "grid.pt", policy)
     grid = SlotConfig.for_grid(2, 3)
     loaded = load_checkpoint(path, slot_config=grid)
     assert isinstance(loaded, TransformerPolicyBundle)
-    assert loaded.slot_config == grid and loaded.feature_dim == 23 + 39 * 6
+    assert loaded.slot_config == grid and loaded.state_dim == 23 + 39 * 6
     for name, tensor in policy.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     features, blueprint, masks = make_inputs(loaded)
     result = loaded.get_action(features, blueprint, masks)
-    assert result.action["slot"].max() < 6 and torch.isfinite(result.value).all()
+    assert result.actions["slot"].max() < 6 and torch.isfinite(result.value).all()
 
 
 def test_lstm_loads_with_its_own_slot_config(tmp_path: Path) -> None:
@@ -302,7 +303,7 @@ def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path: Path) -
         "import sys, torch\n"
         "from slotformer import create_policy, save_checkpoint\n"
         "torch.manual_seed(2)\n"
-        "policy = create_policy('lstm', hidden_dim=16, trunk_dim=16)\n"
+        "policy = create_policy('lstm', lstm_hidden_dim=16, trunk_dim=16)\n"
         "big = {'ballast': torch.zeros(30_000_000)}  # ~120 MB: a slow write\n"
         "print('ready', flush=True)\n"
         "while True:\n"
@@ -350,8 +351,22 @@ def test_the_scale_options_round_trip_through_a_checkpoint(tmp_path: Path) -> No
     save_checkpoint(tmp_path / "p.pt", policy)
     loaded = load_checkpoint(tmp_path / "p.pt")
     for key in ("contribution_hidden", "contribution_dropout", "transformer_ff_mult"):
-        assert loaded.config[key] == policy.config[key], key  # type: ignore[attr-defined]
+        assert getattr(loaded.config, key) == getattr(policy.config, key), key
     for key, value in outputs(policy.eval()).items():
+        assert torch.equal(outputs(loaded.eval())[key], value), key
+
+
+def test_a_0_1_lstm_checkpoint_config_loads(tmp_path: Path) -> None:
+    old = make_bundle("lstm")
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, old)
+    payload = torch.load(path, weights_only=True)
+    config = payload["config"]
+    config["feature_dim"], config["hidden_dim"] = config.pop("state_dim"), config.pop("lstm_hidden_dim")
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)
+    assert loaded.config == old.config  # type: ignore[attr-defined]
+    for key, value in outputs(old.eval()).items():
         assert torch.equal(outputs(loaded.eval())[key], value), key
 
 
@@ -366,9 +381,15 @@ def test_a_checkpoint_from_before_the_contribution_options_loads_its_architectur
     save_checkpoint(path, old)
     payload = torch.load(path, weights_only=True)
     del payload["config"]["contribution_hidden"], payload["config"]["contribution_dropout"]
+    # and with slotformer 0.1's names for the observation and LSTM widths
+    config = payload["config"]
+    config["feature_dim"], config["hidden_dim"] = config.pop("state_dim"), config.pop("lstm_hidden_dim")
     torch.save(payload, path)
-    loaded = load_checkpoint(path)
-    assert loaded.config["contribution_hidden"] == 16  # type: ignore[attr-defined]
-    assert loaded.config["contribution_dropout"] == 0.1  # type: ignore[attr-defined]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a stored 0.1 config loads without a warning
+        loaded = load_checkpoint(path)
+    assert loaded.config.contribution_hidden == 16  # type: ignore[attr-defined]
+    assert loaded.config.contribution_dropout == 0.1  # type: ignore[attr-defined]
+    assert loaded.config == old.config  # type: ignore[attr-defined]
     for key, value in outputs(old.eval()).items():
         assert torch.equal(outputs(loaded.eval())[key], value), key

@@ -75,7 +75,7 @@ class PPOLossModule(nn.Module):
         policy_loss = -torch.min(
             ratio * advantages, ratio.clamp(1 - CLIP, 1 + CLIP) * advantages
         ).mean()
-        entropy = sum(e.mean() for e in out.entropy.values())
+        entropy = sum(e.mean() for e in out.entropies.values())
         loss = policy_loss - 0.01 * entropy + 0.5 * (out.value - batch["returns"]).pow(2).mean()
         if self.state_value_coef:
             loss = loss + self.state_value_coef * (out.state_value - batch["returns"]).pow(2).mean()

@@ -139,7 +139,7 @@ def ppo_loss(result: EvaluateActionsResult, seed: int = 0) -> Tensor:
     log_prob = torch.stack(list(result.log_probs.values())).sum(0)  # [B, T]
     ratio = torch.exp(log_prob - log_prob.detach())
     policy = -(ratio * advantage).mean()
-    entropy = torch.stack(list(result.entropy.values())).mean()
+    entropy = torch.stack(list(result.entropies.values())).mean()
     value = (result.value - returns).pow(2).mean()
     q_value = (result.q_value - returns).pow(2).mean()
     state_value = (result.state_value - returns).pow(2).mean()
@@ -264,7 +264,7 @@ def test_forced_wait_gives_canonical_actions_and_zero_log_prob(kind: str) -> Non
         evaluated = net.evaluate_actions(state[:, None], bp[:, None], result.actions, **masks)
         for name in HEAD_NAMES:
             assert bool((evaluated.log_probs[name] == 0.0).all()), name
-            assert bool((evaluated.entropy[name] == 0.0).all()), name
+            assert bool((evaluated.entropies[name] == 0.0).all()), name
 
 
 @pytest.mark.parametrize("kind", NETWORKS)
@@ -424,7 +424,7 @@ def test_log_probs_and_entropies_are_each_heads_own_distribution(
         expected = log_probs.gather(-1, actions[name][..., None])[..., 0]
         torch.testing.assert_close(evaluated.log_probs[name], expected, rtol=0, atol=2e-6)
         entropy = normalised_entropy(log_probs, canonical[name])
-        torch.testing.assert_close(evaluated.entropy[name], entropy, rtol=0, atol=2e-6)
+        torch.testing.assert_close(evaluated.entropies[name], entropy, rtol=0, atol=2e-6)
 
 
 # --------------------------------------------------------------------------- rollout == update
@@ -460,7 +460,7 @@ def test_get_action_log_probs_equal_evaluate_actions(
     )
     for name in HEAD_NAMES:
         assert torch.equal(evaluated.log_probs[name][:, 0], result.log_probs[name]), name
-        assert torch.equal(evaluated.entropy[name][:, 0], result.head_entropies[name]), name
+        assert torch.equal(evaluated.entropies[name][:, 0], result.head_entropies[name]), name
     assert torch.equal(evaluated.value[:, 0], result.values)
     ppo_loss(evaluated).backward()  # inference-mode inputs did not poison the graph
 
@@ -512,7 +512,7 @@ def test_evaluate_actions_is_deterministic_in_train_mode(kind: str) -> None:
     second = net.evaluate_actions(state, bp, actions)
     for name in HEAD_NAMES:
         assert torch.equal(first.log_probs[name], second.log_probs[name]), name
-        assert torch.equal(first.entropy[name], second.entropy[name]), name
+        assert torch.equal(first.entropies[name], second.entropies[name]), name
     assert torch.equal(first.value, second.value)
     assert torch.equal(first.q_value, second.q_value)
     assert torch.equal(first.state_value, second.state_value)
@@ -611,7 +611,7 @@ def test_transformer_feed_forward_width_is_an_option() -> None:
     assert [block.ff_in.out_features for block in net.encoder.blocks] == [32, 32]
     default = SlotTransformerActorCritic(116, embed_dim=16, lstm_hidden_dim=16)
     assert [block.ff_in.out_features for block in default.encoder.blocks] == [64, 64]
-    with pytest.raises(ValueError, match="ff_mult must be >= 1, got ff_mult=0"):
+    with pytest.raises(ValueError, match="transformer_ff_mult must be a positive int, got 0"):
         SlotTransformerActorCritic(116, transformer_ff_mult=0)
 
 

@@ -6,7 +6,9 @@ import dataclasses
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -15,14 +17,17 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from slotformer.config import SlotConfig
+from slotformer.networks import FactoredRecurrentActorCritic, SlotTransformerActorCritic
 from slotformer.policy import (
     COMPILE_MODES,
     ActionResult,
     EvalResult,
     ForwardResult,
+    LSTMConfig,
     LSTMPolicyBundle,
     NetworkConfig,
     PolicyBundle,
+    TransformerConfig,
     TransformerPolicyBundle,
     create_policy,
     get_policy,
@@ -35,9 +40,9 @@ from slotformer.policy import registry as registry_module
 # Small sizes for speed. Every compiled test uses these exact configs, so dynamo's cache
 # (keyed by code and guards, not by module instance) is shared between tests.
 SMALL = {
-    "lstm": {"hidden_dim": 16, "trunk_dim": 16},
+    "lstm": {"lstm_hidden_dim": 16, "trunk_dim": 16},
     "transformer": {
-        "hidden_dim": 16, "embed_dim": 16, "head_hidden": 16,
+        "lstm_hidden_dim": 16, "embed_dim": 16, "head_hidden": 16,
         "transformer_heads": 2, "transformer_layers": 1,
     },
 }
@@ -46,7 +51,7 @@ ISSUE_MEMBERS = {
     "get_action", "forward", "evaluate_actions", "get_q_values", "sync_from", "get_value",
     "initial_hidden", "state_dict", "load_state_dict", "to", "enable_gradient_checkpointing",
     "compile", "device", "dtype", "is_recurrent", "supports_off_policy", "slot_config",
-    "feature_dim", "hidden_dim", "network", "is_compiled", "network_type",
+    "state_dim", "lstm_hidden_dim", "network", "is_compiled", "network_type",
 }
 
 
@@ -62,7 +67,7 @@ def make_inputs(
     g = torch.Generator().manual_seed(seed)
     lead = (batch,) if time is None else (batch, time)
     N = bundle.slot_config.num_slots
-    features = torch.randn(*lead, bundle.feature_dim, generator=g)
+    features = torch.randn(*lead, bundle.state_dim, generator=g)
     blueprint = torch.randint(-1, 13, (*lead, N), generator=g)
     masks: dict[str, Tensor | None] = {}
     for name, n in bundle.network.action_space.sizes.items():
@@ -89,23 +94,45 @@ def kind(request: pytest.FixtureRequest) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def test_result_types_are_frozen_slotted_dataclasses_with_issue_field_order() -> None:
+def test_result_types_are_frozen_dataclasses_with_one_vocabulary() -> None:
     expected = {
-        ActionResult: ["action", "log_prob", "value", "hidden", "op_logits", "head_entropies"],
-        EvalResult: ["log_prob", "value", "entropy", "hidden", "pred_contributions", "q_value",
-                     "state_value"],
+        ActionResult: ["actions", "log_probs", "value", "hidden", "op_logits", "entropies",
+                       "sampled_op"],
+        EvalResult: ["log_probs", "value", "entropies", "hidden", "pred_contributions",
+                     "q_value", "state_value"],
         ForwardResult: ["logits", "value", "hidden"],
     }
     for cls, names in expected.items():
         assert [f.name for f in dataclasses.fields(cls)] == names
-        assert "__slots__" in vars(cls)
-    result = ForwardResult({}, torch.zeros(1), None)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        result.value = torch.ones(1)  # type: ignore[misc]
+    for cls in expected:
+        result = cls({}, torch.zeros(1), {}) if cls is ForwardResult else cls({}, {}, torch.zeros(1), None)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            result.value = torch.ones(1)  # type: ignore[misc]
     action = ActionResult({}, {}, torch.zeros(1), None)
-    assert action.op_logits is None and action.head_entropies is None
+    assert action.op_logits is None and action.entropies is None and action.head_entropies is None
     evaluated = EvalResult({}, torch.zeros(1), {}, None)
     assert evaluated.pred_contributions is None and evaluated.state_value is None
+    assert len(evaluated.to_tuple()) == 6 and evaluated.to_tuple()[1] is evaluated.value
+
+
+def test_renamed_result_fields_warn_and_still_read() -> None:
+    action = ActionResult({"op": torch.zeros(1)}, {"op": torch.ones(1)}, torch.zeros(1), None)
+    with pytest.warns(DeprecationWarning, match=r"ActionResult\.action is deprecated.*actions"):
+        assert action.action is action.actions
+    with pytest.warns(DeprecationWarning, match=r"ActionResult\.log_prob is deprecated"):
+        assert action.log_prob is action.log_probs
+    with pytest.warns(DeprecationWarning, match=r"ActionResult\(action=\.\.\.\) is deprecated"):
+        old = ActionResult(action={"op": torch.zeros(1)}, log_probs={}, value=torch.zeros(1), hidden=None)
+    assert set(old.actions) == {"op"}
+    evaluated = EvalResult({}, torch.zeros(1), {"op": torch.ones(1)}, None)
+    with pytest.warns(DeprecationWarning, match=r"EvalResult\.entropy is deprecated.*entropies"):
+        assert evaluated.entropy is evaluated.entropies
+    with pytest.warns(DeprecationWarning, match=r"EvalResult\.log_prob is deprecated"):
+        assert evaluated.log_prob is evaluated.log_probs
+    # The reference network's names are the contract: they read without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert action.values is action.value and action.head_entropies is action.entropies
 
 
 def test_protocol_members_are_exactly_the_issue_list() -> None:
@@ -119,24 +146,56 @@ def test_both_bundles_conform_to_the_protocol(kind: str) -> None:
     assert bundle.is_recurrent and not bundle.supports_off_policy
     assert bundle.device == torch.device("cpu") and bundle.dtype == torch.float32
     assert bundle.slot_config == SlotConfig.default()
-    assert bundle.feature_dim == 23 + 31 * 3
-    assert bundle.hidden_dim == 16
+    assert bundle.state_dim == 23 + 31 * 3
+    assert bundle.lstm_hidden_dim == 16
     assert not bundle.is_compiled
     assert isinstance(bundle.network, torch.nn.Module)
 
 
 def test_bundle_constructor_defaults_match_the_contract() -> None:
-    lstm = LSTMPolicyBundle(slot_config=SlotConfig.for_grid(2, 2), hidden_dim=8, trunk_dim=8)
-    assert lstm.feature_dim == 23 + 31 * 4
-    assert lstm.network.feature_dim == 8  # trunk_dim is the network's feature layer width
-    defaults = {
-        name: p.default for name, p in inspect.signature(TransformerPolicyBundle).parameters.items()
-    }
-    assert (defaults["hidden_dim"], defaults["embed_dim"], defaults["transformer_layers"],
-            defaults["transformer_heads"], defaults["value_baseline"]) == (128, 64, 2, 4, "q")
-    lstm_defaults = inspect.signature(LSTMPolicyBundle).parameters
-    assert lstm_defaults["hidden_dim"].default == lstm_defaults["trunk_dim"].default == 512
-    assert set(lstm.config) | {"slot_config"} == set(lstm_defaults)
+    lstm = LSTMPolicyBundle(
+        slot_config=SlotConfig.for_grid(2, 2), config=LSTMConfig(lstm_hidden_dim=8, trunk_dim=8)
+    )
+    assert lstm.state_dim == 23 + 31 * 4
+    assert lstm.network.feature_dim == 8  # the network's feature layer width
+    defaults = TransformerConfig()
+    assert (defaults.lstm_hidden_dim, defaults.embed_dim, defaults.transformer_layers,
+            defaults.transformer_heads, defaults.value_baseline) == (128, 64, 2, 4, "q")
+    assert LSTMConfig().lstm_hidden_dim == LSTMConfig().trunk_dim == 512
+    assert {f.name for f in dataclasses.fields(lstm.config)} <= set(LSTMPolicyBundle.accepted_arguments())
+    assert lstm.config == LSTMConfig(state_dim=23 + 31 * 4, lstm_hidden_dim=8, trunk_dim=8)
+
+
+@pytest.mark.parametrize(
+    ("network", "config_class"),
+    [(FactoredRecurrentActorCritic, LSTMConfig), (SlotTransformerActorCritic, TransformerConfig)],
+)
+def test_network_keywords_are_the_config_fields_with_the_same_defaults(network: Any, config_class: Any) -> None:
+    parameters = inspect.signature(network).parameters
+    reference_names = {"trunk_dim": "feature_dim"}  # the LSTM's reference constructor name
+    for field in dataclasses.fields(config_class):
+        assert parameters[reference_names.get(field.name, field.name)].default == field.default, field.name
+    built = network(config=config_class(lstm_hidden_dim=16))
+    assert built.config == network(lstm_hidden_dim=16).config
+    with pytest.raises(TypeError, match=r"pass either config= or keyword arguments.*lstm_layers"):
+        network(config=config_class(), lstm_layers=2)
+
+
+def test_bundle_old_argument_names_warn_and_keep_their_meaning() -> None:
+    with pytest.warns(DeprecationWarning) as caught:
+        lstm = LSTMPolicyBundle(feature_dim=140, hidden_dim=8, trunk_dim=12)
+    assert [str(w.message).split(" is deprecated")[0] for w in caught] == [
+        "LSTMPolicyBundle(feature_dim=...)", "LSTMPolicyBundle(hidden_dim=...)"
+    ]
+    assert (lstm.state_dim, lstm.lstm_hidden_dim, lstm.config.trunk_dim) == (140, 8, 12)
+    with pytest.warns(DeprecationWarning, match=r"feature_dim is deprecated.*state_dim"):
+        assert lstm.feature_dim == 140
+    with pytest.warns(DeprecationWarning, match=r"hidden_dim is deprecated.*lstm_hidden_dim"):
+        assert lstm.hidden_dim == 8
+    with pytest.warns(DeprecationWarning, match=r"TransformerConfig\['hidden_dim'\] is deprecated"):
+        assert TransformerPolicyBundle(lstm_hidden_dim=16, embed_dim=16).config["hidden_dim"] == 16
+    with pytest.warns(DeprecationWarning, match=r"NetworkConfig\(hidden_dim=\.\.\.\) is deprecated"):
+        assert NetworkConfig(hidden_dim=24).lstm_hidden_dim == 24
 
 
 def test_object_missing_members_is_not_a_policy_bundle() -> None:
@@ -213,17 +272,17 @@ def test_get_action_returns_b_shaped_results_and_respects_masks(kind: str, time:
     result = bundle.get_action(features, blueprint, masks, return_op_logits=True)
     assert isinstance(result, ActionResult)
     heads = bundle.network.action_space.head_names
-    assert set(result.action) == set(result.log_prob) == set(heads)
+    assert set(result.actions) == set(result.log_probs) == set(heads)
     assert result.head_entropies is not None and set(result.head_entropies) == set(heads)
     for name in heads:
-        action = result.action[name]
+        action = result.actions[name]
         assert action.shape == (B,) and action.dtype == torch.long
-        assert result.log_prob[name].shape == (B,)
-        assert torch.isfinite(result.log_prob[name]).all()
+        assert result.log_probs[name].shape == (B,)
+        assert torch.isfinite(result.log_probs[name]).all()
     op_mask = masks["op"]
     assert op_mask is not None
     flat_op_mask = op_mask.reshape(B, -1)
-    assert flat_op_mask.gather(1, result.action["op"][:, None]).all()
+    assert flat_op_mask.gather(1, result.actions["op"][:, None]).all()
     assert result.value.shape == (B,)
     assert result.op_logits is not None and result.op_logits.shape == (B, 6)
     h, c = result.hidden  # type: ignore[misc]
@@ -234,12 +293,12 @@ def test_get_action_then_evaluate_actions_gives_ratio_exactly_one(kind: str) -> 
     bundle = make_bundle(kind)
     features, blueprint, masks = make_inputs(bundle, 5, None, seed=1)
     rollout = bundle.get_action(features, blueprint, masks)
-    evaluated = bundle.evaluate_actions(features, blueprint, rollout.action, masks)
-    for name, log_prob in rollout.log_prob.items():
-        assert torch.equal(evaluated.log_prob[name], log_prob), name
+    evaluated = bundle.evaluate_actions(features, blueprint, rollout.actions, masks)
+    for name, log_prob in rollout.log_probs.items():
+        assert torch.equal(evaluated.log_probs[name], log_prob), name
     assert torch.equal(evaluated.value, rollout.value)
     # The update graph must accept rollout (inference-mode) tensors and backpropagate.
-    loss = evaluated.value.sum() + sum(lp.sum() for lp in evaluated.log_prob.values())
+    loss = evaluated.value.sum() + sum(lp.sum() for lp in evaluated.log_probs.values())
     loss.backward()
     grads = [p.grad for p in bundle.network.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -255,8 +314,8 @@ def test_evaluate_actions_shapes_and_values(kind: str, time: int | None) -> None
     result = bundle.evaluate_actions(features, blueprint, actions, masks, aux_stop_gradient=False)
     assert isinstance(result, EvalResult)
     for name in masks:
-        assert result.log_prob[name].shape == lead
-        assert result.entropy[name].shape == lead
+        assert result.log_probs[name].shape == lead
+        assert result.entropies[name].shape == lead
     assert result.value.shape == lead
     assert result.q_value is not None and result.q_value.shape == lead
     assert result.state_value is not None and result.state_value.shape == lead
@@ -280,7 +339,7 @@ def test_two_d_calls_equal_three_d_calls_with_t_one(kind: str) -> None:
     assert flat.state_value is not None and seq.state_value is not None
     assert torch.equal(flat.state_value, seq.state_value[:, 0])
     for name in masks:
-        assert torch.equal(flat.log_prob[name], seq.log_prob[name][:, 0])
+        assert torch.equal(flat.log_probs[name], seq.log_probs[name][:, 0])
     assert torch.equal(bundle.get_value(features, blueprint),
                        bundle.get_value(features[:, None], blueprint[:, None])[:, 0])
 
@@ -388,10 +447,10 @@ def test_slot_by_op_restricts_the_slot_for_the_chosen_op(kind: str) -> None:
     slot_by_op[:, 1] = torch.tensor([False, False, True])  # GERMINATE -> slot 2 only
     masks["slot_by_op"] = slot_by_op
     rollout = bundle.get_action(features, blueprint, masks)
-    assert (rollout.action["op"] == 1).all() and (rollout.action["slot"] == 2).all()
-    assert (rollout.log_prob["slot"] == 0).all()
-    evaluated = bundle.evaluate_actions(features, blueprint, rollout.action, masks)
-    assert torch.equal(evaluated.log_prob["slot"], rollout.log_prob["slot"])
+    assert (rollout.actions["op"] == 1).all() and (rollout.actions["slot"] == 2).all()
+    assert (rollout.log_probs["slot"] == 0).all()
+    evaluated = bundle.evaluate_actions(features, blueprint, rollout.actions, masks)
+    assert torch.equal(evaluated.log_probs["slot"], rollout.log_probs["slot"])
     # forward accepts the key and ignores it (it applies only once an op is chosen).
     assert bundle.forward(features, blueprint, masks).logits["slot"].shape == (B, 3)
 
@@ -403,11 +462,11 @@ def test_sampled_actions_are_valid_and_rescore_identically(seed: int, batch: int
     features, blueprint, masks = make_inputs(bundle, batch, None, seed=seed)
     rollout = bundle.get_action(features, blueprint, masks)
     assert masks["op"] is not None
-    assert masks["op"].gather(1, rollout.action["op"][:, None]).all()
-    evaluated = bundle.evaluate_actions(features, blueprint, rollout.action, masks)
-    for name in rollout.log_prob:
-        assert torch.equal(evaluated.log_prob[name], rollout.log_prob[name])
-        assert (rollout.log_prob[name] <= 0).all()
+    assert masks["op"].gather(1, rollout.actions["op"][:, None]).all()
+    evaluated = bundle.evaluate_actions(features, blueprint, rollout.actions, masks)
+    for name in rollout.log_probs:
+        assert torch.equal(evaluated.log_probs[name], rollout.log_probs[name])
+        assert (rollout.log_probs[name] <= 0).all()
 
 
 _HYPOTHESIS_BUNDLE: list[PolicyBundle] = []
@@ -459,7 +518,7 @@ def test_sync_from_default_tau_and_errors() -> None:
         target.sync_from(source, tau=math.nan)
     with pytest.raises(TypeError, match="same bundle class LSTMPolicyBundle"):
         target.sync_from(make_bundle("transformer"))
-    wider = make_bundle("lstm", hidden_dim=32)
+    wider = make_bundle("lstm", lstm_hidden_dim=32)
     with pytest.raises(ValueError, match="differ in parameters"):
         target.sync_from(wider)
 
@@ -525,7 +584,7 @@ def test_compile_round_trip_with_eager_backend() -> None:
     bundle = make_bundle("transformer", seed=3)
     features, blueprint, masks = make_inputs(bundle, 4, None, seed=8)
     eager_action = bundle.get_action(features, blueprint, masks, deterministic=True)
-    eager_eval = bundle.evaluate_actions(features, blueprint, eager_action.action, masks)
+    eager_eval = bundle.evaluate_actions(features, blueprint, eager_action.actions, masks)
     eager_forward = bundle.forward(features, blueprint, masks)
 
     bundle.compile(mode="default", dynamic=True, backend="eager")
@@ -536,11 +595,11 @@ def test_compile_round_trip_with_eager_backend() -> None:
     assert not any(k.startswith("_orig_mod") for k in bundle.state_dict())
 
     action = bundle.get_action(features, blueprint, masks, deterministic=True)
-    evaluated = bundle.evaluate_actions(features, blueprint, action.action, masks)
+    evaluated = bundle.evaluate_actions(features, blueprint, action.actions, masks)
     forward = bundle.forward(features, blueprint, masks)
     for name in action.action:
-        assert torch.equal(action.action[name], eager_action.action[name])
-        assert torch.equal(evaluated.log_prob[name], eager_eval.log_prob[name])
+        assert torch.equal(action.actions[name], eager_action.actions[name])
+        assert torch.equal(evaluated.log_probs[name], eager_eval.log_probs[name])
         assert torch.equal(forward.logits[name], eager_forward.logits[name])
     assert torch.equal(evaluated.value, eager_eval.value)
     evaluated.value.sum().backward()  # rollout tensors feed a compiled update
@@ -567,8 +626,8 @@ def test_compile_with_default_inductor_backend() -> None:
     bundle.compile()  # mode="default", inductor
     compiled = bundle.get_action(features, blueprint, masks, deterministic=True)
     for name in eager.action:
-        assert torch.equal(compiled.action[name], eager.action[name])
-        torch.testing.assert_close(compiled.log_prob[name], eager.log_prob[name])
+        assert torch.equal(compiled.actions[name], eager.actions[name])
+        torch.testing.assert_close(compiled.log_probs[name], eager.log_probs[name])
     torch.testing.assert_close(compiled.value, eager.value)
 
 
@@ -592,7 +651,7 @@ def _loss_grads_and_saved_bytes(bundle: PolicyBundle) -> tuple[dict[str, Tensor]
         result = bundle.evaluate_actions(features, blueprint, actions, masks)
         assert result.state_value is not None
         loss = result.value.sum() + result.state_value.sum() + sum(
-            lp.sum() + ent.sum() for lp, ent in zip(result.log_prob.values(), result.entropy.values())
+            lp.sum() + ent.sum() for lp, ent in zip(result.log_probs.values(), result.entropies.values())
         )
     loss.backward()
     grads = {n: p.grad.clone() for n, p in bundle.network.named_parameters() if p.grad is not None}
@@ -631,17 +690,17 @@ def test_gradient_checkpointing_is_a_no_op_for_the_lstm() -> None:
 
 
 def test_create_policy_builds_from_a_network_config() -> None:
-    config = NetworkConfig(network_type="transformer", hidden_dim=24, embed_dim=16,
+    config = NetworkConfig(network_type="transformer", lstm_hidden_dim=24, embed_dim=16,
                            transformer_layers=1, transformer_heads=2, value_baseline="v")
     grid = SlotConfig.for_grid(2, 3)
     policy = create_policy(state_dim=23 + 39 * 6, slot_config=grid, config=config, head_hidden=16)
     assert isinstance(policy, TransformerPolicyBundle)
-    assert policy.feature_dim == 23 + 39 * 6 and policy.slot_config == grid
-    assert policy.hidden_dim == 24 and policy.config["value_baseline"] == "v"
-    assert policy.config["embed_dim"] == 16 and policy.config["transformer_layers"] == 1
+    assert policy.state_dim == 23 + 39 * 6 and policy.slot_config == grid
+    assert policy.lstm_hidden_dim == 24 and policy.config.value_baseline == "v"
+    assert policy.config.embed_dim == 16 and policy.config.transformer_layers == 1
     # An lstm built from the same kind of config ignores the transformer-only fields.
-    lstm = create_policy(config=NetworkConfig(hidden_dim=16, embed_dim=8), trunk_dim=16)
-    assert isinstance(lstm, LSTMPolicyBundle) and lstm.hidden_dim == 16
+    lstm = create_policy(config=NetworkConfig(lstm_hidden_dim=16, embed_dim=8), trunk_dim=16)
+    assert isinstance(lstm, LSTMPolicyBundle) and lstm.lstm_hidden_dim == 16
 
 
 def test_create_policy_compiles_after_moving() -> None:
@@ -665,6 +724,6 @@ def test_create_policy_errors_list_the_valid_choices() -> None:
     with pytest.raises(ValueError, match="unknown compile mode"):
         NetworkConfig(compile_mode="fast")
     with pytest.raises(ValueError, match="hidden_dim must be a positive int"):
-        NetworkConfig(hidden_dim=0)
+        NetworkConfig(lstm_hidden_dim=0)
     with pytest.raises(ValueError, match="does not fit base_dim=23 plus 3"):
         create_policy("lstm", state_dim=117, **SMALL["lstm"])

@@ -253,7 +253,7 @@ def test_update_gradients_are_finite(scenario: Scenario) -> None:
     )
     loss = (
         sum(lp.sum() for lp in evaluated.log_probs.values())
-        + sum(e.sum() for e in evaluated.entropy.values())
+        + sum(e.sum() for e in evaluated.entropies.values())
         + evaluated.value.sum() + evaluated.state_value.sum()
         + evaluated.pred_contributions.sum()
     )

@@ -14,7 +14,7 @@ def test_readme_usage_snippet_runs() -> None:
     namespace: dict[str, object] = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
     step = namespace["step"]
-    assert step.action["op"].shape == (16,)  # type: ignore[attr-defined]
+    assert step.actions["op"].shape == (16,)  # type: ignore[attr-defined]
     assert step.value.shape == (16,)  # type: ignore[attr-defined]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -817,7 +818,7 @@ def _loss(net: ActorCriticCore, state: Tensor, bp: Tensor) -> Tensor:
     evaluated = net.evaluate_actions(state, bp, actions, aux_stop_gradient=False)
     return (
         sum(lp.sum() for lp in evaluated.log_probs.values())
-        + sum(e.sum() for e in evaluated.entropy.values())
+        + sum(e.sum() for e in evaluated.entropies.values())
         + evaluated.value.float().sum()
         + evaluated.state_value.float().sum()
         + evaluated.pred_contributions.float().sum()
@@ -994,6 +995,10 @@ def _assert_same_result(a: Any, b: Any) -> None:
         assert len(a) == len(b)
         for x, y in zip(a, b):
             _assert_same_result(x, y)
+    elif dataclasses.is_dataclass(a):  # the result records
+        assert type(a) is type(b)
+        for field in dataclasses.fields(a):
+            _assert_same_result(getattr(a, field.name), getattr(b, field.name))
     else:
         assert a == b
 
@@ -1026,7 +1031,7 @@ def test_evaluate_actions_is_deterministic_in_train_mode(kind: str) -> None:
     second = net.evaluate_actions(state, bp, actions)
     # Policy and value path: no dropout, so bit for bit equal.
     _assert_same_result(first.log_probs, second.log_probs)
-    _assert_same_result(first.entropy, second.entropy)
+    _assert_same_result(first.entropies, second.entropies)
     _assert_same_result(first.hidden, second.hidden)
     for field in ("value", "q_value", "state_value"):
         assert torch.equal(getattr(first, field), getattr(second, field)), field
@@ -1101,10 +1106,10 @@ def test_a_mask_row_with_no_valid_action_is_finite_and_counted_with_validation_o
     assert int(net.empty_mask_rows) - before - 1 == 2 * expected
     for name in result.log_probs:
         assert torch.isfinite(result.log_probs[name]).all(), name
-        assert torch.isfinite(result.entropy[name]).all(), name
+        assert torch.isfinite(result.entropies[name]).all(), name
     assert float(result.log_probs["op"][1, 2].detach()) == 0.0
     loss = sum(lp.sum() for lp in result.log_probs.values()) + result.value.sum()
-    loss = loss + sum(h.sum() for h in result.entropy.values())
+    loss = loss + sum(h.sum() for h in result.entropies.values())
     loss.backward()
     for name, param in net.named_parameters():
         if param.grad is not None:

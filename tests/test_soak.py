@@ -33,13 +33,13 @@ def test_20k_rollout_steps_and_300_updates_keep_resident_memory_flat(kind: str) 
     # 512 bytes per get_action call would exceed it (18,000 x 512 B = 9 MB).
     torch.manual_seed(0)
     sizes = {"embed_dim": 16, "head_hidden": 16} if kind == "transformer" else {"trunk_dim": 16}
-    policy = create_policy(kind, hidden_dim=16, **sizes)
+    policy = create_policy(kind, lstm_hidden_dim=16, **sizes)
     B, T = 8, 8
     masks = dict.fromkeys(policy.network.action_space.head_names)
-    state = torch.randn(B, policy.feature_dim)
+    state = torch.randn(B, policy.state_dim)
     bp = torch.randint(-1, 13, (B, policy.slot_config.num_slots))
     optimizer = torch.optim.Adam(policy.network.parameters(), lr=1e-4)
-    states = torch.randn(B, T, policy.feature_dim)
+    states = torch.randn(B, T, policy.state_dim)
     bps = torch.randint(-1, 13, (B, T, policy.slot_config.num_slots))
 
     def act(calls: int) -> None:
@@ -50,10 +50,10 @@ def test_20k_rollout_steps_and_300_updates_keep_resident_memory_flat(kind: str) 
     def update(steps: int) -> None:
         with torch.no_grad():
             step = policy.get_action(states.flatten(0, 1), bps.flatten(0, 1), masks)
-        actions = {k: v.clone().view(B, T) for k, v in step.action.items()}
+        actions = {k: v.clone().view(B, T) for k, v in step.actions.items()}
         for _ in range(steps):
             result = policy.evaluate_actions(states, bps, actions, masks)
-            loss = sum(lp.sum() for lp in result.log_prob.values()) + result.value.pow(2).sum()
+            loss = sum(lp.sum() for lp in result.log_probs.values()) + result.value.pow(2).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -1,19 +1,40 @@
-"""Actor-critic networks: the shared core and the two trunks."""
+"""Actor-critic networks: the boundary, the result records, the shared core and two trunks.
+
+One concern a module: `inputs` (the one boundary: checks and normalisation into
+`PolicyInputs`), `results` (what networks and bundles return), `core` (the shared
+actor-critic maths), `transformer` and `lstm` (the two trunks, each with its config).
+"""
 
 from slotformer.networks.core import (
+    ActorCriticConfig,
     ActorCriticCore,
-    EvaluateActionsResult,
-    GetActionResult,
     init_actor_critic_weights,
 )
-from slotformer.networks.lstm import FactoredRecurrentActorCritic
-from slotformer.networks.transformer import SlotTransformerActorCritic
+from slotformer.networks.inputs import PolicyInputs, SlotContext, read_inputs
+from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
+from slotformer.networks.results import (
+    ActionResult,
+    EvalResult,
+    EvaluateActionsResult,
+    ForwardResult,
+    GetActionResult,
+)
+from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
 
 __all__ = [
+    "ActionResult",
+    "ActorCriticConfig",
     "ActorCriticCore",
+    "EvalResult",
     "EvaluateActionsResult",
     "FactoredRecurrentActorCritic",
+    "ForwardResult",
     "GetActionResult",
+    "LSTMConfig",
+    "PolicyInputs",
+    "SlotContext",
     "SlotTransformerActorCritic",
+    "TransformerConfig",
     "init_actor_critic_weights",
+    "read_inputs",
 ]

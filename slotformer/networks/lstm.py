@@ -8,6 +8,7 @@ core (`slotformer.networks.core`), identical to the Slot Transformer's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -19,20 +20,43 @@ from slotformer.layers.embedding import BlueprintEmbedding
 from slotformer.layers.heads import categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
 from slotformer.networks.core import (
+    ActorCriticConfig,
     ActorCriticCore,
-    Hidden,
-    SlotContext,
     TrunkOutput,
     init_actor_critic_weights,
 )
+from slotformer.networks.inputs import PolicyInputs
+
+
+@dataclass(frozen=True)
+class LSTMConfig(ActorCriticConfig):
+    """The flat LSTM's hyper-parameters (and `ActorCriticConfig`'s shared ones).
+
+    Args:
+        lstm_hidden_dim: H (default 512).
+        trunk_dim: width of the feature layer before the LSTM (the network's constructor
+            takes it as ``feature_dim``, the reference network's name).
+
+    Example:
+        >>> FactoredRecurrentActorCritic(config=LSTMConfig(trunk_dim=64, lstm_hidden_dim=64)).state_dim
+        116
+    """
+
+    lstm_hidden_dim: int = 512
+    trunk_dim: int = 512
 
 
 class FactoredRecurrentActorCritic(ActorCriticCore):
     """Flat concatenation LSTM actor-critic with factored, masked action heads.
 
+    Build it from an `LSTMConfig` (``config=``) or from the same fields as keyword
+    arguments, in the reference network's order and with its names (not both).
+
     Args:
-        state_dim: flat observation width ``base_dim + N * slot_dim``.
-        feature_dim: width of the feature layer before the LSTM.
+        state_dim: flat observation width ``base_dim + N * slot_dim``; None =
+            ``base_dim + 31 * N``.
+        feature_dim: width of the feature layer before the LSTM (`LSTMConfig`'s
+            ``trunk_dim``).
         lstm_hidden_dim: H.
         lstm_layers: recurrent layers.
         slot_config: the slots (default: 3 in one row).
@@ -40,6 +64,7 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
         action_space: the factored heads (default: the contract's eight heads).
         base_dim: features in the base block (default 23).
         blueprint_embed_dim: width of each slot's blueprint embedding in the concatenation.
+        config: every hyper-parameter at once.
 
     Example:
         >>> net = FactoredRecurrentActorCritic(state_dim=116, feature_dim=64, lstm_hidden_dim=64)
@@ -49,10 +74,11 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
     """
 
     network_type: ClassVar[str] = "lstm"
+    config: LSTMConfig
 
     def __init__(
         self,
-        state_dim: int,
+        state_dim: int | None = None,
         feature_dim: int = 512,
         lstm_hidden_dim: int = 512,
         lstm_layers: int = 1,
@@ -62,20 +88,23 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
         action_space: ActionSpace | None = None,
         base_dim: int = DEFAULT_BASE_DIM,
         blueprint_embed_dim: int = 4,
+        config: LSTMConfig | None = None,
     ) -> None:
-        super().__init__(
-            state_dim, slot_config, lstm_hidden_dim, lstm_layers, value_baseline,
-            action_space, base_dim,
-        )
-        N, H = self.slot_config.num_slots, lstm_hidden_dim
-        self.feature_dim = feature_dim
-        self.blueprint_embedding = BlueprintEmbedding(embed_dim=blueprint_embed_dim)
+        # Keyword construction: every field of LSTMConfig is an argument of the same name and
+        # default (a test holds them equal; trunk_dim is the reference's feature_dim),
+        # gathered here into the config.
+        config = LSTMConfig.from_arguments(config, {**locals(), "trunk_dim": feature_dim})
+        super().__init__(config, slot_config, action_space)
+        c = self.config
+        N, H, feature_dim = self.slot_config.num_slots, c.lstm_hidden_dim, c.trunk_dim
+        self.feature_dim = feature_dim  # the reference network's attribute
+        self.blueprint_embedding = BlueprintEmbedding(embed_dim=c.blueprint_embed_dim)
         self.feature_net = nn.Sequential(
-            nn.Linear(state_dim + N * blueprint_embed_dim, feature_dim),
+            nn.Linear(self.state_dim + N * c.blueprint_embed_dim, feature_dim),
             nn.LayerNorm(feature_dim),
             nn.ReLU(),
         )
-        self.lstm = ResidualLSTM(input_size=feature_dim, hidden_size=H, num_layers=lstm_layers)
+        self.lstm = ResidualLSTM(input_size=feature_dim, hidden_size=H, num_layers=c.lstm_layers)
         for name in self.action_space.head_names:
             depth = 3 if name == "blueprint" else 2
             n = self.action_space.sizes[name]
@@ -85,17 +114,11 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
         self.contribution_predictor = contribution_mlp(H, H // 2, N, layer_norm=False)
         init_actor_critic_weights(self, skip=(self.lstm,))
 
-    def _trunk(
-        self,
-        state: Tensor,
-        blueprint_indices: Tensor,
-        active_mask: Tensor,
-        hidden: Hidden | None,
-        ctx: SlotContext,
-    ) -> TrunkOutput:
-        blueprint = self.blueprint_embedding(blueprint_indices)  # [B, T, N, E]
+    def _trunk(self, inputs: PolicyInputs) -> TrunkOutput:
+        state = inputs.state  # [B, T, D]
+        blueprint = self.blueprint_embedding(inputs.blueprint_indices)  # [B, T, N, E]
         features = torch.cat([state, blueprint.flatten(-2).to(state.dtype)], dim=-1)
-        temporal, new_hidden = self.lstm(self.feature_net(features), hidden)  # [B, T, H]
+        temporal, new_hidden = self.lstm(self.feature_net(features), inputs.hidden)  # [B, T, H]
         return TrunkOutput(temporal, temporal, new_hidden)
 
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:

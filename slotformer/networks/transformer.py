@@ -13,6 +13,7 @@ slots and ``max_grid_size`` rows/columns (pass ``slot_config=`` per call).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -25,12 +26,12 @@ from slotformer.layers.encoder import SlotTransformerEncoder, checkpoint_in_chun
 from slotformer.layers.heads import PointerHead, categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
 from slotformer.networks.core import (
+    ActorCriticConfig,
     ActorCriticCore,
-    Hidden,
-    SlotContext,
     TrunkOutput,
     init_actor_critic_weights,
 )
+from slotformer.networks.inputs import PolicyInputs, SlotContext
 from slotformer.telemetry import (
     AttentionStats,
     TelemetryHook,
@@ -40,27 +41,20 @@ from slotformer.telemetry import (
 )
 
 
-class SlotTransformerActorCritic(ActorCriticCore):
-    """Recurrent actor-critic over slots with a Slot Transformer trunk.
+@dataclass(frozen=True)
+class TransformerConfig(ActorCriticConfig):
+    """The Slot Transformer's hyper-parameters (and `ActorCriticConfig`'s shared ones).
 
     Args:
-        state_dim: flat observation width ``base_dim + N * slot_dim`` (31 or 39 features per
-            slot; ``slot_dim`` is inferred).
-        slot_config: the slots (default: 3 in one row).
         embed_dim: D, the slot token width.
-        lstm_hidden_dim: H.
-        lstm_layers: recurrent layers.
+        lstm_hidden_dim: H (default 128).
         transformer_layers: attention blocks.
         transformer_heads: attention heads.
         head_hidden: width of the action and value heads (the plan's 256).
-        value_baseline: ``"q"`` (``value`` = Q(s, op)) or ``"v"`` (``value`` = V(s)).
         encoder_dropout: dropout inside the encoder in train mode. The default 0.0 keeps the
             policy and value path deterministic; a non-zero value makes it stochastic.
         max_slots: largest N the encoder accepts.
         max_grid_size: rows and columns the positional encoding knows.
-        action_space: the factored heads (default: the contract's eight heads).
-        base_dim: features in the base block (default 23).
-        blueprint_embed_dim: width of the blueprint embedding appended to each slot.
         contribution_hidden: width of the per-slot contribution predictor
             (``D -> h -> h/2 -> 1``). It runs on every slot token, so at large N its width
             is a large share of the update's cost: 64 by default (it used to be
@@ -72,6 +66,38 @@ class SlotTransformerActorCritic(ActorCriticCore):
             ``embed_dim`` (default 4).
 
     Example:
+        >>> config = TransformerConfig(embed_dim=32, lstm_hidden_dim=64)
+        >>> SlotTransformerActorCritic(config=config).config.state_dim  # 23 + 3 * 31
+        116
+    """
+
+    lstm_hidden_dim: int = 128
+    embed_dim: int = 64
+    transformer_layers: int = 2
+    transformer_heads: int = 4
+    head_hidden: int = 256
+    encoder_dropout: float = 0.0
+    max_slots: int = 64
+    max_grid_size: int = 16
+    contribution_hidden: int = 64
+    contribution_dropout: float = 0.0
+    transformer_ff_mult: int = 4
+
+
+class SlotTransformerActorCritic(ActorCriticCore):
+    """Recurrent actor-critic over slots with a Slot Transformer trunk.
+
+    Build it from a `TransformerConfig` (``config=``) or from the same fields as keyword
+    arguments (see `TransformerConfig` for each; not both).
+
+    Args:
+        state_dim: flat observation width ``base_dim + N * slot_dim`` (31 or 39 features per
+            slot; ``slot_dim`` is inferred); None = ``base_dim + 31 * N``.
+        slot_config: the slots (default: 3 in one row).
+        action_space: the factored heads (default: the contract's eight heads).
+        config: every hyper-parameter at once.
+
+    Example:
         >>> net = SlotTransformerActorCritic(state_dim=23 + 3 * 31)
         >>> state, bp = torch.randn(2, 5, 116), torch.full((2, 5, 3), -1)
         >>> out = net(state, bp)
@@ -81,10 +107,11 @@ class SlotTransformerActorCritic(ActorCriticCore):
 
     network_type: ClassVar[str] = "transformer"
     supports_slot_config_override: ClassVar[bool] = True
+    config: TransformerConfig
 
     def __init__(
         self,
-        state_dim: int,
+        state_dim: int | None = None,
         slot_config: SlotConfig | None = None,
         embed_dim: int = 64,
         lstm_hidden_dim: int = 128,
@@ -103,43 +130,46 @@ class SlotTransformerActorCritic(ActorCriticCore):
         contribution_hidden: int = 64,
         contribution_dropout: float = 0.0,
         transformer_ff_mult: int = 4,
+        config: TransformerConfig | None = None,
     ) -> None:
-        super().__init__(
-            state_dim, slot_config, lstm_hidden_dim, lstm_layers, value_baseline,
-            action_space, base_dim,
-        )
+        # Keyword construction: every field of TransformerConfig is an argument of the same
+        # name and default (a test holds them equal), gathered here into the config.
+        config = TransformerConfig.from_arguments(config, locals())
+        super().__init__(config, slot_config, action_space)
+        c = self.config
         num_slots = self.slot_config.num_slots
-        if num_slots > max_slots:
-            raise ValueError(f"slot_config has {num_slots} slots, more than max_slots={max_slots}")
-        self.embed_dim = embed_dim
-        self.head_hidden = head_hidden
-        self.contribution_hidden = contribution_hidden
-        self.contribution_dropout = contribution_dropout
-        self.transformer_layers = transformer_layers
-        self.transformer_heads = transformer_heads
-        self.transformer_ff_mult = transformer_ff_mult
-        self.encoder_dropout = encoder_dropout
-        self.max_slots = max_slots
-        self.max_grid_size = max_grid_size
-        D, H = embed_dim, lstm_hidden_dim
+        if num_slots > c.max_slots:
+            raise ValueError(f"slot_config has {num_slots} slots, more than max_slots={c.max_slots}")
+        # The fields as attributes, as the reference network exposes its sizes.
+        self.embed_dim = c.embed_dim
+        self.head_hidden = c.head_hidden
+        self.contribution_hidden = c.contribution_hidden
+        self.contribution_dropout = c.contribution_dropout
+        self.transformer_layers = c.transformer_layers
+        self.transformer_heads = c.transformer_heads
+        self.transformer_ff_mult = c.transformer_ff_mult
+        self.encoder_dropout = c.encoder_dropout
+        self.max_slots = c.max_slots
+        self.max_grid_size = c.max_grid_size
+        D, H, head_hidden = c.embed_dim, c.lstm_hidden_dim, c.head_hidden
 
         self.global_encoder = nn.Sequential(
             nn.Linear(self.layout.base_dim, D), nn.LayerNorm(D), nn.ReLU(), nn.Linear(D, D)
         )
-        self.blueprint_embedding = BlueprintEmbedding(embed_dim=blueprint_embed_dim)
+        self.blueprint_embedding = BlueprintEmbedding(embed_dim=c.blueprint_embed_dim)
         self.encoder = SlotTransformerEncoder(
-            slot_dim=self.layout.slot_dim + blueprint_embed_dim,
+            slot_dim=self.layout.slot_dim + c.blueprint_embed_dim,
             embed_dim=D,
-            num_heads=transformer_heads,
-            num_layers=transformer_layers,
-            max_slots=max_slots,
-            dropout=encoder_dropout,
-            max_rows=max_grid_size,
-            max_cols=max_grid_size,
-            ff_mult=transformer_ff_mult,
+            num_heads=c.transformer_heads,
+            num_layers=c.transformer_layers,
+            max_slots=c.max_slots,
+            dropout=c.encoder_dropout,
+            max_rows=c.max_grid_size,
+            max_cols=c.max_grid_size,
+            ff_mult=c.transformer_ff_mult,
         )
         # Fusion of [global ‖ CLS] is the LSTM's input projection.
-        self.lstm = ResidualLSTM(input_size=2 * D, hidden_size=H, num_layers=lstm_layers)
+        self.lstm = ResidualLSTM(input_size=2 * D, hidden_size=H, num_layers=c.lstm_layers)
 
         self.slot_head = PointerHead(temporal_dim=H, slot_dim=D)
         for name in self._categorical_head_names():
@@ -149,7 +179,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
         self.state_value_head = value_head(H + D, head_hidden)
         self.q_head = value_head(H + D + self.num_ops, head_hidden)
         self.contribution_predictor = contribution_mlp(
-            D, contribution_hidden, 1, layer_norm=True, dropout=contribution_dropout
+            D, c.contribution_hidden, 1, layer_norm=True, dropout=c.contribution_dropout
         )
         init_actor_critic_weights(self, skip=(self.encoder, self.lstm))
 
@@ -158,20 +188,14 @@ class SlotTransformerActorCritic(ActorCriticCore):
         self._telemetry_hooks = TelemetryHooks()
 
     # ------------------------------------------------------------------ trunk
-    def _trunk(
-        self,
-        state: Tensor,
-        blueprint_indices: Tensor,
-        active_mask: Tensor,
-        hidden: Hidden | None,
-        ctx: SlotContext,
-    ) -> TrunkOutput:
-        base, slots = ctx.layout.split(state)  # [B, T, base], [B, T, N, S]
+    def _trunk(self, inputs: PolicyInputs) -> TrunkOutput:
+        ctx, active_mask = inputs.ctx, inputs.active
+        base, slots = ctx.layout.split(inputs.state)  # [B, T, base], [B, T, N, S]
         B, T, N, S = slots.shape
         M = B * T  # the encoder's work is independent per step
         # Views of the caller's tensors (no copy): what a recomputed chunk keeps.
         steps = (
-            slots.reshape(M, N, S), blueprint_indices.reshape(M, N), active_mask.reshape(M, N)
+            slots.reshape(M, N, S), inputs.blueprint_indices.reshape(M, N), active_mask.reshape(M, N)
         )
         position = self.encoder.pos_encoding(ctx.row_ids, ctx.col_ids)  # [N, D]
         extras: dict[str, Any] | None = None
@@ -190,7 +214,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
         slot_repr = slot_repr.view(B, T, N, self.embed_dim)  # [B, T, N, D]
         global_repr = self.global_encoder(base)  # [B, T, D]
         fused = torch.cat([global_repr, cls_repr.to(global_repr.dtype)], dim=-1)  # [B, T, 2D]
-        temporal, new_hidden = self.lstm(fused, hidden)  # [B, T, H]
+        temporal, new_hidden = self.lstm(fused, inputs.hidden)  # [B, T, H]
         value_features = torch.cat([temporal, cls_repr.to(temporal.dtype)], dim=-1)  # [B, T, H+D]
         return TrunkOutput(temporal, value_features, new_hidden, slot_repr, extras)
 

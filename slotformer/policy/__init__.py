@@ -3,6 +3,8 @@
 Importing this package registers the ``"lstm"`` and ``"transformer"`` bundles.
 """
 
+from slotformer.networks.lstm import LSTMConfig
+from slotformer.networks.transformer import TransformerConfig
 from slotformer.policy.bundles import (
     COMPILE_MODES,
     ActorCriticBundle,
@@ -22,9 +24,11 @@ __all__ = [
     "ActorCriticBundle",
     "EvalResult",
     "ForwardResult",
+    "LSTMConfig",
     "LSTMPolicyBundle",
     "NetworkConfig",
     "PolicyBundle",
+    "TransformerConfig",
     "TransformerPolicyBundle",
     "create_policy",
     "get_policy",

@@ -6,14 +6,15 @@ are translated into `ActionResult` / `EvalResult` / `ForwardResult`, and compila
 the compiled callables apart from the network so that ``state_dict()`` keys never carry
 ``torch.compile``'s ``_orig_mod.`` prefix.
 
-Shapes: ``B`` batch, ``T`` time, ``D`` = ``feature_dim``, ``N`` slots, ``H`` = ``hidden_dim``.
+Shapes: ``B`` batch, ``T`` time, ``D`` = ``state_dim``, ``N`` slots, ``H`` = ``lstm_hidden_dim``.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -21,13 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
-from slotformer.networks.core import ActorCriticCore, Hidden, ProbabilityFloor, as_autograd_input
-from slotformer.networks.lstm import FactoredRecurrentActorCritic
-from slotformer.networks.transformer import SlotTransformerActorCritic
+from slotformer.networks.core import ActorCriticConfig, ActorCriticCore, legacy_config_names
+from slotformer.networks.inputs import Hidden, ProbabilityFloor, as_autograd_input
+from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
+from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
 from slotformer.policy.protocol import SLOT_BY_OP_KEY, Masks, PolicyBundle
 from slotformer.policy.registry import register_policy
 from slotformer.policy.results import ActionResult, EvalResult, ForwardResult
-from slotformer.validation import check_positive_int, describe_shape
+from slotformer.validation import check_positive_int
 
 COMPILE_MODES: tuple[str, ...] = (
     "off",
@@ -61,20 +63,76 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 class ActorCriticBundle:
     """Shared `PolicyBundle` implementation around one `ActorCriticCore` network.
 
-    Subclasses build the network and register themselves; see `LSTMPolicyBundle` and
-    `TransformerPolicyBundle` for constructor arguments. ``config`` holds every constructor
-    argument except ``slot_config`` (stored as slot ids), so a checkpoint can rebuild the
-    bundle with ``type(bundle)(**config, slot_config=...)``.
+    A bundle holds its network's config dataclass (`TransformerConfig`, `LSTMConfig`): build
+    one with ``config=``, with the config's fields as keyword arguments, or both (keywords
+    win). ``state_dim`` None is ``base_dim + 31 * N``. slotformer 0.1's argument names
+    (``feature_dim`` for the observation width, ``hidden_dim``) still work for one release,
+    with a ``DeprecationWarning``.
     """
 
     runs_on_any_grid: ClassVar[bool] = False
     """True when the weights do not depend on N (a checkpoint may load onto another grid)."""
+    network_class: ClassVar[type[ActorCriticCore]]
+    config_class: ClassVar[type[ActorCriticConfig]]
 
-    def __init__(self, network: ActorCriticCore, config: dict[str, Any]) -> None:
-        self._network = network
-        self._config = config
+    def __init__(
+        self,
+        state_dim: int | None = None,
+        *,
+        slot_config: SlotConfig | None = None,
+        config: ActorCriticConfig | None = None,
+        **fields_: Any,
+    ) -> None:
+        slot_config = _resolve_slot_config(slot_config)
+        config = self.build_config(state_dim, config, fields_)
+        self._network = self.network_class(config=config, slot_config=slot_config)
         self._compiled: dict[str, Callable[..., Any]] | None = None
         self._compile_settings: tuple[str, bool, str] | None = None
+
+    @classmethod
+    def accepted_arguments(cls) -> list[str]:
+        """Keyword arguments the constructor takes besides ``slot_config`` and ``config``."""
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        return sorted(names | set(legacy_config_names(cls.config_class)))
+
+    @classmethod
+    def build_config(
+        cls,
+        state_dim: int | None,
+        config: ActorCriticConfig | None,
+        overrides: Mapping[str, Any],
+    ) -> ActorCriticConfig:
+        """``config`` (default: the config class's defaults) with ``state_dim`` and the
+        keyword ``overrides`` applied; 0.1 names are mapped with a ``DeprecationWarning``."""
+        if config is not None and not isinstance(config, cls.config_class):
+            raise TypeError(
+                f"config must be a {cls.config_class.__name__}, got {type(config).__name__}"
+            )
+        legacy = legacy_config_names(cls.config_class)
+        accepted = cls.accepted_arguments()
+        unknown = sorted(set(overrides) - set(accepted))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__} does not accept {unknown}; it accepts {accepted}"
+            )
+        values: dict[str, Any] = {}
+        for name, value in overrides.items():
+            if name in legacy:  # 0.1's name
+                warnings.warn(
+                    f"{cls.__name__}({name}=...) is deprecated and will be removed in the next "
+                    f"release; use {legacy[name]}= (the {cls.config_class.__name__} field)",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
+                name = legacy[name]
+            if name in values:
+                raise TypeError(f"{cls.__name__} got {name} twice (under its old and new name)")
+            values[name] = value
+        if state_dim is not None:
+            if "state_dim" in values:
+                raise ValueError("pass the observation width once: state_dim or feature_dim")
+            values["state_dim"] = state_dim
+        return dataclasses.replace(config if config is not None else cls.config_class(), **values)
 
     # ------------------------------------------------------------------ acting and learning
     def get_action(
@@ -110,7 +168,7 @@ class ActorCriticBundle:
         # The compiled get_action is the undecorated method (inductor cannot trace the
         # inference_mode decorator), so inference mode is entered here, around it.
         with torch.inference_mode():
-            result = self._entry("get_action")(
+            result: ActionResult = self._entry("get_action")(
                 features,
                 blueprint_indices,
                 hidden,
@@ -121,14 +179,7 @@ class ActorCriticBundle:
                 probability_floor=probability_floor,
                 **extra,
             )
-        return ActionResult(
-            action=result.actions,
-            log_prob=result.log_probs,
-            value=result.values,
-            hidden=result.hidden,
-            op_logits=result.op_logits,
-            head_entropies=result.head_entropies,
-        )
+        return result
 
     def forward(
         self,
@@ -154,8 +205,7 @@ class ActorCriticBundle:
         """
         head_masks, _ = self._split_masks(masks)
         features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
-        # Here, not only in the network: a compiled network cannot see is_inference().
-        features, hidden, head_masks = as_autograd_input((features, hidden, head_masks))
+        hidden, head_masks = self._autograd_inputs((hidden, head_masks))
         out = self._entry("forward")(features, blueprint_indices, hidden, masks=head_masks)
         logits = {name: out[f"{name}_logits"] for name in self._head_names()}
         value = out["value"]
@@ -192,11 +242,10 @@ class ActorCriticBundle:
         """
         head_masks, slot_by_op = self._split_masks(masks)
         features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
-        # Here, not only in the network: a compiled network cannot see is_inference().
-        features, actions, hidden, head_masks, slot_by_op = as_autograd_input(
-            (features, actions, hidden, head_masks, slot_by_op)
+        actions, hidden, head_masks, slot_by_op = self._autograd_inputs(
+            (actions, hidden, head_masks, slot_by_op)
         )
-        result = self._entry("evaluate_actions")(
+        result: EvalResult = self._entry("evaluate_actions")(
             features,
             blueprint_indices,
             actions,
@@ -206,23 +255,22 @@ class ActorCriticBundle:
             masks=head_masks,
             slot_by_op_mask=slot_by_op,
         )
-        log_probs, value, entropy = result.log_probs, result.value, result.entropy
-        contributions, q_value, state_value = (
-            result.pred_contributions, result.q_value, result.state_value
-        )
-        if squeeze:
-            log_probs = {name: lp[:, 0] for name, lp in log_probs.items()}
-            entropy = {name: ent[:, 0] for name, ent in entropy.items()}
-            value, q_value, state_value = value[:, 0], q_value[:, 0], state_value[:, 0]
-            contributions = contributions[:, 0]
+        if not squeeze:
+            return result
+
+        def step(x: Any) -> Any:
+            if isinstance(x, dict):
+                return {name: t[:, 0] for name, t in x.items()}
+            return None if x is None else x[:, 0]
+
         return EvalResult(
-            log_prob=log_probs,
-            value=value,
-            entropy=entropy,
+            log_probs=step(result.log_probs),
+            value=step(result.value),
+            entropies=step(result.entropies),
             hidden=result.hidden,
-            pred_contributions=contributions,
-            q_value=q_value,
-            state_value=state_value,
+            pred_contributions=step(result.pred_contributions),
+            q_value=step(result.q_value),
+            state_value=step(result.state_value),
         )
 
     def get_q_values(
@@ -337,7 +385,7 @@ class ActorCriticBundle:
         except RuntimeError as error:
             raise ValueError(
                 f"state_dict does not fit this {self.network_type!r} bundle "
-                f"(slots {list(self.slot_config.slot_ids)}, feature_dim={self.feature_dim}): "
+                f"(slots {list(self.slot_config.slot_ids)}, state_dim={self.state_dim}): "
                 f"{error}"
             ) from error
 
@@ -451,14 +499,26 @@ class ActorCriticBundle:
         return self._network.slot_config
 
     @property
-    def feature_dim(self) -> int:
+    def state_dim(self) -> int:
         """D, the flat observation width the bundle consumes."""
         return self._network.state_dim
 
     @property
-    def hidden_dim(self) -> int:
+    def lstm_hidden_dim(self) -> int:
         """H, the recurrent core's width."""
         return self._network.lstm_hidden_dim
+
+    @property
+    def feature_dim(self) -> int:
+        """Deprecated: use ``state_dim`` (the observation width)."""
+        _warn_renamed(f"{type(self).__name__}.feature_dim", "state_dim")
+        return self.state_dim
+
+    @property
+    def hidden_dim(self) -> int:
+        """Deprecated: use ``lstm_hidden_dim``."""
+        _warn_renamed(f"{type(self).__name__}.hidden_dim", "lstm_hidden_dim")
+        return self.lstm_hidden_dim
 
     @property
     def network(self) -> nn.Module:
@@ -480,9 +540,9 @@ class ActorCriticBundle:
         return str(self._network.network_type)
 
     @property
-    def config(self) -> dict[str, Any]:
-        """Every constructor argument except ``slot_config`` (a copy; primitives only)."""
-        return copy.deepcopy(self._config)
+    def config(self) -> ActorCriticConfig:
+        """The network's config dataclass (frozen; ``dataclasses.asdict`` gives plain data)."""
+        return self._network.config
 
     # ------------------------------------------------------------------ helpers
     def _entry(self, name: str) -> Callable[..., Any]:
@@ -490,6 +550,11 @@ class ActorCriticBundle:
             return self._compiled[name]
         method: Callable[..., Any] = getattr(self._network, name)
         return method
+
+    def _autograd_inputs(self, value: Any) -> Any:
+        """`as_autograd_input` before a compiled network, which cannot see is_inference();
+        an eager network's boundary does it itself."""
+        return value if self._compiled is None else as_autograd_input(value)
 
     def _head_names(self) -> tuple[str, ...]:
         return self._network.action_space.head_names
@@ -519,20 +584,15 @@ class ActorCriticBundle:
     def __repr__(self) -> str:
         compiled = f", compiled={self.compile_mode!r}" if self.is_compiled else ""
         return (
-            f"{type(self).__name__}(feature_dim={self.feature_dim}, hidden_dim={self.hidden_dim}, "
+            f"{type(self).__name__}(state_dim={self.state_dim}, lstm_hidden_dim={self.lstm_hidden_dim}, "
             f"slots={list(self.slot_config.slot_ids)}, device={self.device}{compiled})"
         )
 
 
 def _as_sequence(features: Tensor, blueprint_indices: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """``[B, D]``/``[B, N]`` -> ``[B, 1, D]``/``[B, 1, N]``; 3-D passes through."""
-    if not isinstance(features, Tensor):
-        raise ValueError(f"features must be a torch.Tensor, got {type(features).__name__}")
-    if features.dim() not in (2, 3):
-        raise ValueError(
-            f"features has shape {describe_shape(features)}, expected [B, T, D] or [B, D]"
-        )
-    if features.dim() == 3:
+    """``[B, D]``/``[B, N]`` -> ``[B, 1, D]``/``[B, 1, N]``; anything else passes through (the
+    network's boundary checks it)."""
+    if not isinstance(features, Tensor) or features.dim() != 2:
         return features, blueprint_indices, False
     if isinstance(blueprint_indices, Tensor) and blueprint_indices.dim() == 2:
         blueprint_indices = blueprint_indices.unsqueeze(1)
@@ -562,10 +622,12 @@ def _resolve_slot_config(slot_config: SlotConfig | None) -> SlotConfig:
     return slot_config
 
 
-def _resolve_feature_dim(feature_dim: int | None, slot_config: SlotConfig, base_dim: int) -> int:
-    if feature_dim is None:
-        return default_feature_dim(slot_config, base_dim)
-    return check_positive_int("feature_dim", feature_dim)
+def _warn_renamed(old: str, new: str) -> None:
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; use {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 @register_policy("lstm")
@@ -573,61 +635,27 @@ class LSTMPolicyBundle(ActorCriticBundle):
     """The flat concatenation LSTM (`FactoredRecurrentActorCritic`) as a `PolicyBundle`.
 
     Args:
-        feature_dim: D, the flat observation width (None = ``base_dim + 31 * N``); the
-            network's ``state_dim``.
+        state_dim: D, the flat observation width (None = ``base_dim + 31 * N``).
         slot_config: the slots (None = 3 in one row).
-        hidden_dim: the LSTM width H (the network's ``lstm_hidden_dim``).
-        trunk_dim: width of the feature layer before the LSTM (the network's
-            ``feature_dim``; renamed here because a bundle's ``feature_dim`` is D).
-        lstm_layers: recurrent layers.
-        value_baseline: ``"q"`` or ``"v"`` (what ``value`` holds).
-        base_dim: features in the base block of the observation.
-        blueprint_embed_dim: width of each slot's blueprint embedding.
+        config: an `LSTMConfig`; ``**fields`` (any of its fields by name) override it.
+
+    For one release the 0.1 names still work, with a ``DeprecationWarning``:
+    ``feature_dim`` is ``state_dim`` and ``hidden_dim`` is ``lstm_hidden_dim``. The trunk
+    width is ``trunk_dim`` (the network's constructor calls it ``feature_dim``, the
+    reference network's name).
 
     Gradient checkpointing is a no-op for this network (`enable_gradient_checkpointing`).
 
     Example:
-        >>> policy = LSTMPolicyBundle(hidden_dim=32, trunk_dim=32)
+        >>> policy = LSTMPolicyBundle(lstm_hidden_dim=32, trunk_dim=32)
         >>> masks = dict.fromkeys(policy.network.action_space.head_names)
         >>> result = policy.get_action(torch.randn(4, 116), torch.full((4, 3), -1), masks)
-        >>> result.action["op"].shape, result.value.shape
+        >>> result.actions["op"].shape, result.value.shape
         (torch.Size([4]), torch.Size([4]))
     """
 
-    def __init__(
-        self,
-        feature_dim: int | None = None,
-        *,
-        slot_config: SlotConfig | None = None,
-        hidden_dim: int = 512,
-        trunk_dim: int = 512,
-        lstm_layers: int = 1,
-        value_baseline: str = "q",
-        base_dim: int = DEFAULT_BASE_DIM,
-        blueprint_embed_dim: int = 4,
-    ) -> None:
-        slot_config = _resolve_slot_config(slot_config)
-        feature_dim = _resolve_feature_dim(feature_dim, slot_config, base_dim)
-        network = FactoredRecurrentActorCritic(
-            state_dim=feature_dim,
-            feature_dim=check_positive_int("trunk_dim", trunk_dim),
-            lstm_hidden_dim=check_positive_int("hidden_dim", hidden_dim),
-            lstm_layers=check_positive_int("lstm_layers", lstm_layers),
-            slot_config=slot_config,
-            value_baseline=value_baseline,
-            base_dim=base_dim,
-            blueprint_embed_dim=blueprint_embed_dim,
-        )
-        config = {
-            "feature_dim": feature_dim,
-            "hidden_dim": hidden_dim,
-            "trunk_dim": trunk_dim,
-            "lstm_layers": lstm_layers,
-            "value_baseline": value_baseline,
-            "base_dim": base_dim,
-            "blueprint_embed_dim": blueprint_embed_dim,
-        }
-        super().__init__(network, config)
+    network_class = FactoredRecurrentActorCritic
+    config_class = LSTMConfig
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """A documented no-op: the flat network has no encoder layers worth recomputing (its
@@ -642,28 +670,15 @@ class TransformerPolicyBundle(ActorCriticBundle):
     (`slotformer.checkpoint.load_checkpoint` with ``slot_config=``).
 
     Args:
-        feature_dim: D, the flat observation width (None = ``base_dim + 31 * N``).
+        state_dim: D, the flat observation width (None = ``base_dim + 31 * N``).
         slot_config: the slots (None = 3 in one row).
-        hidden_dim: the LSTM width H (the network's ``lstm_hidden_dim``).
-        embed_dim: slot token width.
-        transformer_layers: attention blocks.
-        transformer_heads: attention heads.
-        value_baseline: ``"q"`` or ``"v"`` (what ``value`` holds).
-        lstm_layers: recurrent layers.
-        head_hidden: width of the action and value heads.
-        contribution_hidden: width of the per-slot contribution predictor.
-        contribution_dropout: dropout in the contribution predictor in train mode.
-        transformer_ff_mult: feed-forward width of each block, in multiples of
-            ``embed_dim``.
-        encoder_dropout: dropout in the encoder in train mode (0.0 keeps updates
-            deterministic).
-        max_slots: largest N the weights accept.
-        max_grid_size: rows and columns the positional encoding knows.
-        base_dim: features in the base block of the observation.
-        blueprint_embed_dim: width of each slot's blueprint embedding.
+        config: a `TransformerConfig`; ``**fields`` (any of its fields by name) override it.
+
+    For one release the 0.1 names still work, with a ``DeprecationWarning``:
+    ``feature_dim`` is ``state_dim`` and ``hidden_dim`` is ``lstm_hidden_dim``.
 
     Example:
-        >>> policy = TransformerPolicyBundle(hidden_dim=16, embed_dim=16, head_hidden=16)
+        >>> policy = TransformerPolicyBundle(lstm_hidden_dim=16, embed_dim=16, head_hidden=16)
         >>> masks = dict.fromkeys(policy.network.action_space.head_names)
         >>> out = policy.forward(torch.randn(2, 5, 116), torch.full((2, 5, 3), -1), masks)
         >>> out.logits["slot"].shape, out.value.shape
@@ -671,69 +686,14 @@ class TransformerPolicyBundle(ActorCriticBundle):
     """
 
     runs_on_any_grid: ClassVar[bool] = True
+    network_class = SlotTransformerActorCritic
+    config_class = TransformerConfig
 
-    def __init__(
-        self,
-        feature_dim: int | None = None,
-        *,
-        slot_config: SlotConfig | None = None,
-        hidden_dim: int = 128,
-        embed_dim: int = 64,
-        transformer_layers: int = 2,
-        transformer_heads: int = 4,
-        value_baseline: str = "q",
-        lstm_layers: int = 1,
-        head_hidden: int = 256,
-        encoder_dropout: float = 0.0,
-        max_slots: int = 64,
-        max_grid_size: int = 16,
-        base_dim: int = DEFAULT_BASE_DIM,
-        blueprint_embed_dim: int = 4,
-        contribution_hidden: int = 64,
-        contribution_dropout: float = 0.0,
-        transformer_ff_mult: int = 4,
-    ) -> None:
-        slot_config = _resolve_slot_config(slot_config)
-        feature_dim = _resolve_feature_dim(feature_dim, slot_config, base_dim)
-        network = SlotTransformerActorCritic(
-            state_dim=feature_dim,
-            slot_config=slot_config,
-            embed_dim=check_positive_int("embed_dim", embed_dim),
-            lstm_hidden_dim=check_positive_int("hidden_dim", hidden_dim),
-            lstm_layers=check_positive_int("lstm_layers", lstm_layers),
-            transformer_layers=check_positive_int("transformer_layers", transformer_layers),
-            transformer_heads=check_positive_int("transformer_heads", transformer_heads),
-            head_hidden=check_positive_int("head_hidden", head_hidden),
-            value_baseline=value_baseline,
-            encoder_dropout=encoder_dropout,
-            max_slots=max_slots,
-            max_grid_size=max_grid_size,
-            base_dim=base_dim,
-            blueprint_embed_dim=blueprint_embed_dim,
-            contribution_hidden=check_positive_int("contribution_hidden", contribution_hidden),
-            contribution_dropout=contribution_dropout,
-            transformer_ff_mult=check_positive_int("transformer_ff_mult", transformer_ff_mult),
-        )
-        config = {
-            "feature_dim": feature_dim,
-            "hidden_dim": hidden_dim,
-            "embed_dim": embed_dim,
-            "transformer_layers": transformer_layers,
-            "transformer_heads": transformer_heads,
-            "value_baseline": value_baseline,
-            "lstm_layers": lstm_layers,
-            "head_hidden": head_hidden,
-            "encoder_dropout": float(encoder_dropout),
-            "max_slots": max_slots,
-            "max_grid_size": max_grid_size,
-            "base_dim": base_dim,
-            "blueprint_embed_dim": blueprint_embed_dim,
-            "contribution_hidden": contribution_hidden,
-            "contribution_dropout": float(contribution_dropout),
-            "transformer_ff_mult": transformer_ff_mult,
-        }
-        super().__init__(network, config)
-        self._transformer = network
+    @property
+    def _transformer(self) -> SlotTransformerActorCritic:
+        network = self._network
+        assert isinstance(network, SlotTransformerActorCritic)
+        return network
 
     def enable_gradient_checkpointing(
         self, enabled: bool = True, chunk_tokens: int | None = None

@@ -7,6 +7,7 @@ A trainer embeds `NetworkConfig` in its own config and calls
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,10 @@ class NetworkConfig:
 
     Args:
         network_type: a registered policy name, ``"lstm"`` or ``"transformer"``.
-        hidden_dim: the recurrent width H; None = the bundle's default (512 for
+        lstm_hidden_dim: the recurrent width H; None = the bundle's default (512 for
             ``"lstm"``, 128 for ``"transformer"``).
+        hidden_dim: deprecated name of ``lstm_hidden_dim`` (one release, with a
+            ``DeprecationWarning``).
         embed_dim: slot token width (transformer).
         transformer_layers: attention blocks (transformer).
         transformer_heads: attention heads (transformer).
@@ -39,21 +42,32 @@ class NetworkConfig:
         compile_mode: one of `COMPILE_MODES` (``"off"`` = eager).
 
     Example:
-        >>> cfg = NetworkConfig(network_type="transformer", hidden_dim=32, embed_dim=16)
+        >>> cfg = NetworkConfig(network_type="transformer", lstm_hidden_dim=32, embed_dim=16)
         >>> policy = create_policy(config=cfg)
-        >>> policy.network_type, policy.hidden_dim
+        >>> policy.network_type, policy.lstm_hidden_dim
         ('transformer', 32)
     """
 
     network_type: str = "lstm"
-    hidden_dim: int | None = None
+    lstm_hidden_dim: int | None = None
     embed_dim: int = 64
     transformer_layers: int = 2
     transformer_heads: int = 4
     value_baseline: str = "q"
     compile_mode: str = "off"
+    hidden_dim: int | None = None
 
     def __post_init__(self) -> None:
+        if self.hidden_dim is not None:
+            warnings.warn(
+                "NetworkConfig(hidden_dim=...) is deprecated and will be removed in the next "
+                "release; use lstm_hidden_dim=",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if self.lstm_hidden_dim is not None:
+                raise ValueError("NetworkConfig: pass lstm_hidden_dim or hidden_dim, not both")
+            self.lstm_hidden_dim, self.hidden_dim = self.hidden_dim, None
         if self.network_type not in list_policies():
             raise ValueError(
                 f"unknown network_type {self.network_type!r}; registered policies: "
@@ -65,17 +79,18 @@ class NetworkConfig:
                 f"{self.value_baseline!r}"
             )
         check_compile_mode(self.compile_mode)
-        for name in ("hidden_dim", "embed_dim", "transformer_layers", "transformer_heads"):
+        for name in ("lstm_hidden_dim", "embed_dim", "transformer_layers", "transformer_heads"):
             value = getattr(self, name)
-            if value is None and name == "hidden_dim":
+            if value is None and name == "lstm_hidden_dim":
                 continue
             check_positive_int(f"NetworkConfig.{name}", value)
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Constructor arguments for ``network_type``'s bundle (the fields it accepts)."""
-        accepted = inspect.signature(get_policy_class(self.network_type)).parameters
+        accepted = _accepted_arguments(get_policy_class(self.network_type))
+        width = "lstm_hidden_dim" if "lstm_hidden_dim" in accepted else "hidden_dim"
         fields = {
-            "hidden_dim": self.hidden_dim,
+            width: self.lstm_hidden_dim,
             "embed_dim": self.embed_dim,
             "transformer_layers": self.transformer_layers,
             "transformer_heads": self.transformer_heads,
@@ -115,8 +130,8 @@ def create_policy(
 
     Example:
         >>> policy = create_policy("transformer", slot_config=SlotConfig.for_grid(2, 2),
-        ...                        hidden_dim=32, embed_dim=16, head_hidden=32)
-        >>> policy.feature_dim, policy.slot_config.num_slots
+        ...                        lstm_hidden_dim=32, embed_dim=16, head_hidden=32)
+        >>> policy.state_dim, policy.slot_config.num_slots
         (147, 4)
     """
     if config is not None and not isinstance(config, NetworkConfig):
@@ -137,7 +152,7 @@ def create_policy(
     check_compile_mode(compile_mode)
 
     cls = get_policy_class(policy_type)
-    accepted = inspect.signature(cls).parameters
+    accepted = _accepted_arguments(cls)
     unknown = sorted(set(overrides) - set(accepted))
     if unknown:
         raise TypeError(
@@ -148,11 +163,21 @@ def create_policy(
     kwargs.update(overrides)
     if "feature_dim" in kwargs and state_dim is not None:
         raise ValueError("pass the observation width once: state_dim or feature_dim")
-    kwargs.setdefault("feature_dim", state_dim)
-    policy: PolicyBundle = cls(slot_config=slot_config, **kwargs)
+    # The observation width goes first, by position: slotformer's bundles call it state_dim,
+    # bundles registered for 0.1 may call it feature_dim.
+    policy: PolicyBundle = cls(state_dim, slot_config=slot_config, **kwargs)
     policy.to(device)
     policy.compile(mode=compile_mode)
     return policy
+
+
+def _accepted_arguments(cls: type) -> list[str]:
+    """A bundle class's keyword arguments: `ActorCriticBundle.accepted_arguments` where it
+    has one, else its signature's parameters (bundles registered by users)."""
+    method = getattr(cls, "accepted_arguments", None)
+    if callable(method):
+        return list(method())
+    return list(inspect.signature(cls).parameters)
 
 
 __all__ = ["COMPILE_MODES", "NETWORK_TYPES", "NetworkConfig", "create_policy"]

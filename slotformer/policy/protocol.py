@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.config import SlotConfig
-from slotformer.networks.core import Hidden, ProbabilityFloor
+from slotformer.networks.inputs import Hidden, ProbabilityFloor
 from slotformer.policy.results import ActionResult, EvalResult, ForwardResult
 
 Masks = Mapping[str, Tensor | None]
@@ -38,7 +38,7 @@ class PolicyBundle(Protocol):
 
     Example:
         >>> from slotformer.policy import create_policy
-        >>> isinstance(create_policy("lstm", hidden_dim=32, trunk_dim=32), PolicyBundle)
+        >>> isinstance(create_policy("lstm", lstm_hidden_dim=32, trunk_dim=32), PolicyBundle)
         True
     """
 
@@ -136,10 +136,10 @@ class PolicyBundle(Protocol):
     def slot_config(self) -> SlotConfig: ...
 
     @property
-    def feature_dim(self) -> int: ...
+    def state_dim(self) -> int: ...
 
     @property
-    def hidden_dim(self) -> int: ...
+    def lstm_hidden_dim(self) -> int: ...
 
     @property
     def network(self) -> nn.Module: ...

@@ -64,7 +64,7 @@ def get_policy(name: str, **config: Any) -> PolicyBundle:
     """Build the bundle registered under ``name`` with constructor arguments ``config``.
 
     Example:
-        >>> policy = get_policy("transformer", embed_dim=16, hidden_dim=16)
+        >>> policy = get_policy("transformer", embed_dim=16, lstm_hidden_dim=16)
         >>> policy.network_type
         'transformer'
     """
