@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -246,6 +247,81 @@ def test_matches_nn_transformer_encoder_with_the_same_weights() -> None:
     got_active = slot_repr.reshape(b * t, n, -1)[active.reshape(b * t, n)]
     want_active = expected[:, 1:][active.reshape(b * t, n)]
     torch.testing.assert_close(got_active, want_active, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- block
+
+
+def reference_block(block: SlotAttentionBlock, x: Tensor, key_bias: Tensor) -> Tensor:
+    """The block's function written plainly, nanoGPT style, on the block's own weights: 3-D
+    tokens, separate tensors, out-of-place residual adds and GELU, no dropout."""
+    M, S, D = x.shape
+    H = block.num_heads
+    q, k, v = block.qkv(block.attn_norm(x)).chunk(3, dim=-1)
+    q, k, v = (t.reshape(M, S, H, D // H).transpose(1, 2) for t in (q, k, v))
+    heads = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)  # [M, H, S, hd]
+    x = x + block.attn_out(heads.transpose(1, 2).reshape(M, S, D))
+    return x + block.ff_out(F.gelu(block.ff_in(block.ff_norm(x))))
+
+
+def _block_inputs(m: int = 6, s: int = 5, d: int = 16) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(m, s, d, generator=gen)
+    active = torch.rand(m, s, generator=gen) < 0.6
+    active[:, 0] = True  # the CLS key: never masked
+    return x, torch.where(active, 0.0, float("-inf")).view(m, 1, 1, s)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_block_is_bit_identical_to_the_plain_reference(training: bool) -> None:
+    # The speed tricks (fused qkv views, 2-D tokens, in-place residual adds and GELU) change
+    # no bit of the outputs or of any gradient.
+    torch.manual_seed(0)
+    block = SlotAttentionBlock(embed_dim=16, num_heads=2, ff_mult=3).train(training)
+    x, key_bias = _block_inputs()
+    results = []
+    for run in (lambda t: block(t, key_bias)[0], lambda t: reference_block(block, t, key_bias)):
+        block.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_(True)
+        out = run(leaf)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out, leaf.grad, *(p.grad for p in block.parameters())])
+    for ours, theirs in zip(*results):
+        assert ours is not None and theirs is not None
+        assert torch.equal(ours, theirs)
+    with torch.no_grad():  # the in-place GELU path
+        assert torch.equal(block(x, key_bias)[0], reference_block(block, x, key_bias))
+    with torch.inference_mode():
+        assert torch.equal(block(x, key_bias)[0], reference_block(block, x, key_bias))
+
+
+def test_block_steps_are_its_two_residual_branches() -> None:
+    torch.manual_seed(0)
+    block = SlotAttentionBlock(embed_dim=16, num_heads=4).eval()
+    x, key_bias = _block_inputs()
+    M, S, D = x.shape
+    with torch.no_grad():
+        tokens = x.reshape(M * S, D)
+        attn, weights = block.attend(block.attn_norm(tokens), key_bias, S)
+        assert attn.shape == (M * S, D) and weights is None
+        tokens = tokens + attn
+        expected = tokens + block.feed_forward(block.ff_norm(tokens))
+        torch.testing.assert_close(block(x, key_bias)[0], expected.view(M, S, D), atol=0, rtol=0)
+
+
+def test_block_returns_its_attention_weights_only_when_asked() -> None:
+    torch.manual_seed(0)
+    block = SlotAttentionBlock(embed_dim=16, num_heads=2).eval()
+    x, key_bias = _block_inputs()
+    with torch.no_grad():
+        fast, none = block(x, key_bias)
+        slow, weights = block(x, key_bias, return_attention=True)
+    assert none is None and weights is not None
+    assert weights.shape == (6, 2, 5, 5)
+    masked = (key_bias == float("-inf")).expand_as(weights)
+    assert (weights[masked] == 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(6, 2, 5))
+    torch.testing.assert_close(slow, fast, atol=1e-6, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- attention maps

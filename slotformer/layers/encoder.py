@@ -60,7 +60,7 @@ def checkpoint_in_chunks(
 
 
 class SlotAttentionBlock(nn.Module):
-    """One pre-LayerNorm transformer block: ``x + attn(ln(x))``, then ``x + ff(ln(x))``.
+    """One pre-LayerNorm block: ``x + attend(ln(x))``, then ``x + feed_forward(ln(x))``.
 
     Args:
         embed_dim: token width D; must be divisible by ``num_heads``.
@@ -71,7 +71,8 @@ class SlotAttentionBlock(nn.Module):
     Shapes:
         ``forward(x [M, S, D], key_bias [M, 1, 1, S])`` -> ``(x [M, S, D], weights)``, where
         ``key_bias`` is 0 for keys to attend to and ``-inf`` for masked keys, and ``weights``
-        is ``[M, H, S, S]`` when ``return_attention`` else ``None``.
+        is ``[M, H, S, S]`` (rows = queries, columns = keys) when ``return_attention`` else
+        ``None``.
 
     Example:
         >>> block = SlotAttentionBlock(embed_dim=16, num_heads=2)
@@ -105,17 +106,31 @@ class SlotAttentionBlock(nn.Module):
         self, x: Tensor, key_bias: Tensor, return_attention: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         M, S, D = x.shape
-        H = self.num_heads
-        dropout = self.dropout if self.training else 0.0
-        # The linear layers see 2-D tokens [M*S, D], so their outputs are fresh tensors, not
-        # views: the in-place residual adds below then cost nothing extra in backward.
-        tokens = x.reshape(M * S, D)
+        # Tokens as 2-D [M*S, D]: every linear layer's output is then a fresh tensor, not a
+        # view, so each residual add runs in place on its branch's output (neither addmm nor
+        # dropout keeps its output for backward): one [M*S, D] allocation fewer per step.
+        x = x.reshape(M * S, D)
+        attn, weights = self.attend(self.attn_norm(x), key_bias, S, return_attention)
+        x = attn.add_(x)  # x + attend(ln(x))
+        x = self.feed_forward(self.ff_norm(x)).add_(x)  # x + feed_forward(ln(x))
+        return x.view(M, S, D), weights
 
+    def attend(
+        self, h: Tensor, key_bias: Tensor, tokens_per_step: int, return_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Multi-head self-attention within each step, the block's first residual branch.
+
+        ``h [M*S, D]`` (normalised tokens, ``S = tokens_per_step`` per step), ``key_bias
+        [M, 1, 1, S]`` -> ``(out [M*S, D], weights [M, H, S, S] or None)``; ``out`` is a
+        fresh tensor the caller may add to in place.
+        """
+        S, D, H = tokens_per_step, h.shape[-1], self.num_heads
+        dropout = self.dropout if self.training else 0.0
         # Fused projection, split into strided views (SDPA takes arbitrary strides). split,
         # unlike unbind, backpropagates with a single cat and no extra layout copy.
         q, k, v = (
-            part.view(M, S, H, D // H).transpose(1, 2)  # [M, H, S, hd]
-            for part in self.qkv(self.attn_norm(tokens)).split(D, dim=-1)
+            part.view(-1, S, H, D // H).transpose(1, 2)  # [M, H, S, hd]
+            for part in self.qkv(h).split(D, dim=-1)
         )
         weights: Tensor | None = None
         if return_attention:
@@ -125,23 +140,24 @@ class SlotAttentionBlock(nn.Module):
             attended = F.dropout(weights, dropout, True) if dropout > 0 else weights
             heads = attended @ v  # [M, H, S, hd]
         else:
+            # key_bias is a float additive mask (0 / -inf) that the encoder builds once for
+            # all blocks: SDPA would convert a bool mask again in every block.
             heads = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, dropout_p=dropout)
         # SDPA lays its output out as [M, S, H, hd], so this reshape is a view.
-        attn = self.attn_out(heads.transpose(1, 2).reshape(M * S, D))  # [M*S, D]
-        if dropout > 0:
-            attn = F.dropout(attn, dropout, True)
-        # In place on the branch's fresh output (its backward does not need it): one
-        # [M*S, D] allocation fewer per residual.
-        tokens = attn.add_(tokens)
+        out = self.attn_out(heads.transpose(1, 2).reshape(-1, D))  # [M*S, D]
+        # Dropout only when > 0: with p = 0 it returns its input, but still costs a call.
+        return (F.dropout(out, dropout, True) if dropout > 0 else out), weights
 
-        hidden = self.ff_in(self.ff_norm(tokens))  # [M*S, 4D]
+    def feed_forward(self, h: Tensor) -> Tensor:
+        """The position-wise MLP, the block's second residual branch: ``h [M*S, D]``
+        (normalised tokens) -> ``[M*S, D]``, a fresh tensor the caller may add to in place."""
+        dropout = self.dropout if self.training else 0.0
+        hidden = self.ff_in(h)  # [M*S, ff_mult*D]
         # Exact GELU: on CPU the erf kernel is faster than the tanh approximation (measured).
         # Without autograd it runs in place, sparing the largest allocation of the block.
         hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
-        ff = self.ff_out(hidden)  # [M*S, D]
-        if dropout > 0:
-            ff = F.dropout(ff, dropout, True)
-        return ff.add_(tokens).view(M, S, D), weights
+        out = self.ff_out(hidden)  # [M*S, D]
+        return F.dropout(out, dropout, True) if dropout > 0 else out
 
 
 class SlotTransformerEncoder(nn.Module):
