@@ -171,7 +171,9 @@ class SlotAttentionBlock(nn.Module):
         S, D, H = tokens_per_step, h.shape[-1], self.num_heads
         dropout = self.dropout if self.training else 0.0
         # Fused projection, split into strided views (SDPA takes arbitrary strides). split,
-        # unlike unbind, backpropagates with a single cat and no extra layout copy.
+        # unlike unbind, backpropagates with a single cat and no extra layout copy. Plain
+        # view/transpose rather than einops.rearrange: the eight rearranges of an encode
+        # added 44 us (+16%) to a B=1 step (M=1, N=3); the shape comments name the axes.
         q, k, v = (
             part.view(-1, S, H, D // H).transpose(1, 2)  # [M, H, S, hd]
             for part in self.qkv(h).split(D, dim=-1)
