@@ -3,15 +3,18 @@ compile, mixed precision, attention maps, checkpointing and input errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from slotformer.layers import EncoderIntermediates
 from slotformer.layers.encoder import SlotAttentionBlock, SlotTransformerEncoder
 from slotformer.layers.positional import SlotPositionalEncoding
 from slotformer.validation import validation
@@ -248,23 +251,172 @@ def test_matches_nn_transformer_encoder_with_the_same_weights() -> None:
     torch.testing.assert_close(got_active, want_active, atol=1e-5, rtol=1e-5)
 
 
+# --------------------------------------------------------------------------- block
+
+
+def reference_block(block: SlotAttentionBlock, x: Tensor, key_bias: Tensor) -> Tensor:
+    """The block's function written plainly, nanoGPT style, on the block's own weights: 3-D
+    tokens, separate tensors, out-of-place residual adds and GELU, no dropout."""
+    M, S, D = x.shape
+    H = block.num_heads
+    q, k, v = block.qkv(block.attn_norm(x)).chunk(3, dim=-1)
+    q, k, v = (t.reshape(M, S, H, D // H).transpose(1, 2) for t in (q, k, v))
+    heads = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)  # [M, H, S, hd]
+    x = x + block.attn_out(heads.transpose(1, 2).reshape(M, S, D))
+    return x + block.ff_out(F.gelu(block.ff_in(block.ff_norm(x))))
+
+
+def _block_inputs(m: int = 6, s: int = 5, d: int = 16) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(m, s, d, generator=gen)
+    active = torch.rand(m, s, generator=gen) < 0.6
+    active[:, 0] = True  # the CLS key: never masked
+    return x, torch.where(active, 0.0, float("-inf")).view(m, 1, 1, s)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_block_is_bit_identical_to_the_plain_reference(training: bool) -> None:
+    # The speed tricks (fused qkv views, 2-D tokens, in-place residual adds and GELU) change
+    # no bit of the outputs or of any gradient.
+    torch.manual_seed(0)
+    block = SlotAttentionBlock(embed_dim=16, num_heads=2, ff_mult=3).train(training)
+    x, key_bias = _block_inputs()
+    results = []
+    for run in (lambda t: block(t, key_bias)[0], lambda t: reference_block(block, t, key_bias)):
+        block.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_(True)
+        out = run(leaf)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append([out, leaf.grad, *(p.grad for p in block.parameters())])
+    for ours, theirs in zip(*results):
+        assert ours is not None and theirs is not None
+        assert torch.equal(ours, theirs)
+    with torch.no_grad():  # the in-place GELU path
+        assert torch.equal(block(x, key_bias)[0], reference_block(block, x, key_bias))
+    with torch.inference_mode():
+        assert torch.equal(block(x, key_bias)[0], reference_block(block, x, key_bias))
+
+
+def test_block_steps_are_its_two_residual_branches() -> None:
+    torch.manual_seed(0)
+    block = SlotAttentionBlock(embed_dim=16, num_heads=4).eval()
+    x, key_bias = _block_inputs()
+    M, S, D = x.shape
+    with torch.no_grad():
+        tokens = x.reshape(M * S, D)
+        attn, weights = block.attend(block.attn_norm(tokens), key_bias, S)
+        assert attn.shape == (M * S, D) and weights is None
+        tokens = tokens + attn
+        expected = tokens + block.feed_forward(block.ff_norm(tokens))
+        torch.testing.assert_close(block(x, key_bias)[0], expected.view(M, S, D), atol=0, rtol=0)
+
+
+def test_block_returns_its_attention_weights_only_when_asked() -> None:
+    torch.manual_seed(0)
+    block = SlotAttentionBlock(embed_dim=16, num_heads=2).eval()
+    x, key_bias = _block_inputs()
+    with torch.no_grad():
+        fast, none = block(x, key_bias)
+        slow, weights = block(x, key_bias, return_attention=True)
+    assert none is None and weights is not None
+    assert weights.shape == (6, 2, 5, 5)
+    masked = (key_bias == float("-inf")).expand_as(weights)
+    assert (weights[masked] == 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(6, 2, 5))
+    torch.testing.assert_close(slow, fast, atol=1e-6, rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- attention maps
 
 
-def test_attention_maps_rows_sum_to_one_and_ignore_inactive_slots() -> None:
+def _assert_valid_maps(maps: tuple[Tensor, ...], key_active: Tensor, lead: tuple[int, ...]) -> None:
+    """Each map ``[*lead, H, N+1, N+1]``: rows sum to 1 over the unmasked keys (CLS and the
+    active slots, ``key_active [*lead, N+1]``), masked columns are exactly 0."""
+    s = key_active.shape[-1]
+    for weights in maps:
+        assert weights.shape == (*lead, HEADS, s, s)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(*lead, HEADS, s))
+        unmasked = key_active[..., None, None, :].expand_as(weights)
+        torch.testing.assert_close((weights * unmasked).sum(-1), torch.ones(*lead, HEADS, s))
+        assert (weights[~unmasked] == 0).all()
+        assert (weights[unmasked] > 0).all()
+
+
+def test_intermediates_hold_one_attention_map_per_block() -> None:
     enc = make_encoder(num_layers=3).eval()
     features, active, rows, cols = make_inputs(2, 3, 7)
-    cls_repr, slot_repr, maps = enc(features, active, rows, cols, return_attention=True)
-    assert len(maps) == 3
+    cls_repr, slot_repr, found = enc(features, active, rows, cols, return_intermediates=True)
+    assert isinstance(found, EncoderIntermediates)
+    assert isinstance(found.attention, tuple) and len(found.attention) == 3
     key_active = torch.cat([torch.ones(2, 3, 1, dtype=torch.bool), active], dim=-1)  # CLS first
-    for weights in maps:
-        assert weights.shape == (2, 3, HEADS, 8, 8)
-        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, HEADS, 8))
-        inactive_columns = (~key_active)[:, :, None, None, :].expand_as(weights)
-        assert (weights[inactive_columns] == 0).all()
-        assert (weights[~inactive_columns] > 0).all()
+    _assert_valid_maps(found.attention, key_active, (2, 3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        found.attention = ()  # type: ignore[misc]
     # The diagnostic path computes the same outputs as the fused one.
     torch.testing.assert_close((cls_repr, slot_repr), enc(features, active, rows, cols))
+
+
+def test_encode_returns_intermediates_per_step() -> None:
+    enc = make_encoder().eval()
+    features, active, rows, cols = make_inputs(2, 3, 7)
+    flat_features, flat_active = features.reshape(6, 7, SLOT_DIM), active.reshape(6, 7)
+    position = enc.pos_encoding(rows, cols)
+    with torch.no_grad():
+        plain = enc.encode(flat_features, flat_active, position)
+        cls_repr, slot_repr, found = enc.encode(
+            flat_features, flat_active, position, return_intermediates=True
+        )
+        via_forward = enc(features, active, rows, cols, return_intermediates=True)[2]
+    assert cls_repr.shape == (6, EMBED_DIM) and slot_repr.shape == (6, 7, EMBED_DIM)
+    key_active = torch.cat([torch.ones(6, 1, dtype=torch.bool), flat_active], dim=-1)
+    _assert_valid_maps(found.attention, key_active, (6,))
+    for step_maps, grid_maps in zip(found.attention, via_forward.attention):
+        assert torch.equal(step_maps.view(2, 3, HEADS, 8, 8), grid_maps)
+    torch.testing.assert_close((cls_repr, slot_repr), plain)
+
+
+def test_intermediates_of_an_all_empty_grid_attend_to_cls_only() -> None:
+    enc = make_encoder().train()
+    features, _, rows, cols = make_inputs(1, 2, 4)
+    active = torch.zeros(1, 2, 4, dtype=torch.bool)
+    *_, found = enc(features, active, rows, cols, return_intermediates=True)
+    for weights in found.attention:
+        assert torch.equal(weights[..., 0], torch.ones(1, 2, HEADS, 5))
+        assert (weights[..., 1:] == 0).all()
+
+
+def test_return_attention_is_deprecated_but_unchanged() -> None:
+    enc = make_encoder(num_layers=3).eval()
+    inputs = make_inputs(2, 3, 7)
+    with pytest.warns(DeprecationWarning, match=r"return_intermediates=True") as caught:
+        cls_repr, slot_repr, maps = enc(*inputs, return_attention=True)
+    # Attributed to the caller (this file), not to torch's Module.__call__ frames, so that
+    # Python's default warning filters show it for a script's own call.
+    assert [w.filename for w in caught] == [__file__]
+    assert isinstance(maps, tuple) and len(maps) == 3
+    enc.register_forward_hook(lambda *args: None)  # one more torch frame to skip
+    with pytest.warns(DeprecationWarning) as caught:
+        enc(*inputs, return_attention=True)
+    assert [w.filename for w in caught] == [__file__]
+    new_cls, new_slots, found = enc(*inputs, return_intermediates=True)
+    assert torch.equal(cls_repr, new_cls) and torch.equal(slot_repr, new_slots)
+    assert all(torch.equal(old, new) for old, new in zip(maps, found.attention))
+    with pytest.raises(ValueError, match=r"return_intermediates=True alone"):
+        enc(*inputs, True, return_intermediates=True)
+
+
+def test_encode_attention_list_is_deprecated_but_still_filled() -> None:
+    enc = make_encoder().eval()
+    features, active, rows, cols = make_inputs(1, 2, 3)
+    args = (features.reshape(2, 3, SLOT_DIM), active.reshape(2, 3), enc.pos_encoding(rows, cols))
+    attention: list[Tensor] = []
+    with pytest.warns(DeprecationWarning, match=r"return_intermediates=True") as caught:
+        cls_repr, slot_repr = enc.encode(*args, attention)
+    assert [w.filename for w in caught] == [__file__]
+    new_cls, new_slots, found = enc.encode(*args, return_intermediates=True)
+    assert torch.equal(cls_repr, new_cls) and torch.equal(slot_repr, new_slots)
+    assert len(attention) == 2
+    assert all(torch.equal(old, new) for old, new in zip(attention, found.attention))
 
 
 class _RecordOps(TorchDispatchMode):
@@ -308,6 +460,9 @@ def test_compiles_fullgraph_forward_and_backward() -> None:
     (cls_repr.sum() + slot_repr.sum()).backward()
     expected = enc(features, active, rows, cols)
     torch.testing.assert_close((cls_repr, slot_repr), expected, atol=1e-5, rtol=1e-5)
+    found = compiled(features, active, rows, cols, return_intermediates=True)[2]
+    assert isinstance(found, EncoderIntermediates) and len(found.attention) == 2
+    # The deprecated form still compiles fullgraph (it warns in eager only).
     compiled_maps = compiled(features, active, rows, cols, return_attention=True)[2]
     assert len(compiled_maps) == 2
 

@@ -1,7 +1,7 @@
 """Build the wheel and sdist, install the wheel into a fresh venv, import it from outside the repo.
 
 Offline: the build runs with ``--no-isolation`` against the installed setuptools, and the
-fresh venv sees the test interpreter's own site-packages (torch, numpy, einops, pip) through a
+fresh venv sees the test interpreter's own site-packages (torch, numpy, pip) through a
 ``.pth`` file, so the test passes whether pytest runs from a system Python or inside a venv
 (``--system-site-packages`` would point at the *base* interpreter, which a venv user's torch
 is not in).

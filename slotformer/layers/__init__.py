@@ -2,6 +2,7 @@
 
 from slotformer.layers.embedding import EMPTY_SLOT_INDEX, BlueprintEmbedding
 from slotformer.layers.encoder import (
+    EncoderIntermediates,
     SlotAttentionBlock,
     SlotTransformerEncoder,
     checkpoint_in_chunks,
@@ -13,6 +14,7 @@ from slotformer.layers.positional import SlotPositionalEncoding
 __all__ = [
     "EMPTY_SLOT_INDEX",
     "BlueprintEmbedding",
+    "EncoderIntermediates",
     "LSTMLayer",
     "PointerHead",
     "ResidualLSTM",

@@ -11,12 +11,17 @@ The CLS key is never masked, so an all-empty grid (the start of every episode) s
 valid key in every attention row and gives finite outputs and gradients.
 
 Attention runs on ``F.scaled_dot_product_attention`` with one float additive mask built once
-per forward; the attention matrix is materialised only when ``return_attention=True``.
+per forward; the attention matrix is materialised only when asked for
+(``return_intermediates=True``, which returns it as an :class:`EncoderIntermediates`).
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 import torch
@@ -26,6 +31,45 @@ from torch.utils.checkpoint import checkpoint
 
 from slotformer.layers.positional import SlotPositionalEncoding
 from slotformer.validation import describe_shape
+
+
+@dataclass(frozen=True)
+class EncoderIntermediates:
+    """What the encoder computed on the way, returned as data when asked for
+    (``return_intermediates=True``) instead of filled into an out-parameter.
+
+    Attributes:
+        attention: one map per block, first block first, each the softmax attention weights
+            ``[..., H, N+1, N+1]``: rows are queries, columns are keys, CLS first (index 0,
+            then the N slots in input order). The leading axes are ``[M]`` from
+            :meth:`SlotTransformerEncoder.encode` and ``[B, T]`` from its ``forward``. Every
+            row sums to 1 over the unmasked keys (CLS and the active slots); the columns of
+            inactive slots are exactly 0.
+
+    Example:
+        >>> enc = SlotTransformerEncoder(slot_dim=5, embed_dim=8, num_heads=2, num_layers=3)
+        >>> feats, active = torch.randn(2, 4, 3, 5), torch.ones(2, 4, 3, dtype=torch.bool)
+        >>> rows, cols = torch.zeros(3, dtype=torch.long), torch.arange(3)
+        >>> _, _, found = enc(feats, active, rows, cols, return_intermediates=True)
+        >>> len(found.attention), found.attention[0].shape
+        (3, torch.Size([2, 4, 2, 4, 4]))
+    """
+
+    attention: tuple[Tensor, ...]
+
+
+def _warn_deprecated(message: str) -> None:
+    """A ``DeprecationWarning`` attributed to the first caller outside this file and
+    ``torch.nn`` (a module call adds two or three frames of its own), so that Python's default
+    filters show it for a script's own call. Silent under ``torch.compile``, which cannot trace
+    ``warnings.warn`` in a fullgraph: the deprecated call still works there, unannounced."""
+    if torch.compiler.is_compiling():
+        return
+    internal = (_warn_deprecated.__code__.co_filename, inspect.getfile(nn.Module))
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_code.co_filename in internal:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
 
 
 def checkpoint_in_chunks(
@@ -60,7 +104,7 @@ def checkpoint_in_chunks(
 
 
 class SlotAttentionBlock(nn.Module):
-    """One pre-LayerNorm transformer block: ``x + attn(ln(x))``, then ``x + ff(ln(x))``.
+    """One pre-LayerNorm block: ``x + attend(ln(x))``, then ``x + feed_forward(ln(x))``.
 
     Args:
         embed_dim: token width D; must be divisible by ``num_heads``.
@@ -71,7 +115,8 @@ class SlotAttentionBlock(nn.Module):
     Shapes:
         ``forward(x [M, S, D], key_bias [M, 1, 1, S])`` -> ``(x [M, S, D], weights)``, where
         ``key_bias`` is 0 for keys to attend to and ``-inf`` for masked keys, and ``weights``
-        is ``[M, H, S, S]`` when ``return_attention`` else ``None``.
+        is ``[M, H, S, S]`` (rows = queries, columns = keys) when ``return_attention`` else
+        ``None``.
 
     Example:
         >>> block = SlotAttentionBlock(embed_dim=16, num_heads=2)
@@ -105,17 +150,33 @@ class SlotAttentionBlock(nn.Module):
         self, x: Tensor, key_bias: Tensor, return_attention: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         M, S, D = x.shape
-        H = self.num_heads
-        dropout = self.dropout if self.training else 0.0
-        # The linear layers see 2-D tokens [M*S, D], so their outputs are fresh tensors, not
-        # views: the in-place residual adds below then cost nothing extra in backward.
-        tokens = x.reshape(M * S, D)
+        # Tokens as 2-D [M*S, D]: every linear layer's output is then a fresh tensor, not a
+        # view, so each residual add runs in place on its branch's output (neither addmm nor
+        # dropout keeps its output for backward): one [M*S, D] allocation fewer per step.
+        x = x.reshape(M * S, D)
+        attn, weights = self.attend(self.attn_norm(x), key_bias, S, return_attention)
+        x = attn.add_(x)  # x + attend(ln(x))
+        x = self.feed_forward(self.ff_norm(x)).add_(x)  # x + feed_forward(ln(x))
+        return x.view(M, S, D), weights
 
+    def attend(
+        self, h: Tensor, key_bias: Tensor, tokens_per_step: int, return_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Multi-head self-attention within each step, the block's first residual branch.
+
+        ``h [M*S, D]`` (normalised tokens, ``S = tokens_per_step`` per step), ``key_bias
+        [M, 1, 1, S]`` -> ``(out [M*S, D], weights [M, H, S, S] or None)``; ``out`` is a
+        fresh tensor the caller may add to in place.
+        """
+        S, D, H = tokens_per_step, h.shape[-1], self.num_heads
+        dropout = self.dropout if self.training else 0.0
         # Fused projection, split into strided views (SDPA takes arbitrary strides). split,
-        # unlike unbind, backpropagates with a single cat and no extra layout copy.
+        # unlike unbind, backpropagates with a single cat and no extra layout copy. Plain
+        # view/transpose rather than einops.rearrange: the eight rearranges of an encode
+        # added 44 us (+16%) to a B=1 step (M=1, N=3); the shape comments name the axes.
         q, k, v = (
-            part.view(M, S, H, D // H).transpose(1, 2)  # [M, H, S, hd]
-            for part in self.qkv(self.attn_norm(tokens)).split(D, dim=-1)
+            part.view(-1, S, H, D // H).transpose(1, 2)  # [M, H, S, hd]
+            for part in self.qkv(h).split(D, dim=-1)
         )
         weights: Tensor | None = None
         if return_attention:
@@ -125,23 +186,24 @@ class SlotAttentionBlock(nn.Module):
             attended = F.dropout(weights, dropout, True) if dropout > 0 else weights
             heads = attended @ v  # [M, H, S, hd]
         else:
+            # key_bias is a float additive mask (0 / -inf) that the encoder builds once for
+            # all blocks: SDPA would convert a bool mask again in every block.
             heads = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, dropout_p=dropout)
         # SDPA lays its output out as [M, S, H, hd], so this reshape is a view.
-        attn = self.attn_out(heads.transpose(1, 2).reshape(M * S, D))  # [M*S, D]
-        if dropout > 0:
-            attn = F.dropout(attn, dropout, True)
-        # In place on the branch's fresh output (its backward does not need it): one
-        # [M*S, D] allocation fewer per residual.
-        tokens = attn.add_(tokens)
+        out = self.attn_out(heads.transpose(1, 2).reshape(-1, D))  # [M*S, D]
+        # Dropout only when > 0: with p = 0 it returns its input, but still costs a call.
+        return (F.dropout(out, dropout, True) if dropout > 0 else out), weights
 
-        hidden = self.ff_in(self.ff_norm(tokens))  # [M*S, 4D]
+    def feed_forward(self, h: Tensor) -> Tensor:
+        """The position-wise MLP, the block's second residual branch: ``h [M*S, D]``
+        (normalised tokens) -> ``[M*S, D]``, a fresh tensor the caller may add to in place."""
+        dropout = self.dropout if self.training else 0.0
+        hidden = self.ff_in(h)  # [M*S, ff_mult*D]
         # Exact GELU: on CPU the erf kernel is faster than the tanh approximation (measured).
         # Without autograd it runs in place, sparing the largest allocation of the block.
         hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
-        ff = self.ff_out(hidden)  # [M*S, D]
-        if dropout > 0:
-            ff = F.dropout(ff, dropout, True)
-        return ff.add_(tokens).view(M, S, D), weights
+        out = self.ff_out(hidden)  # [M*S, D]
+        return F.dropout(out, dropout, True) if dropout > 0 else out
 
 
 class SlotTransformerEncoder(nn.Module):
@@ -170,8 +232,11 @@ class SlotTransformerEncoder(nn.Module):
     Shapes:
         ``forward(slot_features [B, T, N, slot_dim] float, slot_active_mask [B, T, N] bool
         (True = active), row_ids [N], col_ids [N])`` -> ``(cls_repr [B, T, D],
-        slot_repr [B, T, N, D])``; with ``return_attention=True`` also a tuple of per-layer
-        attention weights ``[B, T, H, N+1, N+1]`` (rows = queries, columns = keys, CLS first).
+        slot_repr [B, T, N, D])``; with ``return_intermediates=True`` (keyword) also an
+        :class:`EncoderIntermediates` holding each block's attention weights
+        ``[B, T, H, N+1, N+1]`` (rows = queries, columns = keys, CLS first). The maps are
+        built only then (and the call is not checkpointed); ``return_attention=True``, the
+        older form returning the bare tuple of maps, is deprecated.
 
     Example:
         >>> enc = SlotTransformerEncoder(slot_dim=31, embed_dim=32, num_heads=4)
@@ -239,6 +304,8 @@ class SlotTransformerEncoder(nn.Module):
         row_ids: Tensor,
         col_ids: Tensor,
         return_attention: Literal[False] = False,
+        *,
+        return_intermediates: Literal[False] = False,
     ) -> tuple[Tensor, Tensor]: ...
 
     @overload
@@ -248,8 +315,38 @@ class SlotTransformerEncoder(nn.Module):
         slot_active_mask: Tensor,
         row_ids: Tensor,
         col_ids: Tensor,
+        return_attention: Literal[False] = False,
+        *,
+        return_intermediates: Literal[True],
+    ) -> tuple[Tensor, Tensor, EncoderIntermediates]: ...
+
+    @overload
+    def forward(
+        self,
+        slot_features: Tensor,
+        slot_active_mask: Tensor,
+        row_ids: Tensor,
+        col_ids: Tensor,
         return_attention: Literal[True],
+        *,
+        return_intermediates: Literal[False] = False,
     ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]: ...
+
+    @overload
+    def forward(
+        self,
+        slot_features: Tensor,
+        slot_active_mask: Tensor,
+        row_ids: Tensor,
+        col_ids: Tensor,
+        return_attention: bool = False,
+        *,
+        return_intermediates: bool = False,
+    ) -> (
+        tuple[Tensor, Tensor]
+        | tuple[Tensor, Tensor, EncoderIntermediates]
+        | tuple[Tensor, Tensor, tuple[Tensor, ...]]
+    ): ...
 
     def forward(
         self,
@@ -258,8 +355,29 @@ class SlotTransformerEncoder(nn.Module):
         row_ids: Tensor,
         col_ids: Tensor,
         return_attention: bool = False,
-    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-        """Encode slots; see the class docstring for shapes."""
+        *,
+        return_intermediates: bool = False,
+    ) -> (
+        tuple[Tensor, Tensor]
+        | tuple[Tensor, Tensor, EncoderIntermediates]
+        | tuple[Tensor, Tensor, tuple[Tensor, ...]]
+    ):
+        """Encode slots; see the class docstring for shapes.
+
+        ``return_attention=True`` is deprecated (it warns): it returns
+        ``(cls_repr, slot_repr, intermediates.attention)`` of ``return_intermediates=True``.
+        """
+        if return_attention:
+            if return_intermediates:
+                raise ValueError(
+                    "pass return_intermediates=True alone: return_attention=True is its "
+                    "deprecated older form"
+                )
+            _warn_deprecated(
+                "SlotTransformerEncoder(..., return_attention=True) is deprecated; pass "
+                "return_intermediates=True and read the maps from the returned "
+                "EncoderIntermediates' .attention"
+            )
         self._check_inputs(slot_features, slot_active_mask, row_ids, col_ids)
         B, T, N, S = slot_features.shape
         D = self.embed_dim
@@ -268,20 +386,22 @@ class SlotTransformerEncoder(nn.Module):
         active = slot_active_mask.reshape(M, N)
         position = self.pos_encoding(row_ids, col_ids)  # [N, D]
 
-        attention: list[Tensor] = []
-        if return_attention:
-            cls_repr, slot_repr = self.encode(features, active, position, attention)
-        elif self.recomputes():
+        if return_attention or return_intermediates:
+            cls_repr, slot_repr, found = self.encode(
+                features, active, position, return_intermediates=True
+            )
+            attention = tuple(w.view(B, T, *w.shape[1:]) for w in found.attention)
+            cls_repr, slot_repr = cls_repr.view(B, T, D), slot_repr.view(B, T, N, D)
+            if return_attention:
+                return cls_repr, slot_repr, attention
+            return cls_repr, slot_repr, EncoderIntermediates(attention)
+        if self.recomputes():
             cls_repr, slot_repr = checkpoint_in_chunks(
                 self.encode, (features, active), self.chunk_steps(N), position
             )
         else:
             cls_repr, slot_repr = self.encode(features, active, position)
-        cls_repr, slot_repr = cls_repr.view(B, T, D), slot_repr.view(B, T, N, D)
-        if return_attention:
-            maps = tuple(w.view(B, T, self.num_heads, N + 1, N + 1) for w in attention)
-            return cls_repr, slot_repr, maps
-        return cls_repr, slot_repr
+        return cls_repr.view(B, T, D), slot_repr.view(B, T, N, D)
 
     def recomputes(self) -> bool:
         """Gradient checkpointing is on and this call builds a graph for backward."""
@@ -291,18 +411,68 @@ class SlotTransformerEncoder(nn.Module):
         """Steps per recomputed chunk: about ``checkpoint_chunk_tokens`` tokens of N + 1."""
         return max(1, self.checkpoint_chunk_tokens // (num_slots + 1))
 
+    @overload
     def encode(
         self,
         features: Tensor,
         active: Tensor,
         position: Tensor,
         attention: list[Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        *,
+        return_intermediates: Literal[False] = False,
+    ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def encode(
+        self,
+        features: Tensor,
+        active: Tensor,
+        position: Tensor,
+        attention: None = None,
+        *,
+        return_intermediates: Literal[True],
+    ) -> tuple[Tensor, Tensor, EncoderIntermediates]: ...
+
+    @overload
+    def encode(
+        self,
+        features: Tensor,
+        active: Tensor,
+        position: Tensor,
+        attention: list[Tensor] | None = None,
+        *,
+        return_intermediates: bool = False,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, EncoderIntermediates]: ...
+
+    def encode(
+        self,
+        features: Tensor,
+        active: Tensor,
+        position: Tensor,
+        attention: list[Tensor] | None = None,
+        *,
+        return_intermediates: bool = False,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, EncoderIntermediates]:
         """The encoder on ``M`` independent steps, without input checks (the caller's
         boundary has checked them): ``features [M, N, slot_dim]``, ``active [M, N]`` bool,
         ``position [N, D]`` (from ``pos_encoding``) -> ``(cls [M, D], slots [M, N, D])``,
-        after the final LayerNorm. Appends each block's attention weights ``[M, H, N+1,
-        N+1]`` to ``attention`` when a list is given."""
+        after the final LayerNorm; with ``return_intermediates=True`` also an
+        :class:`EncoderIntermediates` whose attention maps are ``[M, H, N+1, N+1]``.
+
+        ``attention`` (a list the maps were appended to) is deprecated: it warns and still
+        fills the list; use ``return_intermediates=True``.
+        """
+        if attention is not None:
+            _warn_deprecated(
+                "SlotTransformerEncoder.encode(..., attention=list) is deprecated; pass "
+                "return_intermediates=True and read the returned EncoderIntermediates' "
+                ".attention"
+            )
+            cls_repr, slot_repr, found = self.encode(
+                features, active, position, return_intermediates=True
+            )
+            attention.extend(found.attention)
+            return cls_repr, slot_repr
         M, N, _ = features.shape
         D = self.embed_dim
         tokens = self.slot_embed(features) + position  # [M, N, D]
@@ -315,14 +485,17 @@ class SlotTransformerEncoder(nn.Module):
             [self.cls_key_bias.expand(M, 1), slot_key_bias.to(self.cls_key_bias.dtype)], dim=1
         ).view(M, 1, 1, N + 1)  # broadcast over heads and queries
 
+        maps: list[Tensor] = []
         for block in self.blocks:
-            x, weights = block(x, key_bias, attention is not None)
-            if attention is not None and weights is not None:
-                attention.append(weights)
+            x, weights = block(x, key_bias, return_intermediates)
+            if weights is not None:
+                maps.append(weights)
         x = self.final_norm(x)  # [M, N+1, D]
         # split (not indexing) so that backward is one cat rather than two zero-filled copies;
         # the slot part is a view that skips the CLS row by stride.
         cls_part, slot_part = x.split([1, N], dim=1)
+        if return_intermediates:
+            return cls_part.view(M, D), slot_part, EncoderIntermediates(tuple(maps))
         return cls_part.view(M, D), slot_part
 
     def _check_inputs(

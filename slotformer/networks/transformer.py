@@ -14,7 +14,7 @@ slots and ``max_grid_size`` rows/columns (pass ``slot_config=`` per call).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,11 @@ from torch import Tensor, nn
 from slotformer.actions import ActionSpace
 from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
 from slotformer.layers.embedding import BlueprintEmbedding
-from slotformer.layers.encoder import SlotTransformerEncoder, checkpoint_in_chunks
+from slotformer.layers.encoder import (
+    EncoderIntermediates,
+    SlotTransformerEncoder,
+    checkpoint_in_chunks,
+)
 from slotformer.layers.heads import PointerHead, categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
 from slotformer.networks.core import (
@@ -200,9 +204,10 @@ class SlotTransformerActorCritic(ActorCriticCore):
         position = self.encoder.pos_encoding(ctx.row_ids, ctx.col_ids)  # [N, D]
         extras: dict[str, Any] | None = None
         if self.capture_attention:
-            attention: list[Tensor] = []
-            cls_repr, slot_repr = self._encode_steps(*steps, position, attention)
-            maps = tuple(w.view(B, T, *w.shape[1:]) for w in attention)
+            cls_repr, slot_repr, found = self._encode_steps(
+                *steps, position, return_intermediates=True
+            )
+            maps = tuple(w.view(B, T, *w.shape[1:]) for w in found.attention)
             extras = {"attention": maps, "active_mask": active_mask, "ctx": ctx}
         elif self.encoder.recomputes():
             # Lean memory: embedding + encoder recomputed chunk by chunk in backward.
@@ -218,19 +223,36 @@ class SlotTransformerActorCritic(ActorCriticCore):
         value_features = torch.cat([temporal, cls_repr.to(temporal.dtype)], dim=-1)  # [B, T, H+D]
         return TrunkOutput(temporal, value_features, new_hidden, slot_repr, extras)
 
+    @overload
+    def _encode_steps(
+        self, slots: Tensor, blueprint_indices: Tensor, active: Tensor, position: Tensor
+    ) -> tuple[Tensor, Tensor]: ...
+
+    @overload
     def _encode_steps(
         self,
         slots: Tensor,
         blueprint_indices: Tensor,
         active: Tensor,
         position: Tensor,
-        attention: list[Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        return_intermediates: Literal[True],
+    ) -> tuple[Tensor, Tensor, EncoderIntermediates]: ...
+
+    def _encode_steps(
+        self,
+        slots: Tensor,
+        blueprint_indices: Tensor,
+        active: Tensor,
+        position: Tensor,
+        return_intermediates: bool = False,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, EncoderIntermediates]:
         """``slots [M, N, S]``, ``blueprint_indices [M, N]``, ``active [M, N]`` ->
-        ``(cls [M, D], slot_repr [M, N, D])``."""
+        ``(cls [M, D], slot_repr [M, N, D])`` (and the encoder's intermediates when asked)."""
         blueprint = self.blueprint_embedding(blueprint_indices)  # [M, N, E]
         slot_inputs = torch.cat([slots, blueprint.to(slots.dtype)], dim=-1)  # [M, N, S+E]
-        return self.encoder.encode(slot_inputs, active, position, attention)
+        return self.encoder.encode(
+            slot_inputs, active, position, return_intermediates=return_intermediates
+        )
 
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
         assert trunk.slot_repr is not None
