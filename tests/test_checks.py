@@ -74,7 +74,8 @@ def test_heatmap_and_image_reject_non_finite_or_non_numbers(bad: object) -> None
 
 
 def test_heatmap_and_image_reject_empty_matrices_and_bad_arguments() -> None:
-    for empty in ([], torch.zeros(0)):
+    empties: tuple[list[float], torch.Tensor] = ([], torch.zeros(0))
+    for empty in empties:
         assert "empty matrix" in _message(ValueError, attention_heatmap_image, empty)
         assert "empty matrix" in _message(ValueError, render_attention_heatmap, empty, [])
     for cell_px in (0, -1, 1.5, True):
