@@ -19,7 +19,7 @@ from enum import IntEnum
 import torch
 from torch import Tensor
 
-from slotformer.validation import describe_shape
+from slotformer.validation import describe_shape, expect
 
 
 class Op(IntEnum):
@@ -340,11 +340,10 @@ def canonicalize_masks(
                 f"mask for head {head.name!r} must be torch.bool (True = valid), got "
                 f"{mask.dtype} with shape {describe_shape(mask)}"
             )
-        if mask.shape[:-1] != ops.shape or mask.shape[-1] != head.size:
-            raise ValueError(
-                f"mask for head {head.name!r} has shape {describe_shape(mask)}, expected "
-                f"{(*ops.shape, head.size)} (ops shape {describe_shape(ops)} + head size)"
-            )
+        expect(
+            f"mask for head {head.name!r}", mask, shape=(*ops.shape, head.size),
+            hint=f" (ops shape {describe_shape(ops)} + head size)",
+        )
         by_op = slot_by_op if head.name == action_space.pointer_head else None
         canonical[head.name] = canonicalize_head(head, mask, ops, by_op)
     return canonical

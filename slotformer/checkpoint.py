@@ -38,6 +38,7 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 _REQUIRED_KEYS = ("format_version", "library_version", "policy_type", "config", "slot_ids",
                   "state_dict")
+_EXPECTED = "expected a checkpoint written by slotformer.save_checkpoint (a torch zip archive)"
 
 MapLocation = torch.device | str | Callable[..., Any] | dict[str, str] | None
 
@@ -130,11 +131,10 @@ def read_checkpoint(
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(source)!r}")
-    expected = "a checkpoint written by slotformer.save_checkpoint (a torch zip archive)"
     if not zipfile.is_zipfile(source):
-        raise CheckpointError(
-            f"{str(source)!r} is not a complete torch zip archive ({source.stat().st_size} "
-            f"bytes): it is truncated, corrupt or not a checkpoint; expected {expected}"
+        raise _refused(
+            source, f"is not a complete torch zip archive ({source.stat().st_size} bytes): it is "
+            f"truncated, corrupt or not a checkpoint; {_EXPECTED}"
         )
     # torch.load does not verify the archive's CRC-32s: a flipped bit inside a tensor record
     # would load silently as a wrong weight. Check every record first.
@@ -142,33 +142,33 @@ def read_checkpoint(
         with zipfile.ZipFile(source) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-        raise CheckpointError(
-            f"{str(source)!r} could not be read ({type(error).__name__}: {error}): it is "
-            f"truncated or corrupt; expected {expected}"
+        raise _refused(
+            source, f"could not be read ({type(error).__name__}: {error}): it is truncated or "
+            f"corrupt; {_EXPECTED}"
         ) from error
     if damaged is not None:
-        raise CheckpointError(
-            f"{str(source)!r} is corrupt: its record {damaged!r} fails its CRC-32 check "
-            f"(damaged on disk or in transfer); nothing was loaded; expected {expected}"
+        raise _refused(
+            source, f"is corrupt: its record {damaged!r} fails its CRC-32 check (damaged on disk "
+            f"or in transfer); nothing was loaded; {_EXPECTED}"
         )
     try:
         payload = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if not _needs_arbitrary_unpickling(error):
-            raise CheckpointError(
-                f"{str(source)!r} could not be read (its pickle record is corrupt: "
-                f"{_unsafe_reason(error)}); expected {expected}"
+            raise _refused(
+                source, f"could not be read (its pickle record is corrupt: {_unsafe_reason(error)}"
+                f"); {_EXPECTED}"
             ) from error
-        raise CheckpointError(
-            f"{str(source)!r} was refused: loading it needs arbitrary unpickling "
-            f"(torch.load(weights_only=True) failed: {_unsafe_reason(error)}), which could run "
-            f"code from the file; expected {expected}, which holds only plain data and tensors"
+        raise _refused(
+            source, "was refused: loading it needs arbitrary unpickling (torch.load(weights_only="
+            f"True) failed: {_unsafe_reason(error)}), which could run code from the file; "
+            f"{_EXPECTED}, which holds only plain data and tensors"
         ) from error
     except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, ...
-        raise CheckpointError(
-            f"{str(source)!r} could not be read ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no message'}): it is truncated "
-            f"or corrupt; expected {expected}"
+        first_line = str(error).splitlines()[0] if str(error) else "no message"
+        raise _refused(
+            source, f"could not be read ({type(error).__name__}: {first_line}): it is truncated "
+            f"or corrupt; {_EXPECTED}"
         ) from error
     _check_payload(payload, source)
     return dict(payload)
@@ -209,10 +209,9 @@ def load_checkpoint(
     payload = read_checkpoint(source, map_location=map_location)
     stored_type: str = payload["policy_type"]
     if policy_type is not None and stored_type != policy_type:
-        raise CheckpointError(
-            f"{str(source)!r} holds a {stored_type!r} policy, expected a {policy_type!r} one; "
-            f"a {stored_type!r} checkpoint cannot be loaded as {policy_type!r} (their weights "
-            f"differ)"
+        raise _refused(
+            source, f"holds a {stored_type!r} policy, expected a {policy_type!r} one; a "
+            f"{stored_type!r} checkpoint cannot be loaded as {policy_type!r} (their weights differ)"
         )
     cls = get_policy_class(stored_type)
     saved_slots = SlotConfig(tuple(payload["slot_ids"]))
@@ -221,11 +220,11 @@ def load_checkpoint(
     width_key = "state_dim" if config_class is not None else "feature_dim"
     if slot_config is not None and slot_config != saved_slots:
         if not getattr(cls, "runs_on_any_grid", False):
-            raise CheckpointError(
-                f"{str(source)!r} was saved for slots {list(saved_slots.slot_ids)} but "
-                f"slot_config has {list(slot_config.slot_ids)}; a {stored_type!r} policy's "
-                f"weights are sized by its slots, so it loads only onto the saved slot ids "
-                f"(only a 'transformer' policy loads onto another grid)"
+            raise _refused(
+                source, f"was saved for slots {list(saved_slots.slot_ids)} but slot_config has "
+                f"{list(slot_config.slot_ids)}; a {stored_type!r} policy's weights are sized by "
+                "its slots, so it loads only onto the saved slot ids (only a 'transformer' "
+                "policy loads onto another grid)"
             )
         config[width_key] = _width_for_grid(config, width_key, saved_slots, slot_config, source)
     target_slots = slot_config if slot_config is not None else saved_slots
@@ -236,9 +235,9 @@ def load_checkpoint(
         else:  # a bundle registered by a user: its stored constructor arguments
             policy = cls(slot_config=target_slots, **config)
     except (TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"{str(source)!r}: its stored config {config} does not build a {stored_type!r} "
-            f"policy with this slotformer: {error}"
+        raise _refused(
+            source, f"holds a config {config} that does not build a {stored_type!r} policy with "
+            f"this slotformer: {error}"
         ) from error
     state_dict: dict[str, Any] = payload["state_dict"]
     reference = next((t for t in state_dict.values() if t.is_floating_point()), None)
@@ -254,8 +253,8 @@ def load_checkpoint(
     try:
         policy.load_state_dict(state_dict, strict=True)
     except ValueError as error:
-        raise CheckpointError(
-            f"{str(source)!r}: weights do not fit the {stored_type!r} policy built from its "
+        raise _refused(
+            source, f"holds weights that do not fit the {stored_type!r} policy built from its "
             f"config: {error}"
         ) from error
     return policy
@@ -289,59 +288,56 @@ def _width_for_grid(
     base_dim = int(config.get("base_dim", DEFAULT_BASE_DIM))
     slot_total = int(config[key]) - base_dim
     if slot_total % saved.num_slots:
-        raise CheckpointError(
-            f"{str(source)!r}: stored {key}={config[key]} does not split into "
-            f"base_dim={base_dim} plus {saved.num_slots} equal slot blocks"
+        raise _refused(
+            source, f"holds {key}={config[key]}, which does not split into base_dim={base_dim} "
+            f"plus {saved.num_slots} equal slot blocks"
         )
     return base_dim + target.num_slots * (slot_total // saved.num_slots)
+
+
+def _refused(source: Path, problem: str) -> CheckpointError:
+    """The error for the checkpoint at ``source``: its path, then what is wrong with it."""
+    return CheckpointError(f"{str(source)!r} {problem}")
 
 
 def _check_payload(payload: Any, source: Path) -> None:
     if not isinstance(payload, dict) or "format_version" not in payload:
         found = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(
-            f"{str(source)!r} is not a slotformer checkpoint: found {found}, expected a dict "
-            f"with keys {list(_REQUIRED_KEYS)}"
+        raise _refused(
+            source, f"is not a slotformer checkpoint: found {found}, expected a dict with keys "
+            f"{list(_REQUIRED_KEYS)}"
         )
     version = payload["format_version"]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(
-            f"{str(source)!r} has format_version={version!r}, expected a positive int "
+        raise _refused(
+            source, f"has format_version={version!r}, expected a positive int "
             f"(<= {CHECKPOINT_FORMAT_VERSION})"
         )
     if version > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{str(source)!r} has format version {version} (written by slotformer "
+        raise _refused(
+            source, f"has format version {version} (written by slotformer "
             f"{payload.get('library_version', '?')}), newer than the newest this slotformer "
             f"reads ({CHECKPOINT_FORMAT_VERSION}); upgrade slotformer to load it"
         )
     missing = [key for key in _REQUIRED_KEYS if key not in payload]
     if missing:
-        raise CheckpointError(
-            f"{str(source)!r} lacks entries {missing}; expected {list(_REQUIRED_KEYS)}"
+        raise _refused(source, f"lacks entries {missing}; expected {list(_REQUIRED_KEYS)}")
+    policy_type, slot_ids, config = payload["policy_type"], payload["slot_ids"], payload["config"]
+    if policy_type not in list_policies():
+        raise _refused(
+            source, f"holds policy type {policy_type!r}, which is not registered; registered "
+            f"policies: {list_policies()}"
         )
-    if payload["policy_type"] not in list_policies():
-        raise CheckpointError(
-            f"{str(source)!r} holds policy type {payload['policy_type']!r}, which is not "
-            f"registered; registered policies: {list_policies()}"
-        )
-    slot_ids = payload["slot_ids"]
     if not isinstance(slot_ids, list | tuple) or not all(isinstance(s, str) for s in slot_ids):
-        raise CheckpointError(
-            f"{str(source)!r} has slot_ids={slot_ids!r}, expected a list of str"
-        )
-    if not isinstance(payload["config"], dict):
-        raise CheckpointError(
-            f"{str(source)!r} has config of type {type(payload['config']).__name__}, "
-            f"expected a dict of constructor arguments"
+        raise _refused(source, f"has slot_ids={slot_ids!r}, expected a list of str")
+    if not isinstance(config, dict):
+        raise _refused(
+            source, f"has config of type {type(config).__name__}, expected a dict of constructor "
+            "arguments"
         )
     state_dict = payload["state_dict"]
-    if not isinstance(state_dict, dict) or not all(
-        isinstance(v, Tensor) for v in state_dict.values()
-    ):
-        raise CheckpointError(
-            f"{str(source)!r} has a state_dict that is not a dict of tensors"
-        )
+    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise _refused(source, "has a state_dict that is not a dict of tensors")
 
 
 def _check_plain_data(value: Any, where: str) -> None:

@@ -210,23 +210,19 @@ class ObservationLayout:
         Derived from ``blueprint_indices >= 0`` (activity never comes from thresholding a
         normalised feature), or taken as given from an explicit ``active_mask``.
         """
-        if active_mask is not None:
+        if active_mask is None:
+            if blueprint_indices is None:
+                raise ValueError("pass blueprint_indices or an explicit active_mask")
+            name, given = "blueprint_indices", blueprint_indices
+        else:
             if active_mask.dtype != torch.bool:
                 raise ValueError(
                     f"active_mask must be torch.bool, got {active_mask.dtype} "
                     f"with shape {describe_shape(active_mask)}"
                 )
-            if active_mask.dim() < 1 or active_mask.shape[-1] != self.num_slots:
-                raise ValueError(
-                    f"active_mask has shape {describe_shape(active_mask)}, "
-                    f"expected last dimension N={self.num_slots}"
-                )
-            return active_mask
-        if blueprint_indices is None:
-            raise ValueError("pass blueprint_indices or an explicit active_mask")
-        if blueprint_indices.dim() < 1 or blueprint_indices.shape[-1] != self.num_slots:
+            name, given = "active_mask", active_mask
+        if given.dim() < 1 or given.shape[-1] != self.num_slots:
             raise ValueError(
-                f"blueprint_indices has shape {describe_shape(blueprint_indices)}, "
-                f"expected last dimension N={self.num_slots}"
+                f"{name} has shape {describe_shape(given)}, expected last dimension N={self.num_slots}"
             )
-        return blueprint_indices >= 0
+        return given if active_mask is not None else given >= 0

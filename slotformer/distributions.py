@@ -36,7 +36,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from slotformer.validation import describe_shape, validation_enabled
+from slotformer.validation import describe_shape, expect, validation_enabled
 
 __all__ = [
     "MASKED_LOGIT_VALUE",
@@ -68,26 +68,18 @@ class InvalidStateMachineError(RuntimeError):
 
 def _check_metadata(logits: Tensor, mask: Tensor | None, name: str) -> None:
     """Dtype/shape/device checks; read metadata only, so they are free and always run."""
-    if not logits.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
-    if logits.dim() < 1:
+    if not logits.is_floating_point() or logits.dim() < 1:
         raise ValueError(
-            f"{name} must have at least one dimension [..., n], got shape {describe_shape(logits)}"
+            f"{name} must be a floating-point tensor [..., n] (at least one dimension), got "
+            f"dtype {logits.dtype} and shape {describe_shape(logits)}"
         )
-    if mask is None:
-        return
-    if mask.dtype != torch.bool:
+    if mask is not None and (
+        mask.dtype != torch.bool or mask.shape != logits.shape or mask.device != logits.device
+    ):
         raise ValueError(
-            f"mask for {name} must have dtype torch.bool (True = valid), got {mask.dtype}"
-        )
-    if mask.shape != logits.shape:
-        raise ValueError(
-            f"mask for {name} must have exactly the logits' shape {describe_shape(logits)}, "
-            f"got {describe_shape(mask)}"
-        )
-    if mask.device != logits.device:
-        raise ValueError(
-            f"mask for {name} must be on the logits' device {logits.device}, got {mask.device}"
+            f"mask for {name} must be torch.bool (True = valid) with exactly the logits' shape "
+            f"{describe_shape(logits)} on their device {logits.device}, got {mask.dtype} "
+            f"{describe_shape(mask)} on {mask.device}"
         )
 
 
@@ -141,12 +133,9 @@ def _check_min_prob(min_prob: float | None) -> float:
     """Returns the floor as a Python float (0.0 = no floor); rejects values outside [0, 1)."""
     if min_prob is None:
         return 0.0
-    if isinstance(min_prob, bool) or not isinstance(min_prob, (int, float)):
-        raise ValueError(
-            f"min_prob must be a Python float in [0, 1) or None, got {type(min_prob).__name__}"
-        )
-    if not 0.0 <= min_prob < 1.0:  # also rejects NaN
-        raise ValueError(f"min_prob must be in [0, 1), got {min_prob}")
+    number = isinstance(min_prob, (int, float)) and not isinstance(min_prob, bool)
+    if not number or not 0.0 <= min_prob < 1.0:  # also rejects NaN
+        raise ValueError(f"min_prob must be a Python float in [0, 1) or None, got {min_prob!r}")
     return float(min_prob)
 
 
@@ -309,12 +298,7 @@ def normalised_entropy(log_probs: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         valid = log_probs > float("-inf")
     else:
-        if mask.dtype != torch.bool or mask.shape != log_probs.shape:
-            raise ValueError(
-                f"mask must be torch.bool with log_probs' shape {describe_shape(log_probs)}, "
-                f"got {mask.dtype} {describe_shape(mask)}"
-            )
-        valid = mask
+        valid = expect("mask", mask, dtype=torch.bool, shape=log_probs.shape)
     # Zero the masked log-probs before multiplying: 0 * -inf would be NaN (and so its gradient).
     safe_log_probs = log_probs.masked_fill(~valid, 0.0)  # [..., n]
     entropy = -(log_probs.exp() * safe_log_probs).sum(dim=-1)  # [...]

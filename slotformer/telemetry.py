@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from slotformer.validation import describe_shape, validation_enabled
+from slotformer.validation import describe_shape, expect, validation_enabled
 
 NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
 """The network types shipped with slotformer (others may be registered); the diagnostics and
@@ -99,32 +99,19 @@ def _validate_attention_inputs(
     attention_maps: Sequence[Tensor], slot_active_mask: Tensor, slot_ids: Sequence[str]
 ) -> tuple[list[Tensor], tuple[str, ...]]:
     """Metadata checks (always) and value checks (when validation is enabled)."""
-    if not isinstance(slot_active_mask, Tensor):
+    expect("slot_active_mask", slot_active_mask, dtype=torch.bool, hint=" (bool [B, T, N])")
+    if slot_active_mask.dim() != 3 or 0 in slot_active_mask.shape[:2]:
         raise ValueError(
-            f"slot_active_mask must be a bool Tensor [B, T, N]; got {type(slot_active_mask).__name__}"
-        )
-    if slot_active_mask.dtype != torch.bool:
-        raise ValueError(f"slot_active_mask must have dtype torch.bool; got {slot_active_mask.dtype}")
-    if slot_active_mask.dim() != 3:
-        raise ValueError(
-            f"slot_active_mask must be [B, T, N]; got shape {describe_shape(slot_active_mask)}"
-        )
-    batch, steps, num_slots = slot_active_mask.shape
-    if batch * steps == 0:
-        raise ValueError(
-            "slot_active_mask must have at least one (batch, time) position; "
+            "slot_active_mask must be [B, T, N] with at least one (batch, time) position; "
             f"got shape {describe_shape(slot_active_mask)}"
         )
+    batch, steps, num_slots = slot_active_mask.shape
 
-    if isinstance(slot_ids, str) or not isinstance(slot_ids, Sequence):
-        raise ValueError(f"slot_ids must be a sequence of str; got {slot_ids!r}")
-    ids = tuple(slot_ids)
-    if not all(isinstance(slot_id, str) for slot_id in ids):
-        raise ValueError(f"slot_ids must contain only str; got {ids!r}")
-    if len(ids) != num_slots:
+    ids = () if isinstance(slot_ids, str) or not isinstance(slot_ids, Sequence) else tuple(slot_ids)
+    if len(ids) != num_slots or not all(isinstance(slot_id, str) for slot_id in ids):
         raise ValueError(
-            f"len(slot_ids) must equal N = {num_slots} (slot_active_mask is "
-            f"{describe_shape(slot_active_mask)}); got {len(ids)} ids {ids!r}"
+            f"slot_ids must be a sequence of N = {num_slots} str (slot_active_mask is "
+            f"{describe_shape(slot_active_mask)}); got {slot_ids!r}"
         )
 
     if isinstance(attention_maps, Tensor) or not isinstance(attention_maps, Sequence):
@@ -135,36 +122,21 @@ def _validate_attention_inputs(
     maps = list(attention_maps)
     if not maps:
         raise ValueError("attention_maps must hold at least one layer; got an empty sequence")
-    first_shape = None
     for layer, layer_map in enumerate(maps):
-        name = f"attention_maps[{layer}]"
-        if not isinstance(layer_map, Tensor):
-            raise ValueError(f"{name} must be a Tensor; got {type(layer_map).__name__}")
-        if not layer_map.is_floating_point():
-            raise ValueError(f"{name} must have a floating dtype; got {layer_map.dtype}")
-        expected = f"[B={batch}, T={steps}, heads, N+1={num_slots + 1}, N+1={num_slots + 1}]"
-        if (
-            layer_map.dim() != 5
-            or layer_map.shape[:2] != (batch, steps)
-            or layer_map.shape[3:] != (num_slots + 1, num_slots + 1)
-            or layer_map.shape[2] == 0
-        ):
-            raise ValueError(
-                f"{name} must be {expected} (from slot_active_mask "
-                f"{describe_shape(slot_active_mask)}); got {describe_shape(layer_map)}"
-            )
-        if first_shape is None:
-            first_shape = layer_map.shape
-        elif layer_map.shape != first_shape:
-            raise ValueError(
-                f"all attention maps must have the same shape; attention_maps[0] is "
-                f"{tuple(first_shape)} but {name} is {describe_shape(layer_map)}"
-            )
-        if layer_map.device != slot_active_mask.device:
-            raise ValueError(
-                f"{name} is on {layer_map.device} but slot_active_mask is on "
-                f"{slot_active_mask.device}; put them on the same device"
-            )
+        expect(f"attention_maps[{layer}]", layer_map, floating=True, device=slot_active_mask.device)
+    first = maps[0]
+    heads = first.shape[2] if first.dim() == 5 else 0
+    if heads == 0 or first.shape != (batch, steps, heads, num_slots + 1, num_slots + 1):
+        raise ValueError(
+            f"attention_maps[0] must be [B={batch}, T={steps}, heads, N+1={num_slots + 1}, "
+            f"N+1={num_slots + 1}] (from slot_active_mask {describe_shape(slot_active_mask)}); "
+            f"got {describe_shape(first)}"
+        )
+    for layer, layer_map in enumerate(maps[1:], start=1):
+        expect(
+            f"attention_maps[{layer}]", layer_map, shape=first.shape,
+            hint=" (all attention maps must have the same shape)",
+        )
 
     if validation_enabled():
         with torch.no_grad():

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from slotformer.telemetry import NETWORK_TYPES
-from slotformer.validation import describe_shape
+from slotformer.validation import check_positive_int, describe_shape
 
 MatrixLike = Union[Tensor, Sequence[float], Sequence[Sequence[float]]]
 """An ``[N, N]`` or ``[N]`` matrix: a Tensor, a list of floats or a nested list."""
@@ -43,17 +43,18 @@ _KEY_LINE_WIDTH = 80
 
 
 def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
-    """Return the matrix as a list of float rows and whether it was 1-D."""
+    """Return the matrix as a list of float rows and whether it was 1-D.
+
+    Rejects anything but a non-empty ``[N]`` or square ``[N, N]`` of finite real numbers.
+    """
     if isinstance(matrix, Tensor):
         if matrix.dim() not in (1, 2):
             raise ValueError(f"matrix must be [N, N] or [N]; got shape {describe_shape(matrix)}")
         if matrix.is_complex() or matrix.dtype == torch.bool:
             raise ValueError(f"matrix must hold real numbers; got dtype {matrix.dtype}")
         values = matrix.detach().to("cpu", torch.float64).tolist()
-        if matrix.dim() == 1:
-            return [values], True
-        rows = values
-        one_dim = False
+        one_dim = matrix.dim() == 1
+        rows = [values] if one_dim else values
     else:
         if isinstance(matrix, (str, bytes)) or not isinstance(matrix, Sequence):
             raise ValueError(
@@ -73,8 +74,9 @@ def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
             )
     for row in rows:
         for value in row:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"matrix entries must be numbers; got {value!r}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):
+                raise ValueError(f"matrix entries must be finite numbers; got {value!r}")
     if not one_dim:
         size = len(rows)
         widths = sorted({len(row) for row in rows})
@@ -82,17 +84,20 @@ def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
             raise ValueError(
                 f"a 2-D matrix must be square [N, N]; got {size} rows of lengths {widths}"
             )
+    if not rows[0]:  # a 2-D matrix has rows here: zero rows failed the square check
+        raise ValueError("matrix must have at least one slot; got an empty matrix")
     return [[float(value) for value in row] for row in rows], one_dim
 
 
 def _validate_thresholds(thresholds: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(t) for t in thresholds)
-    if len(values) != 3 or not all(math.isfinite(t) for t in values):
-        raise ValueError(f"thresholds must be three finite numbers (high, mid, low); got {thresholds!r}")
-    high, mid, low = values
-    if not high >= mid >= low:
-        raise ValueError(f"thresholds must be non-increasing (high >= mid >= low); got {thresholds!r}")
-    return high, mid, low
+    finite = len(values) == 3 and all(math.isfinite(t) for t in values)
+    if not finite or not values[0] >= values[1] >= values[2]:
+        raise ValueError(
+            "thresholds must be three finite, non-increasing numbers (high >= mid >= low); "
+            f"got {thresholds!r}"
+        )
+    return values[0], values[1], values[2]
 
 
 def _glyph_index(value: float, thresholds: tuple[float, float, float]) -> int:
@@ -165,19 +170,11 @@ def render_attention_heatmap(
     """
     rows, one_dim = _as_rows(matrix)
     num_slots = len(rows[0])
-    if num_slots == 0:
-        raise ValueError("matrix must have at least one slot; got an empty matrix")
-    for row in rows:
-        for value in row:
-            if not math.isfinite(value):
-                raise ValueError(f"matrix must be finite; found {value}")
-    if isinstance(labels, str) or not isinstance(labels, Sequence):
-        raise ValueError(f"labels must be a sequence of str; got {labels!r}")
-    label_list = [str(label) for label in labels]
-    if len(label_list) != num_slots:
+    if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) != num_slots:
         raise ValueError(
-            f"labels must have one entry per slot (N = {num_slots}); got {len(label_list)} labels"
+            f"labels must have one entry per slot (a sequence of N = {num_slots} str); got {labels!r}"
         )
+    label_list = [str(label) for label in labels]
     cutoffs = _validate_thresholds(thresholds)
     use_compact = num_slots > COMPACT_ABOVE_SLOTS if compact is None else bool(compact)
 
@@ -244,15 +241,9 @@ def attention_heatmap_image(matrix: MatrixLike, *, cell_px: int = 8) -> Tensor:
         >>> attention_heatmap_image([[1.0, 0.0], [0.5, 0.5]], cell_px=4).shape
         torch.Size([3, 8, 8])
     """
-    if isinstance(cell_px, bool) or not isinstance(cell_px, int) or cell_px < 1:
-        raise ValueError(f"cell_px must be a positive int; got {cell_px!r}")
+    check_positive_int("cell_px", cell_px)
     rows, _ = _as_rows(matrix)
-    if not rows[0]:
-        raise ValueError("matrix must have at least one slot; got an empty matrix")
-    values = torch.tensor(rows, dtype=torch.float32)  # [R, N]
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError("matrix must be finite")
-    values = values.clamp(0.0, 1.0)
+    values = torch.tensor(rows, dtype=torch.float32).clamp(0.0, 1.0)  # [R, N]
     # "hot" ramp: red rises first, then green, then blue; monotone in brightness.
     rgb = torch.stack(
         [(3 * values).clamp(0, 1), (3 * values - 1).clamp(0, 1), (3 * values - 2).clamp(0, 1)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from slotformer.validation import describe_shape, validation_enabled
+from slotformer.validation import describe_shape, expect, validation_enabled
 
 EMPTY_SLOT_INDEX = -1
 """Blueprint index that marks an empty slot."""
@@ -55,10 +55,9 @@ class BlueprintEmbedding(nn.Module):
 
     def __init__(self, num_blueprints: int = 13, embed_dim: int = 4) -> None:
         super().__init__()
-        if num_blueprints < 1:
-            raise ValueError(f"num_blueprints must be >= 1, got {num_blueprints}")
-        if embed_dim < 1:
-            raise ValueError(f"embed_dim must be >= 1, got {embed_dim}")
+        for name, size in (("num_blueprints", num_blueprints), ("embed_dim", embed_dim)):
+            if size < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
         self.num_blueprints = num_blueprints
         self.embed_dim = embed_dim
         self.embedding = nn.Embedding(num_blueprints + 1, embed_dim)
@@ -77,11 +76,7 @@ class BlueprintEmbedding(nn.Module):
 
     def forward(self, blueprint_indices: Tensor) -> Tensor:
         """Look up embeddings; ``-1`` maps to the null row. ``[...] -> [..., embed_dim]``."""
-        if blueprint_indices.dtype != torch.int64:
-            raise ValueError(
-                f"blueprint_indices must have dtype torch.int64, got {blueprint_indices.dtype} "
-                f"(shape {describe_shape(blueprint_indices)})"
-            )
+        expect("blueprint_indices", blueprint_indices, dtype=torch.int64)
         if validation_enabled():
             self._check_range(blueprint_indices)
         table_indices = torch.where(

@@ -23,7 +23,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from slotformer.validation import describe_shape
+from slotformer.validation import describe_shape, expect
 
 _NUM_GATES = 4  # PyTorch gate order in the stacked weights: input, forget, cell (g), output
 
@@ -205,12 +205,10 @@ class ResidualLSTM(nn.Module):
         self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        if input_size < 1:
-            raise ValueError(f"input_size must be >= 1, got {input_size}")
-        if hidden_size < 1:
-            raise ValueError(f"hidden_size must be >= 1, got {hidden_size}")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        sizes = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": num_layers}
+        for name, size in sizes.items():
+            if size < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.input_size = input_size
@@ -291,20 +289,16 @@ class ResidualLSTM(nn.Module):
         return x, (h, c)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
+        if x.dim() != 3 or x.shape[-1] != self.input_size or x.shape[1] == 0:
             raise ValueError(
-                f"x must have shape [B, T, input_size={self.input_size}], got {describe_shape(x)}"
+                f"x must have shape [B, T, input_size={self.input_size}] with at least one time "
+                f"step, got {describe_shape(x)}"
             )
-        if x.shape[1] == 0:
-            raise ValueError(f"x must have at least one time step, got shape {describe_shape(x)}")
-        if not x.is_floating_point():
-            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         reference = self._block(0).lstm.weight_hh_l0
-        if x.device != reference.device:
-            raise ValueError(
-                f"x is on device {x.device} but the ResidualLSTM parameters are on "
-                f"{reference.device}; move one of them"
-            )
+        expect(
+            "x", x, floating=True, device=reference.device,
+            hint=" (a floating-point tensor on the ResidualLSTM parameters' device)",
+        )
         if x.dtype != reference.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(
                 f"x has dtype {x.dtype} but the ResidualLSTM parameters are {reference.dtype} "
@@ -321,23 +315,20 @@ class ResidualLSTM(nn.Module):
             raise ValueError(f"hidden must be a tuple (h, c) of two tensors, got {description}")
         h, c = hidden
         expected = (self.num_layers, x.shape[0], self.hidden_size)
-        for name, state in (("h", h), ("c", c)):
+        for name, state in (("hidden h", h), ("hidden c", c)):
             if not isinstance(state, Tensor):
-                raise ValueError(f"hidden {name} must be a Tensor, got a {type(state).__name__}")
+                raise ValueError(f"{name} must be a Tensor, got a {type(state).__name__}")
             if tuple(state.shape) != expected:
                 raise ValueError(
-                    f"hidden {name} must have shape [num_layers, B, hidden_size] = {expected}, "
+                    f"{name} must have shape [num_layers, B, hidden_size] = {expected}, "
                     f"got {describe_shape(state)}"
                 )
             if state.device != x.device:
-                raise ValueError(
-                    f"hidden {name} is on device {state.device} but x is on {x.device}"
-                )
-            if not state.is_floating_point():
-                raise ValueError(f"hidden {name} must be floating point, got dtype {state.dtype}")
+                raise ValueError(f"{name} is on device {state.device} but x is on {x.device}")
+            expect(name, state, floating=True, hint=" (the state is floating point)")
             if state.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
                 raise ValueError(
-                    f"hidden {name} has dtype {state.dtype} but x has dtype {x.dtype} "
+                    f"{name} has dtype {state.dtype} but x has dtype {x.dtype} "
                     "(outside autocast they must match)"
                 )
         if h.dtype != c.dtype:
