@@ -47,6 +47,7 @@ from slotformer.distributions import (
 )
 from slotformer.layers import (
     BlueprintEmbedding,
+    EncoderIntermediates,
     PointerHead,
     ResidualLSTM,
     SlotAttentionBlock,
@@ -63,6 +64,7 @@ from slotformer.networks import (
     PolicyInputs,
     SlotTransformerActorCritic,
     TransformerConfig,
+    TrunkIntermediates,
     read_inputs,
 )
 from slotformer.policy import (
@@ -82,8 +84,8 @@ from slotformer.policy import (
     list_policies,
     register_policy,
 )
+from slotformer.policy.registry import NETWORK_TYPES
 from slotformer.telemetry import (
-    NETWORK_TYPES,
     AttentionStats,
     TelemetryHook,
     TelemetryHookHandle,
@@ -121,6 +123,7 @@ __all__ = [
     "BlueprintAction",
     "BlueprintEmbedding",
     "CheckpointError",
+    "EncoderIntermediates",
     "EvalResult",
     "EvaluateActionsResult",
     "FactoredRecurrentActorCritic",
@@ -151,6 +154,7 @@ __all__ = [
     "Tempo",
     "TransformerConfig",
     "TransformerPolicyBundle",
+    "TrunkIntermediates",
     "__version__",
     "attention_heatmap_image",
     "canonicalize_head",

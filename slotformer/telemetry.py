@@ -36,10 +36,6 @@ from torch import Tensor
 
 from slotformer.validation import describe_shape, expect, validation_enabled
 
-NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
-"""The network types shipped with slotformer (others may be registered); the diagnostics and
-the status badge know these."""
-
 # Tolerances of the (validation-gated) sanity checks on attention maps. Maps may come from
 # bf16/fp16 attention, so row sums are only checked loosely.
 _MASKED_KEY_TOLERANCE = 1e-3
@@ -259,9 +255,10 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
     ``get_attention_stats()`` returns None (nothing captured yet; see :func:`capture_attention`).
 
     Args:
-        network_or_bundle: a network, or a policy bundle with a ``.network`` attribute. The
-            network must have ``network_type`` in :data:`NETWORK_TYPES`; a transformer may have a
-            callable ``get_attention_stats()`` returning :class:`AttentionStats` or None.
+        network_or_bundle: a network, or a policy bundle with a ``.network`` attribute. Its
+            ``network_type`` must be a registered policy type (`list_policies`: the built-in
+            ones and any registered with `register_policy`); a network may have a callable
+            ``get_attention_stats()`` returning :class:`AttentionStats` or None.
 
     Returns:
         ``{"network_type", "attention_entropy_mean", "attention_entropy_min",
@@ -277,10 +274,13 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
     network_type = getattr(network, "network_type", None)
     if network_type is None:
         network_type = getattr(network_or_bundle, "network_type", None)
-    if network_type not in NETWORK_TYPES:
+    # Late import: the registry lives in the policy layer, which imports this module.
+    from slotformer.policy.registry import list_policies
+
+    if network_type not in list_policies():
         raise ValueError(
-            f"network_or_bundle must expose network_type in {NETWORK_TYPES} (on itself or on "
-            f"its .network); got {network_type!r} from {type(network).__name__}"
+            f"network_or_bundle must expose a registered network_type {list_policies()} (on "
+            f"itself or on its .network); got {network_type!r} from {type(network).__name__}"
         )
     diagnostics: dict[str, object] = {
         "network_type": network_type,
@@ -288,8 +288,6 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
         "attention_entropy_min": None,
         "slot_attention_distribution": None,
     }
-    if network_type == "lstm":
-        return diagnostics
     get_stats = getattr(network, "get_attention_stats", None)
     if not callable(get_stats):
         return diagnostics
@@ -425,7 +423,6 @@ def capture_attention(network: _NetworkT) -> Iterator[_NetworkT]:
 
 
 __all__ = [
-    "NETWORK_TYPES",
     "AttentionStats",
     "TelemetryHook",
     "TelemetryHookHandle",
@@ -434,3 +431,19 @@ __all__ = [
     "compute_attention_stats",
     "policy_diagnostics",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NETWORK_TYPES":  # moved to the policy registry, where the types are registered
+        import warnings
+
+        from slotformer.policy.registry import NETWORK_TYPES
+
+        warnings.warn(
+            "slotformer.telemetry.NETWORK_TYPES is deprecated and will be removed in the next "
+            "release; use slotformer.NETWORK_TYPES (or slotformer.list_policies())",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return NETWORK_TYPES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

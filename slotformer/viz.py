@@ -24,7 +24,6 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from slotformer.telemetry import NETWORK_TYPES
 from slotformer.validation import check_positive_int, describe_shape
 
 MatrixLike = Union[Tensor, Sequence[float], Sequence[Sequence[float]]]
@@ -218,7 +217,7 @@ def network_badge(network_type: str) -> str:
     """
     badge = _BADGES.get(network_type) if isinstance(network_type, str) else None
     if badge is None:
-        raise ValueError(f"network_type must be one of {NETWORK_TYPES}; got {network_type!r}")
+        raise ValueError(f"network_type must be one of {tuple(_BADGES)}; got {network_type!r}")
     return badge
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from slotformer.policy import LSTMPolicyBundle
 from slotformer.telemetry import (
     AttentionStats,
     TelemetryHookHandle,
@@ -455,3 +456,52 @@ def test_tensorboard_is_not_imported_by_slotformer() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_forward_returns_attention_as_data_without_the_switch() -> None:
+    from slotformer import FactoredRecurrentActorCritic, SlotTransformerActorCritic
+    from slotformer.networks import TrunkIntermediates
+
+    net = SlotTransformerActorCritic(embed_dim=16, lstm_hidden_dim=16, head_hidden=16)
+    state, bp = torch.randn(2, 3, 116), torch.tensor([0, -1, 2]).expand(2, 3, 3)
+    out = net(state, bp, return_intermediates=True)
+    seen = out["intermediates"]
+    assert isinstance(seen, TrunkIntermediates) and len(seen.attention) == 2
+    assert seen.attention[0].shape == (2, 3, 4, 4, 4)
+    # rows sum to 1 and the empty slot (key index 2: CLS first) is never attended
+    assert torch.allclose(seen.attention[0].sum(-1), torch.ones(2, 3, 4, 4))
+    assert (seen.attention[1][..., 2] == 0).all()
+    assert torch.equal(seen.active, bp >= 0) and seen.slot_ids == ("r0c0", "r0c1", "r0c2")
+    # asking changes nothing else (the maps are materialised instead of fused SDPA: the same
+    # maths up to fp32 rounding) and stores nothing on the network
+    plain = net(state, bp)
+    assert "intermediates" not in plain
+    torch.testing.assert_close(plain["op_logits"], out["op_logits"], rtol=0, atol=1e-6)
+    assert net.get_attention_stats() is None
+    stats = compute_attention_stats(seen.attention, seen.active, seen.slot_ids)
+    assert stats.slot_ids == seen.slot_ids
+    flat = FactoredRecurrentActorCritic(116, 16, 16)
+    assert flat(state, bp, return_intermediates=True)["intermediates"].attention == ()
+
+
+def test_diagnostics_accept_a_policy_type_registered_by_a_user() -> None:
+    from slotformer.policy import registry
+
+    @registry.register_policy("my-gru")
+    class MyPolicy(LSTMPolicyBundle):
+        pass
+
+    try:
+        payload = policy_diagnostics(SimpleNamespace(network_type="my-gru"))
+        assert payload["network_type"] == "my-gru" and payload["attention_entropy_mean"] is None
+    finally:
+        registry._REGISTRY.pop("my-gru", None)
+    with pytest.raises(ValueError, match="registered network_type"):
+        policy_diagnostics(SimpleNamespace(network_type="my-gru"))
+
+
+def test_network_types_moved_to_the_registry_with_a_deprecated_alias() -> None:
+    import slotformer.telemetry as telemetry_module
+
+    with pytest.warns(DeprecationWarning, match="telemetry.NETWORK_TYPES is deprecated"):
+        assert telemetry_module.NETWORK_TYPES == ("lstm", "transformer")

@@ -18,6 +18,7 @@ from slotformer.networks.results import (
     EvaluateActionsResult,
     ForwardResult,
     GetActionResult,
+    TrunkIntermediates,
 )
 from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
 
@@ -35,6 +36,7 @@ __all__ = [
     "SlotContext",
     "SlotTransformerActorCritic",
     "TransformerConfig",
+    "TrunkIntermediates",
     "init_actor_critic_weights",
     "read_inputs",
 ]

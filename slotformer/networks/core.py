@@ -58,6 +58,7 @@ from slotformer.networks.results import (
     EvalResult,
     EvaluateActionsResult,
     GetActionResult,
+    TrunkIntermediates,
 )
 from slotformer.validation import check_positive_int, validation_enabled
 
@@ -183,7 +184,7 @@ class TrunkOutput:
     value_features: Tensor  # [B, T, F]: input of the V(s) head (Q adds the op one-hot)
     hidden: Hidden
     slot_repr: Tensor | None = None  # [B, T, N, D] for networks with per-slot representations
-    extras: dict[str, Any] | None = None
+    intermediates: TrunkIntermediates | None = None  # when asked for
 
 
 def _head_label(name: str, for_chosen_op: bool = False, slot_by_op: bool = False) -> str:
@@ -248,9 +249,9 @@ class ActorCriticCore(nn.Module, ABC):
     contribution_predictor: nn.Module
 
     @abstractmethod
-    def _trunk(self, inputs: PolicyInputs) -> TrunkOutput:
+    def _trunk(self, inputs: PolicyInputs, return_intermediates: bool = False) -> TrunkOutput:
         """Observation ``inputs.state [B, T, D]`` -> temporal representation and recurrent
-        state."""
+        state (and `TrunkIntermediates` when asked)."""
 
     @abstractmethod
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
@@ -259,9 +260,6 @@ class ActorCriticCore(nn.Module, ABC):
     @abstractmethod
     def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
         """Per-slot contribution predictions ``[B, T, N]``."""
-
-    def _on_trunk_done(self, trunk: TrunkOutput) -> None:
-        """Called after each trunk run outside compiled regions (telemetry)."""
 
     # ------------------------------------------------------------------ weights
     def _categorical_head_names(self) -> tuple[str, ...]:
@@ -342,6 +340,7 @@ class ActorCriticCore(nn.Module, ABC):
         active_mask: Tensor | None = None,
         sample_op: bool = False,
         generator: torch.Generator | None = None,
+        return_intermediates: bool = False,
     ) -> dict[str, Any]:
         """Run the network over a sequence.
 
@@ -362,12 +361,14 @@ class ActorCriticCore(nn.Module, ABC):
                 ``generator``, or the global RNG). By default it is the most likely op and
                 forward consumes no randomness.
             generator: RNG for ``sample_op``.
+            return_intermediates: also return what the trunk computed on the way (the
+                transformer's attention maps) as ``"intermediates"``, a `TrunkIntermediates`.
 
         Returns:
             dict with ``"{head}_logits"`` ``[B, T, n]`` (base masks applied with
             ``MASKED_LOGIT_VALUE``), ``value``, ``state_value``, ``q_value`` ``[B, T]``,
             ``lstm_out`` ``[B, T, H]``, ``sampled_op`` ``[B, T]`` (the op Q is evaluated
-            at) and ``hidden``.
+            at) and ``hidden`` (and ``intermediates`` when asked).
         """
         inputs = self._read(
             state, blueprint_indices, hidden=hidden, masks=masks, slot_config=slot_config,
@@ -378,7 +379,7 @@ class ActorCriticCore(nn.Module, ABC):
                 alpha_curve=alpha_curve_mask, op=op_mask,
             ),
         )
-        trunk, logits = self._trunk_and_logits(inputs)
+        trunk, logits = self._trunk_and_logits(inputs, return_intermediates)
         op_log_probs = self._op_log_probs(logits, inputs)
         op = (
             sample_actions(op_log_probs, generator=generator)
@@ -398,6 +399,8 @@ class ActorCriticCore(nn.Module, ABC):
             sampled_op=op,
             hidden=trunk.hidden,
         )
+        if return_intermediates:
+            out["intermediates"] = trunk.intermediates
         return out
 
     @torch.inference_mode()
@@ -561,10 +564,11 @@ class ActorCriticCore(nn.Module, ABC):
         return contributions[:, 0] if isinstance(state, Tensor) and state.dim() == 2 else contributions
 
     # ------------------------------------------------------------------ shared machinery
-    def _trunk_and_logits(self, inputs: PolicyInputs) -> tuple[TrunkOutput, dict[str, Tensor]]:
-        """The trunk (then its telemetry) and every head's raw logits ``[B, T, n]``."""
-        trunk = self._trunk(inputs)
-        self._on_trunk_done(trunk)
+    def _trunk_and_logits(
+        self, inputs: PolicyInputs, return_intermediates: bool = False
+    ) -> tuple[TrunkOutput, dict[str, Tensor]]:
+        """The trunk and every head's raw logits ``[B, T, n]``."""
+        trunk = self._trunk(inputs, return_intermediates)
         return trunk, self._head_logits(trunk, inputs.ctx)
 
     def _head_logits(self, trunk: TrunkOutput, ctx: SlotContext) -> dict[str, Tensor]:

@@ -26,6 +26,7 @@ from slotformer.networks.core import (
     init_actor_critic_weights,
 )
 from slotformer.networks.inputs import PolicyInputs
+from slotformer.networks.results import TrunkIntermediates
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,17 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
         self.contribution_predictor = contribution_mlp(H, H // 2, N, layer_norm=False)
         init_actor_critic_weights(self, skip=(self.lstm,))
 
-    def _trunk(self, inputs: PolicyInputs) -> TrunkOutput:
+    def _trunk(self, inputs: PolicyInputs, return_intermediates: bool = False) -> TrunkOutput:
         state = inputs.state  # [B, T, D]
         blueprint = self.blueprint_embedding(inputs.blueprint_indices)  # [B, T, N, E]
         features = torch.cat([state, blueprint.flatten(-2).to(state.dtype)], dim=-1)
         temporal, new_hidden = self.lstm(self.feature_net(features), inputs.hidden)  # [B, T, H]
-        return TrunkOutput(temporal, temporal, new_hidden)
+        seen = (
+            TrunkIntermediates((), inputs.active, inputs.ctx.slot_config.slot_ids)
+            if return_intermediates
+            else None
+        )
+        return TrunkOutput(temporal, temporal, new_hidden, intermediates=seen)
 
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
         pointer = self.action_space.pointer_head

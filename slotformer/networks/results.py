@@ -253,6 +253,35 @@ class ForwardResult:
     hidden: Hidden | None = field(default=None)
 
 
+@dataclass(frozen=True)
+class TrunkIntermediates:
+    """What a network's trunk computed on the way, returned as data when asked
+    (``forward(..., return_intermediates=True)``); statistics are computed from it outside
+    the model (`slotformer.telemetry.compute_attention_stats`).
+
+    Attributes:
+        attention: per encoder block, attention weights ``[B, T, heads, N+1, N+1]`` (rows =
+            queries, columns = keys, CLS first); empty for a network without attention.
+        active: slot activity ``[B, T, N]`` (True = active) of the call.
+        slot_ids: the grid's slot ids, in slot order.
+
+    Example:
+        >>> import torch
+        >>> from slotformer import SlotTransformerActorCritic, compute_attention_stats
+        >>> net = SlotTransformerActorCritic(embed_dim=16, lstm_hidden_dim=16, head_hidden=16)
+        >>> out = net(torch.randn(1, 2, 116), torch.full((1, 2, 3), 0), return_intermediates=True)
+        >>> seen = out["intermediates"]
+        >>> len(seen.attention), seen.attention[0].shape
+        (2, torch.Size([1, 2, 4, 4, 4]))
+        >>> compute_attention_stats(seen.attention, seen.active, seen.slot_ids).slot_ids
+        ('r0c0', 'r0c1', 'r0c2')
+    """
+
+    attention: tuple[Tensor, ...]
+    active: Tensor
+    slot_ids: tuple[str, ...]
+
+
 GetActionResult = ActionResult
 """The reference network's name for `ActionResult`."""
 EvaluateActionsResult = EvalResult

@@ -14,7 +14,7 @@ slots and ``max_grid_size`` rows/columns (pass ``slot_config=`` per call).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, overload
+from typing import ClassVar, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ from slotformer.networks.core import (
     init_actor_critic_weights,
 )
 from slotformer.networks.inputs import PolicyInputs, SlotContext
+from slotformer.networks.results import TrunkIntermediates
 from slotformer.telemetry import (
     AttentionStats,
     TelemetryHook,
@@ -188,11 +189,12 @@ class SlotTransformerActorCritic(ActorCriticCore):
         init_actor_critic_weights(self, skip=(self.encoder, self.lstm))
 
         self.capture_attention = False
+        self._last_intermediates: TrunkIntermediates | None = None
         self._attention_stats: AttentionStats | None = None
         self._telemetry_hooks = TelemetryHooks()
 
     # ------------------------------------------------------------------ trunk
-    def _trunk(self, inputs: PolicyInputs) -> TrunkOutput:
+    def _trunk(self, inputs: PolicyInputs, return_intermediates: bool = False) -> TrunkOutput:
         ctx, active_mask = inputs.ctx, inputs.active
         base, slots = ctx.layout.split(inputs.state)  # [B, T, base], [B, T, N, S]
         B, T, N, S = slots.shape
@@ -202,13 +204,15 @@ class SlotTransformerActorCritic(ActorCriticCore):
             slots.reshape(M, N, S), inputs.blueprint_indices.reshape(M, N), active_mask.reshape(M, N)
         )
         position = self.encoder.pos_encoding(ctx.row_ids, ctx.col_ids)  # [N, D]
-        extras: dict[str, Any] | None = None
-        if self.capture_attention:
+        seen: TrunkIntermediates | None = None
+        if return_intermediates or self.capture_attention:
             cls_repr, slot_repr, found = self._encode_steps(
                 *steps, position, return_intermediates=True
             )
             maps = tuple(w.view(B, T, *w.shape[1:]) for w in found.attention)
-            extras = {"attention": maps, "active_mask": active_mask, "ctx": ctx}
+            seen = TrunkIntermediates(maps, active_mask, ctx.slot_config.slot_ids)
+            if self.capture_attention:
+                self._record(seen)
         elif self.encoder.recomputes():
             # Lean memory: embedding + encoder recomputed chunk by chunk in backward.
             chunk = self.encoder.chunk_steps(N)
@@ -221,7 +225,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
         fused = torch.cat([global_repr, cls_repr.to(global_repr.dtype)], dim=-1)  # [B, T, 2D]
         temporal, new_hidden = self.lstm(fused, inputs.hidden)  # [B, T, H]
         value_features = torch.cat([temporal, cls_repr.to(temporal.dtype)], dim=-1)  # [B, T, H+D]
-        return TrunkOutput(temporal, value_features, new_hidden, slot_repr, extras)
+        return TrunkOutput(temporal, value_features, new_hidden, slot_repr, seen)
 
     @overload
     def _encode_steps(
@@ -279,23 +283,29 @@ class SlotTransformerActorCritic(ActorCriticCore):
         return ctx
 
     # ------------------------------------------------------------------ telemetry
-    def _on_trunk_done(self, trunk: TrunkOutput) -> None:
-        if trunk.extras is None:
-            return
-        ctx: SlotContext = trunk.extras["ctx"]
-        stats = compute_attention_stats(
-            trunk.extras["attention"], trunk.extras["active_mask"], ctx.slot_config.slot_ids
-        )
-        self._attention_stats = stats
+    # `forward(..., return_intermediates=True)` returns the attention maps as data. The
+    # `capture_attention` switch (`slotformer.telemetry.capture_attention`) and the hooks
+    # below keep the last captured maps for callers that cannot pass that argument (a
+    # trainer calling a bundle); their statistics are computed on request, outside the call.
+    def _record(self, seen: TrunkIntermediates) -> None:
+        self._last_intermediates = seen
+        self._attention_stats = None
         if self._telemetry_hooks.has_hooks:
+            stats = self.get_attention_stats()
+            assert stats is not None
             self._telemetry_hooks.call(self, stats)
 
     def get_attention_stats(self) -> AttentionStats | None:
-        """Statistics of the last forward run with attention capture on (None before any)."""
+        """Statistics of the last call run with attention capture on (None before any)."""
+        seen = self._last_intermediates
+        if self._attention_stats is None and seen is not None:
+            self._attention_stats = compute_attention_stats(
+                seen.attention, seen.active, seen.slot_ids
+            )
         return self._attention_stats
 
     def register_telemetry_hook(self, hook: TelemetryHook) -> TelemetryHookHandle:
-        """Call ``hook(network, stats)`` after each forward that captured attention.
+        """Call ``hook(network, stats)`` after each call that captured attention.
 
         Returns a handle whose ``.remove()`` unregisters the hook. Exceptions raised by the
         hook propagate to the caller.

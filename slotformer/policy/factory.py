@@ -17,8 +17,7 @@ from slotformer.config import SlotConfig
 from slotformer.networks.core import VALUE_BASELINES
 from slotformer.policy.bundles import COMPILE_MODES, check_compile_mode
 from slotformer.policy.protocol import PolicyBundle
-from slotformer.policy.registry import get_policy_class, list_policies
-from slotformer.telemetry import NETWORK_TYPES
+from slotformer.policy.registry import NETWORK_TYPES, get_policy_class, list_policies
 from slotformer.validation import check_positive_int
 
 

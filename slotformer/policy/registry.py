@@ -12,6 +12,10 @@ from typing import Any, TypeVar
 
 from slotformer.policy.protocol import PolicyBundle, protocol_members
 
+NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
+"""The policy types shipped with slotformer; `list_policies` also names those registered by
+users."""
+
 _REGISTRY: dict[str, type[Any]] = {}
 
 BundleClass = TypeVar("BundleClass", bound=type)
