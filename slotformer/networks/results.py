@@ -35,20 +35,34 @@ def _renamed(old: str, new: str, owner: str) -> None:
     )
 
 
-def _take_renamed(kwargs: dict[str, Any], renames: dict[str, str], owner: str) -> dict[str, Any]:
-    """Constructor keywords with deprecated names mapped to their new names (with a warning)."""
-    for old, new in renames.items():
-        if old in kwargs:
-            warnings.warn(
-                f"{owner}({old}=...) is deprecated and will be removed in the next release; "
-                f"use {new}=",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            if new in kwargs:
-                raise TypeError(f"{owner} got both {old}= and {new}=")
-            kwargs[new] = kwargs.pop(old)
-    return kwargs
+def _assign(
+    record: object,
+    fields: dict[str, Any],
+    deprecated: dict[str, Any],
+    renames: dict[str, str],
+    required: tuple[str, ...],
+) -> None:
+    """Set a frozen record's ``fields``, taking deprecated keyword names (``renames``: old ->
+    new, each with a warning) from ``deprecated``."""
+    owner = type(record).__name__
+    for old, value in deprecated.items():
+        new = renames.get(old)
+        if new is None:
+            raise TypeError(f"{owner} got an unexpected keyword argument {old!r}")
+        warnings.warn(
+            f"{owner}({old}=...) is deprecated and will be removed in the next release; "
+            f"use {new}=",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if fields[new] is not None:
+            raise TypeError(f"{owner} got both {old}= and {new}=")
+        fields[new] = value
+    missing = [name for name in required if fields[name] is None]
+    if missing:
+        raise TypeError(f"{owner} needs {missing}")
+    for name, value in fields.items():
+        object.__setattr__(record, name, value)
 
 
 @dataclass(frozen=True, init=False)
@@ -92,25 +106,13 @@ class ActionResult:
         sampled_op: Tensor | None = None,
         **deprecated: Any,
     ) -> None:
-        given = _take_renamed(
-            dict(deprecated),
-            {"action": "actions", "log_prob": "log_probs", "values": "value",
-             "head_entropies": "entropies"},
-            "ActionResult",
-        )
         fields = {
             "actions": actions, "log_probs": log_probs, "value": value, "hidden": hidden,
             "op_logits": op_logits, "entropies": entropies, "sampled_op": sampled_op,
         }
-        for name, v in given.items():
-            if name not in fields:
-                raise TypeError(f"ActionResult got an unexpected keyword argument {name!r}")
-            fields[name] = v
-        for required in ("actions", "log_probs", "value"):
-            if fields[required] is None:
-                raise TypeError(f"ActionResult needs {required}")
-        for name, v in fields.items():
-            object.__setattr__(self, name, v)
+        renames = {"action": "actions", "log_prob": "log_probs", "values": "value",
+                   "head_entropies": "entropies"}
+        _assign(self, fields, deprecated, renames, ("actions", "log_probs", "value"))
 
     # The reference network's names (drop-in): not deprecated.
     @property
@@ -182,23 +184,13 @@ class EvalResult:
         state_value: Tensor | None = None,
         **deprecated: Any,
     ) -> None:
-        given = _take_renamed(
-            dict(deprecated), {"log_prob": "log_probs", "entropy": "entropies"}, "EvalResult"
-        )
         fields = {
             "log_probs": log_probs, "value": value, "entropies": entropies, "hidden": hidden,
             "pred_contributions": pred_contributions, "q_value": q_value,
             "state_value": state_value,
         }
-        for name, v in given.items():
-            if name not in fields:
-                raise TypeError(f"EvalResult got an unexpected keyword argument {name!r}")
-            fields[name] = v
-        for required in ("log_probs", "value", "entropies"):
-            if fields[required] is None:
-                raise TypeError(f"EvalResult needs {required}")
-        for name, v in fields.items():
-            object.__setattr__(self, name, v)
+        renames = {"log_prob": "log_probs", "entropy": "entropies"}
+        _assign(self, fields, deprecated, renames, ("log_probs", "value", "entropies"))
 
     def to_tuple(self) -> tuple[Any, ...]:
         """The contract's ``(log_probs, value, entropies, hidden, pred_contributions,
