@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
-from slotformer.networks.core import legacy_config_names
+from slotformer.networks.configs import legacy_config_names
 from slotformer.policy.bundles import ActorCriticBundle
 from slotformer.policy.protocol import PolicyBundle
 from slotformer.policy.registry import get_policy_class, list_policies

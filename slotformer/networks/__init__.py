@@ -1,15 +1,13 @@
 """Actor-critic networks: the boundary, the result records, the shared core and two trunks.
 
 One concern a module: `inputs` (the one boundary: checks and normalisation into
-`PolicyInputs`), `results` (what networks and bundles return), `core` (the shared
-actor-critic maths), `transformer` and `lstm` (the two trunks, each with its config).
+`PolicyInputs`), `results` (what networks and bundles return), `configs` (the shared
+hyper-parameters), `core` (the shared actor-critic maths), `transformer` and `lstm` (the two
+trunks, each with its config).
 """
 
-from slotformer.networks.core import (
-    ActorCriticConfig,
-    ActorCriticCore,
-    init_actor_critic_weights,
-)
+from slotformer.networks.configs import ActorCriticConfig
+from slotformer.networks.core import ActorCriticCore, init_actor_critic_weights
 from slotformer.networks.inputs import PolicyInputs, SlotContext, read_inputs
 from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
 from slotformer.networks.results import (

@@ -23,18 +23,17 @@ Shapes: ``B`` batch, ``T`` time, ``D`` state features, ``N`` slots, ``H`` recurr
 from __future__ import annotations
 
 import math
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slotformer.actions import ActionSpace, PaddedHeads, canonicalize_head
-from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, ObservationLayout, SlotConfig
+from slotformer.config import ObservationLayout, SlotConfig
 from slotformer.distributions import (
     check_logit_values,
     gather_log_prob,
@@ -45,6 +44,10 @@ from slotformer.distributions import (
     sample_actions,
 )
 from slotformer.layers.lstm import ResidualLSTM
+from slotformer.networks.configs import (
+    VALUE_BASELINES,
+    ActorCriticConfig,
+)
 from slotformer.networks.inputs import (
     Hidden,
     PolicyInputs,
@@ -60,10 +63,9 @@ from slotformer.networks.results import (
     GetActionResult,
     TrunkIntermediates,
 )
-from slotformer.validation import check_positive_int, validation_enabled
+from slotformer.validation import validation_enabled
 
-VALUE_BASELINES = ("q", "v")
-
+# Names that lived here before the split stay importable from this module.
 __all__ = [
     "VALUE_BASELINES",
     "ActionResult",
@@ -79,101 +81,6 @@ __all__ = [
     "as_autograd_input",
     "init_actor_critic_weights",
 ]
-
-
-@dataclass(frozen=True)
-class ActorCriticConfig:
-    """What both networks share; each network's config dataclass extends it (nanoGPT's
-    ``GPTConfig``): the network takes it, a bundle holds it, a checkpoint stores
-    ``dataclasses.asdict(config)``.
-
-    Args:
-        state_dim: D, the flat observation width ``base_dim + N * slot_dim``; None = the
-            default layout's ``base_dim + 31 * N`` for the grid the network is built on.
-        lstm_hidden_dim: H, the recurrent core's width.
-        lstm_layers: recurrent layers.
-        value_baseline: ``"q"`` (``value`` = Q(s, op), the original plan) or ``"v"``
-            (``value`` = V(s), the unbiased PPO baseline).
-        base_dim: features in the base block of the observation (default 23).
-        blueprint_embed_dim: width of each slot's blueprint embedding.
-    """
-
-    state_dim: int | None = None
-    lstm_hidden_dim: int = 128
-    lstm_layers: int = 1
-    value_baseline: str = "q"
-    base_dim: int = DEFAULT_BASE_DIM
-    blueprint_embed_dim: int = 4
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            # Sizes are checked here; rates (dropout) by the layers that use them.
-            if f.type in ("int", int) and f.name != "base_dim":
-                check_positive_int(f"{type(self).__name__}.{f.name}", value)
-        if self.state_dim is not None:
-            check_positive_int("state_dim", self.state_dim)
-        if not isinstance(self.base_dim, int) or self.base_dim < 0:
-            raise ValueError(f"base_dim must be a non-negative int, got {self.base_dim!r}")
-        if self.value_baseline not in VALUE_BASELINES:
-            raise ValueError(
-                f"value_baseline must be one of {list(VALUE_BASELINES)}, got {self.value_baseline!r}"
-            )
-
-    @classmethod
-    def from_arguments(
-        cls: type[_Config], config: _Config | None, arguments: Mapping[str, Any]
-    ) -> _Config:
-        """The config a network constructor was given: ``config`` itself, or one built from
-        its keyword arguments (``arguments`` holds every field). Both at once is an error:
-        an argument that differs from its default next to ``config`` would be ignored."""
-        values = {f.name: arguments[f.name] for f in fields(cls)}
-        if config is None:
-            return cls(**values)
-        if not isinstance(config, cls):
-            raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
-        changed = sorted(
-            f.name for f in fields(cls) if values[f.name] != f.default and f.name != "state_dim"
-        )
-        if changed:
-            raise TypeError(
-                f"pass either config= or keyword arguments, not both; got config and {changed}"
-            )
-        if values["state_dim"] is not None and config.state_dim is None:
-            return replace(config, state_dim=values["state_dim"])
-        return config
-
-    def for_slots(self: _Config, slot_config: SlotConfig) -> _Config:
-        """This config with ``state_dim`` filled in for ``slot_config``'s default layout."""
-        if self.state_dim is not None:
-            return self
-        return replace(self, state_dim=self.base_dim + DEFAULT_SLOT_DIM * slot_config.num_slots)
-
-    def __getitem__(self, key: str) -> Any:
-        """Deprecated: bundles' ``config`` was a dict; read the attribute instead."""
-        name = _LEGACY_CONFIG_KEYS.get((type(self).__name__, key), key)
-        warnings.warn(
-            f"{type(self).__name__}[{key!r}] is deprecated (bundle.config was a dict); use "
-            f".{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(self, name)
-
-
-_Config = TypeVar("_Config", bound=ActorCriticConfig)
-# Bundle config keys of slotformer 0.1 -> config fields (checkpoints and config[...]).
-_LEGACY_CONFIG_KEYS: dict[tuple[str, str], str] = {
-    ("TransformerConfig", "feature_dim"): "state_dim",
-    ("TransformerConfig", "hidden_dim"): "lstm_hidden_dim",
-    ("LSTMConfig", "feature_dim"): "state_dim",
-    ("LSTMConfig", "hidden_dim"): "lstm_hidden_dim",
-}
-
-
-def legacy_config_names(config_class: type[ActorCriticConfig]) -> dict[str, str]:
-    """The 0.1 bundle argument names of ``config_class``'s fields: old name -> field."""
-    return {old: new for (owner, old), new in _LEGACY_CONFIG_KEYS.items() if owner == config_class.__name__}
 
 
 @dataclass

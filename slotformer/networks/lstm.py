@@ -19,12 +19,8 @@ from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
 from slotformer.layers.embedding import BlueprintEmbedding
 from slotformer.layers.heads import categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
-from slotformer.networks.core import (
-    ActorCriticConfig,
-    ActorCriticCore,
-    TrunkOutput,
-    init_actor_critic_weights,
-)
+from slotformer.networks.configs import ActorCriticConfig
+from slotformer.networks.core import ActorCriticCore, TrunkOutput, init_actor_critic_weights
 from slotformer.networks.inputs import PolicyInputs
 from slotformer.networks.results import TrunkIntermediates
 

@@ -29,12 +29,8 @@ from slotformer.layers.encoder import (
 )
 from slotformer.layers.heads import PointerHead, categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
-from slotformer.networks.core import (
-    ActorCriticConfig,
-    ActorCriticCore,
-    TrunkOutput,
-    init_actor_critic_weights,
-)
+from slotformer.networks.configs import ActorCriticConfig
+from slotformer.networks.core import ActorCriticCore, TrunkOutput, init_actor_critic_weights
 from slotformer.networks.inputs import PolicyInputs, SlotContext
 from slotformer.networks.results import TrunkIntermediates
 from slotformer.telemetry import (

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
-from slotformer.networks.core import ActorCriticConfig, ActorCriticCore, legacy_config_names
+from slotformer.networks.configs import ActorCriticConfig, legacy_config_names
+from slotformer.networks.core import ActorCriticCore
 from slotformer.networks.inputs import Hidden, ProbabilityFloor, as_autograd_input
 from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
 from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
