@@ -190,7 +190,12 @@ def masked_log_probs(logits: Tensor, mask: Tensor | None, min_prob: float | None
         [0.05, 0.95, 0.0]
     """
     _check_metadata(logits, mask, "logits")
-    floor = _check_min_prob(min_prob)
+    return _masked_log_probs(logits, mask, _check_min_prob(min_prob))
+
+
+def _masked_log_probs(logits: Tensor, mask: Tensor | None, floor: float) -> Tensor:
+    """`masked_log_probs` without its checks: the networks' policy step, whose logits, masks
+    and floors the boundary (`slotformer.networks.inputs`) has checked."""
     logits_fp32 = logits.float()  # [..., n]
     n = logits.shape[-1]
 
@@ -295,10 +300,14 @@ def normalised_entropy(log_probs: Tensor, mask: Tensor | None) -> Tensor:
         >>> normalised_entropy(torch.log(torch.full((1, 4), 0.25)), None)
         tensor([1.])
     """
-    if mask is None:
-        valid = log_probs > float("-inf")
-    else:
-        valid = expect("mask", mask, dtype=torch.bool, shape=log_probs.shape)
+    if mask is not None:
+        expect("mask", mask, dtype=torch.bool, shape=log_probs.shape)
+    return _normalised_entropy(log_probs, mask)
+
+
+def _normalised_entropy(log_probs: Tensor, mask: Tensor | None) -> Tensor:
+    """`normalised_entropy` without its mask check (the networks' policy step)."""
+    valid = log_probs > float("-inf") if mask is None else mask
     # Zero the masked log-probs before multiplying: 0 * -inf would be NaN (and so its gradient).
     safe_log_probs = log_probs.masked_fill(~valid, 0.0)  # [..., n]
     entropy = -(log_probs.exp() * safe_log_probs).sum(dim=-1)  # [...]

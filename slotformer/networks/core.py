@@ -34,13 +34,13 @@ from torch import Tensor, nn
 
 from slotformer.actions import ActionSpace, PaddedHeads, canonicalize_head
 from slotformer.config import ObservationLayout, SlotConfig
-from slotformer.distributions import (
+from slotformer.distributions import (  # the unchecked forms: the boundary checked the inputs
+    _masked_log_probs,
+    _normalised_entropy,
     check_logit_values,
     gather_log_prob,
     greedy_actions,
     mask_logits,
-    masked_log_probs,
-    normalised_entropy,
     sample_actions,
 )
 from slotformer.layers.lstm import ResidualLSTM
@@ -502,7 +502,7 @@ class ActorCriticCore(nn.Module, ABC):
         mask = inputs.masks[op_name]
         if validation_enabled():
             check_logit_values(logits[op_name], mask, name=_head_label(op_name))
-        return masked_log_probs(logits[op_name], mask, inputs.floors.get(op_name))
+        return _masked_log_probs(logits[op_name], mask, inputs.floors.get(op_name, 0.0))
 
     def _policy(
         self,
@@ -540,7 +540,7 @@ class ActorCriticCore(nn.Module, ABC):
         empty_rows: list[Tensor] = [~head_masks[op_name].any(-1)] if count_empty else []
         actions: dict[str, Tensor] = {op_name: op}
         log_probs: dict[str, Tensor] = {op_name: gather_log_prob(op_log_probs, op)}
-        entropies: dict[str, Tensor] = {op_name: normalised_entropy(op_log_probs, head_masks[op_name])}
+        entropies: dict[str, Tensor] = {op_name: _normalised_entropy(op_log_probs, head_masks[op_name])}
 
         # Heads one by one: the pointer (its mask may come from slot_by_op) and any head
         # whose canonical action depends on its mask.
@@ -556,14 +556,14 @@ class ActorCriticCore(nn.Module, ABC):
             if check_values:
                 label = _head_label(name, for_chosen_op=True, slot_by_op=by_op is not None)
                 check_logit_values(logits[name], canonical, name=label)
-            head_log_probs = masked_log_probs(logits[name], canonical, floors.get(name))
+            head_log_probs = _masked_log_probs(logits[name], canonical, floors.get(name, 0.0))
             actions[name] = decide(
                 head_log_probs, None if given_actions is None else given_actions[name]
             )
             # Sampled from head_log_probs or checked by _check_actions: in range either way,
             # so log_prob_of's range check (a host sync per head) would only repeat work.
             log_probs[name] = gather_log_prob(head_log_probs, actions[name])
-            entropies[name] = normalised_entropy(head_log_probs, canonical)
+            entropies[name] = _normalised_entropy(head_log_probs, canonical)
 
         # The other heads together, padded side by side: the same maths in a few kernels.
         if packed.names:
@@ -577,13 +577,13 @@ class ActorCriticCore(nn.Module, ABC):
                         packed_logits[..., k, :n], canonical[..., k, :n],
                         name=_head_label(name, for_chosen_op=True),
                     )
-            head_floors = [floors.get(name) for name in packed.names]
+            head_floors = [floors.get(name, 0.0) for name in packed.names]
             if len(set(head_floors)) == 1:
-                packed_log_probs = masked_log_probs(packed_logits, canonical, head_floors[0])
+                packed_log_probs = _masked_log_probs(packed_logits, canonical, head_floors[0])
             else:  # different floors per head: row by row, the same formula
                 packed_log_probs = torch.stack(
                     [
-                        masked_log_probs(packed_logits[..., k, :], canonical[..., k, :], floor)
+                        _masked_log_probs(packed_logits[..., k, :], canonical[..., k, :], floor)
                         for k, floor in enumerate(head_floors)
                     ],
                     dim=-2,
@@ -595,7 +595,7 @@ class ActorCriticCore(nn.Module, ABC):
             )
             chosen = decide(packed_log_probs, given)  # [B, T, K]
             packed_lp = gather_log_prob(packed_log_probs, chosen)  # [B, T, K]
-            packed_entropy = normalised_entropy(packed_log_probs, canonical)  # [B, T, K]
+            packed_entropy = _normalised_entropy(packed_log_probs, canonical)  # [B, T, K]
             for name, a, lp, h in zip(
                 packed.names, chosen.unbind(-1), packed_lp.unbind(-1), packed_entropy.unbind(-1)
             ):
