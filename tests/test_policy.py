@@ -304,6 +304,18 @@ def test_get_action_then_evaluate_actions_gives_ratio_exactly_one(kind: str) -> 
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def test_evaluate_actions_accepts_observations_made_in_inference_mode(kind: str) -> None:
+    bundle = make_bundle(kind)
+    with torch.inference_mode():  # e.g. observations normalised and stored during the rollout
+        features, blueprint, masks = make_inputs(bundle, 4, 3, seed=3)
+        rollout = bundle.get_action(features[:, 0], blueprint[:, 0], {k: None for k in masks})
+    actions = {k: v[:, None].expand(4, 3).contiguous() for k, v in rollout.actions.items()}
+    plain = {k: None for k in masks}
+    evaluated = bundle.evaluate_actions(features, blueprint, actions, plain)
+    sum(lp.sum() for lp in evaluated.log_probs.values()).backward()
+    assert any(p.grad is not None for p in bundle.network.parameters())
+
+
 @pytest.mark.parametrize("time", [None, 4], ids=["2d", "3d"])
 def test_evaluate_actions_shapes_and_values(kind: str, time: int | None) -> None:
     bundle = make_bundle(kind)

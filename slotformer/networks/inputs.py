@@ -135,8 +135,10 @@ def read_inputs(
     by_op = None if slot_by_op is None else _slot_by_op(ctx, slot_by_op, B, T, device)
     stored = None if actions is None else _actions(ctx, actions, B, T, device)
     # Rollout tensors made under inference mode cannot be saved for backward: one copy here,
-    # for every argument at once.
-    hidden, head_masks, by_op, stored = as_autograd_input((hidden, head_masks, by_op, stored))
+    # for every argument at once (observations included: a trainer may store them from there).
+    state, blueprint, active, hidden, head_masks, by_op, stored = as_autograd_input(
+        (state, blueprint, active, hidden, head_masks, by_op, stored)
+    )
     return PolicyInputs(
         ctx=ctx,
         state=state,

@@ -206,7 +206,9 @@ class ActorCriticBundle:
         """
         head_masks, _ = self._split_masks(masks)
         features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
-        hidden, head_masks = self._autograd_inputs((hidden, head_masks))
+        features, blueprint_indices, hidden, head_masks = self._autograd_inputs(
+            (features, blueprint_indices, hidden, head_masks)
+        )
         out = self._entry("forward")(features, blueprint_indices, hidden, masks=head_masks)
         logits = {name: out[f"{name}_logits"] for name in self._head_names()}
         value = out["value"]
@@ -243,8 +245,10 @@ class ActorCriticBundle:
         """
         head_masks, slot_by_op = self._split_masks(masks)
         features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
-        actions, hidden, head_masks, slot_by_op = self._autograd_inputs(
-            (actions, hidden, head_masks, slot_by_op)
+        features, blueprint_indices, actions, hidden, head_masks, slot_by_op = (
+            self._autograd_inputs(
+                (features, blueprint_indices, actions, hidden, head_masks, slot_by_op)
+            )
         )
         result: EvalResult = self._entry("evaluate_actions")(
             features,
