@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -39,6 +40,7 @@ from torch import Tensor
 from slotformer.validation import describe_shape, expect, validation_enabled
 
 __all__ = [
+    "LOG_PROB_MIN",
     "MASKED_LOGIT_VALUE",
     "InvalidStateMachineError",
     "MaskedCategorical",
@@ -54,6 +56,10 @@ __all__ = [
 
 MASKED_LOGIT_VALUE: float = -1e4
 """Finite fill for invalid logits: representable in fp16/bf16, no inf arithmetic under compile."""
+
+LOG_PROB_MIN: float = -100.0
+"""The log-prob `evaluate_actions` gives a stored action its mask forbids (validation off):
+finite, so a PPO ratio stays finite (the reference's value). Valid actions keep theirs."""
 
 # The floor is raised by this relative margin so that ``exp(log(p))`` in fp32 (relative error
 # below 4e-6 over the normal range) still lands at or above the promised minimum probability.
@@ -160,40 +166,61 @@ def mask_logits(logits: Tensor, mask: Tensor | None) -> Tensor:
     return logits.masked_fill(~mask, MASKED_LOGIT_VALUE)
 
 
-def masked_log_probs(logits: Tensor, mask: Tensor | None, min_prob: float | None = None) -> Tensor:
+def masked_log_probs(
+    logits: Tensor, mask: Tensor | None, min_prob: float | None = None, floor_mode: str = "clip"
+) -> Tensor:
     """Normalised fp32 log-probabilities of a masked categorical, with an optional floor.
 
     Valid entries are finite, masked entries exactly ``-inf``. A row without any valid entry
     (an error that `check_logits_and_mask` reports while validation is on) falls back to
     action 0 as its only valid action: log-prob 0 there and ``-inf`` elsewhere, so sampling
     picks 0, its log-prob and entropy are 0 and no gradient flows through the row (never
-    ``-inf`` for the chosen action, never NaN). With ``min_prob=f`` each valid action of a row with
-    ``k >= 2`` valid actions gets probability at least ``min(f, 0.99 / k)``:
-    ``p' = fl + (1 - k * fl) * softmax(valid logits)``, computed in probability space with
-    ``fl`` raised by a 1e-4 relative margin, so ``exp(log_probs)`` keeps the guarantee
-    despite fp32 rounding; probabilities still sum to 1. A row with one valid action keeps
-    log-prob exactly 0.
+    ``-inf`` for the chosen action, never NaN).
+
+    The floor ``min_prob=f`` applies to rows with ``k >= 2`` valid actions, at
+    ``fl = min(f, 0.99 / k)``; a row with one valid action keeps log-prob exactly 0:
+
+    * ``floor_mode="clip"`` (the default, the reference network's): valid actions whose
+      probability is below ``fl`` are raised to it and the others scaled down to make
+      room, ``p'_i = p_i (1 - u fl) / sum_{p_j >= fl} p_j`` for the ``u`` raised ones. A
+      no-op when every valid action is at or above ``fl``. One pass, as the reference: an
+      action just above ``fl`` can end slightly below it after the scaling.
+    * ``floor_mode="mix"``: a mixture with the uniform distribution over valid actions,
+      ``p' = fl + (1 - k fl) p``, with ``fl`` raised by a 1e-4 relative margin so that
+      ``exp(log_probs) >= fl`` holds despite fp32 rounding. Every valid action gets the
+      floor, and every probability moves.
 
     Args:
         logits: ``[..., n]`` any float dtype (upcast to fp32 first).
         mask: ``[..., n]`` bool, True = valid; None = all valid.
         min_prob: probability floor in [0, 1); None or 0 = no floor.
+        floor_mode: ``"clip"`` or ``"mix"``.
 
     Returns:
         ``[..., n]`` fp32 log-probabilities.
 
     Example::
 
-        >>> lp = masked_log_probs(torch.tensor([[0.0, 50.0, 1.0]]),
-        ...                       torch.tensor([[True, True, False]]), min_prob=0.05)
+        >>> mask = torch.tensor([[True, True, False]])
+        >>> lp = masked_log_probs(torch.tensor([[0.0, 50.0, 1.0]]), mask, min_prob=0.05)
         >>> [round(p, 4) for p in lp.exp()[0].tolist()]
         [0.05, 0.95, 0.0]
+        >>> lp = masked_log_probs(torch.log(torch.tensor([[0.7, 0.3, 0.1]])), mask, 0.1)
+        >>> [round(p, 4) for p in lp.exp()[0].tolist()]    # every valid p >= 0.1: unchanged
+        [0.7, 0.3, 0.0]
     """
     _check_metadata(logits, mask, "logits")
-    return _masked_log_probs(logits, mask, _check_min_prob(min_prob))
+    if floor_mode not in _FLOOR_MODES:
+        raise ValueError(f"floor_mode must be one of {list(_FLOOR_MODES)}, got {floor_mode!r}")
+    return _masked_log_probs(logits, mask, _check_min_prob(min_prob), floor_mode)
 
 
-def _masked_log_probs(logits: Tensor, mask: Tensor | None, floor: float) -> Tensor:
+_FLOOR_MODES = ("clip", "mix")
+
+
+def _masked_log_probs(
+    logits: Tensor, mask: Tensor | None, floor: float, floor_mode: str = "clip"
+) -> Tensor:
     """`masked_log_probs` without its checks: the networks' policy step, whose logits, masks
     and floors the boundary (`slotformer.networks.inputs`) has checked."""
     logits_fp32 = logits.float()  # [..., n]
@@ -203,6 +230,8 @@ def _masked_log_probs(logits: Tensor, mask: Tensor | None, floor: float) -> Tens
         log_probs = torch.log_softmax(logits_fp32, dim=-1)
         if floor == 0.0 or n <= 1:
             return log_probs
+        if floor_mode == "clip":
+            return _clip_floor(log_probs, None, min(max(floor, _FP32_TINY), _FLOOR_MAX_MASS / n))
         # With no mask the floor is a Python scalar: no extra kernels.
         floor_eff = min(max(floor, _FP32_TINY), _FLOOR_MAX_MASS / n) * (1.0 + _FLOOR_MARGIN)
         return torch.log(floor_eff + (1.0 - n * floor_eff) * log_probs.exp())
@@ -223,12 +252,34 @@ def _masked_log_probs(logits: Tensor, mask: Tensor | None, floor: float) -> Tens
 
     num_valid = (~invalid).sum(dim=-1, keepdim=True, dtype=torch.float32)  # [..., 1]
     floor_row = torch.clamp(_FLOOR_MAX_MASS / num_valid, max=max(floor, _FP32_TINY))
+    if floor_mode == "clip":
+        # Rows with a single valid action: that action is at probability 1 >= any floor,
+        # so clipping leaves it (log-prob exactly 0).
+        return _clip_floor(log_probs, invalid, floor_row)
     # Rows with a single valid action get no floor so that their log-prob stays exactly 0.
     floor_row = torch.where(num_valid > 1, floor_row * (1.0 + _FLOOR_MARGIN), 0.0)
     floored_probs = floor_row + (1.0 - num_valid * floor_row) * log_probs.exp()  # [..., n]
     # Double masking keeps log(0) out of the graph, so gradients stay finite.
     safe_probs = floored_probs.masked_fill(invalid, 1.0)
     return torch.log(safe_probs).masked_fill(invalid, float("-inf"))
+
+
+def _clip_floor(log_probs: Tensor, invalid: Tensor | None, floor: Tensor | float) -> Tensor:
+    """The ``"clip"`` floor: valid probabilities below ``floor`` ``[..., 1]`` raised to it,
+    the others scaled to fill the rest of the mass (see `masked_log_probs`)."""
+    probs = log_probs.exp()  # [..., n], 0 where invalid
+    under = probs < floor
+    if invalid is not None:
+        under = under & ~invalid
+    over_mass = probs.masked_fill(under, 0.0).sum(dim=-1, keepdim=True)  # [..., 1]
+    num_under = under.sum(dim=-1, keepdim=True, dtype=torch.float32)
+    scale = (1.0 - num_under * floor) / over_mass.clamp(min=_FP32_TINY)  # [..., 1]
+    # The rows with nothing under the floor keep their log-probs exactly (scale is 1 up to
+    # rounding there; adding log(1) would only add rounding).
+    log_floor = math.log(floor) if isinstance(floor, float) else floor.log()
+    floored = torch.where(under, log_floor, log_probs + scale.log())
+    floored = torch.where(under.any(dim=-1, keepdim=True), floored, log_probs)
+    return floored if invalid is None else floored.masked_fill(invalid, float("-inf"))
 
 
 def log_prob_of(log_probs: Tensor, actions: Tensor) -> Tensor:
@@ -360,6 +411,7 @@ class MaskedCategorical:
         logits: ``[..., n]`` any float dtype.
         mask: ``[..., n]`` bool, True = valid; None = all valid.
         min_prob: optional probability floor in [0, 1) (see ``masked_log_probs``).
+        floor_mode: how the floor applies, ``"clip"`` or ``"mix"`` (see ``masked_log_probs``).
 
     Metadata checks always run; value checks (NaN/inf, rows without a valid action) run
     when ``MaskedCategorical.validate`` and ``validation_enabled()`` are both true.
@@ -376,7 +428,11 @@ class MaskedCategorical:
     validate: ClassVar[bool] = True
 
     def __init__(
-        self, logits: Tensor, mask: Tensor | None = None, min_prob: float | None = None
+        self,
+        logits: Tensor,
+        mask: Tensor | None = None,
+        min_prob: float | None = None,
+        floor_mode: str = "clip",
     ) -> None:
         _check_metadata(logits, mask, "logits")
         if type(self).validate and validation_enabled():
@@ -384,7 +440,7 @@ class MaskedCategorical:
         self.logits = logits  # [..., n] original dtype
         self.mask = mask  # [..., n] bool or None
         self.min_prob = min_prob
-        self._log_probs = masked_log_probs(logits, mask, min_prob)  # [..., n] fp32
+        self._log_probs = masked_log_probs(logits, mask, min_prob, floor_mode)  # [..., n] fp32
 
     @property
     def log_probs(self) -> Tensor:

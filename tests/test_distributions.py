@@ -94,15 +94,48 @@ def test_single_valid_action_has_exact_zero_log_prob_and_entropy(case, min_prob)
 
 @FAST
 @given(masked_logits(), st.sampled_from([1e-6, 0.01, 0.05, 0.2, 0.5, 0.99]))
-def test_probability_floor_holds_and_probs_sum_to_one(case, min_prob):
+def test_mix_floor_holds_for_every_valid_action_and_probs_sum_to_one(case, min_prob):
     logits, mask = case
-    probs = MaskedCategorical(logits, mask, min_prob).probs  # [..., n]
+    probs = MaskedCategorical(logits, mask, min_prob, floor_mode="mix").probs  # [..., n]
     num_valid = mask.sum(-1, keepdim=True).double()
     floor = torch.clamp(0.99 / num_valid, max=min_prob)  # float64 threshold
     floor = torch.where(num_valid > 1, floor, 1.0)  # one valid action: probability 1
     assert (probs.double() >= floor)[mask].all()
     assert (probs[~mask] == 0.0).all()
     torch.testing.assert_close(probs.sum(-1), torch.ones(logits.shape[:-1]), atol=2e-6, rtol=0)
+
+
+@FAST
+@given(masked_logits(), st.sampled_from([1e-6, 0.01, 0.05, 0.2, 0.5, 0.99]))
+def test_clip_floor_raises_actions_below_it_and_scales_the_rest(case, min_prob):
+    """The reference network's floor: p' = floor where p < floor, else p scaled to fill
+    the remaining mass; nothing moves when no valid action is below the floor."""
+    logits, mask = case
+    probs = MaskedCategorical(logits, mask, min_prob).probs.double()  # [..., n], clip default
+    plain = MaskedCategorical(logits, mask).probs.double()
+    num_valid = mask.sum(-1, keepdim=True).double()
+    floor = torch.clamp(0.99 / num_valid, max=min_prob)
+    under = mask & (plain < floor)
+    num_under = under.sum(-1, keepdim=True).double()
+    over_mass = plain.masked_fill(under | ~mask, 0.0).sum(-1, keepdim=True)
+    expected = torch.where(under, floor, plain * (1 - num_under * floor) / over_mass)
+    expected = expected.masked_fill(~mask, 0.0)
+    torch.testing.assert_close(probs, expected, atol=2e-6, rtol=1e-5)
+    untouched = ~under.any(-1)  # rows with nothing below the floor: unchanged
+    torch.testing.assert_close(probs[untouched], plain[untouched], atol=1e-6, rtol=1e-5)
+    assert (probs[~mask] == 0.0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(logits.shape[:-1], dtype=torch.float64), atol=2e-6, rtol=0)
+
+
+def test_clip_floor_is_a_no_op_above_the_floor_and_mix_is_not():
+    # The issue's example: p = [0.7, 0.3], floor 0.1.
+    logits = torch.log(torch.tensor([[0.7, 0.3]]))
+    clipped = masked_log_probs(logits, None, min_prob=0.1).exp()
+    mixed = masked_log_probs(logits, None, min_prob=0.1, floor_mode="mix").exp()
+    torch.testing.assert_close(clipped, torch.tensor([[0.7, 0.3]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(mixed, torch.tensor([[0.66, 0.34]]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="floor_mode must be one of"):
+        masked_log_probs(logits, None, min_prob=0.1, floor_mode="renormalise")
 
 
 @settings(deadline=None, max_examples=15)
@@ -284,13 +317,13 @@ def test_floor_lifts_dominated_action_and_keeps_ordering():
     logits = torch.tensor([[0.0, 6.0, 4.0, 9.0]])
     mask = torch.tensor([[True, True, True, False]])
     unfloored = torch.softmax(logits[0, :3], dim=0)
-    probs = masked_log_probs(logits, mask, min_prob=0.1).exp()[0]
+    probs = masked_log_probs(logits, mask, min_prob=0.1, floor_mode="mix").exp()[0]
     assert probs[0] >= 0.1 and probs[2] >= 0.1 and probs[3] == 0.0
     assert probs[0] < probs[2] < probs[1]
     # p' = f + (1 - k f) p, k = 3 valid actions.
     torch.testing.assert_close(probs[:3], 0.1 + 0.7 * unfloored, atol=1e-4, rtol=0)
     # The cap 0.99 / k applies when f is larger than a uniform share.
-    capped = masked_log_probs(logits, mask, min_prob=0.9).exp()[0]
+    capped = masked_log_probs(logits, mask, min_prob=0.9, floor_mode="mix").exp()[0]
     assert (capped[:3] >= 0.33).all()
 
 
