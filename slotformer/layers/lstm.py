@@ -262,9 +262,19 @@ class ResidualLSTM(nn.Module):
         return h, c
 
     def forward(
-        self, x: Tensor, hidden: tuple[Tensor, Tensor] | None = None
+        self,
+        x: Tensor,
+        hidden: tuple[Tensor, Tensor] | None = None,
+        episode_starts: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Run the stack over ``x [B, T, input_size]`` from ``hidden`` (zeros when None)."""
+        """Run the stack over ``x [B, T, input_size]`` from ``hidden`` (zeros when None).
+
+        ``episode_starts`` (bool ``[B, T]``, True where a new episode begins at that step):
+        the state is zeroed before each such step, so a sequence that crosses an episode
+        boundary gives what the two parts would give as separate sequences from zero state.
+        The stack then runs one time step at a time (``T`` kernel calls per layer instead of
+        one), so pass it only when a sequence can hold a boundary.
+        """
         self._check_input(x)
         batch_size = x.shape[0]
         if hidden is None:
@@ -274,6 +284,18 @@ class ResidualLSTM(nn.Module):
         state_dtype = h_0.dtype
 
         x = self.input_proj(x)  # [B, T, H]
+        if episode_starts is not None:
+            expect(
+                "episode_starts", episode_starts, dtype=torch.bool, device=x.device,
+                shape=tuple(x.shape[:2]), hint=" ([B, T], True where an episode begins)",
+            )
+            return self._forward_with_resets(x, h_0, c_0, episode_starts)
+        h, c = self._run_layers(x, h_0, c_0)
+        return h[0], (h[1].to(state_dtype), c.to(state_dtype))
+
+    def _run_layers(self, x: Tensor, h_0: Tensor, c_0: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+        """Every layer over ``x [B, T, H]`` from ``(h_0, c_0)`` each ``[L, B, H]``:
+        ``((out [B, T, H], h [L, B, H]), c [L, B, H])``."""
         h_n: list[Tensor] = []
         c_n: list[Tensor] = []
         for index in range(self.num_layers):
@@ -284,9 +306,22 @@ class ResidualLSTM(nn.Module):
             )  # [B, T, H], [1, B, H], [1, B, H]
             h_n.append(h_layer)
             c_n.append(c_layer)
-        h = torch.cat(h_n, dim=0).to(state_dtype)  # [L, B, H]
-        c = torch.cat(c_n, dim=0).to(state_dtype)  # [L, B, H]
-        return x, (h, c)
+        return (x, torch.cat(h_n, dim=0)), torch.cat(c_n, dim=0)  # [L, B, H] each
+
+    def _forward_with_resets(
+        self, x: Tensor, h: Tensor, c: Tensor, episode_starts: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`forward` with the state zeroed before each step where ``episode_starts``."""
+        state_dtype = h.dtype
+        keep = (~episode_starts).unsqueeze(-1)  # [B, T, 1]
+        outputs: list[Tensor] = []
+        for t in range(x.shape[1]):
+            # where, not a product: a product would keep NaN/inf from a finished episode.
+            h = torch.where(keep[:, t], h, 0.0)  # [L, B, H]
+            c = torch.where(keep[:, t], c, 0.0)
+            (out, h), c = self._run_layers(x[:, t : t + 1], h, c)
+            outputs.append(out)  # [B, 1, H]
+        return torch.cat(outputs, dim=1), (h.to(state_dtype), c.to(state_dtype))
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.input_size or x.shape[1] == 0:
