@@ -272,8 +272,9 @@ class Workload:
 
 
 def ppo_loss(result: Any, workload: Workload, clip: float = 0.2) -> Tensor:
-    """Clipped PPO surrogate + value losses (``value`` and ``state_value``, so every
-    parameter gets a gradient) + masked contribution loss - entropy bonus; a scalar.
+    """Clipped PPO surrogate + value loss (``value``, V(s)) + the auxiliary Q(s, op) and
+    masked contribution losses (so every parameter gets a gradient) - entropy bonus; a
+    scalar.
 
     ``result`` is what ``evaluate_actions`` returns (a bundle and a network alike): an
     `EvalResult`.
@@ -287,7 +288,7 @@ def ppo_loss(result: Any, workload: Workload, clip: float = 0.2) -> Tensor:
         -advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)
     ).mean()
     value_loss = 0.5 * (value - workload.returns).pow(2).mean()
-    state_value_loss = 0.5 * (result.state_value - workload.returns).pow(2).mean()
+    q_loss = 0.5 * (result.q_value - workload.returns).pow(2).mean()
     active = workload.active
     aux_loss = ((contributions - workload.contribution_target).pow(2) * active).sum()
     aux_loss = aux_loss / active.sum().clamp(min=1)
@@ -295,7 +296,7 @@ def ppo_loss(result: Any, workload: Workload, clip: float = 0.2) -> Tensor:
     return (
         policy_loss
         + 0.5 * value_loss
-        + 0.5 * state_value_loss
+        + 0.5 * q_loss
         + 0.1 * aux_loss
         - (0.01 * entropy_bonus)
     )

@@ -50,10 +50,11 @@ optimizer = torch.optim.Adam(policy.network.parameters(), lr=3e-4)
 new = policy.evaluate_actions(states, bp_seq, actions, seq_masks, hidden)
 ratio = (sum(new.log_probs.values()) - old_log_prob).exp()  # 1 up to fp32 rounding before the step
 policy_loss = -torch.min(ratio * advantages, ratio.clamp(0.8, 1.2) * advantages).mean()
-value_loss = (new.value - returns).pow(2).mean() + (new.state_value - returns).pow(2).mean()
+value_loss = (new.value - returns).pow(2).mean()  # value is V(s), the PPO baseline
+q_loss = (new.q_value - returns).pow(2).mean()  # Q(s, op): an auxiliary head, detached
 aux_loss = new.pred_contributions.pow(2).mean()  # stand-in for real contribution targets
 entropy = torch.stack(list(new.entropies.values())).sum(0).mean()
-loss = policy_loss + 0.5 * value_loss + 0.1 * aux_loss - 0.01 * entropy
+loss = policy_loss + 0.5 * value_loss + 0.1 * (q_loss + aux_loss) - 0.01 * entropy
 optimizer.zero_grad()
 loss.backward()
 optimizer.step()

@@ -33,6 +33,7 @@ from slotformer.checkpoint import (
 )
 from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, ObservationLayout, SlotConfig
 from slotformer.distributions import (
+    LOG_PROB_MIN,
     MASKED_LOGIT_VALUE,
     InvalidStateMachineError,
     MaskedCategorical,
@@ -62,6 +63,7 @@ from slotformer.networks import (
     GetActionResult,
     LSTMConfig,
     PolicyInputs,
+    SlotObservation,
     SlotTransformerActorCritic,
     TransformerConfig,
     TrunkIntermediates,
@@ -106,6 +108,7 @@ __all__ = [
     "DEFAULT_MALLOC_THRESHOLD",
     "DEFAULT_SLOT_DIM",
     "HEAD_NAMES",
+    "LOG_PROB_MIN",
     "MASKED_LOGIT_VALUE",
     "NETWORK_TYPES",
     "NUM_BLUEPRINTS",
@@ -144,6 +147,7 @@ __all__ = [
     "ResidualLSTM",
     "SlotAttentionBlock",
     "SlotConfig",
+    "SlotObservation",
     "SlotPositionalEncoding",
     "SlotTransformerActorCritic",
     "SlotTransformerEncoder",

@@ -72,7 +72,7 @@ def expect(
     name: str,
     value: object,
     *,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | Sequence[torch.dtype] | None = None,
     floating: bool = False,
     device: torch.device | None = None,
     shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
@@ -80,8 +80,8 @@ def expect(
 ) -> torch.Tensor:
     """State what ``value`` must be; raise ``ValueError`` naming ``name`` if it is not.
 
-    The one way the package checks a tensor argument: its type, then ``dtype`` (or any
-    floating dtype with ``floating``), ``device`` and ``shape`` (one shape, or several
+    The one way the package checks a tensor argument: its type, then ``dtype`` (one, or a
+    sequence of accepted ones; or any floating dtype with ``floating``), ``device`` and ``shape`` (one shape, or several
     accepted ones), in that order. Metadata only: no host sync. The message names the
     argument, what it got and what was expected, followed by ``hint`` (e.g. which head a
     mask belongs to).
@@ -96,8 +96,11 @@ def expect(
     """
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}{hint}")
-    if dtype is not None and value.dtype != dtype:
-        raise ValueError(f"{name} has dtype {value.dtype}, expected {dtype}{hint}")
+    if dtype is not None:
+        dtypes = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
+        if value.dtype not in dtypes:
+            expected_dtype = " or ".join(str(d) for d in dtypes)
+            raise ValueError(f"{name} has dtype {value.dtype}, expected {expected_dtype}{hint}")
     if floating and not value.is_floating_point():
         raise ValueError(f"{name} has dtype {value.dtype}, expected a floating dtype{hint}")
     if device is not None and value.device != device:

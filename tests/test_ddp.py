@@ -4,10 +4,13 @@ DDP wraps a module's ``forward``; ``evaluate_actions`` is a method, so the test 
 thin ``nn.Module`` (`PPOLossModule`) whose ``forward`` calls ``net.evaluate_actions`` and
 returns the loss, and wraps *that* in DDP. With ``find_unused_parameters=False`` every
 parameter must receive a gradient in every step, so the loss uses every documented output:
-the log-probs of all heads (each head has its own parameters), ``value`` (Q(s, op) with the
-default ``value_baseline="q"``), ``state_value`` (V(s)) and ``pred_contributions`` (the
-auxiliary head). Leaving out the auxiliary term or V(s) makes DDP fail at the next step with
-"Expected to have finished reduction in the prior iteration ...", which the test checks too.
+the log-probs of all heads (each head has its own parameters), ``value`` (V(s) by default),
+``q_value`` (Q(s, op): an auxiliary head, detached from the trunk, trained by its own
+regression) and ``pred_contributions`` (the auxiliary contribution head). Leaving out the
+Q or the contribution term makes DDP fail at the next step with "Expected to have finished
+reduction in the prior iteration ...", which the test checks too; a network built without
+those heads (``use_q_head=False, use_contribution_head=False``) trains under DDP with a plain
+PPO loss.
 
 Each rank writes its gradients and parameters to ``tmp_path``; the parent compares them.
 Rendezvous is a ``file://`` store in ``tmp_path`` (no port is opened).
@@ -41,14 +44,15 @@ STATE_DIM = BASE_DIM + CONFIG.num_slots * SLOT_DIM
 CLIP = 0.2
 
 
-def make_net(kind: str) -> ActorCriticCore:
+def make_net(kind: str, aux_heads: bool = True) -> ActorCriticCore:
     torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    aux = {"use_q_head": aux_heads, "use_contribution_head": aux_heads}
     if kind == "transformer":
         return SlotTransformerActorCritic(
             STATE_DIM, slot_config=CONFIG, embed_dim=16, lstm_hidden_dim=16,
-            transformer_layers=1, transformer_heads=2, head_hidden=16,
+            transformer_layers=1, transformer_heads=2, head_hidden=16, **aux,
         )
-    return FactoredRecurrentActorCritic(STATE_DIM, feature_dim=16, lstm_hidden_dim=16)
+    return FactoredRecurrentActorCritic(STATE_DIM, feature_dim=16, lstm_hidden_dim=16, **aux)
 
 
 class PPOLossModule(nn.Module):
@@ -57,14 +61,14 @@ class PPOLossModule(nn.Module):
     Args:
         net: either network.
         aux_coef: weight of the contribution-prediction loss (0 drops the term).
-        state_value_coef: weight of the V(s) regression (0 drops the term).
+        q_coef: weight of the auxiliary Q(s, op) regression (0 drops the term).
     """
 
-    def __init__(self, net: ActorCriticCore, aux_coef: float = 0.1, state_value_coef: float = 0.5):
+    def __init__(self, net: ActorCriticCore, aux_coef: float = 0.1, q_coef: float = 0.1):
         super().__init__()
         self.net = net
         self.aux_coef = aux_coef
-        self.state_value_coef = state_value_coef
+        self.q_coef = q_coef
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         out = self.net.evaluate_actions(batch["states"], batch["blueprint_indices"], batch["actions"])
@@ -77,8 +81,8 @@ class PPOLossModule(nn.Module):
         ).mean()
         entropy = sum(e.mean() for e in out.entropies.values())
         loss = policy_loss - 0.01 * entropy + 0.5 * (out.value - batch["returns"]).pow(2).mean()
-        if self.state_value_coef:
-            loss = loss + self.state_value_coef * (out.state_value - batch["returns"]).pow(2).mean()
+        if self.q_coef:
+            loss = loss + self.q_coef * (out.q_value - batch["returns"]).pow(2).mean()
         if self.aux_coef:
             active = batch["blueprint_indices"] >= 0
             error = (out.pred_contributions - batch["contributions"]).pow(2)
@@ -157,8 +161,25 @@ def _worker(rank: int, tmp: str) -> None:
                 "num_params": sum(1 for _ in model.module.parameters()),
             }
 
-        # A loss without the auxiliary term or without V(s) leaves parameters unused.
-        for label, kwargs in (("no_aux", {"aux_coef": 0.0}), ("no_state_value", {"state_value_coef": 0.0})):
+        # Without the auxiliary heads a plain PPO loss (policy, value, entropy) uses every
+        # parameter: two steps with find_unused_parameters=False.
+        for kind in KINDS:
+            model = DistributedDataParallel(
+                PPOLossModule(make_net(kind, aux_heads=False), aux_coef=0.0, q_coef=0.0),
+                find_unused_parameters=False,
+            )
+            batch = make_batch(model.module.net, seed=rank)
+            for _ in range(2):
+                model.zero_grad()
+                model(batch).backward()
+            record[f"plain_{kind}"] = {
+                "num_params": sum(1 for _ in model.parameters()),
+                "num_grads": sum(p.grad is not None for p in model.parameters()),
+                "aux_heads": [n for n, _ in model.module.named_parameters() if "q_head" in n or "contribution" in n],
+            }
+
+        # A loss without the contribution or the Q term leaves that head's parameters unused.
+        for label, kwargs in (("no_aux", {"aux_coef": 0.0}), ("no_q", {"q_coef": 0.0})):
             net = make_net("transformer")
             batch = make_batch(net, seed=rank)
             model = DistributedDataParallel(PPOLossModule(net, **kwargs), find_unused_parameters=False)
@@ -214,11 +235,22 @@ def test_ddp_gradient_is_the_mean_of_the_ranks_gradients(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("label", ["no_aux", "no_state_value"])
-def test_loss_without_aux_term_or_state_value_fails_under_ddp(
+@pytest.mark.parametrize("kind", KINDS)
+def test_plain_ppo_loss_trains_under_ddp_without_auxiliary_heads(
+    ddp_records: list[dict[str, Any]], kind: str
+) -> None:
+    for record in ddp_records:
+        plain = record[f"plain_{kind}"]
+        assert plain["aux_heads"] == []  # switched off: no parameters at all
+        assert plain["num_grads"] == plain["num_params"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", ["no_aux", "no_q"])
+def test_loss_without_an_auxiliary_term_fails_under_ddp(
     ddp_records: list[dict[str, Any]], label: str
 ) -> None:
-    unused_module = {"no_aux": "net.contribution_predictor.", "no_state_value": "net.state_value_head."}
+    unused_module = {"no_aux": "net.contribution_predictor.", "no_q": "net.q_head."}
     for rank, record in enumerate(ddp_records):
         message = record[label]
         assert "Expected to have finished reduction in the prior iteration" in message

@@ -695,6 +695,11 @@ def test_state_dict_round_trip_gives_identical_outputs(kind: str) -> None:
 @pytest.mark.parametrize("kind", NETWORKS)
 def test_wrong_state_dim_is_rejected_at_construction(kind: str) -> None:
     cls = SlotTransformerActorCritic if kind == "transformer" else FactoredRecurrentActorCritic
+    if kind == "lstm":  # any state_dim, as the reference; a slot_dim must fit it
+        assert cls(117).state_dim == 117
+        with pytest.raises(ValueError, match=r"state_dim=117.*slot_dim=31"):
+            cls(117, slot_dim=31)
+        return
     with pytest.raises(ValueError, match=r"state_dim=117.*num_slots"):
         cls(117)  # (117 - 23) / 3 slots is not an integer
 

@@ -160,7 +160,7 @@ def test_bundle_constructor_defaults_match_the_contract() -> None:
     assert lstm.network.feature_dim == 8  # the network's feature layer width
     defaults = TransformerConfig()
     assert (defaults.lstm_hidden_dim, defaults.embed_dim, defaults.transformer_layers,
-            defaults.transformer_heads, defaults.value_baseline) == (128, 64, 2, 4, "q")
+            defaults.transformer_heads, defaults.value_baseline) == (128, 64, 2, 4, "v")
     assert LSTMConfig().lstm_hidden_dim == LSTMConfig().trunk_dim == 512
     assert {f.name for f in dataclasses.fields(lstm.config)} <= set(LSTMPolicyBundle.accepted_arguments())
     assert lstm.config == LSTMConfig(state_dim=23 + 31 * 4, lstm_hidden_dim=8, trunk_dim=8)
@@ -333,8 +333,8 @@ def test_evaluate_actions_shapes_and_values(kind: str, time: int | None) -> None
     assert result.state_value is not None and result.state_value.shape == lead
     assert result.pred_contributions is not None
     assert result.pred_contributions.shape == (*lead, 3)
-    # value is Q(s, stored op) for the default value_baseline "q".
-    assert torch.equal(result.value, result.q_value)
+    # value is V(s) for the default value_baseline "v" (the reference network's value).
+    assert torch.equal(result.value, result.state_value)
 
 
 def test_two_d_calls_equal_three_d_calls_with_t_one(kind: str) -> None:
@@ -614,7 +614,8 @@ def test_compile_round_trip_with_eager_backend() -> None:
         assert torch.equal(evaluated.log_probs[name], eager_eval.log_probs[name])
         assert torch.equal(forward.logits[name], eager_forward.logits[name])
     assert torch.equal(evaluated.value, eager_eval.value)
-    evaluated.value.sum().backward()  # rollout tensors feed a compiled update
+    (evaluated.value + evaluated.q_value).sum().backward()  # rollout tensors feed a compiled update
+    assert bundle.network.state_value_head[0].weight.grad is not None  # type: ignore[index]
     assert bundle.network.q_head[0].weight.grad is not None  # type: ignore[index]
 
     bundle.compile(mode="default", dynamic=True, backend="aot_eager")  # other settings: rebuild
@@ -738,4 +739,4 @@ def test_create_policy_errors_list_the_valid_choices() -> None:
     with pytest.raises(ValueError, match="hidden_dim must be a positive int"):
         NetworkConfig(lstm_hidden_dim=0)
     with pytest.raises(ValueError, match="does not fit base_dim=23 plus 3"):
-        create_policy("lstm", state_dim=117, **SMALL["lstm"])
+        create_policy("transformer", state_dim=117, **SMALL["transformer"])

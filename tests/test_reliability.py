@@ -27,6 +27,7 @@ from slotformer.config import ObservationLayout, SlotConfig
 from slotformer.distributions import InvalidStateMachineError
 from slotformer.layers.encoder import SlotTransformerEncoder
 from slotformer.networks.core import ActorCriticCore
+from slotformer.networks.inputs import SlotObservation
 from slotformer.networks.lstm import FactoredRecurrentActorCritic
 from slotformer.networks.transformer import SlotTransformerActorCritic
 from slotformer.validation import validation
@@ -238,7 +239,9 @@ OBSERVATION_CASES: dict[str, ObservationCase] = {
     "blueprint batch": lambda s, bp, e: (
         s, torch.cat([bp, bp[:1]]), {}, ["blueprint_indices", "(3,", "(2,"]
     ),
-    "blueprint dtype": lambda s, bp, e: (s, bp.int(), {}, ["blueprint_indices", "torch.int32", "torch.int64"]),
+    "blueprint dtype": lambda s, bp, e: (
+        s, bp.to(torch.int16), {}, ["blueprint_indices", "torch.int16", "torch.int64 or torch.int32"]
+    ),
     "blueprint numpy": lambda s, bp, e: (s, bp.numpy(), {}, ["blueprint_indices", "ndarray", "torch.Tensor"]),
     "blueprint device": lambda s, bp, e: (s, bp.to("meta"), {}, ["blueprint_indices", "meta", "cpu"]),
     "blueprint -2": lambda s, bp, e: (
@@ -610,14 +613,26 @@ def test_lstm_rejects_another_slot_config() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_constructor_rejects_state_dim_not_matching_the_layout(kind: str) -> None:
     cls = SlotTransformerActorCritic if kind == "transformer" else FactoredRecurrentActorCritic
+    # An explicit slot_dim must fit state_dim, for both networks.
+    expect_error(
+        lambda: cls(115, slot_dim=31), ValueError, ["state_dim=115", "base_dim=23", "slot_dim=31", "116"]
+    )
+    # The older 39-feature layout is inferred.
+    assert cls(23 + 3 * 39).layout.slot_dim == 39
+    if kind == "lstm":  # the flat network reads the vector whole: any state_dim (reference)
+        net = cls(115)
+        assert net.layout is None and net.state_dim == 115
+        expect_error(
+            lambda: net(SlotObservation(torch.randn(1, 1, 23), torch.randn(1, 1, 3, 31)), None),
+            ValueError, ["flat observations only", "state_dim=115", "slot_dim="],
+        )
+        return
     expect_error(lambda: cls(115), ValueError, ["state_dim=115", "base_dim=23", "3", "positive integer"])
     expect_error(
         lambda: cls(STATE_DIM, slot_config=SlotConfig.for_grid(2, 2)), ValueError,
         ["state_dim=116", "4", "23.25", "positive integer"],
     )
     expect_error(lambda: cls(STATE_DIM, base_dim=120), ValueError, ["state_dim=116", "base_dim=120"])
-    # The older 39-feature layout is inferred.
-    assert cls(23 + 3 * 39).layout.slot_dim == 39
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -820,7 +835,7 @@ def _loss(net: ActorCriticCore, state: Tensor, bp: Tensor) -> Tensor:
         sum(lp.sum() for lp in evaluated.log_probs.values())
         + sum(e.sum() for e in evaluated.entropies.values())
         + evaluated.value.float().sum()
-        + evaluated.state_value.float().sum()
+        + evaluated.q_value.float().sum()  # Q is auxiliary (detached): it trains its own head
         + evaluated.pred_contributions.float().sum()
     )
 

@@ -6,9 +6,9 @@ hyper-parameters), `core` (the shared actor-critic maths), `transformer` and `ls
 trunks, each with its config).
 """
 
-from slotformer.networks.configs import ActorCriticConfig
+from slotformer.networks.configs import FLOOR_MODES, VALUE_BASELINES, ActorCriticConfig
 from slotformer.networks.core import ActorCriticCore, init_actor_critic_weights
-from slotformer.networks.inputs import PolicyInputs, SlotContext, read_inputs
+from slotformer.networks.inputs import PolicyInputs, SlotContext, SlotObservation, read_inputs
 from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
 from slotformer.networks.results import (
     ActionResult,
@@ -21,6 +21,8 @@ from slotformer.networks.results import (
 from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
 
 __all__ = [
+    "FLOOR_MODES",
+    "VALUE_BASELINES",
     "ActionResult",
     "ActorCriticConfig",
     "ActorCriticCore",
@@ -32,6 +34,7 @@ __all__ = [
     "LSTMConfig",
     "PolicyInputs",
     "SlotContext",
+    "SlotObservation",
     "SlotTransformerActorCritic",
     "TransformerConfig",
     "TrunkIntermediates",

@@ -16,6 +16,8 @@ from slotformer.validation import check_positive_int
 
 VALUE_BASELINES = ("q", "v")
 """What ``value`` holds: Q(s, op) (``"q"``) or V(s) (``"v"``)."""
+FLOOR_MODES = ("clip", "mix")
+"""How a probability floor is applied (`slotformer.distributions.masked_log_probs`)."""
 
 
 @dataclass(frozen=True)
@@ -29,18 +31,38 @@ class ActorCriticConfig:
             default layout's ``base_dim + 31 * N`` for the grid the network is built on.
         lstm_hidden_dim: H, the recurrent core's width.
         lstm_layers: recurrent layers.
-        value_baseline: ``"q"`` (``value`` = Q(s, op), the original plan) or ``"v"``
-            (``value`` = V(s), the unbiased PPO baseline).
+        value_baseline: ``"v"`` (``value`` = V(s), the unbiased PPO baseline and the
+            reference network's ``value``; the default) or ``"q"`` (``value`` = Q(s, op),
+            the original plan).
         base_dim: features in the base block of the observation (default 23).
-        blueprint_embed_dim: width of each slot's blueprint embedding.
+        blueprint_embed_dim: width of each slot's type (blueprint) embedding.
+        num_slot_types: the slot-type vocabulary: ``blueprint_indices`` take values in
+            ``[0, num_slot_types)``, or -1 for an empty slot (default 13, the seed
+            lifecycle's blueprints).
+        slot_dim: features per slot; None = inferred from ``state_dim`` (the Slot
+            Transformer needs it; the flat network takes any ``state_dim``).
+        floor_mode: how ``probability_floor`` is applied: ``"clip"`` (the reference
+            network's: valid actions below the floor are raised to it and the rest scaled
+            down; a no-op when every valid action is above it) or ``"mix"`` (mix with the
+            uniform distribution over valid actions: every valid action is guaranteed the
+            floor, but every probability moves).
+        use_q_head: build the Q(s, op) head (an auxiliary head, detached from the trunk).
+            False: no parameters, ``q_value`` is None and ``value_baseline`` must be ``"v"``.
+        use_contribution_head: build the per-slot contribution predictor (auxiliary).
+            False: no parameters and ``pred_contributions`` is None.
     """
 
     state_dim: int | None = None
     lstm_hidden_dim: int = 128
     lstm_layers: int = 1
-    value_baseline: str = "q"
+    value_baseline: str = "v"
     base_dim: int = DEFAULT_BASE_DIM
     blueprint_embed_dim: int = 4
+    num_slot_types: int = 13
+    slot_dim: int | None = None
+    floor_mode: str = "clip"
+    use_q_head: bool = True
+    use_contribution_head: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -48,8 +70,18 @@ class ActorCriticConfig:
             # Sizes are checked here; rates (dropout) by the layers that use them.
             if f.type in ("int", int) and f.name != "base_dim":
                 check_positive_int(f"{type(self).__name__}.{f.name}", value)
-        if self.state_dim is not None:
-            check_positive_int("state_dim", self.state_dim)
+        for name in ("state_dim", "slot_dim"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        for name in ("use_q_head", "use_contribution_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.floor_mode not in FLOOR_MODES:
+            raise ValueError(f"floor_mode must be one of {list(FLOOR_MODES)}, got {self.floor_mode!r}")
+        if self.value_baseline == "q" and not self.use_q_head:
+            raise ValueError(
+                'value_baseline="q" needs the Q head: pass use_q_head=True or value_baseline="v"'
+            )
         if not isinstance(self.base_dim, int) or self.base_dim < 0:
             raise ValueError(f"base_dim must be a non-negative int, got {self.base_dim!r}")
         if self.value_baseline not in VALUE_BASELINES:
@@ -81,10 +113,12 @@ class ActorCriticConfig:
         return config
 
     def for_slots(self: _Config, slot_config: SlotConfig) -> _Config:
-        """This config with ``state_dim`` filled in for ``slot_config``'s default layout."""
+        """This config with ``state_dim`` filled in for ``slot_config``: ``base_dim + N *
+        slot_dim`` (31 features per slot when ``slot_dim`` is None)."""
         if self.state_dim is not None:
             return self
-        return replace(self, state_dim=self.base_dim + DEFAULT_SLOT_DIM * slot_config.num_slots)
+        slot_dim = DEFAULT_SLOT_DIM if self.slot_dim is None else self.slot_dim
+        return replace(self, state_dim=self.base_dim + slot_dim * slot_config.num_slots)
 
     def __getitem__(self, key: str) -> Any:
         """Deprecated: bundles' ``config`` was a dict; read the attribute instead."""

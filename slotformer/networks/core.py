@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slotformer.actions import ActionSpace, PaddedHeads, canonicalize_head
+from slotformer.actions import ActionSpace, PaddedHeads, _relevance, canonicalize_head
 from slotformer.config import ObservationLayout, SlotConfig
 from slotformer.distributions import (  # the unchecked forms: the boundary checked the inputs
+    LOG_PROB_MIN,
     _masked_log_probs,
     _normalised_entropy,
     check_logit_values,
@@ -63,7 +63,7 @@ from slotformer.networks.results import (
     GetActionResult,
     TrunkIntermediates,
 )
-from slotformer.validation import validation_enabled
+from slotformer.validation import describe_shape, expect, validation_enabled
 
 # Names that lived here before the split stay importable from this module.
 __all__ = [
@@ -87,8 +87,7 @@ __all__ = [
 class TrunkOutput:
     """What a network's trunk hands to the shared core."""
 
-    temporal: Tensor  # [B, T, H]: the recurrent core's output (``lstm_out``)
-    value_features: Tensor  # [B, T, F]: input of the V(s) head (Q adds the op one-hot)
+    temporal: Tensor  # [B, T, H]: the recurrent core's output (``lstm_out``): V and Q read it
     hidden: Hidden
     slot_repr: Tensor | None = None  # [B, T, N, D] for networks with per-slot representations
     intermediates: TrunkIntermediates | None = None  # when asked for
@@ -136,7 +135,7 @@ class ActorCriticCore(nn.Module, ABC):
                 f"{self.action_space.num_slots} choices but slot_config has {num_slots} slots"
             )
         assert self.config.state_dim is not None
-        self.layout = ObservationLayout.infer(self.config.state_dim, num_slots, config.base_dim)
+        self.layout = self._layout(self.config, num_slots)
         self.state_dim = self.config.state_dim
         self.lstm_hidden_dim = config.lstm_hidden_dim
         self.lstm_layers = config.lstm_layers
@@ -148,12 +147,36 @@ class ActorCriticCore(nn.Module, ABC):
         self.register_buffer("empty_mask_rows", torch.zeros((), dtype=torch.long), persistent=False)
         self.empty_mask_rows: Tensor
 
+    def _layout(self, config: ActorCriticConfig, num_slots: int) -> ObservationLayout | None:
+        """Where the base block and the slots sit in the flat observation: from ``slot_dim``
+        when given, else inferred from ``state_dim``; None for a network that reads the
+        vector whole (the flat LSTM) when it is not ``base_dim + N * slot_dim``."""
+        assert config.state_dim is not None
+        if config.slot_dim is not None:
+            layout = ObservationLayout(num_slots, config.slot_dim, config.base_dim)
+            if layout.state_dim != config.state_dim:
+                raise ValueError(
+                    f"state_dim={config.state_dim} does not match base_dim={config.base_dim} + "
+                    f"{num_slots} slots x slot_dim={config.slot_dim} = {layout.state_dim}"
+                )
+            return layout
+        try:
+            return ObservationLayout.infer(config.state_dim, num_slots, config.base_dim)
+        except ValueError:
+            if self.needs_layout:
+                raise
+            return None
+
     # ------------------------------------------------------------------ subclass hooks
-    # Modules every subclass builds (the shared core reads them by these names).
+    # Whether the trunk reads the base block and the slots apart (the Slot Transformer) or
+    # the flat vector whole (the flat LSTM, which then takes any state_dim).
+    needs_layout: ClassVar[bool] = True
+    # Modules every subclass builds (the shared core reads them by these names); the
+    # auxiliary heads are None when the config switches them off.
     lstm: ResidualLSTM
     state_value_head: nn.Module
-    q_head: nn.Module
-    contribution_predictor: nn.Module
+    q_head: nn.Module | None
+    contribution_predictor: nn.Module | None
 
     @abstractmethod
     def _trunk(self, inputs: PolicyInputs, return_intermediates: bool = False) -> TrunkOutput:
@@ -166,7 +189,54 @@ class ActorCriticCore(nn.Module, ABC):
 
     @abstractmethod
     def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
-        """Per-slot contribution predictions ``[B, T, N]``."""
+        """Per-slot contribution predictions ``[B, T, N]`` (only called when the network
+        has a contribution predictor)."""
+
+    # ------------------------------------------------------------------ head sizes
+    # The reference network's size attributes. Each reads the action space, so a custom
+    # space without that head raises AttributeError naming it (use `head_sizes`).
+    @property
+    def head_sizes(self) -> dict[str, int]:
+        """Number of choices per head name (any action space)."""
+        return self.action_space.sizes
+
+    def _head_size(self, name: str) -> int:
+        size = self.action_space.sizes.get(name)
+        if size is None:
+            raise AttributeError(
+                f"this network's action space has no {name!r} head (heads: "
+                f"{list(self.action_space.head_names)}); read head_sizes instead"
+            )
+        return size
+
+    @property
+    def num_slots(self) -> int:
+        """N: the pointer head's size (the constructor's grid)."""
+        return self.slot_config.num_slots
+
+    @property
+    def num_blueprints(self) -> int:
+        return self._head_size("blueprint")
+
+    @property
+    def num_styles(self) -> int:
+        return self._head_size("style")
+
+    @property
+    def num_tempo(self) -> int:
+        return self._head_size("tempo")
+
+    @property
+    def num_alpha_targets(self) -> int:
+        return self._head_size("alpha_target")
+
+    @property
+    def num_alpha_speeds(self) -> int:
+        return self._head_size("alpha_speed")
+
+    @property
+    def num_alpha_curves(self) -> int:
+        return self._head_size("alpha_curve")
 
     # ------------------------------------------------------------------ weights
     def _categorical_head_names(self) -> tuple[str, ...]:
@@ -211,9 +281,15 @@ class ActorCriticCore(nn.Module, ABC):
             with torch.inference_mode(False):
                 row_ids, col_ids = config.position_ids(device)
                 padded_heads = PaddedHeads.from_space(action_space, device)
+            layout = (
+                None
+                if self.layout is None
+                else ObservationLayout(config.num_slots, self.layout.slot_dim, self.layout.base_dim)
+            )
             ctx = SlotContext(
                 slot_config=config,
-                layout=ObservationLayout(config.num_slots, self.layout.slot_dim, self.layout.base_dim),
+                layout=layout,
+                state_dim=self.state_dim if layout is None else layout.state_dim,
                 action_space=action_space,
                 row_ids=row_ids,
                 col_ids=col_ids,
@@ -248,6 +324,7 @@ class ActorCriticCore(nn.Module, ABC):
         sample_op: bool = False,
         generator: torch.Generator | None = None,
         return_intermediates: bool = False,
+        episode_starts: Tensor | None = None,
     ) -> dict[str, Any]:
         """Run the network over a sequence.
 
@@ -270,6 +347,8 @@ class ActorCriticCore(nn.Module, ABC):
             generator: RNG for ``sample_op``.
             return_intermediates: also return what the trunk computed on the way (the
                 transformer's attention maps) as ``"intermediates"``, a `TrunkIntermediates`.
+            episode_starts: bool ``[B, T]``, True where a new episode begins at that step:
+                the recurrent state is zeroed before it.
 
         Returns:
             dict with ``"{head}_logits"`` ``[B, T, n]`` (base masks applied with
@@ -280,6 +359,7 @@ class ActorCriticCore(nn.Module, ABC):
         inputs = self._read(
             state, blueprint_indices, hidden=hidden, masks=masks, slot_config=slot_config,
             active_mask=active_mask, probability_floor=probability_floor,
+            episode_starts=episode_starts,
             named_masks=dict(
                 slot=slot_mask, blueprint=blueprint_mask, style=style_mask, tempo=tempo_mask,
                 alpha_target=alpha_target_mask, alpha_speed=alpha_speed_mask,
@@ -317,6 +397,7 @@ class ActorCriticCore(nn.Module, ABC):
         blueprint_indices: Tensor | None,
         hidden: Hidden | None = None,
         slot_mask: Tensor | None = None,
+        slot_by_op_mask: Tensor | None = None,
         blueprint_mask: Tensor | None = None,
         style_mask: Tensor | None = None,
         tempo_mask: Tensor | None = None,
@@ -324,7 +405,6 @@ class ActorCriticCore(nn.Module, ABC):
         alpha_speed_mask: Tensor | None = None,
         alpha_curve_mask: Tensor | None = None,
         op_mask: Tensor | None = None,
-        slot_by_op_mask: Tensor | None = None,
         deterministic: bool = False,
         return_op_logits: bool = False,
         probability_floor: ProbabilityFloor = None,
@@ -333,20 +413,23 @@ class ActorCriticCore(nn.Module, ABC):
         slot_config: SlotConfig | None = None,
         active_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
+        episode_starts: Tensor | None = None,
     ) -> ActionResult:
         """Choose one action per environment (one rollout step), under inference mode.
 
         Args:
-            state: ``[B, D]`` or ``[B, 1, D]`` (T must be 1).
-            blueprint_indices: ``[B, N]`` or ``[B, 1, N]`` int64, -1 = empty slot.
+            state: ``[B, D]`` or ``[B, 1, D]`` (T must be 1), or a `SlotObservation`.
+            blueprint_indices: ``[B, N]`` or ``[B, 1, N]`` int64 or int32, -1 = empty slot.
             hidden: recurrent state from the previous step (None = zeros).
             slot_mask ... op_mask: bool ``[B, n]`` or ``[B, 1, n]``; None = all valid.
             slot_by_op_mask: bool ``[B, num_ops, N]``: the slot mask to use for each op
-                (it replaces ``slot_mask`` for the chosen op).
+                (it replaces ``slot_mask`` for the chosen op). Fifth, as in the reference.
             deterministic: take each head's most likely action instead of sampling.
             return_op_logits: also return the masked op logits ``[B, num_ops]``.
             probability_floor: as in `forward`.
             generator: optional RNG for sampling.
+            episode_starts: bool ``[B]``: environments whose episode begins at this step
+                (their ``hidden`` is zeroed first).
 
         Returns:
             `ActionResult` (also known as ``GetActionResult``); every tensor is ``[B]``.
@@ -354,7 +437,7 @@ class ActorCriticCore(nn.Module, ABC):
         inputs = self._read(
             state, blueprint_indices, allow_2d=True, one_step=True, hidden=hidden, masks=masks,
             slot_config=slot_config, active_mask=active_mask, slot_by_op=slot_by_op_mask,
-            probability_floor=probability_floor,
+            probability_floor=probability_floor, episode_starts=episode_starts,
             named_masks=dict(
                 slot=slot_mask, blueprint=blueprint_mask, style=style_mask, tempo=tempo_mask,
                 alpha_target=alpha_target_mask, alpha_speed=alpha_speed_mask,
@@ -365,7 +448,10 @@ class ActorCriticCore(nn.Module, ABC):
         actions, log_probs, entropies = self._policy(logits, inputs, deterministic, generator)
         op_name = inputs.ctx.action_space.op_head
         op = actions[op_name]
-        value, _, _ = self._values(trunk, op)
+        if self.value_baseline == "v":  # Q is not returned here: V(s) alone
+            value = self.state_value_head(trunk.temporal).squeeze(-1)
+        else:
+            value, _, _ = self._values(trunk, op)
         op_logits = (
             mask_logits(logits[op_name], inputs.masks[op_name])[:, 0] if return_op_logits else None
         )
@@ -400,6 +486,7 @@ class ActorCriticCore(nn.Module, ABC):
         masks: Mapping[str, Tensor | None] | None = None,
         slot_config: SlotConfig | None = None,
         active_mask: Tensor | None = None,
+        episode_starts: Tensor | None = None,
     ) -> EvalResult:
         """Log-probs, values and entropies of stored actions (differentiable; PPO update).
 
@@ -419,6 +506,11 @@ class ActorCriticCore(nn.Module, ABC):
                 task does not shape the shared representation.
             slot_by_op_mask: ``[B, num_ops, N]`` or ``[B, T, num_ops, N]`` if the rollout
                 used one.
+            episode_starts: bool ``[B, T]``, True where a new episode begins at that step:
+                the recurrent state is zeroed before it, so a sequence may cross episode
+                boundaries (SB3's ``episode_starts``, CleanRL's ``done``, TorchRL's
+                ``is_init``). Log-probs, values and gradients then equal those of the parts
+                scored as separate sequences from zero state (within fp32 rounding).
 
         Returns:
             `EvalResult` (also known as ``EvaluateActionsResult``); it unpacks as the
@@ -428,7 +520,7 @@ class ActorCriticCore(nn.Module, ABC):
         inputs = self._read(
             states, blueprint_indices, name="states", hidden=hidden, masks=masks,
             slot_config=slot_config, active_mask=active_mask, slot_by_op=slot_by_op_mask,
-            actions=actions, probability_floor=probability_floor,
+            actions=actions, probability_floor=probability_floor, episode_starts=episode_starts,
             named_masks=dict(
                 slot=slot_mask, blueprint=blueprint_mask, style=style_mask, tempo=tempo_mask,
                 alpha_target=alpha_target_mask, alpha_speed=alpha_speed_mask,
@@ -445,7 +537,11 @@ class ActorCriticCore(nn.Module, ABC):
             value=value,
             entropies=entropies,
             hidden=trunk.hidden,
-            pred_contributions=self._contributions(trunk, stop_gradient=aux_stop_gradient),
+            pred_contributions=(
+                None
+                if self.contribution_predictor is None
+                else self._contributions(trunk, stop_gradient=aux_stop_gradient)
+            ),
             q_value=q_value,
             state_value=state_value,
         )
@@ -462,6 +558,11 @@ class ActorCriticCore(nn.Module, ABC):
     ) -> Tensor:
         """Predicted per-slot contributions: ``[B, N]`` for ``state [B, D]``, ``[B, T, N]``
         for ``state [B, T, D]``."""
+        if self.contribution_predictor is None:
+            raise ValueError(
+                f"{type(self).__name__} was built with use_contribution_head=False: it has no "
+                "contribution predictor"
+            )
         inputs = self._read(
             state, blueprint_indices, allow_2d=True, hidden=hidden, with_masks=False,
             slot_config=slot_config, active_mask=active_mask,
@@ -487,14 +588,81 @@ class ActorCriticCore(nn.Module, ABC):
                 logits[name] = self.head_module(name)(trunk.temporal)  # [B, T, n]
         return logits
 
-    def _values(self, trunk: TrunkOutput, op: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``value`` (the one ``value_baseline`` selects), V(s) and Q(s, op), each ``[B, T]``."""
-        features = trunk.value_features  # [B, T, F]
-        state_value = self.state_value_head(features).squeeze(-1)
-        op_one_hot = F.one_hot(op, num_classes=self.num_ops).to(features.dtype)  # [B, T, O]
-        q_value = self.q_head(torch.cat([features, op_one_hot], dim=-1)).squeeze(-1)
-        value = q_value if self.value_baseline == "q" else state_value
+    def _values(self, trunk: TrunkOutput, op: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``value`` (the one ``value_baseline`` selects), V(s) and Q(s, op) (None without a
+        Q head), each ``[B, T]``."""
+        state_value = self.state_value_head(trunk.temporal).squeeze(-1)
+        q_value = None if self.q_head is None else self._q(trunk.temporal, op)
+        value = q_value if self.value_baseline == "q" and q_value is not None else state_value
         return value, state_value, q_value
+
+    def _q(self, features: Tensor, op: Tensor) -> Tensor:
+        """Q(s, op) ``[...]`` from ``features [..., H]``, detached from the trunk: Q is an
+        auxiliary head, so its loss trains the Q head's own parameters only (as the
+        reference network's ``_compute_q``)."""
+        assert self.q_head is not None
+        features = features.detach()
+        # A comparison, not F.one_hot: one_hot range-checks its input (a host sync on GPU).
+        ops = torch.arange(self.num_ops, device=op.device)
+        op_one_hot = (op.unsqueeze(-1) == ops).to(features.dtype)  # [..., O]
+        return self.q_head(torch.cat([features, op_one_hot], dim=-1)).squeeze(-1)
+
+    def compute_state_value(self, features: Tensor) -> Tensor:
+        """V(s) ``[...]`` from the recurrent output ``features [..., H]`` (``forward``'s
+        ``"lstm_out"``), with full gradient into the trunk (it is the critic).
+
+        Example:
+            >>> from slotformer import FactoredRecurrentActorCritic
+            >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=32)
+            >>> out = net(torch.randn(2, 1, 116), torch.full((2, 1, 3), -1))
+            >>> torch.allclose(net.compute_state_value(out["lstm_out"]), out["state_value"])
+            True
+        """
+        self._check_features(features)
+        return self.state_value_head(features).squeeze(-1)
+
+    def compute_q(self, features: Tensor, op: Tensor) -> Tensor:
+        """Q(s, op) ``[...]`` for any op, from the recurrent output ``features [..., H]``
+        (``forward``'s ``"lstm_out"``) and int64 ``op [...]``.
+
+        ``features`` is detached: Q is an auxiliary (telemetry) head whose loss trains only
+        its own parameters, as in the reference network. Q of every op at once:
+        ``compute_q(lstm_out.expand(O, ...), arange(O)...)``.
+
+        Raises:
+            ValueError: the network was built with ``use_q_head=False``, or bad shapes.
+
+        Example:
+            >>> from slotformer import FactoredRecurrentActorCritic
+            >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=32)
+            >>> lstm_out = net(torch.randn(1, 1, 116), torch.full((1, 1, 3), -1))["lstm_out"]
+            >>> ops = torch.arange(net.num_ops).view(-1, 1)          # [O, 1]
+            >>> net.compute_q(lstm_out.expand(net.num_ops, 1, -1), ops).shape
+            torch.Size([6, 1])
+        """
+        if self.q_head is None:
+            raise ValueError(
+                f"{type(self).__name__} was built with use_q_head=False: it has no Q head"
+            )
+        self._check_features(features)
+        expect(
+            "op", op, dtype=torch.long, device=features.device, shape=tuple(features.shape[:-1]),
+            hint=" (features' shape without its last dimension)",
+        )
+        return self._q(features, op)
+
+    def _check_features(self, features: Tensor) -> None:
+        expect("features", features, floating=True, hint=" (forward's lstm_out)")
+        expect("features", features, device=next(self.parameters()).device)
+        if features.dim() < 1 or features.shape[-1] != self.lstm_hidden_dim:
+            raise ValueError(
+                f"features has shape {describe_shape(features)}, expected [..., "
+                f"lstm_hidden_dim={self.lstm_hidden_dim}] (forward's lstm_out)"
+            )
+
+    # The reference network's names for the two value computations.
+    _compute_state_value = compute_state_value
+    _compute_q = compute_q
 
     def _op_log_probs(self, logits: Mapping[str, Tensor], inputs: PolicyInputs) -> Tensor:
         """The op head's floored fp32 log-probs ``[B, T, num_ops]`` under its base mask."""
@@ -502,7 +670,9 @@ class ActorCriticCore(nn.Module, ABC):
         mask = inputs.masks[op_name]
         if validation_enabled():
             check_logit_values(logits[op_name], mask, name=_head_label(op_name))
-        return _masked_log_probs(logits[op_name], mask, inputs.floors.get(op_name, 0.0))
+        return _masked_log_probs(
+            logits[op_name], mask, inputs.floors.get(op_name, 0.0), self.config.floor_mode
+        )
 
     def _policy(
         self,
@@ -556,13 +726,20 @@ class ActorCriticCore(nn.Module, ABC):
             if check_values:
                 label = _head_label(name, for_chosen_op=True, slot_by_op=by_op is not None)
                 check_logit_values(logits[name], canonical, name=label)
-            head_log_probs = _masked_log_probs(logits[name], canonical, floors.get(name, 0.0))
+            head_log_probs = _masked_log_probs(
+                logits[name], canonical, floors.get(name, 0.0), self.config.floor_mode
+            )
             actions[name] = decide(
                 head_log_probs, None if given_actions is None else given_actions[name]
             )
             # Sampled from head_log_probs or checked by _check_actions: in range either way,
             # so log_prob_of's range check (a host sync per head) would only repeat work.
             log_probs[name] = gather_log_prob(head_log_probs, actions[name])
+            relevant = _relevance(head, op) if given_actions is not None else None
+            if relevant is not None:
+                # An irrelevant head's choice did nothing: it scores 0 whatever was stored
+                # (the rollout stored the canonical action, whose log-prob is exactly 0).
+                log_probs[name] = torch.where(relevant, log_probs[name], 0.0)
             entropies[name] = _normalised_entropy(head_log_probs, canonical)
 
         # The other heads together, padded side by side: the same maths in a few kernels.
@@ -579,11 +756,16 @@ class ActorCriticCore(nn.Module, ABC):
                     )
             head_floors = [floors.get(name, 0.0) for name in packed.names]
             if len(set(head_floors)) == 1:
-                packed_log_probs = _masked_log_probs(packed_logits, canonical, head_floors[0])
+                packed_log_probs = _masked_log_probs(
+                    packed_logits, canonical, head_floors[0], self.config.floor_mode
+                )
             else:  # different floors per head: row by row, the same formula
                 packed_log_probs = torch.stack(
                     [
-                        _masked_log_probs(packed_logits[..., k, :], canonical[..., k, :], floor)
+                        _masked_log_probs(
+                            packed_logits[..., k, :], canonical[..., k, :], floor,
+                            self.config.floor_mode,
+                        )
                         for k, floor in enumerate(head_floors)
                     ],
                     dim=-2,
@@ -595,6 +777,8 @@ class ActorCriticCore(nn.Module, ABC):
             )
             chosen = decide(packed_log_probs, given)  # [B, T, K]
             packed_lp = gather_log_prob(packed_log_probs, chosen)  # [B, T, K]
+            if given is not None:  # irrelevant heads score 0 whatever was stored (see above)
+                packed_lp = torch.where(packed.relevance[op], packed_lp, 0.0)
             packed_entropy = _normalised_entropy(packed_log_probs, canonical)  # [B, T, K]
             for name, a, lp, h in zip(
                 packed.names, chosen.unbind(-1), packed_lp.unbind(-1), packed_entropy.unbind(-1)
@@ -614,9 +798,16 @@ class ActorCriticCore(nn.Module, ABC):
             bad = {n: c for n, c in masked.items() if c}
             if bad:
                 raise ValueError(
-                    f"actions include choices that their (canonicalised) masks forbid, "
+                    f"actions include choices that their masks forbid (for the stored op), "
                     f"count per head: {bad}; pass the masks stored at rollout"
                 )
+        if given_actions is not None:
+            # With validation off a forbidden stored action (a relevant head's) gets a
+            # finite log-prob, LOG_PROB_MIN, not -inf: the PPO ratio stays finite and no
+            # gradient flows through it. A valid action keeps its log-prob, however small.
+            log_probs = {
+                n: torch.where(lp == float("-inf"), LOG_PROB_MIN, lp) for n, lp in log_probs.items()
+            }
         return actions, log_probs, entropies
 
 
@@ -648,8 +839,10 @@ def init_actor_critic_weights(network: ActorCriticCore, skip: tuple[nn.Module, .
     for name in network.action_space.head_names:
         nn.init.orthogonal_(last_linear(network.head_module(name)).weight, gain=0.01)
     for value_module in (network.state_value_head, network.q_head):
-        nn.init.orthogonal_(last_linear(value_module).weight, gain=0.01)
-    contribution_out = last_linear(network.contribution_predictor)
-    nn.init.orthogonal_(contribution_out.weight, gain=0.1)
-    if contribution_out.bias is not None:
-        nn.init.zeros_(contribution_out.bias)
+        if value_module is not None:
+            nn.init.orthogonal_(last_linear(value_module).weight, gain=0.01)
+    if network.contribution_predictor is not None:
+        contribution_out = last_linear(network.contribution_predictor)
+        nn.init.orthogonal_(contribution_out.weight, gain=0.1)
+        if contribution_out.bias is not None:
+            nn.init.zeros_(contribution_out.bias)

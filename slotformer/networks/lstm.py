@@ -50,17 +50,18 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
     arguments, in the reference network's order and with its names (not both).
 
     Args:
-        state_dim: flat observation width ``base_dim + N * slot_dim``; None =
-            ``base_dim + 31 * N``.
+        state_dim: flat observation width, any positive int (as in the reference network);
+            None = ``base_dim + 31 * N``. Structured observations need it to be
+            ``base_dim + N * slot_dim``.
         feature_dim: width of the feature layer before the LSTM (`LSTMConfig`'s
             ``trunk_dim``).
         lstm_hidden_dim: H.
         lstm_layers: recurrent layers.
         slot_config: the slots (default: 3 in one row).
-        value_baseline: ``"q"`` (``value`` = Q(s, op)) or ``"v"`` (``value`` = V(s)).
+        value_baseline: ``"v"`` (``value`` = V(s), the default) or ``"q"`` (Q(s, op)).
         action_space: the factored heads (default: the contract's eight heads).
-        base_dim: features in the base block (default 23).
-        blueprint_embed_dim: width of each slot's blueprint embedding in the concatenation.
+        base_dim, blueprint_embed_dim, num_slot_types, slot_dim, floor_mode, use_q_head,
+            use_contribution_head: see `ActorCriticConfig`.
         config: every hyper-parameter at once.
 
     Example:
@@ -71,6 +72,7 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
     """
 
     network_type: ClassVar[str] = "lstm"
+    needs_layout: ClassVar[bool] = False  # reads the flat vector whole: any state_dim
     config: LSTMConfig
 
     def __init__(
@@ -80,11 +82,16 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
         lstm_hidden_dim: int = 512,
         lstm_layers: int = 1,
         slot_config: SlotConfig | None = None,
-        value_baseline: str = "q",
+        value_baseline: str = "v",
         *,
         action_space: ActionSpace | None = None,
         base_dim: int = DEFAULT_BASE_DIM,
         blueprint_embed_dim: int = 4,
+        num_slot_types: int = 13,
+        slot_dim: int | None = None,
+        floor_mode: str = "clip",
+        use_q_head: bool = True,
+        use_contribution_head: bool = True,
         config: LSTMConfig | None = None,
     ) -> None:
         # Keyword construction: every field of LSTMConfig is an argument of the same name and
@@ -95,7 +102,7 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
         c = self.config
         N, H, feature_dim = self.slot_config.num_slots, c.lstm_hidden_dim, c.trunk_dim
         self.feature_dim = feature_dim  # the reference network's attribute
-        self.blueprint_embedding = BlueprintEmbedding(embed_dim=c.blueprint_embed_dim)
+        self.blueprint_embedding = BlueprintEmbedding(c.num_slot_types, c.blueprint_embed_dim)
         self.feature_net = nn.Sequential(
             nn.Linear(self.state_dim + N * c.blueprint_embed_dim, feature_dim),
             nn.LayerNorm(feature_dim),
@@ -107,21 +114,25 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
             n = self.action_space.sizes[name]
             self.add_module(f"{name}_head", categorical_head(H, H // 2, n, depth))
         self.state_value_head = value_head(H, H // 2)
-        self.q_head = value_head(H + self.num_ops, H // 2)
-        self.contribution_predictor = contribution_mlp(H, H // 2, N, layer_norm=False)
+        self.q_head = value_head(H + self.num_ops, H // 2) if c.use_q_head else None
+        self.contribution_predictor = (
+            contribution_mlp(H, H // 2, N, layer_norm=False) if c.use_contribution_head else None
+        )
         init_actor_critic_weights(self, skip=(self.lstm,))
 
     def _trunk(self, inputs: PolicyInputs, return_intermediates: bool = False) -> TrunkOutput:
         state = inputs.state  # [B, T, D]
         blueprint = self.blueprint_embedding(inputs.blueprint_indices)  # [B, T, N, E]
         features = torch.cat([state, blueprint.flatten(-2).to(state.dtype)], dim=-1)
-        temporal, new_hidden = self.lstm(self.feature_net(features), inputs.hidden)  # [B, T, H]
+        temporal, new_hidden = self.lstm(
+            self.feature_net(features), inputs.hidden, inputs.episode_starts
+        )  # [B, T, H]
         seen = (
             TrunkIntermediates((), inputs.active, inputs.ctx.slot_config.slot_ids)
             if return_intermediates
             else None
         )
-        return TrunkOutput(temporal, temporal, new_hidden, intermediates=seen)
+        return TrunkOutput(temporal, new_hidden, intermediates=seen)
 
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
         pointer = self.action_space.pointer_head
@@ -129,5 +140,6 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
         return self.head_module(pointer)(trunk.temporal)  # [B, T, N]
 
     def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
+        assert self.contribution_predictor is not None
         temporal = trunk.temporal.detach() if stop_gradient else trunk.temporal
         return self.contribution_predictor(temporal)  # [B, T, N]

@@ -5,7 +5,7 @@ base [B,T,23] ─► global encoder ─► g [B,T,D] ─────────
 slots [B,T,N,S] ‖ blueprint emb ─► SlotTransformerEncoder ─► cls [B,T,D], slot_repr [B,T,N,D]
                        [g ‖ cls] ─► ResidualLSTM ─► temporal [B,T,H]
 temporal ─► categorical heads         temporal ⊗ slot_repr ─► pointer ─► slot logits [B,T,N]
-[temporal ‖ cls] (‖ one_hot(op)) ─► V(s), Q(s, op)    slot_repr ─► contributions [B,T,N]
+temporal (‖ one_hot(op)) ─► V(s), Q(s, op)    slot_repr ─► contributions [B,T,N]
 ```
 Parameters do not depend on N, and the same weights run on any grid up to ``max_slots``
 slots and ``max_grid_size`` rows/columns (pass ``slot_config=`` per call).
@@ -92,8 +92,8 @@ class SlotTransformerActorCritic(ActorCriticCore):
     arguments (see `TransformerConfig` for each; not both).
 
     Args:
-        state_dim: flat observation width ``base_dim + N * slot_dim`` (31 or 39 features per
-            slot; ``slot_dim`` is inferred); None = ``base_dim + 31 * N``.
+        state_dim: flat observation width ``base_dim + N * slot_dim`` (``slot_dim`` is
+            inferred when not given); None = ``base_dim + 31 * N``.
         slot_config: the slots (default: 3 in one row).
         action_space: the factored heads (default: the contract's eight heads).
         config: every hyper-parameter at once.
@@ -120,7 +120,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
         transformer_layers: int = 2,
         transformer_heads: int = 4,
         head_hidden: int = 256,
-        value_baseline: str = "q",
+        value_baseline: str = "v",
         encoder_dropout: float = 0.0,
         *,
         max_slots: int = 64,
@@ -128,6 +128,11 @@ class SlotTransformerActorCritic(ActorCriticCore):
         action_space: ActionSpace | None = None,
         base_dim: int = DEFAULT_BASE_DIM,
         blueprint_embed_dim: int = 4,
+        num_slot_types: int = 13,
+        slot_dim: int | None = None,
+        floor_mode: str = "clip",
+        use_q_head: bool = True,
+        use_contribution_head: bool = True,
         contribution_hidden: int = 64,
         contribution_dropout: float = 0.0,
         transformer_ff_mult: int = 4,
@@ -153,13 +158,15 @@ class SlotTransformerActorCritic(ActorCriticCore):
         self.max_slots = c.max_slots
         self.max_grid_size = c.max_grid_size
         D, H, head_hidden = c.embed_dim, c.lstm_hidden_dim, c.head_hidden
+        layout = self.layout
+        assert layout is not None  # needs_layout: the constructor inferred or checked it
 
         self.global_encoder = nn.Sequential(
-            nn.Linear(self.layout.base_dim, D), nn.LayerNorm(D), nn.ReLU(), nn.Linear(D, D)
+            nn.Linear(layout.base_dim, D), nn.LayerNorm(D), nn.ReLU(), nn.Linear(D, D)
         )
-        self.blueprint_embedding = BlueprintEmbedding(embed_dim=c.blueprint_embed_dim)
+        self.blueprint_embedding = BlueprintEmbedding(c.num_slot_types, c.blueprint_embed_dim)
         self.encoder = SlotTransformerEncoder(
-            slot_dim=self.layout.slot_dim + c.blueprint_embed_dim,
+            slot_dim=layout.slot_dim + c.blueprint_embed_dim,
             embed_dim=D,
             num_heads=c.transformer_heads,
             num_layers=c.transformer_layers,
@@ -177,10 +184,17 @@ class SlotTransformerActorCritic(ActorCriticCore):
             depth = 3 if name == "blueprint" else 2
             n = self.action_space.sizes[name]
             self.add_module(f"{name}_head", categorical_head(H, head_hidden, n, depth))
-        self.state_value_head = value_head(H + D, head_hidden)
-        self.q_head = value_head(H + D + self.num_ops, head_hidden)
-        self.contribution_predictor = contribution_mlp(
-            D, c.contribution_hidden, 1, layer_norm=True, dropout=c.contribution_dropout
+        # V and Q read the recurrent output alone, as in the flat network, so the reference's
+        # `_compute_q(lstm_out, op)` works for both (the LSTM's residual input projection
+        # already carries [global ‖ CLS] into it).
+        self.state_value_head = value_head(H, head_hidden)
+        self.q_head = value_head(H + self.num_ops, head_hidden) if c.use_q_head else None
+        self.contribution_predictor = (
+            contribution_mlp(
+                D, c.contribution_hidden, 1, layer_norm=True, dropout=c.contribution_dropout
+            )
+            if c.use_contribution_head
+            else None
         )
         init_actor_critic_weights(self, skip=(self.encoder, self.lstm))
 
@@ -192,7 +206,8 @@ class SlotTransformerActorCritic(ActorCriticCore):
     # ------------------------------------------------------------------ trunk
     def _trunk(self, inputs: PolicyInputs, return_intermediates: bool = False) -> TrunkOutput:
         ctx, active_mask = inputs.ctx, inputs.active
-        base, slots = ctx.layout.split(inputs.state)  # [B, T, base], [B, T, N, S]
+        base, slots = inputs.base, inputs.slots  # [B, T, base], [B, T, N, S]: views, no copy
+        assert base is not None and slots is not None
         B, T, N, S = slots.shape
         M = B * T  # the encoder's work is independent per step
         # Views of the caller's tensors (no copy): what a recomputed chunk keeps.
@@ -219,9 +234,8 @@ class SlotTransformerActorCritic(ActorCriticCore):
         slot_repr = slot_repr.view(B, T, N, self.embed_dim)  # [B, T, N, D]
         global_repr = self.global_encoder(base)  # [B, T, D]
         fused = torch.cat([global_repr, cls_repr.to(global_repr.dtype)], dim=-1)  # [B, T, 2D]
-        temporal, new_hidden = self.lstm(fused, inputs.hidden)  # [B, T, H]
-        value_features = torch.cat([temporal, cls_repr.to(temporal.dtype)], dim=-1)  # [B, T, H+D]
-        return TrunkOutput(temporal, value_features, new_hidden, slot_repr, seen)
+        temporal, new_hidden = self.lstm(fused, inputs.hidden, inputs.episode_starts)  # [B, T, H]
+        return TrunkOutput(temporal, new_hidden, slot_repr, seen)
 
     @overload
     def _encode_steps(
@@ -259,7 +273,7 @@ class SlotTransformerActorCritic(ActorCriticCore):
         return self.slot_head(trunk.temporal, trunk.slot_repr.to(trunk.temporal.dtype))
 
     def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
-        assert trunk.slot_repr is not None
+        assert trunk.slot_repr is not None and self.contribution_predictor is not None
         slot_repr = trunk.slot_repr.detach() if stop_gradient else trunk.slot_repr
         if self.encoder.recomputes():
             # Lean memory: the per-slot MLP is recomputed chunk by chunk in backward too, so
