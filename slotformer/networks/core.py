@@ -83,6 +83,17 @@ __all__ = [
 ]
 
 
+# Head name -> the reference network's attribute for its size.
+_SIZE_ATTRIBUTES = {
+    "blueprint": "num_blueprints",
+    "style": "num_styles",
+    "tempo": "num_tempo",
+    "alpha_target": "num_alpha_targets",
+    "alpha_speed": "num_alpha_speeds",
+    "alpha_curve": "num_alpha_curves",
+}
+
+
 @dataclass
 class TrunkOutput:
     """What a network's trunk hands to the shared core."""
@@ -113,6 +124,16 @@ class ActorCriticCore(nn.Module, ABC):
 
     network_type: ClassVar[str]
     supports_slot_config_override: ClassVar[bool] = False
+    # The reference network's size attributes; each is set when the action space has that
+    # head (`head_sizes` has every head's size under any name).
+    num_slots: int
+    num_ops: int
+    num_blueprints: int
+    num_styles: int
+    num_tempo: int
+    num_alpha_targets: int
+    num_alpha_speeds: int
+    num_alpha_curves: int
 
     def __init__(
         self,
@@ -141,6 +162,12 @@ class ActorCriticCore(nn.Module, ABC):
         self.lstm_layers = config.lstm_layers
         self.value_baseline = config.value_baseline
         self.num_ops = self.action_space.num_ops
+        # The reference network's size attributes, for the heads this action space has
+        # (`head_sizes` holds every head's, under any names).
+        self.num_slots = num_slots
+        for head, attribute in _SIZE_ATTRIBUTES.items():
+            if head in self.action_space.sizes:
+                setattr(self, attribute, self.action_space.sizes[head])
         self._contexts: dict[tuple[tuple[str, ...], str], SlotContext] = {}
         # Mask rows with no valid action met while validation was off (each fell back to
         # action 0; see masked_log_probs): a device counter, so counting costs no host sync.
@@ -193,50 +220,10 @@ class ActorCriticCore(nn.Module, ABC):
         has a contribution predictor)."""
 
     # ------------------------------------------------------------------ head sizes
-    # The reference network's size attributes. Each reads the action space, so a custom
-    # space without that head raises AttributeError naming it (use `head_sizes`).
     @property
     def head_sizes(self) -> dict[str, int]:
         """Number of choices per head name (any action space)."""
         return self.action_space.sizes
-
-    def _head_size(self, name: str) -> int:
-        size = self.action_space.sizes.get(name)
-        if size is None:
-            raise AttributeError(
-                f"this network's action space has no {name!r} head (heads: "
-                f"{list(self.action_space.head_names)}); read head_sizes instead"
-            )
-        return size
-
-    @property
-    def num_slots(self) -> int:
-        """N: the pointer head's size (the constructor's grid)."""
-        return self.slot_config.num_slots
-
-    @property
-    def num_blueprints(self) -> int:
-        return self._head_size("blueprint")
-
-    @property
-    def num_styles(self) -> int:
-        return self._head_size("style")
-
-    @property
-    def num_tempo(self) -> int:
-        return self._head_size("tempo")
-
-    @property
-    def num_alpha_targets(self) -> int:
-        return self._head_size("alpha_target")
-
-    @property
-    def num_alpha_speeds(self) -> int:
-        return self._head_size("alpha_speed")
-
-    @property
-    def num_alpha_curves(self) -> int:
-        return self._head_size("alpha_curve")
 
     # ------------------------------------------------------------------ weights
     def _categorical_head_names(self) -> tuple[str, ...]:
