@@ -131,7 +131,7 @@ def read_checkpoint(
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(source)!r}")
-    if not zipfile.is_zipfile(source):
+    if not _is_zipfile(source):
         raise _refused(
             source, f"is not a complete torch zip archive ({source.stat().st_size} bytes): it is "
             f"truncated, corrupt or not a checkpoint; {_EXPECTED}"
@@ -141,7 +141,8 @@ def read_checkpoint(
     try:
         with zipfile.ZipFile(source) as archive:
             damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+        # NotImplementedError: a damaged header naming a compression method zipfile lacks.
         raise _refused(
             source, f"could not be read ({type(error).__name__}: {error}): it is truncated or "
             f"corrupt; {_EXPECTED}"
@@ -293,6 +294,15 @@ def _width_for_grid(
             f"plus {saved.num_slots} equal slot blocks"
         )
     return base_dim + target.num_slots * (slot_total // saved.num_slots)
+
+
+def _is_zipfile(source: Path) -> bool:
+    """``zipfile.is_zipfile``, False rather than an exception for a damaged end record."""
+    try:
+        return zipfile.is_zipfile(source)
+    except (zipfile.BadZipFile, NotImplementedError, ValueError):
+        # e.g. a flipped bit in the zip64 end record: "zipfiles that span multiple disks".
+        return False
 
 
 def _refused(source: Path, problem: str) -> CheckpointError:
