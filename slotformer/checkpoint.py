@@ -241,6 +241,7 @@ def load_checkpoint(
             f"this slotformer: {error}"
         ) from error
     state_dict: dict[str, Any] = payload["state_dict"]
+    _refuse_retired_layout(source, stored_type, state_dict)
     reference = next((t for t in state_dict.values() if t.is_floating_point()), None)
     if reference is not None:
         device = (
@@ -280,6 +281,24 @@ def _with_legacy_defaults(
         config["contribution_hidden"] = config.get("head_hidden", 256)
         config.setdefault("contribution_dropout", 0.1)
     return config
+
+
+def _refuse_retired_layout(source: Path, policy_type: str, state_dict: Mapping[str, Any]) -> None:
+    """A flat-network checkpoint from before its heads took the reference network's widths
+    (issue #14) cannot be loaded: say so, rather than list mismatched keys.
+
+    That layout's contribution predictor had a second Dropout, so its middle Linear sat at
+    index 3 (now 4, after a LayerNorm at 1); its blueprint head was ``H -> H/2 -> H/2 -> 13``
+    (now ``H -> H -> H/2 -> 13``). The policy and value outputs could be carried over, the
+    LayerNorm'd contribution predictor could not, so there is no exact conversion.
+    """
+    if policy_type == "lstm" and "contribution_predictor.3.weight" in state_dict:
+        raise _refused(
+            source, "holds a flat ('lstm') policy saved by an earlier slotformer, before the "
+            "flat network's heads took the reference network's layout (issue #14: blueprint "
+            "head H -> H -> H/2 -> 13, contribution predictor with a LayerNorm); this "
+            "slotformer cannot load it: load it with the slotformer that saved it, or retrain"
+        )
 
 
 def _width_for_grid(
