@@ -55,6 +55,13 @@ from slotformer.layers import (
     SlotPositionalEncoding,
     SlotTransformerEncoder,
 )
+from slotformer.migration import (
+    ReferenceDimensions,
+    convert_reference_state_dict,
+    load_reference_state_dict,
+    network_from_reference_state_dict,
+    to_reference_state_dict,
+)
 from slotformer.networks import (
     ActorCriticConfig,
     ActorCriticCore,
@@ -144,6 +151,7 @@ __all__ = [
     "PointerHead",
     "PolicyBundle",
     "PolicyInputs",
+    "ReferenceDimensions",
     "ResidualLSTM",
     "SlotAttentionBlock",
     "SlotConfig",
@@ -167,6 +175,7 @@ __all__ = [
     "check_logits_and_mask",
     "compute_attention_stats",
     "configure_malloc",
+    "convert_reference_state_dict",
     "create_policy",
     "expect",
     "gather_log_prob",
@@ -175,10 +184,12 @@ __all__ = [
     "greedy_actions",
     "list_policies",
     "load_checkpoint",
+    "load_reference_state_dict",
     "log_prob_of",
     "mask_logits",
     "masked_log_probs",
     "network_badge",
+    "network_from_reference_state_dict",
     "normalised_entropy",
     "policy_diagnostics",
     "read_checkpoint",
@@ -188,6 +199,7 @@ __all__ = [
     "sample_actions",
     "save_checkpoint",
     "set_validation",
+    "to_reference_state_dict",
     "validation",
     "validation_enabled",
 ]

@@ -131,7 +131,7 @@ def read_checkpoint(
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(source)!r}")
-    if not zipfile.is_zipfile(source):
+    if not _is_zipfile(source):
         raise _refused(
             source, f"is not a complete torch zip archive ({source.stat().st_size} bytes): it is "
             f"truncated, corrupt or not a checkpoint; {_EXPECTED}"
@@ -141,7 +141,8 @@ def read_checkpoint(
     try:
         with zipfile.ZipFile(source) as archive:
             damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+        # NotImplementedError: a damaged header naming a compression method zipfile lacks.
         raise _refused(
             source, f"could not be read ({type(error).__name__}: {error}): it is truncated or "
             f"corrupt; {_EXPECTED}"
@@ -240,6 +241,7 @@ def load_checkpoint(
             f"this slotformer: {error}"
         ) from error
     state_dict: dict[str, Any] = payload["state_dict"]
+    _refuse_retired_layout(source, stored_type, state_dict)
     reference = next((t for t in state_dict.values() if t.is_floating_point()), None)
     if reference is not None:
         device = (
@@ -281,6 +283,24 @@ def _with_legacy_defaults(
     return config
 
 
+def _refuse_retired_layout(source: Path, policy_type: str, state_dict: Mapping[str, Any]) -> None:
+    """A flat-network checkpoint from before its heads took the reference network's widths
+    (issue #14) cannot be loaded: say so, rather than list mismatched keys.
+
+    That layout's contribution predictor had a second Dropout, so its middle Linear sat at
+    index 3 (now 4, after a LayerNorm at 1); its blueprint head was ``H -> H/2 -> H/2 -> 13``
+    (now ``H -> H -> H/2 -> 13``). The policy and value outputs could be carried over, the
+    LayerNorm'd contribution predictor could not, so there is no exact conversion.
+    """
+    if policy_type == "lstm" and "contribution_predictor.3.weight" in state_dict:
+        raise _refused(
+            source, "holds a flat ('lstm') policy saved by an earlier slotformer, before the "
+            "flat network's heads took the reference network's layout (issue #14: blueprint "
+            "head H -> H -> H/2 -> 13, contribution predictor with a LayerNorm); this "
+            "slotformer cannot load it: load it with the slotformer that saved it, or retrain"
+        )
+
+
 def _width_for_grid(
     config: Mapping[str, Any], key: str, saved: SlotConfig, target: SlotConfig, source: Path
 ) -> int:
@@ -293,6 +313,15 @@ def _width_for_grid(
             f"plus {saved.num_slots} equal slot blocks"
         )
     return base_dim + target.num_slots * (slot_total // saved.num_slots)
+
+
+def _is_zipfile(source: Path) -> bool:
+    """``zipfile.is_zipfile``, False rather than an exception for a damaged end record."""
+    try:
+        return zipfile.is_zipfile(source)
+    except (zipfile.BadZipFile, NotImplementedError, ValueError):
+        # e.g. a flipped bit in the zip64 end record: "zipfiles that span multiple disks".
+        return False
 
 
 def _refused(source: Path, problem: str) -> CheckpointError:

@@ -233,6 +233,29 @@ def test_lstm_checkpoint_loaded_as_transformer_fails_clearly(tmp_path: Path) -> 
         transformer.load_state_dict(read_checkpoint(path)["state_dict"])
 
 
+def test_flat_checkpoint_of_the_retired_head_layout_is_refused_clearly(tmp_path: Path) -> None:
+    # Before issue #14 the flat network's contribution predictor was Linear -> ReLU ->
+    # Dropout -> Linear -> ReLU -> Dropout -> Linear (keys .0, .3, .6, no LayerNorm) and its
+    # blueprint head H -> H/2 -> H/2 -> 13. Rewrite a checkpoint into that layout.
+    path = save_checkpoint(tmp_path / "old.pt", make_bundle("lstm"))
+    payload = read_checkpoint(path)
+    state_dict = payload["state_dict"]
+    H = 16
+    for key in [k for k in state_dict if k.startswith(("contribution_predictor.", "blueprint_head."))]:
+        del state_dict[key]
+    for prefix, shape in (
+        ("contribution_predictor.0", (H // 2, H)), ("contribution_predictor.3", (H // 4, H // 2)),
+        ("contribution_predictor.6", (3, H // 4)), ("blueprint_head.0", (H // 2, H)),
+        ("blueprint_head.2", (H // 2, H // 2)), ("blueprint_head.4", (13, H // 2)),
+    ):
+        state_dict[f"{prefix}.weight"] = torch.zeros(shape)
+        state_dict[f"{prefix}.bias"] = torch.zeros(shape[0])
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"old\.pt.*saved by an earlier slotformer, before "
+                                              r"the flat network's heads took the reference"):
+        load_checkpoint(path)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "random", "empty"])
 def test_truncated_or_corrupt_file_is_a_clear_error(tmp_path: Path, damage: str) -> None:
     path = save_checkpoint(tmp_path / "policy.pt", make_bundle("lstm"))

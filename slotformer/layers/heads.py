@@ -13,20 +13,39 @@ import torch
 from torch import Tensor, nn
 
 
-def categorical_head(in_dim: int, hidden_dim: int, num_actions: int, depth: int = 2) -> nn.Sequential:
+def categorical_head(
+    in_dim: int,
+    hidden_dim: int,
+    num_actions: int,
+    depth: int = 2,
+    *,
+    first_hidden_dim: int | None = None,
+) -> nn.Sequential:
     """An MLP from a representation to one head's logits.
 
-    ``depth=2``: ``Linear(in, hidden) -> ReLU -> Linear(hidden, n)``; each extra level adds
-    ``Linear(hidden, hidden) -> ReLU`` (the blueprint head uses ``depth=3``).
+    ``depth=2``: ``Linear(in, first) -> ReLU -> Linear(first, n)``; each extra level adds a
+    ``Linear -> ReLU`` of width ``hidden_dim``, so ``depth=3`` is
+    ``Linear(in, first) -> ReLU -> Linear(first, hidden) -> ReLU -> Linear(hidden, n)``.
+    ``first`` (the first hidden layer's width) is ``hidden_dim`` unless
+    ``first_hidden_dim`` says otherwise: the flat network's blueprint head is
+    ``H -> H -> H/2 -> n`` (``first_hidden_dim=H``, the reference network's widths), the
+    transformer's ``H -> h -> h -> n``.
 
     Shapes: ``[..., in_dim] -> [..., num_actions]``.
+
+    Example:
+        >>> head = categorical_head(8, 4, 13, depth=3, first_hidden_dim=8)
+        >>> [tuple(m.weight.shape) for m in head if isinstance(m, nn.Linear)]
+        [(8, 8), (4, 8), (13, 4)]
     """
     if depth < 2:
         raise ValueError(f"depth must be >= 2, got {depth}")
-    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.ReLU()]
+    width = hidden_dim if first_hidden_dim is None else first_hidden_dim
+    layers: list[nn.Module] = [nn.Linear(in_dim, width), nn.ReLU()]
     for _ in range(depth - 2):
-        layers += [nn.Linear(hidden_dim, hidden_dim), nn.ReLU()]
-    layers.append(nn.Linear(hidden_dim, num_actions))
+        layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+        width = hidden_dim
+    layers.append(nn.Linear(width, num_actions))
     return nn.Sequential(*layers)
 
 
@@ -53,36 +72,50 @@ def value_head(in_dim: int, hidden_dim: int) -> nn.Sequential:
 
 
 def contribution_mlp(
-    in_dim: int, hidden_dim: int, out_dim: int, layer_norm: bool, dropout: float = 0.1
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    layer_norm: bool,
+    dropout: float = 0.1,
+    *,
+    first_layer_only: bool = False,
 ) -> nn.Sequential:
     """The auxiliary contribution predictor: three linear layers, optional dropout.
 
     ``Linear(in, h) [-> LN] -> ReLU [-> Dropout] -> Linear(h, h/2) [-> LN] -> ReLU
-    [-> Dropout] -> Linear(h/2, out)``. The transformer applies it per slot (``out_dim=1``,
-    no dropout by default: on ``[B, T, N, h]`` its random masks were a quarter of the N=50
-    update step); the flat baseline predicts every slot at once (``out_dim=N``,
-    ``dropout=0.1`` as in the reference network). Dropout regularises this auxiliary task
-    only; nothing on the policy or value path is stochastic.
+    [-> Dropout] -> Linear(h/2, out)``. With ``first_layer_only`` the LayerNorm and the
+    Dropout follow the first layer only: ``Linear(in, h) [-> LN] -> ReLU [-> Dropout] ->
+    Linear(h, h/2) -> ReLU -> Linear(h/2, out)``, the reference network's layout, which the
+    flat baseline uses (``out_dim=N``, ``layer_norm=True``, ``dropout=0.1``: every slot at
+    once). The transformer applies it per slot (``out_dim=1``, both layers normalised, no
+    dropout by default: on ``[B, T, N, h]`` its random masks were a quarter of the N=50
+    update step). Dropout regularises this auxiliary task only; nothing on the policy or
+    value path is stochastic.
+
+    Example:
+        >>> mlp = contribution_mlp(8, 4, 3, layer_norm=True, first_layer_only=True)
+        >>> [type(m).__name__ for m in mlp]
+        ['Linear', 'LayerNorm', 'ReLU', 'Dropout', 'Linear', 'ReLU', 'Linear']
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must lie in [0, 1), got dropout={dropout}")
     h2 = max(hidden_dim // 2, 1)
 
-    def norm(dim: int) -> list[nn.Module]:
-        return [nn.LayerNorm(dim)] if layer_norm else []
+    def norm(dim: int, stage: int) -> list[nn.Module]:
+        return [nn.LayerNorm(dim)] if layer_norm and (stage == 0 or not first_layer_only) else []
 
-    def drop() -> list[nn.Module]:
-        return [nn.Dropout(dropout)] if dropout > 0 else []
+    def drop(stage: int) -> list[nn.Module]:
+        return [nn.Dropout(dropout)] if dropout > 0 and (stage == 0 or not first_layer_only) else []
 
     return nn.Sequential(
         nn.Linear(in_dim, hidden_dim),
-        *norm(hidden_dim),
+        *norm(hidden_dim, 0),
         nn.ReLU(),
-        *drop(),
+        *drop(0),
         nn.Linear(hidden_dim, h2),
-        *norm(h2),
+        *norm(h2, 1),
         nn.ReLU(),
-        *drop(),
+        *drop(1),
         nn.Linear(h2, out_dim),
     )
 

@@ -4,6 +4,18 @@
 ResidualLSTM``, then per-head MLPs. Its input layer, slot head and contribution predictor
 are sized by N, so it runs on one grid only. Everything right of the trunk is the shared
 core (`slotformer.networks.core`), identical to the Slot Transformer's.
+
+Its parameters have the reference network's layout (esper-lite's
+``FactoredRecurrentActorCritic``) layer for layer: the same widths and the same order, so
+a reference state dict loads after its keys are renamed (`slotformer.migration`). Heads
+on the LSTM output ``[B, T, H]``:
+
+* every categorical head (the slot head included): ``Linear(H, H/2) -> ReLU ->
+  Linear(H/2, n)``; the blueprint head: ``Linear(H, H) -> ReLU -> Linear(H, H/2) -> ReLU
+  -> Linear(H/2, 13)``;
+* V(s) and Q(s, op): the four-layer `value_head` on ``H`` and ``H + num_ops`` features;
+* contributions: ``Linear(H, H/2) -> LayerNorm -> ReLU -> Dropout(0.1) -> Linear(H/2, H/4)
+  -> ReLU -> Linear(H/4, N)``.
 """
 
 from __future__ import annotations
@@ -109,14 +121,22 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
             nn.ReLU(),
         )
         self.lstm = ResidualLSTM(input_size=feature_dim, hidden_size=H, num_layers=c.lstm_layers)
+        # The heads have the reference network's widths, layer for layer, so that its
+        # weights load unchanged (slotformer.migration): H -> H/2 -> n, the blueprint head
+        # H -> H -> H/2 -> n.
         for name in self.action_space.head_names:
-            depth = 3 if name == "blueprint" else 2
+            deep = name == "blueprint"
             n = self.action_space.sizes[name]
-            self.add_module(f"{name}_head", categorical_head(H, H // 2, n, depth))
+            head = categorical_head(
+                H, H // 2, n, depth=3 if deep else 2, first_hidden_dim=H if deep else None
+            )
+            self.add_module(f"{name}_head", head)
         self.state_value_head = value_head(H, H // 2)
         self.q_head = value_head(H + self.num_ops, H // 2) if c.use_q_head else None
         self.contribution_predictor = (
-            contribution_mlp(H, H // 2, N, layer_norm=False) if c.use_contribution_head else None
+            contribution_mlp(H, H // 2, N, layer_norm=True, dropout=0.1, first_layer_only=True)
+            if c.use_contribution_head
+            else None
         )
         init_actor_critic_weights(self, skip=(self.lstm,))
 

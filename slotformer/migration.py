@@ -1,0 +1,502 @@
+"""Weights of the reference flat network in slotformer's `FactoredRecurrentActorCritic`.
+
+The reference network (esper-lite's ``FactoredRecurrentActorCritic``) and slotformer's flat
+network have the same layers, widths and order, so a reference state dict carries over
+exactly: the converted network computes the same logits, V(s), Q(s, op), contributions and
+``lstm_out``. Only the recurrent core's parameter names differ, and the reference stores
+one buffer slotformer derives instead:
+
+==============================================  =============================================
+reference key                                   slotformer key
+==============================================  =============================================
+``lstm.layers.{i}.weight_ih_l0`` (and           ``lstm.layers.{i}.lstm.weight_ih_l0`` (and
+``weight_hh_l0``, ``bias_ih_l0``,               the other three)
+``bias_hh_l0``)
+``lstm.layer_norms.{i}.weight`` / ``.bias``     ``lstm.layers.{i}.norm.weight`` / ``.bias``
+``blueprint_embedding._null_idx``               (dropped: the null row is always the last)
+every other key                                 the same key
+==============================================  =============================================
+
+The reference layout, ``H`` the LSTM width, ``F`` the feature width, ``D`` the observation
+width, ``N`` the slots, ``E`` the blueprint embedding width (4), ``L`` the LSTM layers:
+
+* ``blueprint_embedding.embedding.weight [14, E]`` (row 13 is the empty-slot row);
+* ``feature_net``: ``Linear(D + N*E, F) -> LayerNorm(F) -> ReLU`` (keys ``.0``, ``.1``);
+* ``lstm.input_proj``: ``Linear(F, H)``, absent when ``F == H``; then ``L`` blocks of
+  ``nn.LSTM(H, H)`` and ``LayerNorm(H)`` (``x = x + norm(lstm(x))``);
+* ``{head}_head``: ``Linear(H, H/2) -> ReLU -> Linear(H/2, n)`` for ``slot`` (n = N),
+  ``style``, ``tempo``, ``alpha_target``, ``alpha_speed``, ``alpha_curve`` and ``op``;
+  ``blueprint_head``: ``Linear(H, H) -> ReLU -> Linear(H, H/2) -> ReLU -> Linear(H/2, 13)``;
+* ``state_value_head`` and ``q_head`` (input ``H + 6``): ``Linear(., H/2) -> LayerNorm ->
+  ReLU -> Linear(H/2, H/4) -> LayerNorm -> ReLU -> Linear(H/4, H/8) -> ReLU ->
+  Linear(H/8, 1)``;
+* ``contribution_predictor``: ``Linear(H, H/2) -> LayerNorm -> ReLU -> Dropout ->
+  Linear(H/2, H/4) -> ReLU -> Linear(H/4, N)``.
+
+A reference training checkpoint keeps the network's weights under
+``checkpoint["network_state_dict"]``; pass that dict. The reference network returns V(s) as
+its PPO value, so `network_from_reference_state_dict` builds with ``value_baseline="v"``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from slotformer.actions import NUM_BLUEPRINTS, ActionSpace
+from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
+from slotformer.networks.lstm import FactoredRecurrentActorCritic
+
+NULL_INDEX_KEY = "blueprint_embedding._null_idx"
+"""The reference's buffer holding the empty-slot row of the embedding (13); not loaded."""
+
+_COMPILE_PREFIX = "_orig_mod."  # keys of a torch.compile'd module's state dict
+_LSTM_WEIGHT = re.compile(r"^lstm\.layers\.(\d+)\.(weight_ih_l0|weight_hh_l0|bias_ih_l0|bias_hh_l0)$")
+_LSTM_NORM = re.compile(r"^lstm\.layer_norms\.(\d+)\.(weight|bias)$")
+_OUR_LSTM_WEIGHT = re.compile(
+    r"^lstm\.layers\.(\d+)\.lstm\.(weight_ih_l0|weight_hh_l0|bias_ih_l0|bias_hh_l0)$"
+)
+_OUR_LSTM_NORM = re.compile(r"^lstm\.layers\.(\d+)\.norm\.(weight|bias)$")
+_LAYER_INDEX = re.compile(r"^lstm\.(?:layers|layer_norms)\.(\d+)\.")
+_MAX_LISTED = 12  # keys named per category in an error message
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReferenceDimensions:
+    """The sizes of a reference network, read off its state dict's shapes.
+
+    Args:
+        state_dim: D, the flat observation width.
+        feature_dim: F, the feature layer's width before the LSTM.
+        lstm_hidden_dim: H.
+        lstm_layers: L.
+        num_slots: N.
+        blueprint_embed_dim: E, each slot's blueprint embedding width.
+
+    Example:
+        >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16, lstm_layers=2)
+        >>> ReferenceDimensions.infer(to_reference_state_dict(net))
+        ReferenceDimensions(state_dim=116, feature_dim=32, lstm_hidden_dim=16, lstm_layers=2, num_slots=3, blueprint_embed_dim=4)
+    """
+
+    state_dim: int
+    feature_dim: int
+    lstm_hidden_dim: int
+    lstm_layers: int
+    num_slots: int
+    blueprint_embed_dim: int
+
+    @classmethod
+    def infer(cls, state_dict: Mapping[str, Tensor]) -> ReferenceDimensions:
+        """Read the sizes off a reference state dict (reference key names).
+
+        Raises:
+            ValueError: a tensor the sizes are read from is missing or has the wrong rank.
+        """
+        state_dict = _without_compile_prefix(state_dict)
+
+        def shape_of(key: str, rank: int, needed_for: str) -> Shape:
+            tensor = state_dict.get(key)
+            if tensor is None:
+                hint = (
+                    "; it already has slotformer's names (load it with load_state_dict)"
+                    if any(_OUR_LSTM_WEIGHT.match(k) for k in state_dict)
+                    else ""
+                )
+                raise ValueError(
+                    f"reference state_dict is missing key {key!r} (needed to infer "
+                    f"{needed_for}); {_found(state_dict)}{hint}"
+                )
+            if not isinstance(tensor, Tensor) or tensor.dim() != rank:
+                raise ValueError(
+                    f"reference state_dict key {key!r} has shape {_shape_text(tensor)}, "
+                    f"expected a {rank}-d tensor (it gives {needed_for})"
+                )
+            return tuple(tensor.shape)
+
+        hidden = shape_of("lstm.layers.0.weight_hh_l0", 2, "lstm_hidden_dim")[1]
+        feature_dim, feature_in = shape_of("feature_net.0.weight", 2, "feature_dim and state_dim")
+        num_slots = shape_of("slot_head.2.weight", 2, "the number of slots")[0]
+        embed_dim = shape_of("blueprint_embedding.embedding.weight", 2, "blueprint_embed_dim")[1]
+        indices = {int(m.group(1)) for key in state_dict if (m := _LAYER_INDEX.match(key))}
+        state_dim = feature_in - num_slots * embed_dim
+        if state_dim < 1:
+            raise ValueError(
+                f"reference state_dict key 'feature_net.0.weight' has {feature_in} input "
+                f"features, fewer than the {num_slots} slots' blueprint embeddings "
+                f"({num_slots} x {embed_dim}) it must include"
+            )
+        return cls(
+            state_dim=state_dim,
+            feature_dim=feature_dim,
+            lstm_hidden_dim=hidden,
+            lstm_layers=max(indices) + 1,
+            num_slots=num_slots,
+            blueprint_embed_dim=embed_dim,
+        )
+
+    def expected_shapes(self) -> dict[str, Shape]:
+        """Every reference key and its shape for these sizes (``_null_idx`` excluded)."""
+        H, F, N, E = self.lstm_hidden_dim, self.feature_dim, self.num_slots, self.blueprint_embed_dim
+        h2, h4, h8 = H // 2, H // 4, H // 8
+        space = ActionSpace.default(N)
+        shapes: dict[str, Shape] = {}
+
+        def linear(prefix: str, out_features: int, in_features: int) -> None:
+            shapes[f"{prefix}.weight"] = (out_features, in_features)
+            shapes[f"{prefix}.bias"] = (out_features,)
+
+        def layer_norm(prefix: str, features: int) -> None:
+            shapes[f"{prefix}.weight"] = (features,)
+            shapes[f"{prefix}.bias"] = (features,)
+
+        shapes["blueprint_embedding.embedding.weight"] = (NUM_BLUEPRINTS + 1, E)
+        linear("feature_net.0", F, self.state_dim + N * E)
+        layer_norm("feature_net.1", F)
+        if F != H:
+            linear("lstm.input_proj", H, F)
+        for i in range(self.lstm_layers):
+            shapes[f"lstm.layers.{i}.weight_ih_l0"] = (4 * H, H)
+            shapes[f"lstm.layers.{i}.weight_hh_l0"] = (4 * H, H)
+            shapes[f"lstm.layers.{i}.bias_ih_l0"] = (4 * H,)
+            shapes[f"lstm.layers.{i}.bias_hh_l0"] = (4 * H,)
+            layer_norm(f"lstm.layer_norms.{i}", H)
+        for name, size in space.sizes.items():
+            if name == "blueprint":
+                linear("blueprint_head.0", H, H)
+                linear("blueprint_head.2", h2, H)
+                linear("blueprint_head.4", size, h2)
+            else:
+                linear(f"{name}_head.0", h2, H)
+                linear(f"{name}_head.2", size, h2)
+        for head, in_features in (("state_value_head", H), ("q_head", H + space.num_ops)):
+            linear(f"{head}.0", h2, in_features)
+            layer_norm(f"{head}.1", h2)
+            linear(f"{head}.3", h4, h2)
+            layer_norm(f"{head}.4", h4)
+            linear(f"{head}.6", h8, h4)
+            linear(f"{head}.8", 1, h8)
+        linear("contribution_predictor.0", h2, H)
+        layer_norm("contribution_predictor.1", h2)
+        linear("contribution_predictor.4", h4, h2)
+        linear("contribution_predictor.6", N, h4)
+        return shapes
+
+
+def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A reference network's state dict under slotformer's parameter names.
+
+    Checks the whole state dict against the reference layout for the sizes read off its
+    shapes (`ReferenceDimensions`), renames the recurrent core's keys (see the module's
+    table) and drops ``blueprint_embedding._null_idx``. The tensors are not copied. A
+    ``_orig_mod.`` prefix on every key (a ``torch.compile``'d module's) is stripped.
+
+    Args:
+        state_dict: the reference network's ``state_dict()``: keys as in the reference,
+            e.g. ``feature_net.0.weight [F, D + N*E]``, ``lstm.layers.0.weight_ih_l0
+            [4H, H]``, ``lstm.layer_norms.0.weight [H]``, ``blueprint_head.4.weight [13, H/2]``.
+
+    Returns:
+        A new dict, slotformer key -> the same tensor, loadable into a
+        `FactoredRecurrentActorCritic` of those sizes with ``load_state_dict(strict=True)``.
+
+    Raises:
+        ValueError: keys missing from or unexpected in the reference layout, or tensors
+            whose shape is not the expected one; the message names every such key (with
+            the expected and the actual shape), and the sizes it inferred.
+
+    Example:
+        >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16)
+        >>> reference = to_reference_state_dict(net)  # stands in for a reference network's
+        >>> tuple(reference["lstm.layer_norms.0.weight"].shape)
+        (16,)
+        >>> converted = convert_reference_state_dict(reference)
+        >>> tuple(converted["lstm.layers.0.norm.weight"].shape), "blueprint_embedding._null_idx" in converted
+        ((16,), False)
+        >>> del reference["op_head.2.bias"]
+        >>> convert_reference_state_dict(reference)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: reference state_dict does not have the reference network's layout ... missing keys ['op_head.2.bias']
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    source = _without_compile_prefix(state_dict)
+    dims = ReferenceDimensions.infer(source)
+    expected = dims.expected_shapes()
+    given = {key: value for key, value in source.items() if key != NULL_INDEX_KEY}
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    mismatched = [
+        f"{key!r} has shape {_shape_text(given[key])}, expected {expected[key]}"
+        for key in expected
+        if key in given and _shape_of(given[key]) != expected[key]
+    ]
+    problems = _listed("missing keys", missing) + _listed("unexpected keys", unexpected)
+    problems += _listed("shape mismatches", mismatched, quote=False)
+    null_index = source.get(NULL_INDEX_KEY)
+    if null_index is not None and not _is_null_row(null_index):
+        problems.append(
+            f"{NULL_INDEX_KEY!r} is {_value_text(null_index)}, expected a 0-d integer tensor "
+            f"holding {NUM_BLUEPRINTS} (the embedding's last row, where slotformer puts the "
+            "empty-slot row)"
+        )
+    if problems:
+        hint = ""
+        if any(key.startswith("module.") for key in unexpected):
+            hint = " (keys start with 'module.': pass the unwrapped module's state_dict)"
+        raise ValueError(
+            f"reference state_dict does not have the reference network's layout for the sizes "
+            f"its shapes give ({_dims_text(dims)}): {'; '.join(problems)}{hint}"
+        )
+    return {_slotformer_key(key): value for key, value in given.items()}
+
+
+def to_reference_state_dict(network: FactoredRecurrentActorCritic) -> dict[str, Tensor]:
+    """The inverse of `convert_reference_state_dict`: ``network``'s weights under the
+    reference's parameter names, with its ``_null_idx`` buffer, for the reference network.
+
+    Args:
+        network: a flat network with the default action space.
+
+    Returns:
+        A new dict, reference key -> the network's tensor (detached, not copied).
+
+    Raises:
+        TypeError: ``network`` is not a `FactoredRecurrentActorCritic`.
+        ValueError: the network has heads or sizes the reference network cannot have.
+
+    Example:
+        >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16)
+        >>> reference = to_reference_state_dict(net)
+        >>> int(reference["blueprint_embedding._null_idx"]), "lstm.layers.0.weight_ih_l0" in reference
+        (13, True)
+    """
+    _check_network(network)
+    reference = {_reference_key(key): value for key, value in network.state_dict().items()}
+    reference[NULL_INDEX_KEY] = torch.tensor(NUM_BLUEPRINTS, dtype=torch.int64)
+    try:
+        convert_reference_state_dict(reference)  # the reference layout, or a clear error
+    except ValueError as error:
+        raise ValueError(f"this network has no reference-network counterpart: {error}") from error
+    return reference
+
+
+def load_reference_state_dict(
+    network: FactoredRecurrentActorCritic, state_dict: Mapping[str, Tensor]
+) -> None:
+    """Load a reference network's weights into ``network``, strictly.
+
+    Converts them (`convert_reference_state_dict`), then checks that every parameter of
+    ``network`` gets a tensor of its shape before anything is copied, so a failed load
+    leaves ``network`` unchanged. Values are copied into the network's own dtype and device.
+
+    Args:
+        network: a flat network built with the reference network's sizes (see
+            `network_from_reference_state_dict` to build one from the state dict).
+        state_dict: the reference network's ``state_dict()``.
+
+    Raises:
+        TypeError: ``network`` is not a `FactoredRecurrentActorCritic`.
+        ValueError: the state dict is not in the reference layout, or it does not fit
+            ``network``: the message names each parameter, the network's shape and the
+            state dict's.
+
+    Example:
+        >>> torch.manual_seed(0) is not None
+        True
+        >>> source = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16)
+        >>> target = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16)
+        >>> load_reference_state_dict(target, to_reference_state_dict(source))
+        >>> torch.equal(target.blueprint_head[0].weight, source.blueprint_head[0].weight)
+        True
+        >>> two_layers = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16, lstm_layers=2)
+        >>> load_reference_state_dict(two_layers, to_reference_state_dict(source))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: reference state_dict does not fit this FactoredRecurrentActorCritic (... lstm_layers=2, 3 slots): network parameters with no reference tensor ['lstm.layers.1.lstm.weight_ih_l0', ...]
+    """
+    _check_network(network)
+    converted = convert_reference_state_dict(state_dict)
+    target = network.state_dict()
+    missing = [key for key in target if key not in converted]
+    unexpected = [_reference_key(key) for key in converted if key not in target]
+    mismatched = [
+        f"{key!r}: the network's parameter has shape {tuple(target[key].shape)}, the state "
+        f"dict's (reference key {_reference_key(key)!r}) has {tuple(value.shape)}"
+        for key, value in converted.items()
+        if key in target and tuple(value.shape) != tuple(target[key].shape)
+    ]
+    problems = _listed("network parameters with no reference tensor", missing)
+    problems += _listed("reference keys the network has no parameter for", unexpected)
+    problems += _listed("shape mismatches", mismatched, quote=False)
+    if problems:
+        raise ValueError(
+            f"reference state_dict does not fit this {type(network).__name__} (state_dim="
+            f"{network.state_dim}, feature_dim={network.feature_dim}, lstm_hidden_dim="
+            f"{network.lstm_hidden_dim}, lstm_layers={network.lstm_layers}, "
+            f"{network.slot_config.num_slots} slots): {'; '.join(problems)}"
+        )
+    network.load_state_dict(converted, strict=True)
+
+
+def network_from_reference_state_dict(
+    state_dict: Mapping[str, Tensor],
+    slot_config: SlotConfig | None = None,
+    *,
+    value_baseline: str = "v",
+    base_dim: int = DEFAULT_BASE_DIM,
+) -> FactoredRecurrentActorCritic:
+    """A flat network sized for a reference state dict, with its weights loaded.
+
+    ``state_dim``, ``feature_dim``, ``lstm_hidden_dim``, ``lstm_layers``, the number of
+    slots and the blueprint embedding width are read off the tensors' shapes
+    (`ReferenceDimensions`). The network is built in train mode, on the device and in the
+    dtype of the state dict's first floating-point tensor.
+
+    Args:
+        state_dict: the reference network's ``state_dict()``.
+        slot_config: the slots, in action order; it must have the state dict's slot count.
+            None = the inferred N slots in one row (``SlotConfig.for_grid(1, N)``; for
+            N = 3 that is ``SlotConfig.default()``).
+        value_baseline: what ``value`` holds; ``"v"`` (V(s)) is what the reference network
+            returns as its PPO value.
+        base_dim: features in the observation's base block.
+
+    Returns:
+        The network, its outputs equal to the reference network's for the same inputs.
+
+    Raises:
+        ValueError: the state dict is not in the reference layout, or ``slot_config`` has
+            another slot count.
+
+    Example:
+        >>> source = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16, lstm_layers=2)
+        >>> net = network_from_reference_state_dict(to_reference_state_dict(source))
+        >>> net.state_dim, net.feature_dim, net.lstm_hidden_dim, net.lstm_layers, net.value_baseline
+        (116, 32, 16, 2, 'v')
+        >>> state, blueprints = torch.randn(2, 4, 116), torch.tensor([0, -1, 12]).expand(2, 4, 3)
+        >>> torch.equal(net(state, blueprints)["op_logits"], source(state, blueprints)["op_logits"])
+        True
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    dims = ReferenceDimensions.infer(state_dict)
+    if slot_config is None:
+        slot_config = SlotConfig.for_grid(1, dims.num_slots)
+    elif slot_config.num_slots != dims.num_slots:
+        raise ValueError(
+            f"slot_config has {slot_config.num_slots} slots {list(slot_config.slot_ids)} but "
+            f"the reference state_dict's slot head has {dims.num_slots} outputs "
+            "('slot_head.2.weight')"
+        )
+    network = FactoredRecurrentActorCritic(
+        state_dim=dims.state_dim,
+        feature_dim=dims.feature_dim,
+        lstm_hidden_dim=dims.lstm_hidden_dim,
+        lstm_layers=dims.lstm_layers,
+        slot_config=slot_config,
+        value_baseline=value_baseline,
+        base_dim=base_dim,
+        blueprint_embed_dim=dims.blueprint_embed_dim,
+    )
+    floating = next((t for t in state_dict.values() if t.is_floating_point()), None)
+    if floating is not None:
+        network.to(device=floating.device, dtype=floating.dtype)
+    load_reference_state_dict(network, state_dict)
+    return network
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _slotformer_key(reference_key: str) -> str:
+    if match := _LSTM_WEIGHT.match(reference_key):
+        return f"lstm.layers.{match.group(1)}.lstm.{match.group(2)}"
+    if match := _LSTM_NORM.match(reference_key):
+        return f"lstm.layers.{match.group(1)}.norm.{match.group(2)}"
+    return reference_key
+
+
+def _reference_key(slotformer_key: str) -> str:
+    if match := _OUR_LSTM_WEIGHT.match(slotformer_key):
+        return f"lstm.layers.{match.group(1)}.{match.group(2)}"
+    if match := _OUR_LSTM_NORM.match(slotformer_key):
+        return f"lstm.layer_norms.{match.group(1)}.{match.group(2)}"
+    return slotformer_key
+
+
+def _check_network(network: object) -> None:
+    if not isinstance(network, FactoredRecurrentActorCritic):
+        hint = (
+            " (a policy bundle: pass bundle.network)" if hasattr(network, "network") else ""
+        )
+        raise TypeError(
+            f"network must be a FactoredRecurrentActorCritic, got {type(network).__name__}{hint}"
+        )
+
+
+def _without_compile_prefix(state_dict: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    if state_dict and all(key.startswith(_COMPILE_PREFIX) for key in state_dict):
+        return {key[len(_COMPILE_PREFIX):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _is_null_row(value: object) -> bool:
+    return (
+        isinstance(value, Tensor)
+        and value.dim() == 0
+        and not value.is_floating_point()
+        and int(value) == NUM_BLUEPRINTS
+    )
+
+
+def _shape_of(value: object) -> Shape | None:
+    return tuple(value.shape) if isinstance(value, Tensor) else None
+
+
+def _shape_text(value: object) -> str:
+    return str(tuple(value.shape)) if isinstance(value, Tensor) else f"(a {type(value).__name__})"
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return f"{value.item()!r} (dtype {value.dtype}, shape {tuple(value.shape)})"
+    return _shape_text(value)
+
+
+def _listed(label: str, items: list[str], quote: bool = True) -> list[str]:
+    if not items:
+        return []
+    shown = [repr(item) if quote else item for item in items[:_MAX_LISTED]]
+    more = f", ... ({len(items)} in all)" if len(items) > _MAX_LISTED else ""
+    return [f"{label} [{', '.join(shown)}{more}]"]
+
+
+def _found(state_dict: Mapping[str, Tensor]) -> str:
+    keys = sorted(state_dict)
+    shown = ", ".join(repr(k) for k in keys[:8])
+    more = f", ... ({len(keys)} keys)" if len(keys) > 8 else ""
+    return f"found [{shown}{more}]"
+
+
+def _dims_text(dims: ReferenceDimensions) -> str:
+    return (
+        f"state_dim={dims.state_dim}, feature_dim={dims.feature_dim}, lstm_hidden_dim="
+        f"{dims.lstm_hidden_dim}, lstm_layers={dims.lstm_layers}, num_slots={dims.num_slots}, "
+        f"blueprint_embed_dim={dims.blueprint_embed_dim}"
+    )
+
+
+__all__ = [
+    "NULL_INDEX_KEY",
+    "ReferenceDimensions",
+    "convert_reference_state_dict",
+    "load_reference_state_dict",
+    "network_from_reference_state_dict",
+    "to_reference_state_dict",
+]
