@@ -1,7 +1,7 @@
 """Recurrent PPO on pick-an-entity through slotformer's generic API (a custom action space).
 
     python examples/pick_entity/train.py                         # Slot Transformer, seed 0
-    python examples/pick_entity/train.py --policy lstm --seed 1 --updates 60
+    python examples/pick_entity/train.py --policy lstm --updates 100 --trunk-dim 128 --lstm-hidden-dim 128
 
 The network is built with ``action_space=`` the environment's three heads (``slot``,
 ``tool``, ``op``), ``base_dim=4`` and ``state_dim = 4 + 4 N``; entity types go in as
