@@ -18,6 +18,13 @@ def test_readme_usage_snippet_runs() -> None:
     assert step.value.shape == (16,)  # type: ignore[attr-defined]
 
 
+def test_every_readme_python_snippet_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), {})
+
+
 def test_readme_names_the_two_commands() -> None:
     text = README.read_text()
     assert "python examples/train_slot_garden.py" in text
