@@ -321,6 +321,63 @@ def test_auto_reset_after_episode_length() -> None:
         assert (env.t == 0).all()
 
 
+def test_unequal_episode_lengths_end_apart_and_reset_only_the_finished() -> None:
+    num_envs, low, high = 6, 3, 8
+    env = SlotGardenEnv(num_envs, SlotConfig.for_grid(2, 2), episode_length=high, seed=4,
+                        min_episode_length=low)
+    fresh = SlotGardenEnv(num_envs, SlotConfig.for_grid(2, 2), episode_length=high, seed=4)
+    fresh_state = fresh.get_state()
+    generator = torch.Generator().manual_seed(0)
+    out = env.reset()
+    assert (env.t == 0).all() and not out.done.any()
+    total, lengths_seen, mixed_steps = torch.zeros(num_envs), set(), 0
+    for _ in range(60):
+        t_before, lengths = env.t.clone(), env.episode_lengths.clone()
+        assert ((lengths >= low) & (lengths <= high)).all()
+        # Progress is t over this environment's own episode length.
+        assert torch.allclose(out.obs[:, 0], t_before.float() / lengths.float())
+        before = env.get_state()
+        out = env.step(random_valid_policy(out, generator))
+        total += out.reward
+        assert torch.equal(out.done, t_before + 1 >= lengths)
+        mixed_steps += int(out.done.any() and not out.done.all())
+        lengths_seen.update(lengths[out.done].tolist())
+        assert torch.allclose(out.episode_return[out.done], total[out.done], atol=1e-5)
+        assert out.episode_return[~out.done].isnan().all()
+        after = env.get_state()
+        for name in env._STATE_NAMES:  # every state tensor, finished envs only
+            if name != "episode_lengths":
+                assert torch.equal(after[name][out.done], fresh_state[name][out.done]), name
+        kept = ~out.done
+        assert torch.equal(after["t"][kept], before["t"][kept] + 1)
+        assert torch.equal(after["episode_lengths"][kept], lengths[kept])
+        assert (out.blueprint_indices[out.done] == -1).all() and (out.obs[out.done, 0] == 0).all()
+        total = torch.where(out.done, 0.0, total)
+    assert mixed_steps > 5  # environments end episodes at different steps
+    assert len(lengths_seen) > 2 and min(lengths_seen) >= low and max(lengths_seen) <= high
+
+
+def test_unequal_lengths_clone_and_state_round_trip() -> None:
+    env = SlotGardenEnv(5, seed=2, episode_length=6, min_episode_length=2)
+    generator = torch.Generator().manual_seed(1)
+    out = env.reset()
+    for _ in range(9):
+        out = env.step(random_valid_policy(out, generator))
+    assert env.t.unique().numel() > 1  # the clocks have drifted apart
+    twin = env.clone()
+    for _ in range(12):  # the twin draws the same qualities, noise and episode lengths
+        actions = random_valid_policy(out, generator)
+        out, twin_out = env.step(actions), twin.step(actions)
+        assert torch.equal(out.obs, twin_out.obs) and torch.equal(out.done, twin_out.done)
+    state = env.get_state()
+    state["episode_lengths"] = torch.full((5,), 7)
+    with pytest.raises(ValueError, match="episode_lengths"):
+        env.set_state(state)
+    assert torch.equal(env.get_state()["episode_lengths"], twin.episode_lengths)  # unchanged
+    with pytest.raises(ValueError, match="episode_lengths"):  # equal lengths expected
+        SlotGardenEnv(5, seed=2, episode_length=6).set_state(env.get_state())
+
+
 def test_reward_is_score_change_minus_rent() -> None:
     env = SlotGardenEnv(6, SlotConfig.for_grid(2, 2), episode_length=50, seed=9, rent=0.03)
     generator = torch.Generator().manual_seed(3)
@@ -411,6 +468,9 @@ def test_constructor_rejects_bad_arguments() -> None:
         SlotGardenEnv(2, episode_length=0)
     with pytest.raises(ValueError, match="at most 64"):
         SlotGardenEnv(2, SlotConfig.for_grid(5, 13))
+    for bad in (0, 11, 2.5):
+        with pytest.raises(ValueError, match="min_episode_length"):
+            SlotGardenEnv(2, episode_length=10, min_episode_length=bad)  # type: ignore[arg-type]
 
 
 def test_random_valid_policy_only_picks_valid_actions() -> None:

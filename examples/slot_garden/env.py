@@ -37,6 +37,12 @@ change in the host score minus the rent.
 * Episodes last ``episode_length`` steps. All environments start together (``reset``) and
   so end together; the ``step`` that ends an episode resets them (auto-reset) and returns the
   new episode's first observation, with ``done`` True and the finished ``episode_return``.
+* Unequal episode lengths (``min_episode_length``): each environment draws the length of each
+  of its episodes uniformly from ``min_episode_length .. episode_length`` (at ``reset`` and at
+  every auto-reset), so environments end episodes at different steps. Each environment keeps
+  its own clock ``t`` and length (``episode_lengths [E]``) on the device; ``done`` is computed
+  there (no host sync) and only the finished environments' state is reset. A recurrent
+  trainer must then zero its state per environment (``episode_starts``), not all at once.
 
 Reference scores (mean episode return, T = 100, 64 environments x 2 episodes, seeds 0/1/2;
 ``DEFAULT_RENT`` = 0.005): 1x3 grid: random valid policy -0.61/-0.66/-0.62, heuristic
@@ -54,7 +60,7 @@ Base block (23 features):
 ====  ==============================================================
 idx   feature
 ====  ==============================================================
-0     episode progress ``t / T`` (0 on the first observation)
+0     episode progress ``t / T`` (0 on the first observation; T is this episode's length)
 1     steps remaining ``1 - t / T``
 2     host score / N
 3     fraction of slots with a live seed (germinated..holding)
@@ -82,7 +88,7 @@ idx   feature
 8     alpha target (0 when empty)
 9     contribution estimate (noisy; exact locked value for fossilized; 0 when empty)
 10    estimate confidence ``1 - 1 / sqrt(1 + age)`` (1 for fossilized, 0 when empty)
-11    age / T
+11    age / ``episode_length``
 12    training progress ``min(1, age / TEMPO_TRAINING_STEPS[tempo])`` (1 = may ADVANCE)
 13    blend progress (0..1; 1 when holding or fossilized)
 14    mean contribution estimate of the occupied 4-neighbours (0 if none)
@@ -112,6 +118,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -245,8 +252,9 @@ class StepOutput:
             ``op [E, 6]``; True = valid.
         slot_by_op: bool ``[E, 6, N]``, the slots valid for each op (WAIT's row all True).
         reward: float32 ``[E]`` (0 after ``reset``).
-        done: bool ``[E]``, True where the episode ended at this step (and was reset); the
-            environments share one clock, so it is all True or all False.
+        done: bool ``[E]``, True where the episode ended at this step (and was reset). With
+            equal episode lengths (the default) the environments share one clock, so it is all
+            True or all False; with ``min_episode_length`` each environment ends on its own.
         episode_return: float32 ``[E]``, the return of the episode that just ended where
             ``done``, NaN elsewhere.
         info: ``host_score [E]`` (score at the end of this step, before any auto-reset),
@@ -292,15 +300,21 @@ class SlotGardenEnv:
         num_envs: E, environments stepped at once.
         slot_config: the grid (default ``SlotConfig.default()``, 3 slots in a row); at most
             64 slots. Neighbourhoods are the 4-neighbours of ``slot_config.positions``.
-        episode_length: T, steps per episode (fixed; environments auto-reset).
+        episode_length: T, steps per episode (environments auto-reset); with
+            ``min_episode_length``, the longest episode.
         seed: seeds the environment's own ``torch.Generator``: the affinity and style tables
-            and every draw (qualities, estimate noise). Same seed and same actions give
-            identical trajectories.
+            and every draw (qualities, estimate noise, episode lengths). Same seed and same
+            actions give identical trajectories.
         device: where all tensors live.
         rent: reward charged per live seed per step.
         table_seed: when given, the affinity and style tables come from this seed instead of
             ``seed`` (evaluate on fresh trajectories of the same world: same ``table_seed``,
             another ``seed``).
+        min_episode_length: None (the default): every episode lasts ``episode_length`` steps
+            and all environments end together. An int in ``1 .. episode_length``: each
+            environment draws each episode's length uniformly from ``min_episode_length ..
+            episode_length``, so episodes end at different steps in different environments
+            (``episode_lengths`` holds the current lengths, ``t`` the per-environment clocks).
 
     Example:
         >>> env = SlotGardenEnv(num_envs=4, slot_config=SlotConfig.for_grid(2, 2), seed=0)
@@ -322,11 +336,20 @@ class SlotGardenEnv:
         device: torch.device | str = "cpu",
         rent: float = DEFAULT_RENT,
         table_seed: int | None = None,
+        min_episode_length: int | None = None,
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
         if not isinstance(episode_length, int) or episode_length < 1:
             raise ValueError(f"episode_length must be a positive int, got {episode_length!r}")
+        if min_episode_length is not None and (
+            not isinstance(min_episode_length, int)
+            or not 1 <= min_episode_length <= episode_length
+        ):
+            raise ValueError(
+                f"min_episode_length must be None or an int in 1..episode_length="
+                f"{episode_length}, got {min_episode_length!r}"
+            )
         if not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         if table_seed is not None and not isinstance(table_seed, int):
@@ -348,6 +371,10 @@ class SlotGardenEnv:
         self.device = torch.device(device)
         self.rent = float(rent)
         self.table_seed = table_seed
+        self.min_episode_length = min_episode_length
+        # Equal lengths: one shared clock, tracked on the host (no reset work between ends).
+        # Unequal: per-environment clocks and lengths on the device, masked resets.
+        self._staggered = min_episode_length is not None
         self.action_space = ActionSpace.default(self.num_slots)
         self.observation_layout = ObservationLayout(
             num_slots=self.num_slots, slot_dim=DEFAULT_SLOT_DIM, base_dim=DEFAULT_BASE_DIM
@@ -416,39 +443,92 @@ class SlotGardenEnv:
         self._allocate_state()
 
     # ------------------------------------------------------------------ state
-    def _allocate_state(self) -> None:
-        """A fresh episode in every environment: empty grids at t = 0."""
-        e, n, dev = self.num_envs, self.num_slots, self.device
-        self.blueprint = torch.full((e, n), -1, dtype=torch.long, device=dev)
-        self.stage = torch.zeros(e, n, dtype=torch.long, device=dev)
-        self.style = torch.zeros(e, n, dtype=torch.long, device=dev)
-        self.tempo = torch.zeros(e, n, dtype=torch.long, device=dev)
-        self.curve = torch.zeros(e, n, dtype=torch.long, device=dev)
-        self.age = torch.zeros(e, n, dtype=torch.long, device=dev)
-        self.alpha = torch.zeros(e, n, device=dev)
-        self.alpha_start = torch.zeros(e, n, device=dev)
-        self.alpha_target = torch.zeros(e, n, device=dev)
-        self.blend_steps = torch.zeros(e, n, device=dev)
-        self.blend_progress = torch.zeros(e, n, device=dev)
-        self.quality = torch.zeros(e, n, device=dev)
-        self.locked_contribution = torch.zeros(e, n, device=dev)
-        self.locked_value = torch.zeros(e, n, device=dev)
-        self.estimate = torch.zeros(e, n, device=dev)
+    # Every per-environment state tensor, as name -> (per slot, dtype, its value in a fresh
+    # episode); dtype None is the default float dtype. `_allocate_state` (every environment)
+    # and `_reset_where` (the finished ones) both start episodes from this table, so a new
+    # state tensor cannot be reset by one and forgotten by the other.
+    _FRESH_STATE: ClassVar[dict[str, tuple[bool, torch.dtype | None, int | float]]] = {
+        "blueprint": (True, torch.long, -1),
+        "stage": (True, torch.long, 0),
+        "style": (True, torch.long, 0),
+        "tempo": (True, torch.long, 0),
+        "curve": (True, torch.long, 0),
+        "age": (True, torch.long, 0),
+        "alpha": (True, None, 0.0),
+        "alpha_start": (True, None, 0.0),
+        "alpha_target": (True, None, 0.0),
+        "blend_steps": (True, None, 0.0),
+        "blend_progress": (True, None, 0.0),
+        "quality": (True, None, 0.0),
+        "locked_contribution": (True, None, 0.0),
+        "locked_value": (True, None, 0.0),
+        "estimate": (True, None, 0.0),
         # Derived from the state, cached: every step needs it before and after the action.
-        self.contribution = torch.zeros(e, n, device=dev)
-        self.t = torch.zeros(e, dtype=torch.long, device=dev)
-        self.score = torch.zeros(e, device=dev)
-        self.running_return = torch.zeros(e, device=dev)
-        self.last_reward = torch.zeros(e, device=dev)
-        self.last_rent = torch.zeros(e, device=dev)
-        self.last_op = torch.full((e,), -1, dtype=torch.long, device=dev)
-        self._episode_step = 0  # host-side copy of t (all environments step together)
+        "contribution": (True, None, 0.0),
+        "t": (False, torch.long, 0),
+        "score": (False, None, 0.0),
+        "running_return": (False, None, 0.0),
+        "last_reward": (False, None, 0.0),
+        "last_rent": (False, None, 0.0),
+        "last_op": (False, torch.long, -1),
+    }
+    blueprint: Tensor
+    stage: Tensor
+    style: Tensor
+    tempo: Tensor
+    curve: Tensor
+    age: Tensor
+    alpha: Tensor
+    alpha_start: Tensor
+    alpha_target: Tensor
+    blend_steps: Tensor
+    blend_progress: Tensor
+    quality: Tensor
+    locked_contribution: Tensor
+    locked_value: Tensor
+    estimate: Tensor
+    contribution: Tensor
+    t: Tensor
+    score: Tensor
+    running_return: Tensor
+    last_reward: Tensor
+    last_rent: Tensor
+    last_op: Tensor
+    episode_lengths: Tensor  # int64 [E], the current episode's length in each environment
+
+    def _allocate_state(self) -> None:
+        """A fresh episode in every environment: empty grids at t = 0 (with unequal lengths,
+        each with a newly drawn length)."""
+        for name, (per_slot, dtype, fill) in self._FRESH_STATE.items():
+            shape = (self.num_envs, self.num_slots) if per_slot else (self.num_envs,)
+            setattr(self, name, torch.full(shape, fill, dtype=dtype, device=self.device))
+        self.episode_lengths = self._draw_episode_lengths()  # int64 [E]
+        self._episode_step = 0  # host-side copy of t (equal lengths: one shared clock)
+
+    def _reset_where(self, done: Tensor) -> None:
+        """A fresh episode (and a newly drawn length) in the environments where ``done [E]``;
+        the others keep their state. No host sync: every tensor is updated under the mask."""
+        for name, (per_slot, _, fill) in self._FRESH_STATE.items():
+            mask = done.unsqueeze(-1) if per_slot else done
+            setattr(self, name, getattr(self, name).masked_fill(mask, fill))
+        self.episode_lengths = torch.where(done, self._draw_episode_lengths(), self.episode_lengths)
+
+    def _draw_episode_lengths(self) -> Tensor:
+        """int64 ``[E]``: ``episode_length`` everywhere, or with ``min_episode_length`` one
+        draw per environment (E draws every time, used or not, so the generator stream does
+        not depend on which environments finished)."""
+        if self.min_episode_length is None:
+            return torch.full(
+                (self.num_envs,), self.episode_length, dtype=torch.long, device=self.device
+            )
+        return torch.randint(
+            self.min_episode_length, self.episode_length + 1, (self.num_envs,),
+            generator=self.generator, device=self.device,
+        )
 
     _STATE_NAMES = (
-        "blueprint", "stage", "style", "tempo", "curve", "age", "alpha", "alpha_start",
-        "alpha_target", "blend_steps", "blend_progress", "quality", "locked_contribution",
-        "locked_value", "estimate", "t", "score", "running_return", "last_reward", "last_rent",
-        "last_op",
+        *(name for name in _FRESH_STATE if name != "contribution"),  # contribution is derived
+        "episode_lengths",
     )
 
     def get_state(self) -> dict[str, Tensor]:
@@ -458,7 +538,9 @@ class SlotGardenEnv:
         return state
 
     def set_state(self, state: Mapping[str, Tensor]) -> None:
-        """Restore a state from ``get_state`` (same num_envs, grid and device)."""
+        """Restore a state from ``get_state`` (same num_envs, grid, device and episode-length
+        setting). A rejected state leaves the environment as it was."""
+        values = {}
         for name in self._STATE_NAMES:
             current = getattr(self, name)
             value = state[name]
@@ -467,19 +549,33 @@ class SlotGardenEnv:
                     f"state[{name!r}] has shape {describe_shape(value)} and dtype {value.dtype}, "
                     f"expected {describe_shape(current)} and {current.dtype}"
                 )
-            setattr(self, name, value.clone().to(self.device))
+            values[name] = value.clone().to(self.device)
+        t, lengths = values["t"], values["episode_lengths"]
+        low = self.episode_length if self.min_episode_length is None else self.min_episode_length
+        if not bool(((lengths >= low) & (lengths <= self.episode_length)).all()):
+            raise ValueError(
+                f"state['episode_lengths'] must be in {low}..{self.episode_length}, got "
+                f"{lengths.tolist()}"
+            )
+        if not bool(((t >= 0) & (t < lengths)).all()):
+            raise ValueError(
+                f"state['t'] must be in 0..episode_lengths - 1 ({lengths.tolist()}), got "
+                f"{t.tolist()}"
+            )
+        steps = t.unique()
+        if self.min_episode_length is None and steps.numel() != 1:
+            raise ValueError(f"state['t'] must be the same in every environment, got {steps.tolist()}")
+        for name, value in values.items():
+            setattr(self, name, value)
         self.generator.set_state(state["generator"])
         self.contribution = self._contribution()
-        steps = self.t.unique()
-        if steps.numel() != 1:
-            raise ValueError(f"state['t'] must be the same in every environment, got {steps.tolist()}")
-        self._episode_step = int(steps[0])
+        self._episode_step = int(steps[0]) if self.min_episode_length is None else 0
 
     def clone(self) -> SlotGardenEnv:
         """An independent copy (same tables, state and generator position)."""
         twin = SlotGardenEnv(
             self.num_envs, self.slot_config, self.episode_length, self.seed, self.device, self.rent,
-            self.table_seed,
+            self.table_seed, self.min_episode_length,
         )
         twin.set_state(self.get_state())
         return twin
@@ -649,7 +745,8 @@ class SlotGardenEnv:
 
     # ------------------------------------------------------------------ api
     def reset(self) -> StepOutput:
-        """Reset every environment to an empty grid and return the first observation."""
+        """Reset every environment to an empty grid at t = 0 (drawing new episode lengths with
+        ``min_episode_length``) and return the first observation."""
         self._allocate_state()
         zeros = torch.zeros(self.num_envs, device=self.device)
         done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
@@ -764,19 +861,26 @@ class SlotGardenEnv:
         self.last_reward = reward
         self.last_rent = rent
         self.last_op = op
-        # Every environment starts together and episodes have a fixed length, so they all end
-        # together: a host-side counter decides, with no device sync and no reset work on the
-        # other steps.
-        self._episode_step += 1
-        episode_over = self._episode_step >= self.episode_length
-        done = torch.full((self.num_envs,), episode_over, dtype=torch.bool, device=self.device)
+        if self._staggered:
+            # Each environment on its own clock: decided on the device, no host sync.
+            episode_over = False
+            done = self.t >= self.episode_lengths  # [E]
+        else:
+            # Every environment starts together and episodes have a fixed length, so they all
+            # end together: a host-side counter decides, with no device sync and no reset work
+            # on the other steps.
+            self._episode_step += 1
+            episode_over = self._episode_step >= self.episode_length
+            done = torch.full((self.num_envs,), episode_over, dtype=torch.bool, device=self.device)
         episode_return = torch.where(done, self.running_return, math.nan)
         info = {
             "host_score": score,
             "num_live": live_count,
             "contributions_before_reset": self._true_contributions(),
         }
-        if episode_over:
+        if self._staggered:
+            self._reset_where(done)
+        elif episode_over:
             self._allocate_state()
         self._refresh_estimates(noise)
         info["contributions"] = self._true_contributions()
@@ -839,7 +943,7 @@ class SlotGardenEnv:
         fossil = self.stage == SeedStage.FOSSILIZED
         stage_one_hot = self._eye[NUM_STAGES][self.stage]  # [E, N, 6]
         stage_fraction = stage_one_hot.mean(1)  # [E, 6]
-        progress = self.t.float() / self.episode_length  # [E]
+        progress = self.t.float() / self.episode_lengths  # [E], this episode's length
         live_count = live.sum(-1)
         mean_estimate = (self.estimate * live).sum(-1) / live_count.clamp(min=1)
         last_op = self._eye[NUM_OPS][self.last_op.clamp(min=0)]
