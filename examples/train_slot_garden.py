@@ -2,16 +2,25 @@
 
     python examples/train_slot_garden.py                       # transformer on a 1x3 grid
     python examples/train_slot_garden.py --policy lstm --rows 2 --cols 5 --total-steps 200000
+    python examples/train_slot_garden.py --stagger    # episodes of unequal lengths
 
 What it shows: a policy bundle from `create_policy`, rollouts with `get_action` carrying the
-recurrent state per environment (zeroed at episode ends), the stored masks re-applied at
-update through `evaluate_actions`, GAE, a clipped PPO loss over whole sequences (minibatches
-by environment, each starting from its stored hidden state), value, Q and contribution losses,
-gradient clipping, a per-update log line, optional TensorBoard logging and a final checkpoint.
+recurrent state per environment (zeroed where an episode begins, through `episode_starts`),
+the stored masks re-applied at update through `evaluate_actions`, GAE, a clipped PPO loss over
+whole sequences (minibatches by environment, each starting from its stored hidden state),
+value, Q and contribution losses, gradient clipping, a per-update log line, optional
+TensorBoard logging and a final checkpoint.
 
-Sequences never cross an episode boundary: Slot Garden's episodes have a fixed length and all
-environments start together, and the rollout length divides the episode length, so each
-rollout lies inside one episode of every environment and its stored start state is exact.
+Sequences may cross episode boundaries. A rollout stores ``episode_starts [E, T]`` (True at a
+step where that environment's episode began: the ``done`` of the step before, including the
+step before the rollout), and the update passes the same flags to `evaluate_actions`, so the
+recurrent state is zeroed before exactly the steps where it was zeroed at rollout and the
+re-scored log-probs equal the rollout's. With ``--stagger`` every episode's length is drawn
+from ``episode_length // 2 .. episode_length`` per environment (Slot Garden's
+``min_episode_length``), so environments end episodes at different steps, inside the
+rollouts; without it all episodes have ``episode_length`` steps and end together. The
+evaluation at the end always plays full-length episodes, comparable with the reference
+policies' scores.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,7 +47,9 @@ from examples.slot_garden import (
 )
 from slotformer import HEAD_NAMES, SlotConfig, configure_malloc
 from slotformer.checkpoint import save_checkpoint
-from slotformer.policy import PolicyBundle, create_policy
+from slotformer.policy import EvalResult, PolicyBundle, create_policy
+
+Hidden = tuple[Tensor, Tensor]  # (h, c), each [layers, E, H]
 
 
 @dataclass
@@ -46,8 +58,9 @@ class Args:
     rows: int = 1
     cols: int = 3
     num_envs: int = 32
-    episode_length: int = 48
-    rollout_length: int = 24  # must divide episode_length
+    episode_length: int = 48  # the longest episode with --stagger
+    rollout_length: int = 24
+    stagger: bool = False  # unequal episode lengths: drawn from episode_length // 2 .. episode_length
     total_steps: int = 120_000  # environment steps (all environments together)
     seed: int = 0
     learning_rate: float = 1e-3
@@ -94,50 +107,151 @@ def masks_of(step: StepOutput) -> dict[str, torch.Tensor]:
     return {**step.masks, "slot_by_op": step.slot_by_op}
 
 
-def reset_done(hidden: tuple[torch.Tensor, torch.Tensor], done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero the recurrent state of environments whose episode just ended."""
-    keep = (~done).to(hidden[0].dtype).view(1, -1, 1)  # [1, E, 1]
-    return hidden[0] * keep, hidden[1] * keep
-
-
 def policy_fn(policy: PolicyBundle, num_envs: int, deterministic: bool):  # type: ignore[no-untyped-def]
     """Wrap a bundle as an ``[E, 8]`` action function for `evaluate_policy` (keeps hidden)."""
-    state = {"hidden": policy.initial_hidden(num_envs), "t": 0}
+    state = {"hidden": policy.initial_hidden(num_envs)}
 
     def act(step: StepOutput) -> torch.Tensor:
-        if state["t"] > 0 and bool(step.done.any()):
-            state["hidden"] = reset_done(state["hidden"], step.done)
+        # An environment whose episode just ended (done; all False after reset, where the
+        # state is zero anyway) starts the next one from a zero state.
         result = policy.get_action(
-            step.obs, step.blueprint_indices, masks_of(step), state["hidden"], deterministic
+            step.obs, step.blueprint_indices, masks_of(step), state["hidden"], deterministic,
+            episode_starts=step.done,
         )
-        state["hidden"], state["t"] = result.hidden, state["t"] + 1
+        state["hidden"] = result.hidden
         return torch.stack([result.actions[h] for h in HEAD_NAMES], dim=-1)
 
     return act
 
 
+def make_env(args: Args, slot_config: SlotConfig, seed: int, *, stagger: bool,
+             table_seed: int | None = None) -> SlotGardenEnv:
+    """Slot Garden as the arguments ask; ``stagger``: episode lengths drawn per environment
+    from ``episode_length // 2 .. episode_length``."""
+    return SlotGardenEnv(
+        args.num_envs, slot_config, args.episode_length, seed=seed, table_seed=table_seed,
+        min_episode_length=max(1, args.episode_length // 2) if stagger else None,
+    )
+
+
+def make_policy(args: Args, slot_config: SlotConfig) -> PolicyBundle:
+    """The policy bundle the arguments ask for (a V(s) baseline; Q is an auxiliary head)."""
+    extra = ({"contribution_hidden": args.contribution_hidden,
+              "contribution_dropout": args.contribution_dropout,
+              "transformer_ff_mult": args.ff_mult}
+             if args.policy == "transformer" else {})
+    return create_policy(
+        args.policy, state_dim=23 + 31 * slot_config.num_slots, slot_config=slot_config,
+        lstm_hidden_dim=args.hidden_dim, value_baseline="v", **extra,
+    )
+
+
+@dataclass
+class Rollout:
+    """One rollout of ``E`` environments over ``T`` steps, as sequences by environment."""
+
+    obs: Tensor  # [E, T, D]
+    blueprint_indices: Tensor  # [E, T, N]
+    masks: dict[str, Tensor]  # every head [E, T, n] and slot_by_op [E, T, 6, N]
+    actions: dict[str, Tensor]  # every head [E, T]
+    log_prob: Tensor  # [E, T], summed over heads
+    value: Tensor  # [E, T]
+    reward: Tensor  # [E, T]
+    done: Tensor  # [E, T], the episode ended at this step (the env auto-reset)
+    episode_starts: Tensor  # [E, T], an episode began at this step (the step before was done)
+    contributions: Tensor  # [E, T, N], true contributions: the auxiliary head's targets
+    start_hidden: Hidden  # the state before step 0, as get_action received it
+    finished_returns: list[float]  # returns of the episodes that ended, in step order
+
+
+def collect_rollout(
+    policy: PolicyBundle, env: SlotGardenEnv, step: StepOutput, hidden: Hidden,
+    episode_starts: Tensor, num_steps: int, floor: dict[str, float] | None,
+) -> tuple[Rollout, StepOutput, Hidden, Tensor]:
+    """Play ``num_steps`` steps from ``step`` (the last observation), ``hidden`` and
+    ``episode_starts [E]`` (where the next step begins an episode: the last ``done``, all True
+    after ``reset``). Returns the rollout and the three to carry into the next one."""
+    start_hidden = (hidden[0].clone(), hidden[1].clone())
+    buf: dict[str, list[Tensor]] = {k: [] for k in (
+        "obs", "bp", "logp", "value", "reward", "done", "starts", "contrib", "return")}
+    buf_masks: dict[str, list[Tensor]] = {}
+    buf_actions: dict[str, list[Tensor]] = {h: [] for h in HEAD_NAMES}
+    for _ in range(num_steps):
+        masks = masks_of(step)
+        # get_action zeroes the state of the environments whose episode begins here; the
+        # update passes the same flags to evaluate_actions.
+        result = policy.get_action(step.obs, step.blueprint_indices, masks, hidden,
+                                   probability_floor=floor, episode_starts=episode_starts)
+        buf["obs"].append(step.obs)
+        buf["bp"].append(step.blueprint_indices)
+        buf["contrib"].append(step.info["contributions"])  # targets for this observation
+        buf["starts"].append(episode_starts)
+        for name, mask in masks.items():
+            buf_masks.setdefault(name, []).append(mask)
+        for name in HEAD_NAMES:
+            buf_actions[name].append(result.actions[name].clone())
+        buf["logp"].append(sum(result.log_probs.values()).clone())
+        buf["value"].append(result.value.clone())
+        hidden = (result.hidden[0].clone(), result.hidden[1].clone())
+        step = env.step({h: result.actions[h] for h in HEAD_NAMES})
+        buf["reward"].append(step.reward)
+        buf["done"].append(step.done)
+        buf["return"].append(step.episode_return)
+        episode_starts = step.done
+
+    def seq(key: str) -> Tensor:
+        return torch.stack(buf[key], 1)  # [E, T, ...]
+
+    done = seq("done")
+    rollout = Rollout(
+        obs=seq("obs"), blueprint_indices=seq("bp"),
+        masks={k: torch.stack(v, 1) for k, v in buf_masks.items()},
+        actions={k: torch.stack(v, 1) for k, v in buf_actions.items()},
+        log_prob=seq("logp"), value=seq("value"), reward=seq("reward"), done=done,
+        episode_starts=seq("starts"), contributions=seq("contrib"), start_hidden=start_hidden,
+        finished_returns=seq("return").T[done.T].tolist(),  # one host sync per rollout
+    )
+    return rollout, step, hidden, episode_starts
+
+
+def rescore(
+    policy: PolicyBundle, rollout: Rollout, envs: Tensor, floor: dict[str, float] | None
+) -> EvalResult:
+    """Re-score the rollout's sequences of environments ``envs`` (PPO update): the stored
+    observations, actions and masks from the stored start state, with the rollout's
+    ``episode_starts``, so the first epoch's log-probs equal the rollout's (ratio 1)."""
+    starts = rollout.episode_starts[envs]  # [mb, T]
+    h, c = rollout.start_hidden[0][:, envs], rollout.start_hidden[1][:, envs]
+    # Starts at step 0 are folded into the start state. The flags go to evaluate_actions only
+    # when an episode begins inside a sequence: with them the recurrent core runs one step at
+    # a time (about 1.7x the transformer's update cost on CPU), and equal-length episodes with
+    # a rollout length that divides the episode length never need them.
+    first = starts[:, 0].view(1, -1, 1)  # [1, mb, 1]
+    return policy.evaluate_actions(
+        rollout.obs[envs], rollout.blueprint_indices[envs],
+        {k: v[envs] for k, v in rollout.actions.items()},
+        {k: v[envs] for k, v in rollout.masks.items()},
+        (torch.where(first, 0.0, h), torch.where(first, 0.0, c)),
+        probability_floor=floor,
+        episode_starts=starts if bool(starts[:, 1:].any()) else None,
+    )
+
+
 def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
-    """Train, evaluate against the reference policies, checkpoint; returns (metrics, policy)."""
-    if args.episode_length % args.rollout_length != 0:
-        raise ValueError(
-            f"rollout_length={args.rollout_length} must divide episode_length={args.episode_length}"
-        )
+    """Train, evaluate against the reference policies, checkpoint; returns (metrics, policy).
+
+    The metrics hold the mean evaluation returns (``learned``, ``random``, ``heuristic``),
+    ``wall_s``, ``env_steps_per_s`` and the last minibatch's losses (``loss``, ``pg_loss``,
+    ``v_loss``, ``entropy``, ``aux_loss``)."""
     if args.malloc not in ("tuned", "default"):
         raise ValueError(f"malloc must be 'tuned' or 'default', got {args.malloc!r}")
     if args.malloc == "tuned":
         configure_malloc()  # process-wide, on purpose: this script is the whole process
     torch.manual_seed(args.seed)
     slot_config = SlotConfig.for_grid(args.rows, args.cols)
-    env = SlotGardenEnv(args.num_envs, slot_config, args.episode_length, seed=args.seed)
-    E, T, N = args.num_envs, args.rollout_length, slot_config.num_slots
-    extra = ({"contribution_hidden": args.contribution_hidden,
-              "contribution_dropout": args.contribution_dropout,
-              "transformer_ff_mult": args.ff_mult}
-             if args.policy == "transformer" else {})
-    policy = create_policy(
-        args.policy, state_dim=23 + 31 * N, slot_config=slot_config,
-        lstm_hidden_dim=args.hidden_dim, value_baseline="v", **extra,
-    )
+    env = make_env(args, slot_config, args.seed, stagger=args.stagger)
+    E, T = args.num_envs, args.rollout_length
+    policy = make_policy(args, slot_config)
     optimizer = torch.optim.Adam(policy.network.parameters(), lr=args.learning_rate, eps=1e-5)
     writer = None
     if args.tensorboard:
@@ -151,47 +265,21 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     floor = {"op": args.op_floor} if args.op_floor > 0 else None
     step = env.reset()
     hidden = policy.initial_hidden(E)
+    starts = torch.ones(E, dtype=torch.bool)  # every environment begins an episode at reset
     num_updates = max(1, args.total_steps // (E * T))
     recent_returns: list[float] = []
     start = time.perf_counter()
     for update in range(1, num_updates + 1):
         # ---------------------------------------------------------------- rollout
-        start_hidden = (hidden[0].clone(), hidden[1].clone())  # [L, E, H]
-        buf: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "bp", "logp", "value", "reward", "done", "contrib", "active")}
-        buf_masks: dict[str, list[torch.Tensor]] = {}
-        buf_actions: dict[str, list[torch.Tensor]] = {h: [] for h in HEAD_NAMES}
-        for _ in range(T):
-            masks = masks_of(step)
-            result = policy.get_action(step.obs, step.blueprint_indices, masks, hidden,
-                                       probability_floor=floor)
-            buf["obs"].append(step.obs)
-            buf["bp"].append(step.blueprint_indices)
-            buf["active"].append(step.blueprint_indices >= 0)
-            buf["contrib"].append(step.info["contributions"])  # targets for this observation
-            for name, mask in masks.items():
-                buf_masks.setdefault(name, []).append(mask)
-            for name in HEAD_NAMES:
-                buf_actions[name].append(result.actions[name].clone())
-            buf["logp"].append(sum(result.log_probs.values()).clone())
-            buf["value"].append(result.value.clone())
-            hidden = (result.hidden[0].clone(), result.hidden[1].clone())
-            step = env.step({h: result.actions[h] for h in HEAD_NAMES})
-            buf["reward"].append(step.reward)
-            buf["done"].append(step.done)
-            hidden = reset_done(hidden, step.done)
-            recent_returns += step.episode_return[step.done].tolist()
-
-        # Tensors [E, T, ...]: sequences by environment.
-        obs = torch.stack(buf["obs"], 1)
-        bp = torch.stack(buf["bp"], 1)
-        masks_t = {k: torch.stack(v, 1) for k, v in buf_masks.items()}
-        actions_t = {k: torch.stack(v, 1) for k, v in buf_actions.items()}
-        old_logp, values = torch.stack(buf["logp"], 1), torch.stack(buf["value"], 1)
-        rewards, dones = torch.stack(buf["reward"], 1), torch.stack(buf["done"], 1)
-        contrib_target, active = torch.stack(buf["contrib"], 1), torch.stack(buf["active"], 1)
+        rollout, step, hidden, starts = collect_rollout(policy, env, step, hidden, starts, T, floor)
+        recent_returns += rollout.finished_returns
+        values, rewards, dones = rollout.value, rollout.reward, rollout.done
+        active = (rollout.blueprint_indices >= 0).float()  # [E, T, N]
 
         # ---------------------------------------------------------------- GAE
         with torch.no_grad():
+            # Where the last step ended an episode this value (of the next episode's first
+            # observation) is not used: the bootstrap is masked by done.
             next_value = policy.get_value(step.obs, step.blueprint_indices, hidden)  # [E]
             advantages = torch.zeros_like(rewards)
             last_gae = torch.zeros(E)
@@ -209,14 +297,9 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
         stats: dict[str, float] = {}
         for _epoch in range(args.update_epochs):
             for mb in env_order.split(mb_size):
-                mb_hidden = (start_hidden[0][:, mb], start_hidden[1][:, mb])
-                ev = policy.evaluate_actions(
-                    obs[mb], bp[mb], {k: v[mb] for k, v in actions_t.items()},
-                    {k: v[mb] for k, v in masks_t.items()}, mb_hidden,
-                    probability_floor=floor,
-                )
+                ev = rescore(policy, rollout, mb, floor)
                 new_logp = sum(ev.log_probs.values())  # [mb, T]
-                ratio = (new_logp - old_logp[mb]).exp()
+                ratio = (new_logp - rollout.log_prob[mb]).exp()
                 adv = advantages[mb]
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 pg_loss = torch.max(
@@ -224,8 +307,8 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
                 ).mean()
                 v_loss = 0.5 * (ev.value - returns[mb]).pow(2).mean()
                 q_loss = 0.5 * (ev.q_value - returns[mb]).pow(2).mean()
-                mb_active = active[mb].float()
-                aux_loss = ((ev.pred_contributions - contrib_target[mb]).pow(2) * mb_active).sum() / mb_active.sum().clamp(min=1)
+                mb_active = active[mb]
+                aux_loss = ((ev.pred_contributions - rollout.contributions[mb]).pow(2) * mb_active).sum() / mb_active.sum().clamp(min=1)
                 entropy = torch.stack(list(ev.entropies.values())).sum(0).mean()
                 loss = (pg_loss + args.vf_coef * v_loss + args.q_coef * q_loss
                         + args.aux_coef * aux_loss - args.ent_coef * entropy)
@@ -251,8 +334,8 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
 
     wall = time.perf_counter() - start
     # ---------------------------------------------------------------- evaluation
-    def fresh_env(seed: int) -> SlotGardenEnv:
-        return SlotGardenEnv(E, slot_config, args.episode_length, seed=seed, table_seed=args.seed)
+    def fresh_env(seed: int) -> SlotGardenEnv:  # full-length episodes, even after --stagger
+        return make_env(args, slot_config, seed, stagger=False, table_seed=args.seed)
 
     eval_seed = args.seed + 1000
     learned = evaluate_policy(fresh_env(eval_seed), policy_fn(policy, E, deterministic=False),
@@ -268,7 +351,7 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
         Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(args.checkpoint, policy, extra={"args": dataclasses.asdict(args)})
     result = {"learned": learned, "random": random_score, "heuristic": heuristic,
-              "wall_s": wall, "env_steps_per_s": num_updates * E * T / wall}
+              "wall_s": wall, "env_steps_per_s": num_updates * E * T / wall, **stats}
     if not args.quiet:
         print(f"\nmean return over {args.eval_episodes} episodes x {E} envs "
               f"({args.policy}, {args.rows}x{args.cols} grid): learned {learned:.3f}  "
