@@ -378,6 +378,31 @@ def test_unequal_lengths_clone_and_state_round_trip() -> None:
         SlotGardenEnv(5, seed=2, episode_length=6).set_state(env.get_state())
 
 
+def test_unequal_lengths_step_without_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With validation off, a step (episode ends and masked resets included) reads no tensor
+    value on the host: every way of doing so raises here."""
+    env = SlotGardenEnv(6, episode_length=8, seed=0, min_episode_length=3)
+    generator = torch.Generator().manual_seed(0)
+    out, actions = env.reset(), []
+    for _ in range(30):
+        actions.append(random_valid_policy(out, generator))
+        out = env.step(actions[-1])
+    env.reset()
+
+    def host_sync(*_: object, **__: object) -> None:
+        raise AssertionError("host sync in SlotGardenEnv.step")
+
+    for name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, host_sync)
+    dones = []
+    with validation(False):
+        for action in actions:
+            dones.append(env.step(action).done)
+    monkeypatch.undo()
+    dones_t = torch.stack(dones)
+    assert dones_t.any() and not torch.equal(dones_t.any(1), dones_t.all(1))  # ends apart
+
+
 def test_reward_is_score_change_minus_rent() -> None:
     env = SlotGardenEnv(6, SlotConfig.for_grid(2, 2), episode_length=50, seed=9, rent=0.03)
     generator = torch.Generator().manual_seed(3)
