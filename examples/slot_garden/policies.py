@@ -161,7 +161,8 @@ def evaluate_policy(
         num_episodes: episodes per environment; ``num_episodes * episode_length`` steps run.
 
     Returns:
-        The mean over all ``E * num_episodes`` completed episode returns.
+        The mean over all ``E * num_episodes`` completed episode returns (with unequal
+        episode lengths, ``min_episode_length``: over every episode that ends in those steps).
 
     Example:
         >>> env = SlotGardenEnv(num_envs=4, episode_length=16, seed=0)
