@@ -179,7 +179,11 @@ class SlotTransformerActorCritic(ActorCriticCore):
         # Fusion of [global ‖ CLS] is the LSTM's input projection.
         self.lstm = ResidualLSTM(input_size=2 * D, hidden_size=H, num_layers=c.lstm_layers)
 
-        self.slot_head = PointerHead(temporal_dim=H, slot_dim=D)
+        # The pointer head's module is named after its head ("slot_head" by default), as
+        # every head's is (`head_module`), so any action space's pointer head has one.
+        pointer = self.action_space.pointer_head
+        assert pointer is not None  # the core refuses an action space without one
+        self.add_module(f"{pointer}_head", PointerHead(temporal_dim=H, slot_dim=D))
         for name in self._categorical_head_names():
             depth = 3 if name == "blueprint" else 2
             n = self.action_space.sizes[name]
@@ -269,8 +273,9 @@ class SlotTransformerActorCritic(ActorCriticCore):
         )
 
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
-        assert trunk.slot_repr is not None
-        return self.slot_head(trunk.temporal, trunk.slot_repr.to(trunk.temporal.dtype))
+        assert trunk.slot_repr is not None and self.action_space.pointer_head is not None
+        pointer = self.head_module(self.action_space.pointer_head)
+        return pointer(trunk.temporal, trunk.slot_repr.to(trunk.temporal.dtype))
 
     def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
         assert trunk.slot_repr is not None and self.contribution_predictor is not None
