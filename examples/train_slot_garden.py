@@ -35,9 +35,10 @@ from examples.slot_garden import (
     heuristic_policy,
     random_valid_policy,
 )
-from slotformer import HEAD_NAMES, SlotConfig, configure_malloc
+from slotformer import SlotConfig, configure_malloc
 from slotformer.checkpoint import save_checkpoint
 from slotformer.policy import PolicyBundle, create_policy
+from slotformer.presets.seed_lifecycle import HEAD_NAMES
 
 
 @dataclass
