@@ -44,10 +44,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slotformer.actions import NUM_OPS, BlueprintAction, Op
 from slotformer.config import SlotConfig
 from slotformer.policy import PolicyBundle, create_policy
 from slotformer.policy.protocol import SLOT_BY_OP_KEY
+from slotformer.presets.seed_lifecycle import NUM_OPS, BlueprintAction, Op
 
 NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
 VARIANTS: tuple[str, ...] = (*NETWORK_TYPES, "transformer-lean")

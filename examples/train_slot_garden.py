@@ -45,9 +45,10 @@ from examples.slot_garden import (
     heuristic_policy,
     random_valid_policy,
 )
-from slotformer import HEAD_NAMES, SlotConfig, configure_malloc
+from slotformer import SlotConfig, configure_malloc
 from slotformer.checkpoint import save_checkpoint
 from slotformer.policy import EvalResult, PolicyBundle, create_policy
+from slotformer.presets.seed_lifecycle import HEAD_NAMES
 
 Hidden = tuple[Tensor, Tensor]  # (h, c), each [layers, E, H]
 

@@ -6,20 +6,14 @@ Start with `create_policy` (a policy bundle) or the networks directly
 
 from __future__ import annotations
 
+from typing import Any
+
 from slotformer.actions import (
-    HEAD_NAMES,
-    NUM_BLUEPRINTS,
-    NUM_OPS,
+    _MOVED_TO_PRESET,
     ActionSpace,
-    AlphaCurve,
-    AlphaSpeed,
-    AlphaTarget,
-    BlueprintAction,
     HeadSpec,
-    Op,
     PaddedHeads,
-    Style,
-    Tempo,
+    _moved_to_preset,
     canonicalize_head,
     canonicalize_masks,
 )
@@ -94,6 +88,7 @@ from slotformer.policy import (
     register_policy,
 )
 from slotformer.policy.registry import NETWORK_TYPES
+from slotformer.presets.seed_lifecycle import seed_lifecycle_action_space
 from slotformer.telemetry import (
     AttentionStats,
     TelemetryHook,
@@ -114,23 +109,16 @@ __all__ = [
     "DEFAULT_BASE_DIM",
     "DEFAULT_MALLOC_THRESHOLD",
     "DEFAULT_SLOT_DIM",
-    "HEAD_NAMES",
     "LOG_PROB_MIN",
     "MASKED_LOGIT_VALUE",
     "NETWORK_TYPES",
-    "NUM_BLUEPRINTS",
-    "NUM_OPS",
     "SLOT_BY_OP_KEY",
     "ActionResult",
     "ActionSpace",
     "ActorCriticBundle",
     "ActorCriticConfig",
     "ActorCriticCore",
-    "AlphaCurve",
-    "AlphaSpeed",
-    "AlphaTarget",
     "AttentionStats",
-    "BlueprintAction",
     "BlueprintEmbedding",
     "CheckpointError",
     "EncoderIntermediates",
@@ -146,7 +134,6 @@ __all__ = [
     "MaskedCategorical",
     "NetworkConfig",
     "ObservationLayout",
-    "Op",
     "PaddedHeads",
     "PointerHead",
     "PolicyBundle",
@@ -159,11 +146,9 @@ __all__ = [
     "SlotPositionalEncoding",
     "SlotTransformerActorCritic",
     "SlotTransformerEncoder",
-    "Style",
     "TelemetryHook",
     "TelemetryHookHandle",
     "TelemetryHooks",
-    "Tempo",
     "TransformerConfig",
     "TransformerPolicyBundle",
     "TrunkIntermediates",
@@ -198,8 +183,17 @@ __all__ = [
     "render_attention_heatmap",
     "sample_actions",
     "save_checkpoint",
+    "seed_lifecycle_action_space",
     "set_validation",
     "to_reference_state_dict",
     "validation",
     "validation_enabled",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The seed-lifecycle enums and constants moved to slotformer.presets.seed_lifecycle;
+    # the old names resolve for one release, with a DeprecationWarning.
+    if name in _MOVED_TO_PRESET:
+        return _moved_to_preset(__name__, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

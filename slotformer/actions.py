@@ -14,101 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from enum import IntEnum
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from slotformer.validation import describe_shape, expect
-
-
-class Op(IntEnum):
-    """The op head's choices (what to do this step)."""
-
-    WAIT = 0
-    GERMINATE = 1
-    SET_ALPHA_TARGET = 2
-    PRUNE = 3
-    FOSSILIZE = 4
-    ADVANCE = 5
-
-
-class BlueprintAction(IntEnum):
-    """The blueprint head's choices (which module a GERMINATE plants)."""
-
-    NOOP = 0
-    CONV_LIGHT = 1
-    ATTENTION = 2
-    NORM = 3
-    DEPTHWISE = 4
-    BOTTLENECK = 5
-    CONV_SMALL = 6
-    CONV_HEAVY = 7
-    LORA = 8
-    LORA_LARGE = 9
-    MLP_SMALL = 10
-    MLP = 11
-    FLEX_ATTENTION = 12
-
-
-class Style(IntEnum):
-    """How a seed is blended into the host."""
-
-    LINEAR_ADD = 0
-    LINEAR_MULTIPLY = 1
-    SIGMOID_ADD = 2
-    GATED_GATE = 3
-
-
-class Tempo(IntEnum):
-    """How long a germinated seed trains before blending."""
-
-    FAST = 0
-    STANDARD = 1
-    SLOW = 2
-
-
-class AlphaTarget(IntEnum):
-    """The blend level a seed moves toward."""
-
-    HALF = 0
-    SEVENTY = 1
-    FULL = 2
-
-
-class AlphaSpeed(IntEnum):
-    """How fast alpha moves toward its target."""
-
-    INSTANT = 0
-    FAST = 1
-    MEDIUM = 2
-    SLOW = 3
-
-
-class AlphaCurve(IntEnum):
-    """The shape of alpha's path toward its target."""
-
-    LINEAR = 0
-    COSINE = 1
-    SIGMOID_GENTLE = 2
-    SIGMOID = 3
-    SIGMOID_SHARP = 4
-
-
-NUM_OPS = len(Op)
-NUM_BLUEPRINTS = len(BlueprintAction)
-
-HEAD_NAMES: tuple[str, ...] = (
-    "slot",
-    "blueprint",
-    "style",
-    "tempo",
-    "alpha_target",
-    "alpha_speed",
-    "alpha_curve",
-    "op",
-)
-"""The default heads, in the contract's (load-bearing) order."""
 
 
 @dataclass(frozen=True)
@@ -188,27 +99,97 @@ class ActionSpace:
 
     @classmethod
     def default(cls, num_slots: int = 3) -> ActionSpace:
-        """The compatibility contract's eight heads (DESIGN.md), with a slot pointer of size N."""
-        every_op_but_wait = frozenset(o for o in Op if o != Op.WAIT)
-        return cls(
-            heads=(
-                HeadSpec("slot", num_slots, every_op_but_wait, None),
-                HeadSpec("blueprint", NUM_BLUEPRINTS, frozenset({Op.GERMINATE}),
-                         BlueprintAction.NOOP),
-                HeadSpec("style", len(Style), frozenset({Op.GERMINATE, Op.SET_ALPHA_TARGET}),
-                         Style.SIGMOID_ADD),
-                HeadSpec("tempo", len(Tempo), frozenset({Op.GERMINATE}), Tempo.STANDARD),
-                HeadSpec("alpha_target", len(AlphaTarget),
-                         frozenset({Op.GERMINATE, Op.SET_ALPHA_TARGET}), AlphaTarget.FULL),
-                HeadSpec("alpha_speed", len(AlphaSpeed),
-                         frozenset({Op.SET_ALPHA_TARGET, Op.PRUNE}), AlphaSpeed.INSTANT),
-                HeadSpec("alpha_curve", len(AlphaCurve),
-                         frozenset({Op.SET_ALPHA_TARGET, Op.PRUNE}), AlphaCurve.LINEAR),
-                HeadSpec("op", NUM_OPS),
-            ),
-            op_head="op",
-            pointer_head="slot",
-        )
+        """The compatibility contract's eight heads (DESIGN.md), with a slot pointer of size N:
+        `slotformer.presets.seed_lifecycle.seed_lifecycle_action_space`."""
+        from slotformer.presets.seed_lifecycle import seed_lifecycle_action_space
+
+        return seed_lifecycle_action_space(num_slots)
+
+    def to_dict(self) -> dict[str, Any]:
+        """This space as plain data (dicts, lists, str, int, None), e.g. for a checkpoint
+        loaded with ``weights_only`` or a JSON/YAML config; `from_dict` reads it back.
+
+        ``relevant_ops`` is a sorted list of op indices (None = every op) and
+        ``canonical_action`` an int (None = the first valid index of the head's mask).
+
+        Example:
+            >>> space = ActionSpace(
+            ...     heads=(HeadSpec("op", 3), HeadSpec("target", 4, {1, 2}),
+            ...            HeadSpec("tool", 4, {1}, canonical_action=0)),
+            ...     op_head="op", pointer_head="target")
+            >>> data = space.to_dict()
+            >>> data["heads"][2]
+            {'name': 'tool', 'size': 4, 'relevant_ops': [1], 'canonical_action': 0}
+            >>> ActionSpace.from_dict(data) == space
+            True
+        """
+        return {
+            "heads": [
+                {
+                    "name": head.name,
+                    "size": int(head.size),
+                    "relevant_ops": (
+                        None if head.relevant_ops is None else sorted(head.relevant_ops)
+                    ),
+                    "canonical_action": head.canonical_action,
+                }
+                for head in self.heads
+            ],
+            "op_head": self.op_head,
+            "pointer_head": self.pointer_head,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ActionSpace:
+        """The space `to_dict` wrote (checked: the same rules as the constructor's).
+
+        Raises:
+            ValueError: ``data`` is not such a dict (an unknown or missing key, a value of
+                the wrong type, or a space the constructor refuses); the message names it.
+
+        Example:
+            >>> ActionSpace.from_dict(ActionSpace.default(5).to_dict()) == ActionSpace.default(5)
+            True
+        """
+        where = "ActionSpace.from_dict"
+        _check_keys(where, data, required={"heads", "op_head"}, optional={"pointer_head"})
+        heads = data["heads"]
+        if not isinstance(heads, list | tuple) or not heads:
+            raise ValueError(f"{where}: 'heads' must be a non-empty list, got {heads!r}")
+        specs = []
+        for index, head in enumerate(heads):
+            at = f"{where}: heads[{index}]"
+            _check_keys(
+                at, head, required={"name", "size"}, optional={"relevant_ops", "canonical_action"}
+            )
+            name, size = head["name"], head["size"]
+            relevant = head.get("relevant_ops")
+            canonical = head.get("canonical_action")
+            if not isinstance(name, str):
+                raise ValueError(f"{at}: 'name' must be a str, got {name!r}")
+            if not _is_int(size):
+                raise ValueError(f"{at} ({name!r}): 'size' must be an int, got {size!r}")
+            if relevant is not None and (
+                not isinstance(relevant, list | tuple) or not all(_is_int(o) for o in relevant)
+            ):
+                raise ValueError(
+                    f"{at} ({name!r}): 'relevant_ops' must be a list of ints or None, got "
+                    f"{relevant!r}"
+                )
+            if canonical is not None and not _is_int(canonical):
+                raise ValueError(
+                    f"{at} ({name!r}): 'canonical_action' must be an int or None, got "
+                    f"{canonical!r}"
+                )
+            specs.append(
+                HeadSpec(name, size, None if relevant is None else frozenset(relevant), canonical)
+            )
+        op_head, pointer_head = data["op_head"], data.get("pointer_head")
+        if not isinstance(op_head, str):
+            raise ValueError(f"{where}: 'op_head' must be a str, got {op_head!r}")
+        if pointer_head is not None and not isinstance(pointer_head, str):
+            raise ValueError(f"{where}: 'pointer_head' must be a str or None, got {pointer_head!r}")
+        return cls(heads=tuple(specs), op_head=op_head, pointer_head=pointer_head)
 
     # Plain properties, not functools.cached_property: on Python < 3.12 its __get__ takes an
     # RLock, which torch.compile(fullgraph=True) cannot trace on first access.
@@ -247,6 +228,23 @@ class ActionSpace:
             replace(h, size=num_slots) if h.name == self.pointer_head else h for h in self.heads
         )
         return replace(self, heads=heads)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_keys(where: str, data: object, required: set[str], optional: set[str]) -> None:
+    """``data`` is a mapping with every ``required`` key and no key outside both sets."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must be a dict, got {type(data).__name__}")
+    missing = sorted(required - set(data))
+    unknown = sorted(set(data) - required - optional)
+    if missing or unknown:
+        raise ValueError(
+            f"{where} has keys {sorted(data)}: missing {missing}, unknown {unknown}; "
+            f"expected {sorted(required)} and optionally {sorted(optional)}"
+        )
 
 
 def _relevance(head: HeadSpec, ops: Tensor) -> Tensor | None:
@@ -310,6 +308,7 @@ def canonicalize_masks(
     Example:
         >>> space = ActionSpace.default(num_slots=3)
         >>> masks = {h.name: torch.ones(2, h.size, dtype=torch.bool) for h in space.heads}
+        >>> from slotformer.presets.seed_lifecycle import Op
         >>> out = canonicalize_masks(space, masks, torch.tensor([Op.WAIT, Op.GERMINATE]))
         >>> out["blueprint"][0].nonzero().flatten().tolist(), int(out["blueprint"][1].sum())
         ([0], 13)
@@ -439,3 +438,33 @@ class PaddedHeads:
         False), ``ops [...]`` -> ``[..., K, W]``."""
         relevant = self.relevance[ops]  # [..., K]
         return torch.where(relevant.unsqueeze(-1), masks, self.canonical)
+
+
+# The seed-lifecycle vocabulary lived here until it moved to its preset module; the old names
+# resolve for one release, with a DeprecationWarning.
+_MOVED_TO_PRESET = frozenset({
+    "HEAD_NAMES", "NUM_BLUEPRINTS", "NUM_OPS", "AlphaCurve", "AlphaSpeed", "AlphaTarget",
+    "BlueprintAction", "Op", "Style", "Tempo",
+})
+
+
+def _moved_to_preset(module: str, name: str) -> Any:
+    """``name`` from `slotformer.presets.seed_lifecycle`, warning that ``module.name`` is
+    deprecated (the modules' ``__getattr__``)."""
+    import warnings
+
+    from slotformer.presets import seed_lifecycle
+
+    warnings.warn(
+        f"{module}.{name} is deprecated and will be removed in the next release; import it "
+        f"from slotformer.presets.seed_lifecycle (the seed-lifecycle preset)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(seed_lifecycle, name)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_PRESET:
+        return _moved_to_preset(__name__, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,13 @@ pickled code::
 
     {"format_version": 1, "library_version": "0.1.0", "policy_type": "transformer",
      "config": {...constructor arguments...}, "slot_ids": ["r0c0", ...],
+     "action_space": {...ActionSpace.to_dict()...},
      "state_dict": {...}, "extra": {...caller data...}}
+
+``action_space`` is optional (format version 1 still): checkpoints written before it
+existed, and those of bundles without an ``action_space``, load with the default
+(seed-lifecycle) action space. The observation layout (``base_dim``, ``slot_dim``) and the
+slot-type vocabulary (``num_slot_types``) are fields of ``config``.
 
 `save_checkpoint` writes to a temporary file in the target's folder, flushes and fsyncs it,
 then renames it over the target, so an interrupted save leaves the previous checkpoint
@@ -27,9 +33,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from slotformer.actions import ActionSpace
 from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
 from slotformer.networks.configs import legacy_config_names
 from slotformer.policy.bundles import ActorCriticBundle
+from slotformer.policy.factory import _accepted_arguments
 from slotformer.policy.protocol import PolicyBundle
 from slotformer.policy.registry import get_policy_class, list_policies
 
@@ -38,6 +46,7 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 _REQUIRED_KEYS = ("format_version", "library_version", "policy_type", "config", "slot_ids",
                   "state_dict")
+_ACTION_SPACE_KEY = "action_space"  # optional: absent = the default action space
 _EXPECTED = "expected a checkpoint written by slotformer.save_checkpoint (a torch zip archive)"
 
 MapLocation = torch.device | str | Callable[..., Any] | dict[str, str] | None
@@ -51,7 +60,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(
     path: str | os.PathLike[str], policy: PolicyBundle, extra: Mapping[str, Any] | None = None
 ) -> Path:
-    """Atomically write ``policy`` (config, slot ids and weights) to ``path``.
+    """Atomically write ``policy`` (config, slot ids, action space and weights) to ``path``.
 
     Args:
         path: the checkpoint file; its folder must exist.
@@ -96,7 +105,11 @@ def save_checkpoint(
         "state_dict": policy.state_dict(),
         "extra": extra_data,
     }
+    action_space = getattr(policy, "action_space", None)
+    if isinstance(action_space, ActionSpace):
+        payload[_ACTION_SPACE_KEY] = action_space.to_dict()
     _check_plain_data(payload["config"], "policy.config")
+    _check_plain_data(payload.get(_ACTION_SPACE_KEY), "policy.action_space")
 
     target = Path(path)
     temporary = target.with_name(f"{target.name}.tmp-{secrets.token_hex(8)}")
@@ -121,7 +134,8 @@ def read_checkpoint(
 
     Returns:
         The stored dict (``format_version``, ``library_version``, ``policy_type``,
-        ``config``, ``slot_ids``, ``state_dict``, ``extra``).
+        ``config``, ``slot_ids``, ``state_dict``, ``extra``, and ``action_space``, the
+        `ActionSpace.to_dict` form, when the checkpoint stores one).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -190,16 +204,21 @@ def load_checkpoint(
             bundle there. None = the device the weights were saved from.
         slot_config: the grid to load onto. None = the saved grid. Another grid is allowed
             only for a policy whose weights do not depend on N (``"transformer"``); for
-            ``"lstm"`` it must name the saved slot ids, in order.
+            ``"lstm"`` it must name the saved slot ids, in order. The stored action space's
+            pointer head is resized to the grid.
         policy_type: the expected policy type; a checkpoint of another type is refused.
 
     Returns:
-        The bundle, uncompiled, in train mode, with the saved dtype.
+        The bundle, uncompiled, in train mode, with the saved dtype, the saved config
+        (observation layout, slot-type vocabulary) and the saved action space (the default
+        one for a checkpoint that stores none).
 
     Raises:
         FileNotFoundError: no file at ``path``.
         CheckpointError: see `read_checkpoint`; also a policy type other than
-            ``policy_type``, or a slot-id set the policy cannot take.
+            ``policy_type``, a slot-id set the policy cannot take, a malformed stored action
+            space, or weights that do not fit the policy the stored config builds (a
+            checkpoint written by an older slotformer with another parameter layout).
 
     Example::
 
@@ -229,16 +248,25 @@ def load_checkpoint(
             )
         config[width_key] = _width_for_grid(config, width_key, saved_slots, slot_config, source)
     target_slots = slot_config if slot_config is not None else saved_slots
+    space_kwargs: dict[str, Any] = {}
+    action_space = _stored_action_space(payload, saved_slots, target_slots, source)
+    if action_space is not None and (
+        config_class is not None or "action_space" in _accepted_arguments(cls)
+    ):
+        space_kwargs["action_space"] = action_space
 
     try:
         if config_class is not None:  # slotformer's bundles: they hold a config dataclass
-            policy: PolicyBundle = cls(slot_config=target_slots, config=config_class(**config))
+            policy: PolicyBundle = cls(
+                slot_config=target_slots, config=config_class(**config), **space_kwargs
+            )
         else:  # a bundle registered by a user: its stored constructor arguments
-            policy = cls(slot_config=target_slots, **config)
+            policy = cls(slot_config=target_slots, **config, **space_kwargs)
     except (TypeError, ValueError) as error:
+        space = "" if action_space is None else f" and action space {payload[_ACTION_SPACE_KEY]}"
         raise _refused(
-            source, f"holds a config {config} that does not build a {stored_type!r} policy with "
-            f"this slotformer: {error}"
+            source, f"holds a config {config}{space} that does not build a {stored_type!r} "
+            f"policy with this slotformer: {error}"
         ) from error
     state_dict: dict[str, Any] = payload["state_dict"]
     _refuse_retired_layout(source, stored_type, state_dict)
@@ -252,6 +280,15 @@ def load_checkpoint(
         policy.to(device)
         if isinstance(policy, ActorCriticBundle):
             policy.to(dtype=reference.dtype)
+    mismatch = _parameter_layout_mismatch(policy.state_dict(), state_dict)
+    if mismatch:
+        raise _refused(
+            source, f"was written by an older slotformer with a different parameter layout: "
+            f"its weights do not fit the {stored_type!r} policy its own config builds with this "
+            f"slotformer ({mismatch}). slotformer does not convert weights between parameter "
+            f"layouts; load it with the slotformer that wrote it (version "
+            f"{payload['library_version']}), or retrain"
+        )
     try:
         policy.load_state_dict(state_dict, strict=True)
     except ValueError as error:
@@ -263,6 +300,50 @@ def load_checkpoint(
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _stored_action_space(
+    payload: Mapping[str, Any], saved: SlotConfig, target: SlotConfig, source: Path
+) -> ActionSpace | None:
+    """The stored action space, its pointer head resized to ``target``; None when the
+    checkpoint stores none (older checkpoints: the bundle's default space)."""
+    data = payload.get(_ACTION_SPACE_KEY)
+    if data is None:
+        return None
+    try:
+        space = ActionSpace.from_dict(data)
+    except ValueError as error:
+        raise _refused(source, f"holds a malformed action space: {error}") from error
+    if space.pointer_head is not None and space.num_slots != saved.num_slots:
+        raise _refused(
+            source, f"holds an action space whose pointer head {space.pointer_head!r} has "
+            f"{space.num_slots} choices, but {saved.num_slots} slot ids {list(saved.slot_ids)}"
+        )
+    if space.pointer_head is not None and target.num_slots != saved.num_slots:
+        space = space.with_num_slots(target.num_slots)
+    return space
+
+
+def _parameter_layout_mismatch(expected: Mapping[str, Any], stored: Mapping[str, Any]) -> str:
+    """What differs between two state dicts' keys and shapes ("" = they fit)."""
+    if stored and all(k.startswith("_orig_mod.") for k in stored):  # a compiled module's
+        stored = {k[len("_orig_mod."):]: v for k, v in stored.items()}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    reshaped = [
+        f"{k}: stored {list(stored[k].shape)}, expected {list(expected[k].shape)}"
+        for k in sorted(set(expected) & set(stored))
+        if isinstance(stored[k], Tensor) and isinstance(expected[k], Tensor)
+        and stored[k].shape != expected[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing parameters {missing[:5]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected parameters {unexpected[:5]}")
+    if reshaped:
+        parts.append(f"{len(reshaped)} of another shape {reshaped[:5]}")
+    return "; ".join(parts)
+
+
 def _with_legacy_defaults(
     policy_type: str, config: dict[str, Any], config_class: type | None
 ) -> dict[str, Any]:
@@ -367,6 +448,12 @@ def _check_payload(payload: Any, source: Path) -> None:
     state_dict = payload["state_dict"]
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
         raise _refused(source, "has a state_dict that is not a dict of tensors")
+    action_space = payload.get(_ACTION_SPACE_KEY)
+    if action_space is not None and not isinstance(action_space, dict):
+        raise _refused(
+            source, f"has action_space of type {type(action_space).__name__}, expected a dict "
+            "(ActionSpace.to_dict()) or no entry"
+        )
 
 
 def _check_plain_data(value: Any, where: str) -> None:

@@ -47,9 +47,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from slotformer.actions import NUM_BLUEPRINTS, ActionSpace
+from slotformer.actions import ActionSpace
 from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
 from slotformer.networks.lstm import FactoredRecurrentActorCritic
+from slotformer.presets.seed_lifecycle import NUM_BLUEPRINTS
 
 NULL_INDEX_KEY = "blueprint_embedding._null_idx"
 """The reference's buffer holding the empty-slot row of the embedding (13); not loaded."""

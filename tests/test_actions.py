@@ -10,22 +10,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slotformer.actions import (
+    ActionSpace,
+    HeadSpec,
+    PaddedHeads,
+    canonicalize_masks,
+    first_valid_index,
+    select_slot_mask_for_op,
+)
+from slotformer.presets.seed_lifecycle import (
     HEAD_NAMES,
     NUM_BLUEPRINTS,
     NUM_OPS,
-    ActionSpace,
     AlphaCurve,
     AlphaSpeed,
     AlphaTarget,
     BlueprintAction,
-    HeadSpec,
     Op,
-    PaddedHeads,
     Style,
     Tempo,
-    canonicalize_masks,
-    first_valid_index,
-    select_slot_mask_for_op,
 )
 
 ALL_OPS = tuple(range(6))
@@ -574,3 +576,103 @@ def test_padded_heads_canonicalise_like_canonicalize_masks(space: ActionSpace, s
         assert torch.equal(canonical[..., k, :n], expected[name]), name
         assert not canonical[..., k, n:].any(), name
         assert torch.equal(packed_logits[..., k, :n], logits[name]), name
+
+
+# ---------------------------------------------------------------------------------------
+# the seed-lifecycle preset, its deprecated old homes, and plain-data round trips
+# ---------------------------------------------------------------------------------------
+
+MOVED_NAMES = (
+    "HEAD_NAMES", "NUM_BLUEPRINTS", "NUM_OPS", "AlphaCurve", "AlphaSpeed", "AlphaTarget",
+    "BlueprintAction", "Op", "Style", "Tempo",
+)
+
+
+def test_the_preset_builds_the_default_space() -> None:
+    from slotformer import presets
+    from slotformer.presets import seed_lifecycle
+
+    for num_slots in (1, 3, 7):
+        space = seed_lifecycle.seed_lifecycle_action_space(num_slots)
+        assert space == ActionSpace.default(num_slots)
+        assert space.head_names == seed_lifecycle.HEAD_NAMES
+        assert space.num_ops == seed_lifecycle.NUM_OPS == len(seed_lifecycle.Op)
+        assert space.sizes["blueprint"] == seed_lifecycle.NUM_BLUEPRINTS
+    for name in MOVED_NAMES:
+        assert getattr(presets, name) is getattr(seed_lifecycle, name)
+    assert presets.seed_lifecycle_action_space is seed_lifecycle.seed_lifecycle_action_space
+
+
+@pytest.mark.parametrize("module_name", ["slotformer", "slotformer.actions"])
+@pytest.mark.parametrize("name", MOVED_NAMES)
+def test_the_old_homes_of_the_preset_names_warn_and_return_the_same_object(
+    module_name: str, name: str
+) -> None:
+    import importlib
+
+    from slotformer.presets import seed_lifecycle
+
+    module = importlib.import_module(module_name)
+    with pytest.warns(DeprecationWarning, match=rf"{module_name}\.{name} is deprecated.*presets"):
+        value = getattr(module, name)
+    assert value is getattr(seed_lifecycle, name)
+    with pytest.warns(DeprecationWarning, match="seed_lifecycle"):
+        exec(f"from {module_name} import {name} as imported", namespace := {})
+    assert namespace["imported"] is value
+    with pytest.raises(AttributeError, match="no attribute 'NotAName'"):
+        module.NotAName
+
+
+def test_importing_slotformer_and_the_preset_raises_no_deprecation_warning() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; warnings.simplefilter('error')\n"
+        "import slotformer, slotformer.actions, slotformer.presets\n"
+        "from slotformer.presets.seed_lifecycle import Op\n"
+        "slotformer.create_policy('transformer', lstm_hidden_dim=8, embed_dim=8, head_hidden=8)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [ActionSpace.default(3), ActionSpace.default(11), CUSTOM_SPACE],
+    ids=["default3", "default11", "custom"],
+)
+def test_action_space_round_trips_through_plain_data(space: ActionSpace) -> None:
+    import json
+
+    data = space.to_dict()
+    assert json.loads(json.dumps(data)) == data  # plain data only: lists, str, int, None
+    rebuilt = ActionSpace.from_dict(data)
+    assert rebuilt == space
+    assert [type(h.canonical_action) for h in rebuilt.heads] == [
+        type(h.canonical_action) for h in space.heads
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("heads"), r"missing \['heads'\]"),
+        (lambda d: d.update(extra=1), r"unknown \['extra'\]"),
+        (lambda d: d.update(heads=[]), "non-empty list"),
+        (lambda d: d["heads"][0].update(size="3"), "'size' must be an int"),
+        (lambda d: d["heads"][0].update(size=True), "'size' must be an int"),
+        (lambda d: d["heads"][1].update(relevant_ops=[1.5]), "'relevant_ops' must be a list"),
+        (lambda d: d["heads"][1].update(canonical_action="NOOP"), "'canonical_action' must be"),
+        (lambda d: d["heads"][1].update(colour=1), r"heads\[1\].*unknown \['colour'\]"),
+        (lambda d: d.update(op_head="verb"), "op_head='verb' is not one of the heads"),
+        (lambda d: d["heads"][1].update(relevant_ops=[9]), r"relevant_ops \[9\] are outside"),
+    ],
+)
+def test_action_space_from_dict_names_what_is_wrong(mutate: object, message: str) -> None:
+    data = ActionSpace.default(3).to_dict()
+    assert callable(mutate)
+    mutate(data)
+    with pytest.raises(ValueError, match=message):
+        ActionSpace.from_dict(data)
+    with pytest.raises(ValueError, match="must be a dict"):
+        ActionSpace.from_dict([1, 2])  # type: ignore[arg-type]

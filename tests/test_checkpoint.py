@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 import slotformer
+from slotformer.actions import ActionSpace, HeadSpec
 from slotformer.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointError,
@@ -43,7 +44,7 @@ def make_inputs(
     g = torch.Generator().manual_seed(seed)
     N = bundle.slot_config.num_slots
     features = torch.randn(batch, bundle.state_dim, generator=g, dtype=bundle.dtype)
-    blueprint = torch.randint(-1, 13, (batch, N), generator=g)
+    blueprint = torch.randint(-1, bundle.config.num_slot_types, (batch, N), generator=g)  # type: ignore[attr-defined]
     masks: dict[str, Tensor | None] = {}
     for name, n in bundle.network.action_space.sizes.items():
         mask = torch.rand(batch, n, generator=g) > 0.4
@@ -416,3 +417,111 @@ def test_a_checkpoint_from_before_the_contribution_options_loads_its_architectur
     assert loaded.config == old.config  # type: ignore[attr-defined]
     for key, value in outputs(old.eval()).items():
         assert torch.equal(outputs(loaded.eval())[key], value), key
+
+
+# ---------------------------------------------------------------------------------------
+# action spaces, observation layouts and parameter layouts
+# ---------------------------------------------------------------------------------------
+
+
+def custom_space(num_slots: int = 3) -> ActionSpace:
+    """op(3), a pointer 'target' (N) relevant for ops 1 and 2, tool(4) relevant for op 1 only
+    (canonical 0 otherwise)."""
+    return ActionSpace(
+        heads=(
+            HeadSpec("op", 3),
+            HeadSpec("target", num_slots, frozenset({1, 2})),
+            HeadSpec("tool", 4, frozenset({1}), canonical_action=0),
+        ),
+        op_head="op",
+        pointer_head="target",
+    )
+
+
+CUSTOM_LAYOUT = {"num_slot_types": 5, "base_dim": 4, "slot_dim": 6}
+
+
+def test_a_custom_action_space_and_layout_reload_into_an_identical_policy(
+    kind: str, tmp_path: Path
+) -> None:
+    policy = make_bundle(kind, seed=2, action_space=custom_space(), **CUSTOM_LAYOUT)
+    assert policy.state_dim == 4 + 3 * 6
+    path = save_checkpoint(tmp_path / "custom.pt", policy)
+    stored = read_checkpoint(path)
+    assert stored["format_version"] == CHECKPOINT_FORMAT_VERSION == 1  # an optional key, no bump
+    assert stored["action_space"] == custom_space().to_dict()  # plain data (weights_only)
+    assert {k: stored["config"][k] for k in CUSTOM_LAYOUT} == CUSTOM_LAYOUT
+    loaded = load_checkpoint(path)
+    assert loaded.action_space == policy.action_space == custom_space()  # type: ignore[attr-defined]
+    assert loaded.config == policy.config  # type: ignore[attr-defined]
+    assert loaded.network.blueprint_embedding.embedding.num_embeddings == 5 + 1
+    assert_same_outputs(outputs(loaded), outputs(policy))
+    for key, value in outputs(policy.eval(), seed=3).items():
+        assert torch.equal(outputs(loaded.eval(), seed=3)[key], value), key
+
+
+def test_a_custom_action_space_loads_onto_another_grid(tmp_path: Path) -> None:
+    policy = make_bundle("transformer", action_space=custom_space(), **CUSTOM_LAYOUT)
+    path = save_checkpoint(tmp_path / "custom.pt", policy)
+    wide = load_checkpoint(path, slot_config=SlotConfig.for_grid(2, 3))
+    assert wide.action_space == custom_space(6)  # type: ignore[attr-defined]
+    assert wide.state_dim == 4 + 6 * 6
+    features, blueprint, masks = make_inputs(wide)
+    assert wide.get_action(features, blueprint, masks).actions["target"].max() < 6
+
+
+def test_a_checkpoint_without_an_action_space_loads_the_default_one(
+    kind: str, tmp_path: Path
+) -> None:
+    # Checkpoints written before the action space was stored (and those of bundles without
+    # one) hold no "action_space" entry: they load with the seed-lifecycle default.
+    policy = make_bundle(kind, seed=3)
+    path = save_checkpoint(tmp_path / "old.pt", policy)
+    payload = torch.load(path, weights_only=True)
+    assert payload.pop("action_space") == ActionSpace.default(3).to_dict()
+    torch.save(payload, path)
+    assert "action_space" not in read_checkpoint(path)
+    loaded = load_checkpoint(path)
+    assert loaded.action_space == ActionSpace.default(3)  # type: ignore[attr-defined]
+    assert_same_outputs(outputs(loaded), outputs(policy))
+
+
+def test_a_malformed_stored_action_space_is_a_checkpoint_error(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "p.pt", make_bundle("lstm"))
+    payload = torch.load(path, weights_only=True)
+    payload["action_space"] = ["op", "slot"]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"p\.pt.*action_space of type list, expected a dict"):
+        read_checkpoint(path)
+    payload["action_space"] = ActionSpace.default(3).to_dict()
+    payload["action_space"]["heads"][1]["canonical_action"] = "NOOP"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"malformed action space.*'canonical_action' must be"):
+        load_checkpoint(path)
+    payload["action_space"] = ActionSpace.default(4).to_dict()  # 4 pointer choices, 3 slot ids
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="pointer head 'slot' has 4 choices, but 3 slot ids"):
+        load_checkpoint(path)
+
+
+def test_an_older_parameter_layout_is_a_clear_checkpoint_error(kind: str, tmp_path: Path) -> None:
+    # An older slotformer's weights under today's config: the transformer's value heads read
+    # [temporal, global, CLS] before 2f8ae4f (now the LSTM output only); a removed and a renamed
+    # parameter stand for other layout changes.
+    policy = make_bundle(kind)
+    path = save_checkpoint(tmp_path / "old.pt", policy)
+    payload = torch.load(path, weights_only=True)
+    state_dict = payload["state_dict"]
+    weight = state_dict["state_value_head.0.weight"]
+    state_dict["state_value_head.0.weight"] = torch.zeros(weight.shape[0], weight.shape[1] + 32)
+    state_dict["old_head.weight"] = state_dict.pop("q_head.0.bias")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(path)
+    message = str(raised.value)
+    assert message.startswith(repr(str(path)))
+    assert "written by an older slotformer with a different parameter layout" in message
+    assert "1 missing parameters ['q_head.0.bias']" in message
+    assert "1 unexpected parameters ['old_head.weight']" in message
+    assert f"state_value_head.0.weight: stored [{weight.shape[0]}, {weight.shape[1] + 32}]" in message
+    assert "Error(s) in loading state_dict" not in message  # not torch's raw error

@@ -15,18 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from slotformer.actions import (
-    HEAD_NAMES,
-    ActionSpace,
-    AlphaCurve,
-    AlphaSpeed,
-    AlphaTarget,
-    BlueprintAction,
-    Op,
-    Style,
-    Tempo,
-    canonicalize_masks,
-)
+from slotformer.actions import ActionSpace, canonicalize_masks
 from slotformer.config import SlotConfig
 from slotformer.distributions import (
     MASKED_LOGIT_VALUE,
@@ -41,6 +30,16 @@ from slotformer.networks import (
     FactoredRecurrentActorCritic,
     GetActionResult,
     SlotTransformerActorCritic,
+)
+from slotformer.presets.seed_lifecycle import (
+    HEAD_NAMES,
+    AlphaCurve,
+    AlphaSpeed,
+    AlphaTarget,
+    BlueprintAction,
+    Op,
+    Style,
+    Tempo,
 )
 
 BASE_DIM = 23

@@ -16,8 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from slotformer.actions import ActionSpace, HeadSpec
 from slotformer.config import SlotConfig
-from slotformer.networks import FactoredRecurrentActorCritic, SlotTransformerActorCritic
+from slotformer.networks import (
+    FactoredRecurrentActorCritic,
+    SlotObservation,
+    SlotTransformerActorCritic,
+)
 from slotformer.policy import (
     COMPILE_MODES,
     ActionResult,
@@ -609,7 +614,7 @@ def test_compile_round_trip_with_eager_backend() -> None:
     action = bundle.get_action(features, blueprint, masks, deterministic=True)
     evaluated = bundle.evaluate_actions(features, blueprint, action.actions, masks)
     forward = bundle.forward(features, blueprint, masks)
-    for name in action.action:
+    for name in action.actions:
         assert torch.equal(action.actions[name], eager_action.actions[name])
         assert torch.equal(evaluated.log_probs[name], eager_eval.log_probs[name])
         assert torch.equal(forward.logits[name], eager_forward.logits[name])
@@ -638,7 +643,7 @@ def test_compile_with_default_inductor_backend() -> None:
     eager = bundle.get_action(features, blueprint, masks, deterministic=True)
     bundle.compile()  # mode="default", inductor
     compiled = bundle.get_action(features, blueprint, masks, deterministic=True)
-    for name in eager.action:
+    for name in eager.actions:
         assert torch.equal(compiled.actions[name], eager.actions[name])
         torch.testing.assert_close(compiled.log_probs[name], eager.log_probs[name])
     torch.testing.assert_close(compiled.value, eager.value)
@@ -740,3 +745,223 @@ def test_create_policy_errors_list_the_valid_choices() -> None:
         NetworkConfig(lstm_hidden_dim=0)
     with pytest.raises(ValueError, match="does not fit base_dim=23 plus 3"):
         create_policy("transformer", state_dim=117, **SMALL["transformer"])
+
+
+# ---------------------------------------------------------------------------------------
+# any action space and observation layout; episode starts and structured observations
+# ---------------------------------------------------------------------------------------
+
+
+def custom_space(num_slots: int = 3) -> ActionSpace:
+    """op(3), a pointer 'target' (N) relevant for ops 1 and 2, tool(4) relevant for op 1 only."""
+    return ActionSpace(
+        heads=(
+            HeadSpec("op", 3),
+            HeadSpec("target", num_slots, frozenset({1, 2})),
+            HeadSpec("tool", 4, frozenset({1}), canonical_action=0),
+        ),
+        op_head="op",
+        pointer_head="target",
+    )
+
+
+CUSTOM_LAYOUT = {"num_slot_types": 5, "base_dim": 4, "slot_dim": 6}
+
+
+def test_create_policy_and_network_config_take_an_action_space_and_a_layout(kind: str) -> None:
+    space = custom_space()
+    policy = make_bundle(kind, action_space=space, **CUSTOM_LAYOUT)
+    network = policy.network
+    assert isinstance(policy, (LSTMPolicyBundle, TransformerPolicyBundle))
+    assert policy.action_space == network.action_space == space
+    assert policy.state_dim == 4 + 3 * 6
+    assert (policy.config.num_slot_types, policy.config.base_dim, policy.config.slot_dim) == (5, 4, 6)
+    assert network.layout is not None and (network.layout.base_dim, network.layout.slot_dim) == (4, 6)
+    assert network.blueprint_embedding.embedding.num_embeddings == 5 + 1  # + the null row
+    assert {f"{name}_head" for name in space.head_names} <= {n for n, _ in network.named_children()}
+    # The same policy from a NetworkConfig, with the space in its to_dict() form (a config file).
+    config = NetworkConfig(network_type=kind, action_space=space.to_dict(), **CUSTOM_LAYOUT)  # type: ignore[arg-type]
+    assert config.action_space == space
+    from_config = create_policy(config=config, **SMALL[kind])
+    assert from_config.action_space == space and from_config.config == policy.config  # type: ignore[attr-defined]
+    # Masks, actions and results are keyed by the space's heads; irrelevant heads score 0.
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(6, policy.state_dim, generator=g)
+    types = torch.randint(-1, 5, (6, 3), generator=g)
+    masks = dict.fromkeys(space.head_names)
+    result = policy.get_action(features, types, masks)
+    assert set(result.actions) == {"op", "target", "tool"}
+    not_tool = result.actions["op"] != 1
+    assert torch.equal(result.log_probs["tool"][not_tool], torch.zeros(int(not_tool.sum())))
+    with pytest.raises(KeyError, match=r"missing heads \['target', 'tool'\]"):
+        policy.get_action(features, types, {"op": None})
+    with pytest.raises(ValueError, match="pointer head 'target' has 4 choices but slot_config has 3"):
+        make_bundle(kind, action_space=custom_space(4))
+    with pytest.raises(TypeError, match="action_space must be an ActionSpace"):
+        make_bundle(kind, action_space=["op"])
+
+
+def test_the_default_policy_is_the_seed_lifecycle_preset(kind: str) -> None:
+    from slotformer.presets.seed_lifecycle import seed_lifecycle_action_space
+
+    default = make_bundle(kind, seed=3)
+    explicit = make_bundle(kind, seed=3, action_space=seed_lifecycle_action_space(3))
+    assert default.action_space == explicit.action_space  # type: ignore[attr-defined]
+    assert list(default.state_dict()) == list(explicit.state_dict())
+    for name, value in default.state_dict().items():
+        assert torch.equal(value, explicit.state_dict()[name]), name
+    features, blueprint, masks = make_inputs(default, 3, 4, seed=1)
+    a, b = default.forward(features, blueprint, masks), explicit.forward(features, blueprint, masks)
+    assert all(torch.equal(a.logits[k], b.logits[k]) for k in a.logits)
+    assert NetworkConfig().value_baseline == "v" == default.config.value_baseline  # type: ignore[attr-defined]
+
+
+def _stored_rollout(
+    bundle: PolicyBundle, batch: int, time: int, seed: int
+) -> tuple[Tensor, Tensor, dict[str, Tensor | None], dict[str, Tensor]]:
+    features, blueprint, masks = make_inputs(bundle, batch, time, seed=seed)
+    actions: dict[str, Tensor] = {}
+    for name, mask in masks.items():
+        assert mask is not None
+        g = torch.Generator().manual_seed(seed + len(actions))
+        scores = torch.rand(mask.shape, generator=g).masked_fill(~mask, -1.0)
+        actions[name] = scores.argmax(-1)  # a valid action at every step
+    return features, blueprint, masks, actions
+
+
+def _scored(bundle: PolicyBundle, *args: Any, **kwargs: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """evaluate_actions' outputs [B, T] and the parameters' gradients of a loss of them."""
+    bundle.network.zero_grad(set_to_none=True)
+    result = bundle.evaluate_actions(*args, **kwargs)
+    outputs = {f"log_prob.{k}": v for k, v in result.log_probs.items()}
+    outputs["value"], outputs["state_value"] = result.value, result.state_value
+    assert result.q_value is not None
+    outputs["q_value"] = result.q_value
+    loss = sum(t.sum() for t in outputs.values()) + sum(
+        (t * 0.1).sum() for t in result.entropies.values()
+    )
+    assert isinstance(loss, Tensor)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in bundle.network.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in outputs.items()}, grads
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_bundle_episode_starts_score_like_separate_sequences(kind: str, compiled: bool) -> None:
+    bundle = make_bundle(kind, seed=5)
+    if compiled:
+        bundle.compile(backend="eager")
+    B, T, cut = 3, 7, 4
+    features, blueprint, masks, actions = _stored_rollout(bundle, B, T, seed=2)
+    hidden = tuple(0.5 * t for t in bundle.initial_hidden(B))
+    starts = torch.zeros(B, T, dtype=torch.bool)
+    starts[:, cut] = True
+    joined, joined_grads = _scored(
+        bundle, features, blueprint, actions, masks, hidden, episode_starts=starts
+    )
+
+    def part(x: Any, lo: int, hi: int) -> Any:
+        return {k: v[:, lo:hi] for k, v in x.items()} if isinstance(x, dict) else x[:, lo:hi]
+
+    first, first_grads = _scored(
+        bundle, part(features, 0, cut), part(blueprint, 0, cut), part(actions, 0, cut),
+        part(masks, 0, cut), hidden,
+    )
+    second, second_grads = _scored(
+        bundle, part(features, cut, T), part(blueprint, cut, T), part(actions, cut, T),
+        part(masks, cut, T), None,  # a new episode starts from zero state
+    )
+    for key in joined:
+        torch.testing.assert_close(
+            joined[key], torch.cat([first[key], second[key]], dim=1), atol=1e-5, rtol=0, msg=key
+        )
+    assert joined_grads.keys() == first_grads.keys() == second_grads.keys()
+    for name, grad in joined_grads.items():
+        torch.testing.assert_close(grad, first_grads[name] + second_grads[name], atol=1e-5, rtol=0,
+                                   msg=name)
+    # Without the flags the second piece carries the first's state: something differs.
+    carried, _ = _scored(bundle, features, blueprint, actions, masks, hidden)
+    assert not torch.allclose(carried["value"][:, cut:], joined["value"][:, cut:], atol=1e-5)
+    # forward and get_value take the flags as well; [B] for one step.
+    out = bundle.forward(features, blueprint, masks, hidden, episode_starts=starts)
+    torch.testing.assert_close(out.value, joined["value"], atol=1e-5, rtol=0)
+    values = bundle.get_value(features, blueprint, hidden, episode_starts=starts)
+    torch.testing.assert_close(values, joined["state_value"], atol=1e-5, rtol=0)
+    one = bundle.forward(features[:, 0], blueprint[:, 0], part(masks, 0, 1), hidden,
+                         episode_starts=torch.ones(B, dtype=torch.bool))
+    fresh = bundle.forward(features[:, 0], blueprint[:, 0], part(masks, 0, 1), None)
+    assert torch.equal(one.value, fresh.value)
+
+
+def test_bundle_get_action_episode_starts_zero_those_environments(kind: str) -> None:
+    bundle = make_bundle(kind, seed=6)
+    features, blueprint, masks = make_inputs(bundle, 4, None, seed=3)
+    hidden = tuple(t + 0.7 for t in bundle.initial_hidden(4))
+    starts = torch.tensor([True, False, True, False])
+    zeroed = tuple(torch.where(starts.view(1, 4, 1), torch.zeros_like(t), t) for t in hidden)
+    flagged = bundle.get_action(features, blueprint, masks, hidden, deterministic=True,
+                                episode_starts=starts)
+    reset = bundle.get_action(features, blueprint, masks, zeroed, deterministic=True)
+    assert torch.equal(flagged.value, reset.value)
+    for name in flagged.log_probs:
+        assert torch.equal(flagged.log_probs[name], reset.log_probs[name]), name
+    assert all(torch.equal(a, b) for a, b in zip(flagged.hidden, reset.hidden))
+
+
+@pytest.mark.parametrize(
+    ("compiled", "time"),
+    [(False, None), (False, 5), (True, 5)],  # compiled: the 2-D call is the same after _as_sequence
+    ids=["eager-B_D", "eager-B_T_D", "compiled-B_T_D"],
+)
+def test_bundle_slot_observation_gives_the_flat_tensor_outputs(
+    kind: str, compiled: bool, time: int | None
+) -> None:
+    bundle = make_bundle(kind, seed=7)
+    if compiled:
+        bundle.compile(backend="eager")
+    network = bundle.network
+    assert network.layout is not None
+    features, blueprint, masks = make_inputs(bundle, 3, time, seed=4)
+    observation = SlotObservation.from_flat(features, network.layout, slot_types=blueprint)
+    assert observation.base.data_ptr() == features.data_ptr()  # views, no copy
+
+    def same(a: Tensor, b: Tensor, name: str) -> None:
+        if kind == "transformer":  # it reads base and slots apart either way: bit for bit
+            assert torch.equal(a, b), name
+        else:  # the flat LSTM concatenates the blocks back: the same values
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+    flat_fwd = bundle.forward(features, blueprint, masks)
+    obs_fwd = bundle.forward(observation, None, masks)
+    for name in flat_fwd.logits:
+        same(obs_fwd.logits[name], flat_fwd.logits[name], f"logits.{name}")
+    same(obs_fwd.value, flat_fwd.value, "forward value")
+    same(bundle.get_value(observation, None), bundle.get_value(features, blueprint), "get_value")
+
+    rollout_obs = observation if time is None else SlotObservation(
+        observation.base[:, :1], observation.slots[:, :1], blueprint[:, :1]
+    )
+    rollout_flat = features if time is None else features[:, :1]
+    rollout_masks = masks if time is None else {k: v[:, 0] for k, v in masks.items() if v is not None}
+    action_flat = bundle.get_action(rollout_flat, blueprint if time is None else blueprint[:, :1],
+                                    rollout_masks, deterministic=True)
+    action_obs = bundle.get_action(rollout_obs, None, rollout_masks, deterministic=True)
+    assert all(torch.equal(action_obs.actions[k], action_flat.actions[k]) for k in action_flat.actions)
+    same(action_obs.value, action_flat.value, "get_action value")
+
+    lead = features.shape[:-1]
+    actions = {k: torch.zeros(lead, dtype=torch.long) for k in masks}
+    flat_eval = bundle.evaluate_actions(features, blueprint, actions, masks)
+    obs_eval = bundle.evaluate_actions(observation, None, actions, masks)
+    for name in flat_eval.log_probs:
+        same(obs_eval.log_probs[name], flat_eval.log_probs[name], f"log_prob.{name}")
+    same(obs_eval.value, flat_eval.value, "evaluate value")
+    with torch.inference_mode():  # stored at rollout: the bundle copies them out
+        stored = SlotObservation(observation.base.clone(), observation.slots.clone(),
+                                 blueprint.clone())
+    stored_eval = bundle.evaluate_actions(stored, None, actions, masks)
+    # (contiguous copies of the views: another matmul kernel, so equal within rounding)
+    torch.testing.assert_close(stored_eval.value, flat_eval.value, atol=1e-6, rtol=0)
+    stored_eval.value.sum().backward()  # differentiable through the copied observation
+    with pytest.raises(ValueError, match="blueprint_indices=None with a SlotObservation"):
+        bundle.forward(observation, blueprint, masks)

@@ -22,7 +22,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from slotformer.actions import Op
 from slotformer.config import ObservationLayout, SlotConfig
 from slotformer.distributions import InvalidStateMachineError
 from slotformer.layers.encoder import SlotTransformerEncoder
@@ -30,6 +29,7 @@ from slotformer.networks.core import ActorCriticCore
 from slotformer.networks.inputs import SlotObservation
 from slotformer.networks.lstm import FactoredRecurrentActorCritic
 from slotformer.networks.transformer import SlotTransformerActorCritic
+from slotformer.presets.seed_lifecycle import Op
 from slotformer.validation import validation
 
 B, T, N = 2, 3, 3

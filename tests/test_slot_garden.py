@@ -25,8 +25,9 @@ from examples.slot_garden.env import (
     SLOT_STAGE,
     TEMPO_TRAINING_STEPS,
 )
-from slotformer.actions import HEAD_NAMES, ActionSpace, BlueprintAction, Op, Tempo
+from slotformer.actions import ActionSpace
 from slotformer.config import ObservationLayout, SlotConfig
+from slotformer.presets.seed_lifecycle import HEAD_NAMES, BlueprintAction, Op, Tempo
 from slotformer.validation import validation
 
 WAIT_ACTION = [0, 0, 0, 0, 0, 0, 0, int(Op.WAIT)]

@@ -3,12 +3,11 @@
     python examples/pick_entity/train.py                         # Slot Transformer, seed 0
     python examples/pick_entity/train.py --policy lstm --updates 100 --trunk-dim 128 --lstm-hidden-dim 128
 
-The network is built with ``action_space=`` the environment's three heads (``slot``,
-``tool``, ``op``), ``base_dim=4`` and ``state_dim = 4 + 4 N``; entity types go in as
-``blueprint_indices``. The loop speaks the `slotformer.policy.PolicyBundle` protocol
-(``get_action``, ``evaluate_actions``, ``get_value``, ``initial_hidden``, ``network``); until
-``create_policy`` takes ``action_space=``, `NetworkPolicy` adapts a bare network to it, and
-`build_policy` is the one place that changes when it does.
+The policy comes from ``create_policy`` with ``action_space=`` the environment's three heads
+(``slot``, ``tool``, ``op``), ``num_slot_types=4`` (the entity types, which go in as
+``blueprint_indices``), ``base_dim=4`` and ``slot_dim=4``; the loop speaks the
+`slotformer.policy.PolicyBundle` protocol (``get_action``, ``evaluate_actions``,
+``get_value``, ``initial_hidden``, ``network``).
 
 Each rollout is exactly one episode of every environment (all environments start together
 and the episode length is the rollout length), so every stored sequence starts from a zero
@@ -21,7 +20,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,66 +30,23 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from examples.pick_entity.env import BASE_DIM, SLOT_DIM, PickEntityEnv, StepOutput
+from examples.pick_entity.env import BASE_DIM, NUM_TYPES, SLOT_DIM, PickEntityEnv, StepOutput
 from examples.pick_entity.policies import evaluate_policy, random_valid_policy, scripted_policy
-from slotformer import FactoredRecurrentActorCritic, SlotConfig, SlotTransformerActorCritic
+from slotformer import PolicyBundle, SlotConfig, create_policy
 from slotformer.actions import ActionSpace
-from slotformer.networks import LSTMConfig, TransformerConfig
-from slotformer.networks.configs import ActorCriticConfig
-from slotformer.networks.core import ActorCriticCore
-from slotformer.networks.inputs import Hidden
-from slotformer.networks.results import ActionResult, EvalResult
-
-NETWORKS: dict[str, tuple[Callable[..., ActorCriticCore], type[ActorCriticConfig]]] = {
-    "transformer": (SlotTransformerActorCritic, TransformerConfig),
-    "lstm": (FactoredRecurrentActorCritic, LSTMConfig),
-}
-
-
-class NetworkPolicy:
-    """A bare network behind the `PolicyBundle` calls this loop uses (masks as one dict,
-    ``hidden`` after them, ``get_value``, ``initial_hidden``), so a bundle can replace it."""
-
-    def __init__(self, network: ActorCriticCore) -> None:
-        self.network = network
-
-    def get_action(
-        self, obs: Tensor, blueprint_indices: Tensor, masks: Mapping[str, Tensor],
-        hidden: Hidden | None = None, deterministic: bool = False,
-    ) -> ActionResult:
-        return self.network.get_action(
-            obs, blueprint_indices, hidden, masks=masks, deterministic=deterministic
-        )
-
-    def evaluate_actions(
-        self, obs: Tensor, blueprint_indices: Tensor, actions: Mapping[str, Tensor],
-        masks: Mapping[str, Tensor], hidden: Hidden | None = None,
-    ) -> EvalResult:
-        return self.network.evaluate_actions(obs, blueprint_indices, actions, masks=masks, hidden=hidden)
-
-    def get_value(self, obs: Tensor, blueprint_indices: Tensor, hidden: Hidden | None = None) -> Tensor:
-        with torch.no_grad():
-            out = self.network(obs.unsqueeze(1), blueprint_indices.unsqueeze(1), hidden)
-        return out["state_value"][:, 0]
-
-    def initial_hidden(self, batch_size: int) -> Hidden:
-        return self.network.get_initial_hidden(batch_size)
 
 
 def build_policy(
     kind: str, space: ActionSpace, slot_config: SlotConfig, **sizes: Any
-) -> NetworkPolicy:
-    """A ``"transformer"`` or ``"lstm"`` policy over ``space``, observations of width
-    ``BASE_DIM + N * SLOT_DIM``; ``sizes`` are the network's config fields (e.g.
-    ``embed_dim``, ``lstm_hidden_dim``, ``head_hidden``, ``trunk_dim``)."""
-    if kind not in NETWORKS:
-        raise ValueError(f"kind must be one of {sorted(NETWORKS)}, got {kind!r}")
-    network_class, config_class = NETWORKS[kind]
-    state_dim = BASE_DIM + slot_config.num_slots * SLOT_DIM
-    options = dict(base_dim=BASE_DIM, value_baseline="v", **sizes)
-    # Once create_policy takes action_space= (issue #14), this line becomes
-    #   return create_policy(kind, state_dim, slot_config=slot_config, action_space=space, **options)
-    return NetworkPolicy(network_class(state_dim, slot_config=slot_config, action_space=space, config=config_class(**options)))
+) -> PolicyBundle:
+    """A ``"transformer"`` or ``"lstm"`` policy bundle over ``space``, with entity types as
+    the slot-type vocabulary and observations of width ``BASE_DIM + N * SLOT_DIM``;
+    ``sizes`` are the network's config fields (e.g. ``embed_dim``, ``lstm_hidden_dim``,
+    ``head_hidden``, ``trunk_dim``)."""
+    return create_policy(
+        kind, slot_config=slot_config, action_space=space, num_slot_types=NUM_TYPES,
+        base_dim=BASE_DIM, slot_dim=SLOT_DIM, value_baseline="v", **sizes,
+    )
 
 
 @dataclass
@@ -129,7 +84,7 @@ def network_sizes(config: TrainConfig) -> dict[str, Any]:
     return dict(lstm_hidden_dim=config.lstm_hidden_dim, trunk_dim=config.trunk_dim)
 
 
-def policy_fn(policy: NetworkPolicy, num_envs: int, deterministic: bool = False):  # type: ignore[no-untyped-def]
+def policy_fn(policy: PolicyBundle, num_envs: int, deterministic: bool = False):  # type: ignore[no-untyped-def]
     """Wrap a policy as an action function for `evaluate_policy` (carries the hidden state,
     zeroed at episode ends)."""
     state: dict[str, Any] = {"hidden": policy.initial_hidden(num_envs)}
@@ -145,7 +100,7 @@ def policy_fn(policy: NetworkPolicy, num_envs: int, deterministic: bool = False)
     return act
 
 
-def train(config: TrainConfig) -> tuple[dict[str, float], NetworkPolicy]:
+def train(config: TrainConfig) -> tuple[dict[str, float], PolicyBundle]:
     """Train, then evaluate the learned policy next to random valid and scripted play on fresh
     environments (seed ``config.seed + 1000``); returns ``(metrics, policy)``."""
     torch.manual_seed(config.seed)

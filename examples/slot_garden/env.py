@@ -123,11 +123,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from slotformer.actions import (
+from slotformer.actions import ActionSpace
+from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, ObservationLayout, SlotConfig
+from slotformer.presets.seed_lifecycle import (
     HEAD_NAMES,
     NUM_BLUEPRINTS,
     NUM_OPS,
-    ActionSpace,
     AlphaCurve,
     AlphaSpeed,
     AlphaTarget,
@@ -136,7 +137,6 @@ from slotformer.actions import (
     Style,
     Tempo,
 )
-from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, ObservationLayout, SlotConfig
 from slotformer.validation import describe_shape, validation_enabled
 
 MAX_SLOTS = 64

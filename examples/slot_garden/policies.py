@@ -22,17 +22,9 @@ from examples.slot_garden.env import (
     SlotGardenEnv,
     StepOutput,
 )
-from slotformer.actions import (
-    ActionSpace,
-    AlphaCurve,
-    AlphaSpeed,
-    AlphaTarget,
-    Op,
-    Style,
-    Tempo,
-    canonicalize_masks,
-)
+from slotformer.actions import ActionSpace, canonicalize_masks
 from slotformer.config import ObservationLayout
+from slotformer.presets.seed_lifecycle import AlphaCurve, AlphaSpeed, AlphaTarget, Op, Style, Tempo
 
 PolicyFn = Callable[[StepOutput], Tensor]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar, cast
 
 import torch
@@ -236,8 +236,9 @@ def as_autograd_input(value: _Value) -> _Value:
 
     Tensors made under inference mode (``get_action``'s outputs: actions, hidden state) cannot
     be saved for backward; a trainer feeding stored rollout tensors to a differentiable call
-    should not have to know that. Tensors nested in tuples and mappings are handled (mappings
-    come back as dicts); anything else is returned as is, for the callee's checks to name.
+    should not have to know that. Tensors nested in tuples, mappings and `SlotObservation`s
+    are handled (mappings come back as dicts); anything else is returned as is, for the
+    callee's checks to name.
 
     Nothing is copied inside inference mode (a rollout: nothing is saved for backward) or while
     ``torch.compile`` traces (dynamo cannot trace ``is_inference()``; the policy bundles call
@@ -251,6 +252,10 @@ def as_autograd_input(value: _Value) -> _Value:
 def _clone_inference_tensors(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.clone() if value.is_inference() else value
+    if isinstance(value, SlotObservation):
+        return SlotObservation(
+            *(_clone_inference_tensors(getattr(value, f.name)) for f in fields(value))
+        )
     if isinstance(value, tuple):
         return tuple(_clone_inference_tensors(v) for v in value)
     if isinstance(value, Mapping):

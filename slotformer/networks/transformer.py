@@ -179,8 +179,10 @@ class SlotTransformerActorCritic(ActorCriticCore):
         # Fusion of [global ‖ CLS] is the LSTM's input projection.
         self.lstm = ResidualLSTM(input_size=2 * D, hidden_size=H, num_layers=c.lstm_layers)
 
+        # The pointer head's module is named after its head ("slot_head" by default), as
+        # every head's is (`head_module`), so any action space's pointer head has one.
         pointer = self.action_space.pointer_head
-        assert pointer is not None
+        assert pointer is not None  # the core refuses an action space without one
         self.add_module(f"{pointer}_head", PointerHead(temporal_dim=H, slot_dim=D))
         for name in self._categorical_head_names():
             depth = 3 if name == "blueprint" else 2

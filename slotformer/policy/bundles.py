@@ -7,6 +7,11 @@ the compiled callables apart from the network so that ``state_dict()`` keys neve
 ``torch.compile``'s ``_orig_mod.`` prefix.
 
 Shapes: ``B`` batch, ``T`` time, ``D`` = ``state_dim``, ``N`` slots, ``H`` = ``lstm_hidden_dim``.
+
+Observations come flat (``features [B, T, D]`` with ``blueprint_indices [B, T, N]``) or
+structured (a `SlotObservation` as ``features``, ``blueprint_indices=None``), and every
+sequence call takes ``episode_starts`` (bool ``[B, T]``, ``[B]`` for one step) to zero the
+recurrent state where a new episode begins inside the sequence.
 """
 
 from __future__ import annotations
@@ -21,10 +26,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from slotformer.actions import ActionSpace
 from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
 from slotformer.networks.configs import ActorCriticConfig, legacy_config_names
 from slotformer.networks.core import ActorCriticCore
-from slotformer.networks.inputs import Hidden, ProbabilityFloor, as_autograd_input
+from slotformer.networks.inputs import (
+    Hidden,
+    ProbabilityFloor,
+    SlotObservation,
+    as_autograd_input,
+)
 from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
 from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
 from slotformer.policy.protocol import SLOT_BY_OP_KEY, Masks, PolicyBundle
@@ -66,7 +77,11 @@ class ActorCriticBundle:
 
     A bundle holds its network's config dataclass (`TransformerConfig`, `LSTMConfig`): build
     one with ``config=``, with the config's fields as keyword arguments, or both (keywords
-    win). ``state_dim`` None is ``base_dim + 31 * N``. slotformer 0.1's argument names
+    win). ``state_dim`` None is ``base_dim + slot_dim * N`` (``slot_dim`` None: 31). The
+    observation layout (``base_dim``, ``slot_dim``) and the slot-type vocabulary
+    (``num_slot_types``) are config fields. ``action_space`` is the factored action space
+    (an `ActionSpace`, or its `ActionSpace.to_dict` form; None = the seed-lifecycle preset
+    for N slots); its pointer head must have N choices. slotformer 0.1's argument names
     (``feature_dim`` for the observation width, ``hidden_dim``) still work for one release,
     with a ``DeprecationWarning``.
     """
@@ -82,17 +97,26 @@ class ActorCriticBundle:
         *,
         slot_config: SlotConfig | None = None,
         config: ActorCriticConfig | None = None,
+        action_space: ActionSpace | Mapping[str, Any] | None = None,
         **fields_: Any,
     ) -> None:
         slot_config = _resolve_slot_config(slot_config)
         config = self.build_config(state_dim, config, fields_)
-        self._network = self.network_class(config=config, slot_config=slot_config)
+        self._network = self.network_class(
+            config=config, slot_config=slot_config, action_space=_resolve_action_space(action_space)
+        )
         self._compiled: dict[str, Callable[..., Any]] | None = None
         self._compile_settings: tuple[str, bool, str] | None = None
 
     @classmethod
     def accepted_arguments(cls) -> list[str]:
-        """Keyword arguments the constructor takes besides ``slot_config`` and ``config``."""
+        """Keyword arguments the constructor takes besides ``slot_config`` and ``config``:
+        the config's fields (and their 0.1 names) and ``action_space``."""
+        return sorted({*cls._config_arguments(), "action_space"})
+
+    @classmethod
+    def _config_arguments(cls) -> list[str]:
+        """The config fields and their 0.1 names (what `build_config` takes)."""
         names = {f.name for f in dataclasses.fields(cls.config_class)}
         return sorted(names | set(legacy_config_names(cls.config_class)))
 
@@ -110,7 +134,7 @@ class ActorCriticBundle:
                 f"config must be a {cls.config_class.__name__}, got {type(config).__name__}"
             )
         legacy = legacy_config_names(cls.config_class)
-        accepted = cls.accepted_arguments()
+        accepted = cls._config_arguments()
         unknown = sorted(set(overrides) - set(accepted))
         if unknown:
             raise TypeError(
@@ -138,8 +162,8 @@ class ActorCriticBundle:
     # ------------------------------------------------------------------ acting and learning
     def get_action(
         self,
-        features: Tensor,
-        blueprint_indices: Tensor,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
         masks: Masks,
         hidden: Hidden | None = None,
         deterministic: bool = False,
@@ -147,12 +171,15 @@ class ActorCriticBundle:
         *,
         return_op_logits: bool = False,
         generator: torch.Generator | None = None,
+        episode_starts: Tensor | None = None,
     ) -> ActionResult:
         """One rollout step for ``B`` environments, under ``torch.inference_mode``.
 
         Args:
-            features: ``[B, D]`` or ``[B, 1, D]``.
-            blueprint_indices: int64 ``[B, N]`` or ``[B, 1, N]``, -1 = empty slot.
+            features: ``[B, D]`` or ``[B, 1, D]``; or a `SlotObservation` (``base [B, G]``,
+                ``slots [B, N, F]``, ``slot_types [B, N]``, or with the T = 1 axis).
+            blueprint_indices: int64 ``[B, N]`` or ``[B, 1, N]``, -1 = empty slot; None
+                with a `SlotObservation` (its ``slot_types``).
             masks: every head name -> bool ``[B, n]`` (None = all valid), optionally
                 ``"slot_by_op"`` -> bool ``[B, num_ops, N]``.
             hidden: the previous step's recurrent state (None = zeros).
@@ -160,12 +187,16 @@ class ActorCriticBundle:
             probability_floor: minimum probability per valid action (float or per head).
             return_op_logits: also return the masked op logits ``[B, num_ops]``.
             generator: RNG for sampling (None = the global RNG).
+            episode_starts: bool ``[B]``: environments whose episode begins at this step;
+                their ``hidden`` is zeroed first (so a trainer need not reset it itself).
 
         Returns:
             `ActionResult` with ``[B]`` tensors.
         """
         head_masks, slot_by_op = self._split_masks(masks)
         extra: dict[str, Any] = {} if generator is None else {"generator": generator}
+        if episode_starts is not None:
+            extra["episode_starts"] = episode_starts
         # The compiled get_action is the undecorated method (inductor cannot trace the
         # inference_mode decorator), so inference mode is entered here, around it.
         with torch.inference_mode():
@@ -184,10 +215,12 @@ class ActorCriticBundle:
 
     def forward(
         self,
-        features: Tensor,
-        blueprint_indices: Tensor,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
         masks: Masks,
         hidden: Hidden | None = None,
+        *,
+        episode_starts: Tensor | None = None,
     ) -> ForwardResult:
         """Masked logits per head, the selected value and the new hidden state.
 
@@ -195,21 +228,29 @@ class ActorCriticBundle:
         once an op is chosen (`get_action`, `evaluate_actions`).
 
         Args:
-            features: ``[B, T, D]`` or ``[B, D]``.
-            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``.
+            features: ``[B, T, D]`` or ``[B, D]``; or a `SlotObservation` (``base [B, T, G]``,
+                ``slots [B, T, N, F]``, ``slot_types [B, T, N]``, or without the T axis).
+            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``; None with a
+                `SlotObservation`.
             masks: as in `get_action`; ``[B, T, n]`` or ``[B, n]``.
             hidden: recurrent state at the start (None = zeros).
+            episode_starts: bool ``[B, T]`` (``[B]`` for 2-D features), True where a new
+                episode begins at that step: the recurrent state is zeroed before it.
 
         Returns:
             `ForwardResult`: logits ``[B, T, n]`` and value ``[B, T]`` (no T axis for 2-D
             features).
         """
         head_masks, _ = self._split_masks(masks)
-        features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
-        features, blueprint_indices, hidden, head_masks = self._autograd_inputs(
-            (features, blueprint_indices, hidden, head_masks)
+        features, blueprint_indices, episode_starts, squeeze = _as_sequence(
+            features, blueprint_indices, episode_starts
         )
-        out = self._entry("forward")(features, blueprint_indices, hidden, masks=head_masks)
+        features, blueprint_indices, hidden, head_masks, episode_starts = self._autograd_inputs(
+            (features, blueprint_indices, hidden, head_masks, episode_starts)
+        )
+        out = self._entry("forward")(
+            features, blueprint_indices, hidden, masks=head_masks, **_starts(episode_starts)
+        )
         logits = {name: out[f"{name}_logits"] for name in self._head_names()}
         value = out["value"]
         if squeeze:
@@ -219,35 +260,47 @@ class ActorCriticBundle:
 
     def evaluate_actions(
         self,
-        features: Tensor,
-        blueprint_indices: Tensor,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
         actions: Mapping[str, Tensor],
         masks: Masks,
         hidden: Hidden | None = None,
         probability_floor: ProbabilityFloor = None,
         aux_stop_gradient: bool = True,
+        *,
+        episode_starts: Tensor | None = None,
     ) -> EvalResult:
         """Differentiable log-probs, values and entropies of stored actions (PPO update).
 
         Args:
-            features: ``[B, T, D]`` or ``[B, D]``.
-            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``.
+            features: ``[B, T, D]`` or ``[B, D]``; or a `SlotObservation` (``base [B, T, G]``,
+                ``slots [B, T, N, F]``, ``slot_types [B, T, N]``, or without the T axis).
+            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``; None with a
+                `SlotObservation`.
             actions: every head name -> int64 ``[B, T]`` (``[B]`` for 2-D features).
             masks: the masks stored at rollout (every head, optional ``"slot_by_op"``
                 ``[B, num_ops, N]`` or ``[B, T, num_ops, N]``).
             hidden: recurrent state at the start of the sequences (None = zeros).
             probability_floor: as at rollout.
             aux_stop_gradient: keep the contribution predictor's gradient out of the trunk.
+            episode_starts: bool ``[B, T]`` (``[B]`` for 2-D features), True where a new
+                episode begins at that step: the recurrent state is zeroed before it, so a
+                stored sequence may cross episode boundaries. Log-probs, values and
+                gradients then equal those of the pieces scored as separate sequences from
+                zero state (within fp32 rounding).
 
         Returns:
             `EvalResult` with ``[B, T]`` tensors (``[B]`` for 2-D features);
             ``pred_contributions`` is ``[B, T, N]`` (``[B, N]``); ``state_value`` is V(s).
         """
         head_masks, slot_by_op = self._split_masks(masks)
-        features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
-        features, blueprint_indices, actions, hidden, head_masks, slot_by_op = (
+        features, blueprint_indices, episode_starts, squeeze = _as_sequence(
+            features, blueprint_indices, episode_starts
+        )
+        features, blueprint_indices, actions, hidden, head_masks, slot_by_op, episode_starts = (
             self._autograd_inputs(
-                (features, blueprint_indices, actions, hidden, head_masks, slot_by_op)
+                (features, blueprint_indices, actions, hidden, head_masks, slot_by_op,
+                 episode_starts)
             )
         )
         result: EvalResult = self._entry("evaluate_actions")(
@@ -259,6 +312,7 @@ class ActorCriticBundle:
             aux_stop_gradient=aux_stop_gradient,
             masks=head_masks,
             slot_by_op_mask=slot_by_op,
+            **_starts(episode_starts),
         )
         if not squeeze:
             return result
@@ -279,7 +333,10 @@ class ActorCriticBundle:
         )
 
     def get_q_values(
-        self, features: Tensor, blueprint_indices: Tensor, hidden: Hidden | None = None
+        self,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
+        hidden: Hidden | None = None,
     ) -> Tensor:
         """Not supported: these bundles have no twin Q critics (``supports_off_policy`` is
         False). Q(s, op) of the on-policy value head is ``evaluate_actions(...).q_value``."""
@@ -291,7 +348,12 @@ class ActorCriticBundle:
 
     @torch.no_grad()
     def get_value(
-        self, features: Tensor, blueprint_indices: Tensor, hidden: Hidden | None = None
+        self,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
+        hidden: Hidden | None = None,
+        *,
+        episode_starts: Tensor | None = None,
     ) -> Tensor:
         """V(s), the unbiased bootstrap value, without gradient.
 
@@ -300,17 +362,22 @@ class ActorCriticBundle:
         differentiable V(s).
 
         Args:
-            features: ``[B, T, D]`` or ``[B, D]``.
-            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``.
+            features: ``[B, T, D]`` or ``[B, D]``; or a `SlotObservation`.
+            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``; None with a
+                `SlotObservation`.
             hidden: recurrent state at the start (None = zeros).
+            episode_starts: bool ``[B, T]`` (``[B]`` for 2-D features): zero the recurrent
+                state before these steps.
 
         Returns:
             ``[B, T]`` (``[B]`` for 2-D features).
         """
-        features, blueprint_indices, squeeze = _as_sequence(features, blueprint_indices)
-        state_value: Tensor = self._entry("forward")(features, blueprint_indices, hidden)[
-            "state_value"
-        ]
+        features, blueprint_indices, episode_starts, squeeze = _as_sequence(
+            features, blueprint_indices, episode_starts
+        )
+        state_value: Tensor = self._entry("forward")(
+            features, blueprint_indices, hidden, **_starts(episode_starts)
+        )["state_value"]
         return state_value[:, 0] if squeeze else state_value
 
     def sync_from(self, source: PolicyBundle, tau: float = 0.005) -> None:
@@ -545,6 +612,12 @@ class ActorCriticBundle:
         return str(self._network.network_type)
 
     @property
+    def action_space(self) -> ActionSpace:
+        """The factored action space (heads, op relevance, canonical actions; the pointer
+        head has N choices)."""
+        return self._network.action_space
+
+    @property
     def config(self) -> ActorCriticConfig:
         """The network's config dataclass (frozen; ``dataclasses.asdict`` gives plain data)."""
         return self._network.config
@@ -594,14 +667,40 @@ class ActorCriticBundle:
         )
 
 
-def _as_sequence(features: Tensor, blueprint_indices: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """``[B, D]``/``[B, N]`` -> ``[B, 1, D]``/``[B, 1, N]``; anything else passes through (the
-    network's boundary checks it)."""
-    if not isinstance(features, Tensor) or features.dim() != 2:
-        return features, blueprint_indices, False
+def _as_sequence(
+    features: Tensor | SlotObservation,
+    blueprint_indices: Tensor | None,
+    episode_starts: Tensor | None = None,
+) -> tuple[Tensor | SlotObservation, Tensor | None, Tensor | None, bool]:
+    """One step without the T axis -> a sequence of one step: flat ``[B, D]`` -> ``[B, 1, D]``
+    (a `SlotObservation`'s fields likewise), ``[B, N]`` -> ``[B, 1, N]``, ``episode_starts``
+    ``[B]`` -> ``[B, 1]``; anything else passes through (the network's boundary checks it).
+    The last value says whether the caller's call was one such step."""
+    if isinstance(features, SlotObservation):
+        if not isinstance(features.base, Tensor) or features.base.dim() != 2:
+            return features, blueprint_indices, episode_starts, False
+        types, active = features.slot_types, features.active
+        features = SlotObservation(
+            features.base.unsqueeze(1),
+            features.slots.unsqueeze(1) if isinstance(features.slots, Tensor) else features.slots,
+            types.unsqueeze(1) if isinstance(types, Tensor) else types,
+            active.unsqueeze(1) if isinstance(active, Tensor) else active,
+        )
+    elif isinstance(features, Tensor) and features.dim() == 2:
+        features = features.unsqueeze(1)
+    else:
+        return features, blueprint_indices, episode_starts, False
     if isinstance(blueprint_indices, Tensor) and blueprint_indices.dim() == 2:
         blueprint_indices = blueprint_indices.unsqueeze(1)
-    return features.unsqueeze(1), blueprint_indices, True
+    if isinstance(episode_starts, Tensor) and episode_starts.dim() == 1:
+        episode_starts = episode_starts.unsqueeze(1)
+    return features, blueprint_indices, episode_starts, True
+
+
+def _starts(episode_starts: Tensor | None) -> dict[str, Tensor]:
+    """``episode_starts`` as a keyword argument, only when given (a compiled entry point
+    then keeps one graph for calls without it)."""
+    return {} if episode_starts is None else {"episode_starts": episode_starts}
 
 
 def _undecorated_method(network: nn.Module, name: str) -> Callable[..., Any]:
@@ -627,6 +726,19 @@ def _resolve_slot_config(slot_config: SlotConfig | None) -> SlotConfig:
     return slot_config
 
 
+def _resolve_action_space(
+    action_space: ActionSpace | Mapping[str, Any] | None,
+) -> ActionSpace | None:
+    if action_space is None or isinstance(action_space, ActionSpace):
+        return action_space
+    if isinstance(action_space, Mapping):  # its plain-data form (a config file, a checkpoint)
+        return ActionSpace.from_dict(action_space)
+    raise TypeError(
+        f"action_space must be an ActionSpace or its to_dict() form, got "
+        f"{type(action_space).__name__}"
+    )
+
+
 def _warn_renamed(old: str, new: str) -> None:
     warnings.warn(
         f"{old} is deprecated and will be removed in the next release; use {new}",
@@ -642,7 +754,10 @@ class LSTMPolicyBundle(ActorCriticBundle):
     Args:
         state_dim: D, the flat observation width (None = ``base_dim + 31 * N``).
         slot_config: the slots (None = 3 in one row).
-        config: an `LSTMConfig`; ``**fields`` (any of its fields by name) override it.
+        config: an `LSTMConfig`; ``**fields`` (any of its fields by name, e.g.
+            ``num_slot_types``, ``base_dim``, ``slot_dim``) override it.
+        action_space: the factored heads (an `ActionSpace` or its ``to_dict()`` form; None =
+            the seed-lifecycle preset with N slots).
 
     For one release the 0.1 names still work, with a ``DeprecationWarning``:
     ``feature_dim`` is ``state_dim`` and ``hidden_dim`` is ``lstm_hidden_dim``. The trunk
@@ -677,7 +792,11 @@ class TransformerPolicyBundle(ActorCriticBundle):
     Args:
         state_dim: D, the flat observation width (None = ``base_dim + 31 * N``).
         slot_config: the slots (None = 3 in one row).
-        config: a `TransformerConfig`; ``**fields`` (any of its fields by name) override it.
+        config: a `TransformerConfig`; ``**fields`` (any of its fields by name, e.g.
+            ``num_slot_types``, ``base_dim``, ``slot_dim``) override it.
+        action_space: the factored heads (an `ActionSpace` or its ``to_dict()`` form; None =
+            the seed-lifecycle preset with N slots). A checkpoint loaded onto another grid
+            resizes its pointer head.
 
     For one release the 0.1 names still work, with a ``DeprecationWarning``:
     ``feature_dim`` is ``state_dim`` and ``hidden_dim`` is ``lstm_hidden_dim``.

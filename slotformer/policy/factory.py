@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from slotformer.actions import ActionSpace
 from slotformer.config import SlotConfig
 from slotformer.networks.core import VALUE_BASELINES
 from slotformer.policy.bundles import COMPILE_MODES, check_compile_mode
@@ -26,7 +28,8 @@ class NetworkConfig:
     """Which policy network to build, for embedding in a trainer's config.
 
     Fields a network type does not take are ignored for it (``embed_dim`` and the
-    ``transformer_*`` fields for ``"lstm"``).
+    ``transformer_*`` fields for ``"lstm"``), except ``action_space``: a bundle that cannot
+    take it is an error, not a silently different policy. None = the bundle's default.
 
     Args:
         network_type: a registered policy name, ``"lstm"`` or ``"transformer"``.
@@ -37,14 +40,26 @@ class NetworkConfig:
         embed_dim: slot token width (transformer).
         transformer_layers: attention blocks (transformer).
         transformer_heads: attention heads (transformer).
-        value_baseline: ``"q"`` or ``"v"``: what ``value`` holds.
+        value_baseline: ``"v"`` (V(s), the default, as the networks) or ``"q"``
+            (Q(s, op)): what ``value`` holds.
         compile_mode: one of `COMPILE_MODES` (``"off"`` = eager).
+        action_space: the factored heads, an `ActionSpace` or its ``to_dict()`` form (as
+            read from a config file; stored as an `ActionSpace`); None = the seed-lifecycle
+            preset for the grid.
+        num_slot_types: the slot-type vocabulary (``blueprint_indices`` in
+            ``[0, num_slot_types)``); None = 13.
+        base_dim: features in the observation's base block; None = 23.
+        slot_dim: features per slot; None = inferred from ``state_dim`` (31 when
+            ``state_dim`` is None too).
 
     Example:
         >>> cfg = NetworkConfig(network_type="transformer", lstm_hidden_dim=32, embed_dim=16)
         >>> policy = create_policy(config=cfg)
         >>> policy.network_type, policy.lstm_hidden_dim
         ('transformer', 32)
+        >>> cfg = NetworkConfig(num_slot_types=5, base_dim=4, slot_dim=6, lstm_hidden_dim=16)
+        >>> create_policy(config=cfg, trunk_dim=16).state_dim  # 4 + 3 slots x 6
+        22
     """
 
     network_type: str = "lstm"
@@ -52,9 +67,13 @@ class NetworkConfig:
     embed_dim: int = 64
     transformer_layers: int = 2
     transformer_heads: int = 4
-    value_baseline: str = "q"
+    value_baseline: str = "v"
     compile_mode: str = "off"
     hidden_dim: int | None = None
+    action_space: ActionSpace | None = None
+    num_slot_types: int | None = None
+    base_dim: int | None = None
+    slot_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.hidden_dim is not None:
@@ -78,11 +97,24 @@ class NetworkConfig:
                 f"{self.value_baseline!r}"
             )
         check_compile_mode(self.compile_mode)
-        for name in ("lstm_hidden_dim", "embed_dim", "transformer_layers", "transformer_heads"):
+        optional = ("lstm_hidden_dim", "num_slot_types", "slot_dim")
+        for name in (*optional, "embed_dim", "transformer_layers", "transformer_heads"):
             value = getattr(self, name)
-            if value is None and name == "lstm_hidden_dim":
+            if value is None and name in optional:
                 continue
             check_positive_int(f"NetworkConfig.{name}", value)
+        if self.base_dim is not None and (
+            not isinstance(self.base_dim, int) or isinstance(self.base_dim, bool)
+            or self.base_dim < 0
+        ):
+            raise ValueError(f"NetworkConfig.base_dim must be a non-negative int, got {self.base_dim!r}")
+        if isinstance(self.action_space, Mapping):  # its to_dict() form, e.g. from a YAML file
+            self.action_space = ActionSpace.from_dict(self.action_space)
+        elif self.action_space is not None and not isinstance(self.action_space, ActionSpace):
+            raise TypeError(
+                f"NetworkConfig.action_space must be an ActionSpace or its to_dict() form, got "
+                f"{type(self.action_space).__name__}"
+            )
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Constructor arguments for ``network_type``'s bundle (the fields it accepts)."""
@@ -94,7 +126,16 @@ class NetworkConfig:
             "transformer_layers": self.transformer_layers,
             "transformer_heads": self.transformer_heads,
             "value_baseline": self.value_baseline,
+            "num_slot_types": self.num_slot_types,
+            "base_dim": self.base_dim,
+            "slot_dim": self.slot_dim,
+            "action_space": self.action_space,
         }
+        if self.action_space is not None and "action_space" not in accepted:
+            raise TypeError(
+                f"NetworkConfig.action_space is set but {self.network_type!r} "
+                f"({get_policy_class(self.network_type).__name__}) takes no action_space"
+            )
         return {k: v for k, v in fields.items() if v is not None and k in accepted}
 
 
@@ -113,14 +154,16 @@ def create_policy(
     Args:
         policy_type: a registered name (``"lstm"``, ``"transformer"``); None =
             ``config.network_type``, or ``"lstm"`` without a config.
-        state_dim: the flat observation width D (None = ``base_dim + 31 * N``, by default
-            ``23 + 31 * N``).
+        state_dim: the flat observation width D (None = ``base_dim + slot_dim * N``, by
+            default ``23 + 31 * N``).
         slot_config: the slots (None = 3 in one row).
         device: where the network lives.
         compile_mode: one of `COMPILE_MODES`; None = ``config.compile_mode``, or ``"off"``.
         config: network choices; ``overrides`` win over its fields.
         **overrides: further constructor arguments of the bundle (e.g. ``trunk_dim`` for
-            ``"lstm"``, ``head_hidden`` for ``"transformer"``).
+            ``"lstm"``, ``head_hidden`` for ``"transformer"``; for both, ``action_space``
+            (an `ActionSpace`, default: the seed-lifecycle preset), ``num_slot_types``,
+            ``base_dim``, ``slot_dim`` and the other config fields).
 
     Raises:
         ValueError: unknown policy type or compile mode (the valid ones are listed), or a

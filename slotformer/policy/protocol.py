@@ -8,6 +8,12 @@ dicts go through the bundle so that the trainer never touches a compiled wrapper
 Masks: a dict with one entry per head name (``None`` = all valid) plus an optional
 ``"slot_by_op"`` ``[B, num_ops, N]``. Each mask is bool, True = valid, ``[B, T, n]`` or
 ``[B, n]``. A missing head is a ``KeyError`` naming the missing heads.
+
+Observations: flat ``features`` with ``blueprint_indices``, or a structured
+`SlotObservation` (base block, slots, slot types) as ``features`` with
+``blueprint_indices=None``. Episode boundaries: ``episode_starts`` (bool ``[B, T]``, ``[B]``
+for one step) marks the steps where a new episode begins; the recurrent state is zeroed
+before them, so a stored sequence may cross episode ends.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.config import SlotConfig
-from slotformer.networks.inputs import Hidden, ProbabilityFloor
+from slotformer.networks.inputs import Hidden, ProbabilityFloor, SlotObservation
 from slotformer.policy.results import ActionResult, EvalResult, ForwardResult
 
 Masks = Mapping[str, Tensor | None]
@@ -34,7 +40,15 @@ class PolicyBundle(Protocol):
 
     Shapes: ``features`` ``[B, T, D]`` or ``[B, D]`` (T = 1), ``blueprint_indices`` int64
     ``[B, T, N]`` or ``[B, N]`` (-1 = empty slot). A 2-D call returns tensors without the T
-    axis.
+    axis. Wherever a flat ``features`` tensor is accepted, a `SlotObservation` is too
+    (``base [B, T, G]``, ``slots [B, T, N, F]``, ``slot_types [B, T, N]`` or None, optional
+    ``active``; or without the T axis), with ``blueprint_indices=None``.
+
+    ``episode_starts`` (keyword): bool ``[B, T]`` for `forward`, `evaluate_actions` and
+    `get_value` (``[B]`` for 2-D features), ``[B]`` for `get_action`; True where a new
+    episode begins at that step, and the recurrent state is zeroed before it (SB3's
+    ``episode_starts``, CleanRL's ``done``). A sequence crossing an episode end then scores
+    like its pieces scored separately from zero state.
 
     Example:
         >>> from slotformer.policy import create_policy
@@ -45,47 +59,63 @@ class PolicyBundle(Protocol):
     # ------------------------------------------------------------------ acting and learning
     def get_action(
         self,
-        features: Tensor,
-        blueprint_indices: Tensor,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
         masks: Masks,
         hidden: Hidden | None = None,
         deterministic: bool = False,
         probability_floor: ProbabilityFloor = None,
+        *,
+        episode_starts: Tensor | None = None,
     ) -> ActionResult:
-        """One rollout step under inference mode; every returned tensor is ``[B]``."""
+        """One rollout step under inference mode; every returned tensor is ``[B]``.
+        ``episode_starts`` ``[B]``: environments whose episode begins at this step."""
         ...
 
     def forward(
         self,
-        features: Tensor,
-        blueprint_indices: Tensor,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
         masks: Masks,
         hidden: Hidden | None = None,
+        *,
+        episode_starts: Tensor | None = None,
     ) -> ForwardResult:
         """Masked logits per head, the selected value and the new hidden state."""
         ...
 
     def evaluate_actions(
         self,
-        features: Tensor,
-        blueprint_indices: Tensor,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
         actions: Mapping[str, Tensor],
         masks: Masks,
         hidden: Hidden | None = None,
         probability_floor: ProbabilityFloor = None,
         aux_stop_gradient: bool = True,
+        *,
+        episode_starts: Tensor | None = None,
     ) -> EvalResult:
-        """Differentiable log-probs, values and entropies of stored actions."""
+        """Differentiable log-probs, values and entropies of stored actions (``episode_starts``
+        ``[B, T]`` when a stored sequence crosses episode ends)."""
         ...
 
     def get_q_values(
-        self, features: Tensor, blueprint_indices: Tensor, hidden: Hidden | None = None
+        self,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
+        hidden: Hidden | None = None,
     ) -> Tensor:
         """Twin-critic Q values for off-policy methods (raise where unsupported)."""
         ...
 
     def get_value(
-        self, features: Tensor, blueprint_indices: Tensor, hidden: Hidden | None = None
+        self,
+        features: Tensor | SlotObservation,
+        blueprint_indices: Tensor | None,
+        hidden: Hidden | None = None,
+        *,
+        episode_starts: Tensor | None = None,
     ) -> Tensor:
         """V(s) for bootstrapping, ``[B, T]`` (``[B]`` for 2-D features)."""
         ...

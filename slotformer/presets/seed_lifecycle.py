@@ -1,0 +1,162 @@
+"""The seed-lifecycle preset: the compatibility contract's action space and its enums.
+
+slotformer's first user manages *seeds* (modules germinated into a host network, blended in,
+then fossilised or pruned). Its action is eight factored heads, in this (load-bearing)
+order: ``slot (N), blueprint (13), style (4), tempo (3), alpha_target (3), alpha_speed (4),
+alpha_curve (5), op (6)``. This module holds that vocabulary: the enums naming each head's
+choices, `HEAD_NAMES`, and `seed_lifecycle_action_space`, which builds the space with the
+op-relevance table and canonical actions of DESIGN.md. It is the networks' default
+(`slotformer.actions.ActionSpace.default` delegates here); any other problem builds its own
+`ActionSpace` from `HeadSpec` objects and passes it as ``action_space=``.
+
+Example:
+    >>> space = seed_lifecycle_action_space(num_slots=4)
+    >>> space.head_names == HEAD_NAMES, space.sizes["slot"], space.num_ops == NUM_OPS
+    (True, 4, True)
+    >>> space.head("blueprint").relevant_ops == {Op.GERMINATE}
+    True
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from slotformer.actions import ActionSpace, HeadSpec
+
+
+class Op(IntEnum):
+    """The op head's choices (what to do this step)."""
+
+    WAIT = 0
+    GERMINATE = 1
+    SET_ALPHA_TARGET = 2
+    PRUNE = 3
+    FOSSILIZE = 4
+    ADVANCE = 5
+
+
+class BlueprintAction(IntEnum):
+    """The blueprint head's choices (which module a GERMINATE plants)."""
+
+    NOOP = 0
+    CONV_LIGHT = 1
+    ATTENTION = 2
+    NORM = 3
+    DEPTHWISE = 4
+    BOTTLENECK = 5
+    CONV_SMALL = 6
+    CONV_HEAVY = 7
+    LORA = 8
+    LORA_LARGE = 9
+    MLP_SMALL = 10
+    MLP = 11
+    FLEX_ATTENTION = 12
+
+
+class Style(IntEnum):
+    """How a seed is blended into the host."""
+
+    LINEAR_ADD = 0
+    LINEAR_MULTIPLY = 1
+    SIGMOID_ADD = 2
+    GATED_GATE = 3
+
+
+class Tempo(IntEnum):
+    """How long a germinated seed trains before blending."""
+
+    FAST = 0
+    STANDARD = 1
+    SLOW = 2
+
+
+class AlphaTarget(IntEnum):
+    """The blend level a seed moves toward."""
+
+    HALF = 0
+    SEVENTY = 1
+    FULL = 2
+
+
+class AlphaSpeed(IntEnum):
+    """How fast alpha moves toward its target."""
+
+    INSTANT = 0
+    FAST = 1
+    MEDIUM = 2
+    SLOW = 3
+
+
+class AlphaCurve(IntEnum):
+    """The shape of alpha's path toward its target."""
+
+    LINEAR = 0
+    COSINE = 1
+    SIGMOID_GENTLE = 2
+    SIGMOID = 3
+    SIGMOID_SHARP = 4
+
+
+NUM_OPS = len(Op)
+NUM_BLUEPRINTS = len(BlueprintAction)
+
+HEAD_NAMES: tuple[str, ...] = (
+    "slot",
+    "blueprint",
+    "style",
+    "tempo",
+    "alpha_target",
+    "alpha_speed",
+    "alpha_curve",
+    "op",
+)
+"""The seed-lifecycle heads, in the contract's (load-bearing) order."""
+
+
+def seed_lifecycle_action_space(num_slots: int = 3) -> ActionSpace:
+    """The compatibility contract's eight heads (DESIGN.md), with a slot pointer of size N.
+
+    A head irrelevant to the chosen op is forced to its canonical action: blueprint NOOP
+    (relevant for GERMINATE), style SIGMOID_ADD (GERMINATE, SET_ALPHA_TARGET), tempo STANDARD
+    (GERMINATE), alpha_target FULL (GERMINATE, SET_ALPHA_TARGET), alpha_speed INSTANT and
+    alpha_curve LINEAR (SET_ALPHA_TARGET, PRUNE); the slot pointer is relevant for every op
+    but WAIT and otherwise takes the first valid slot of its mask.
+
+    Args:
+        num_slots: N, the slot pointer's size.
+    """
+    every_op_but_wait = frozenset(o for o in Op if o != Op.WAIT)
+    return ActionSpace(
+        heads=(
+            HeadSpec("slot", num_slots, every_op_but_wait, None),
+            HeadSpec("blueprint", NUM_BLUEPRINTS, frozenset({Op.GERMINATE}),
+                     BlueprintAction.NOOP),
+            HeadSpec("style", len(Style), frozenset({Op.GERMINATE, Op.SET_ALPHA_TARGET}),
+                     Style.SIGMOID_ADD),
+            HeadSpec("tempo", len(Tempo), frozenset({Op.GERMINATE}), Tempo.STANDARD),
+            HeadSpec("alpha_target", len(AlphaTarget),
+                     frozenset({Op.GERMINATE, Op.SET_ALPHA_TARGET}), AlphaTarget.FULL),
+            HeadSpec("alpha_speed", len(AlphaSpeed),
+                     frozenset({Op.SET_ALPHA_TARGET, Op.PRUNE}), AlphaSpeed.INSTANT),
+            HeadSpec("alpha_curve", len(AlphaCurve),
+                     frozenset({Op.SET_ALPHA_TARGET, Op.PRUNE}), AlphaCurve.LINEAR),
+            HeadSpec("op", NUM_OPS),
+        ),
+        op_head="op",
+        pointer_head="slot",
+    )
+
+
+__all__ = [
+    "HEAD_NAMES",
+    "NUM_BLUEPRINTS",
+    "NUM_OPS",
+    "AlphaCurve",
+    "AlphaSpeed",
+    "AlphaTarget",
+    "BlueprintAction",
+    "Op",
+    "Style",
+    "Tempo",
+    "seed_lifecycle_action_space",
+]
