@@ -279,9 +279,10 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
 
         # ---------------------------------------------------------------- GAE
         with torch.no_grad():
-            # Where the last step ended an episode this value (of the next episode's first
-            # observation) is not used: the bootstrap is masked by done.
-            next_value = policy.get_value(step.obs, step.blueprint_indices, hidden)  # [E]
+            # V of the next observation, from a zero state where it begins an episode (the
+            # bootstrap is masked by done there anyway).
+            next_value = policy.get_value(step.obs, step.blueprint_indices, hidden,
+                                          episode_starts=starts)  # [E]
             advantages = torch.zeros_like(rewards)
             last_gae = torch.zeros(E)
             for t in reversed(range(T)):
