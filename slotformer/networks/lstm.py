@@ -121,6 +121,9 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
             nn.ReLU(),
         )
         self.lstm = ResidualLSTM(input_size=feature_dim, hidden_size=H, num_layers=c.lstm_layers)
+        # The reference keeps this (parameter-free) attribute, and its PPO agent's
+        # weight-decay optimizer groups read it; the LSTM's layers carry their own norms.
+        self.lstm_ln = nn.Identity()
         # The heads have the reference network's widths, layer for layer, so that its
         # weights load unchanged (slotformer.migration): H -> H/2 -> n, the blueprint head
         # H -> H -> H/2 -> n.
