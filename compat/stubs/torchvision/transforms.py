@@ -1,0 +1,5 @@
+from ._missing import _Missing
+
+
+def __getattr__(name: str):
+    return _Missing("torchvision.transforms." + name)
