@@ -46,7 +46,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    import compat_swap  # noqa: F401  (patches per SLOTFORMER_SWAP)
+    import compat_swap
     import esper.tamiyo.networks as networks_pkg
     import esper.tamiyo.networks.factored_lstm as factored_lstm
 
@@ -88,7 +88,7 @@ def main() -> int:
             agent, slot_config = golden._build_agent(recurrent_n_epochs=k)
             golden._fill_buffer(agent, slot_config)
             metrics = agent.update(clear_buffer=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"K={k}: update FAILED: {type(exc).__name__}: {exc}")
             ok_all = False
             continue

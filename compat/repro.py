@@ -51,7 +51,7 @@ def main() -> None:
     def check(title: str, fn) -> None:
         try:
             verdict = fn()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             last = traceback.extract_tb(exc.__traceback__)[-1]
             verdict = f"DIFF: raises {type(exc).__module__}.{type(exc).__name__}: {str(exc)[:160]} (at {Path(last.filename).name}:{last.lineno})"
         print(f"- {title}\n    {verdict}")

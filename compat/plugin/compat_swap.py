@@ -60,8 +60,9 @@ def _to_slotformer_slot_config(slot_config):
 
 
 def _build_replacement():
-    import slotformer
     from esper.leyline import DEFAULT_FEATURE_DIM, DEFAULT_LSTM_HIDDEN_DIM
+
+    import slotformer
 
     if MODE == "lstm":
 
@@ -133,7 +134,7 @@ def _patch() -> None:
             continue
         current = getattr(module, "FactoredRecurrentActorCritic", None)
         if current is not None and current is not replacement and current is original:
-            setattr(module, "FactoredRecurrentActorCritic", replacement)
+            module.FactoredRecurrentActorCritic = replacement
 
 
 if MODE != "reference":
@@ -144,6 +145,7 @@ if MODE != "reference":
     if ALIAS_EXCEPTION:
         import esper.tamiyo.policy  # noqa: F401  (re-exports the name)
         import esper.tamiyo.policy.action_masks as _am
+
         import slotformer.distributions as _sd
 
         _orig_exc = _am.InvalidStateMachineError
@@ -152,7 +154,7 @@ if MODE != "reference":
                 _module.InvalidStateMachineError = _sd.InvalidStateMachineError
 
 
-def pytest_report_header(config):  # noqa: ARG001
+def pytest_report_header(config):
     import esper.tamiyo.networks as networks_pkg
 
     cls = networks_pkg.FactoredRecurrentActorCritic
@@ -163,12 +165,12 @@ def pytest_report_header(config):  # noqa: ARG001
     ]
 
 
-def pytest_runtest_protocol(item, nextitem):  # noqa: ARG001
+def pytest_runtest_protocol(item, nextitem):
     _CURRENT_TEST[0] = item.nodeid
     return None
 
 
-def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
+def pytest_sessionfinish(session, exitstatus):
     path = os.environ.get("COMPAT_CONSTRUCTED_FILE")
     if path and MODE != "reference":
         with open(path, "w") as f:
