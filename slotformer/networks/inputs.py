@@ -341,14 +341,8 @@ def _observation(
             (f"{name}.base", f"{name}.slots") if structured else (name,), observed
         ):
             _check_finite(part_name, part)
-    return flat, base, slots, blueprint, _active(ctx, blueprint, active), given_shape
-
-
-def _active(ctx: SlotContext, blueprint: Tensor, active: Tensor | None) -> Tensor:
-    """Slot activity ``[B, T, N]``: ``active`` when given, else ``blueprint != -1``."""
-    if active is not None:
-        return active
-    return blueprint != -1
+    # Slot activity [B, T, N]: as given, else the slots with a type.
+    return flat, base, slots, blueprint, blueprint >= 0 if active is None else active, given_shape
 
 
 def _check_finite(name: str, value: Tensor) -> None:
