@@ -11,7 +11,7 @@ ruff check .
 mypy slotformer
 # Benchmark suites at quick sizes (about 1.5 minutes): they must keep running, not be fast.
 python -m pytest benchmarks --quick --threads 1 --benchmark-only -q -p no:cacheprovider
-python -m pytest -q --doctest-modules slotformer examples/slot_garden examples/pick_entity tests "$@"
+python -m pytest -q --doctest-modules slotformer examples/pick_entity tests "$@"
 # The rollout/update parity tests again under settings that change the CPU kernels (thread
 # count, ATen's vector ISA, MKL's instruction set), so that a guarantee that holds for one
 # kernel only cannot hide (the guarantees: slotformer/networks/core.py).

@@ -26,15 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.slot_garden import (
+from examples.train_slot_garden import Args, policy_fn, train
+from slotformer import SlotConfig
+from slotformer.checkpoint import load_checkpoint
+from slotformer.envs import (
     SlotGardenEnv,
     evaluate_policy,
     heuristic_policy,
     random_valid_policy,
 )
-from examples.train_slot_garden import Args, policy_fn, train
-from slotformer import SlotConfig
-from slotformer.checkpoint import load_checkpoint
 
 GRIDS = ((1, 3), (2, 5))
 TRANSFER_GRIDS = ((3, 4), (4, 4))

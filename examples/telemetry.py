@@ -20,7 +20,6 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.slot_garden import SlotGardenEnv, heuristic_policy
 from slotformer import (
     SlotConfig,
     capture_attention,
@@ -29,6 +28,7 @@ from slotformer import (
     policy_diagnostics,
     render_attention_heatmap,
 )
+from slotformer.envs import SlotGardenEnv, heuristic_policy
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:

@@ -38,15 +38,15 @@ from torch import Tensor
 if __package__ in (None, ""):  # run as a script: make `examples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.slot_garden import (
+from slotformer import SlotConfig, configure_malloc
+from slotformer.checkpoint import save_checkpoint
+from slotformer.envs import (
     SlotGardenEnv,
     StepOutput,
     evaluate_policy,
     heuristic_policy,
     random_valid_policy,
 )
-from slotformer import SlotConfig, configure_malloc
-from slotformer.checkpoint import save_checkpoint
 from slotformer.policy import EvalResult, PolicyBundle, create_policy
 from slotformer.presets.seed_lifecycle import HEAD_NAMES
 

@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from examples.slot_garden import (
+from slotformer.actions import ActionSpace
+from slotformer.config import ObservationLayout, SlotConfig
+from slotformer.envs import (
     SeedStage,
     SlotGardenEnv,
     StepOutput,
@@ -19,14 +21,12 @@ from examples.slot_garden import (
     heuristic_policy,
     random_valid_policy,
 )
-from examples.slot_garden.env import (
+from slotformer.envs.slot_garden import (
     SLOT_ACTIVE,
     SLOT_ESTIMATE,
     SLOT_STAGE,
     TEMPO_TRAINING_STEPS,
 )
-from slotformer.actions import ActionSpace
-from slotformer.config import ObservationLayout, SlotConfig
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, BlueprintAction, Op, Tempo
 from slotformer.validation import validation
 

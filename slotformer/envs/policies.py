@@ -12,7 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from examples.slot_garden.env import (
+from slotformer.actions import ActionSpace, canonicalize_masks
+from slotformer.config import ObservationLayout
+from slotformer.envs.slot_garden import (
     BASE_PROGRESS,
     BLUEPRINT_MEAN_QUALITY,
     ESTIMATE_NOISE_STD,
@@ -22,8 +24,6 @@ from examples.slot_garden.env import (
     SlotGardenEnv,
     StepOutput,
 )
-from slotformer.actions import ActionSpace, canonicalize_masks
-from slotformer.config import ObservationLayout
 from slotformer.presets.seed_lifecycle import AlphaCurve, AlphaSpeed, AlphaTarget, Op, Style, Tempo
 
 PolicyFn = Callable[[StepOutput], Tensor]

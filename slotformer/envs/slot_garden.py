@@ -262,7 +262,10 @@ class StepOutput:
             ``contributions_before_reset [E, N]`` (the true contributions that the estimates
             are noisy views of: ``c`` for live seeds, the locked contribution for fossilized
             ones, 0 for empty slots; before any auto-reset, a target for a contribution
-            predictor) and ``contributions [E, N]`` (the same for the returned ``obs``).
+            predictor) and ``contributions [E, N]`` (the same for the returned ``obs``);
+            with ``final_observation=True``, on steps that end episodes, also ``final_obs``,
+            ``final_blueprint_indices`` and ``final_slot_by_op`` (the last state before the
+            auto-reset).
     """
 
     obs: Tensor
@@ -315,6 +318,13 @@ class SlotGardenEnv:
             environment draws each episode's length uniformly from ``min_episode_length ..
             episode_length``, so episodes end at different steps in different environments
             (``episode_lengths`` holds the current lengths, ``t`` the per-environment clocks).
+        final_observation: when True, a ``step`` that ends episodes also reports the last
+            state of each finished episode (before the auto-reset) in its ``info``:
+            ``final_obs [E, 23 + 31 N]``, ``final_blueprint_indices [E, N]`` and
+            ``final_slot_by_op [E, 6, N]`` (rows of environments that did not finish hold
+            their current state). Off by default: it costs a second observation on those
+            steps, and a trainer that does not bootstrap across episode ends never needs it.
+            The gymnasium wrappers turn it on.
 
     Example:
         >>> env = SlotGardenEnv(num_envs=4, slot_config=SlotConfig.for_grid(2, 2), seed=0)
@@ -337,6 +347,7 @@ class SlotGardenEnv:
         rent: float = DEFAULT_RENT,
         table_seed: int | None = None,
         min_episode_length: int | None = None,
+        final_observation: bool = False,
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
@@ -372,6 +383,7 @@ class SlotGardenEnv:
         self.rent = float(rent)
         self.table_seed = table_seed
         self.min_episode_length = min_episode_length
+        self.final_observation = bool(final_observation)
         # Equal lengths: one shared clock, tracked on the host (no reset work between ends).
         # Unequal: per-environment clocks and lengths on the device, masked resets.
         self._staggered = min_episode_length is not None
@@ -575,7 +587,7 @@ class SlotGardenEnv:
         """An independent copy (same tables, state and generator position)."""
         twin = SlotGardenEnv(
             self.num_envs, self.slot_config, self.episode_length, self.seed, self.device, self.rent,
-            self.table_seed, self.min_episode_length,
+            self.table_seed, self.min_episode_length, self.final_observation,
         )
         twin.set_state(self.get_state())
         return twin
@@ -878,6 +890,14 @@ class SlotGardenEnv:
             "num_live": live_count,
             "contributions_before_reset": self._true_contributions(),
         }
+        if self.final_observation and (self._staggered or episode_over):
+            # The finished episodes' last state, observed as it would be without the reset.
+            # `_refresh_estimates` only reads `noise`, so calling it twice leaves the
+            # generator's stream (and every trajectory) unchanged.
+            self._refresh_estimates(noise)
+            info["final_obs"] = self._observation()
+            info["final_blueprint_indices"] = self.blueprint.clone()
+            info["final_slot_by_op"] = self.slot_by_op()
         if self._staggered:
             self._reset_where(done)
         elif episode_over:

@@ -1,0 +1,28 @@
+"""Environments that speak slotformer's default contract.
+
+:class:`SlotGardenEnv` is a batched torch environment (``E`` environments stepped as
+``[E, ...]`` tensors, on any device, no dependency beyond torch): the fastest way to train
+slotformer's networks. With the ``gym`` extra (``pip install "slotformer[gym]"``) it is also a
+gymnasium environment (coming in :mod:`slotformer.envs.gym`).
+
+Example:
+    >>> import torch
+    >>> from slotformer.envs import SlotGardenEnv, evaluate_policy, heuristic_policy
+    >>> env = SlotGardenEnv(num_envs=8, episode_length=32, seed=0)
+    >>> mean_return = evaluate_policy(env, heuristic_policy, num_episodes=1)
+"""
+
+from __future__ import annotations
+
+from slotformer.envs.policies import evaluate_policy, heuristic_policy, random_valid_policy
+from slotformer.envs.slot_garden import SeedStage, SlotGardenEnv, StepOutput
+
+__all__ = [
+    "SeedStage",
+    "SlotGardenEnv",
+    "StepOutput",
+    "evaluate_policy",
+    "heuristic_policy",
+    "random_valid_policy",
+]
+
