@@ -3,7 +3,9 @@
 :class:`SlotGardenEnv` is a batched torch environment (``E`` environments stepped as
 ``[E, ...]`` tensors, on any device, no dependency beyond torch): the fastest way to train
 slotformer's networks. With the ``gym`` extra (``pip install "slotformer[gym]"``) it is also a
-gymnasium environment (coming in :mod:`slotformer.envs.gym`).
+gymnasium environment, registered as ``slotformer/SlotGarden-v0`` (a single environment,
+``gymnasium.make``) with a native vector environment (``gymnasium.make_vec``); see
+:mod:`slotformer.envs.gym`.
 
 Example:
     >>> import torch
@@ -14,10 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
+
 from slotformer.envs.policies import evaluate_policy, heuristic_policy, random_valid_policy
 from slotformer.envs.slot_garden import SeedStage, SlotGardenEnv, StepOutput
 
 __all__ = [
+    "GYM_ENV_ID",
     "SeedStage",
     "SlotGardenEnv",
     "StepOutput",
@@ -26,3 +31,10 @@ __all__ = [
     "random_valid_policy",
 ]
 
+GYM_ENV_ID = "slotformer/SlotGarden-v0"
+"""The gymnasium id of Slot Garden (registered when gymnasium is installed)."""
+
+if importlib.util.find_spec("gymnasium") is not None:
+    from slotformer.envs.gym import register_envs
+
+    register_envs()
