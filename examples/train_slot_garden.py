@@ -401,7 +401,9 @@ def attention_summary(policy: PolicyBundle, rollout: Rollout) -> tuple[dict[str,
     One extra forward without gradients, every ``--attention-every`` updates. Attention is
     computed per step from the observation alone (the recurrent state comes after it), so
     the forward needs no hidden state and no episode starts."""
-    with torch.no_grad():
+    # fork_rng: should the forward draw random numbers (a dropout), the training run must not
+    # depend on --attention-every.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
         out = policy.network(rollout.obs, rollout.blueprint_indices, return_intermediates=True)
         seen = out["intermediates"]
         # Query rows that describe something: CLS and the active slots.

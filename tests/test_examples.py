@@ -264,3 +264,17 @@ def test_piped_output_has_start_line_progress_and_tensorboard_scalars(tmp_path: 
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("losses/approx_kl")) == 4  # every update
     assert len(events.Scalars("attention/layer0/entropy")) == 3  # updates 1, 2 and 4
+
+
+def test_attention_telemetry_does_not_change_the_run() -> None:
+    """The attention statistics' extra forward leaves the training run as it was (same
+    losses, same evaluation), even with a dropout that draws random numbers."""
+    base = Args(num_envs=4, rollout_length=6, episode_length=12, total_steps=48,
+                update_epochs=1, num_minibatches=2, hidden_dim=16, eval_episodes=1,
+                contribution_dropout=0.2, checkpoint=None, quiet=True)
+    without, _ = train(dataclasses.replace(base, attention_every=0))
+    watched, _ = train(dataclasses.replace(base, attention_every=1))
+    assert not any(k.startswith("attention/") for k in without)
+    assert "attention/layer0/entropy" in watched
+    for name in ("loss", "approx_kl", "learned"):
+        assert watched[name] == without[name], name
