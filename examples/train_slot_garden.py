@@ -342,9 +342,9 @@ class Reporter:
                     "--progress lines)"
                 ) from error
             self.bar = rp.Progress(
-                rp.TextColumn("{task.description}"), rp.BarColumn(bar_width=24), rp.MofNCompleteColumn(),
-                rp.TimeElapsedColumn(), rp.TextColumn("eta"), rp.TimeRemainingColumn(),
-                rp.TextColumn("{task.fields[status]}"),
+                rp.TextColumn("{task.description}"), rp.BarColumn(bar_width=24),
+                rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TextColumn("eta"),
+                rp.TimeRemainingColumn(), rp.TextColumn("{task.fields[status]}"),
             )
 
     def __enter__(self) -> Reporter:
