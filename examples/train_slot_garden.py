@@ -622,7 +622,7 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
               "updates": float(num_updates), **stats,
               **{f"attention/{k}": v for k, v in attention.items()}}
     if not args.quiet:
-        print(f"\nmean return over {args.eval_episodes} episodes x {E} envs "
+        print(f"\nmean return over {plural(args.eval_episodes, 'episode')} x {E} envs "
               f"({args.policy}, {args.rows}x{args.cols} grid): learned {learned:.3f}  "
               f"random {random_score:.3f}  heuristic {heuristic:.3f}  "
               f"(trained {wall:.0f} s, {result['env_steps_per_s']:.0f} env steps/s, "
