@@ -186,6 +186,7 @@ def sizes_from_args(args: argparse.Namespace) -> Sizes:
 
 
 def log(message: str) -> None:
+    """Progress goes to stderr: stdout carries the report alone (it can be piped to a file)."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -202,6 +203,8 @@ def measure_slot_count(
     """Every figure of every network at one N; one row per network."""
     grid = grid_for(num_slots)
     workloads, rollouts = {}, {}
+    log(f"  N={num_slots}: building {', '.join(networks)} on a {grid.num_rows}x{grid.num_cols} "
+        f"grid (B={sizes.batch}, T={sizes.time}) ...")
     for network_type in networks:
         policy = build_policy(network_type, num_slots, device, seed)
         workloads[network_type] = build_workload(policy, sizes.batch, sizes.time, seed)
@@ -209,6 +212,7 @@ def measure_slot_count(
             batch: build_rollout_inputs(policy, batch, seed) for batch in sizes.act_batches
         }
     start = time.perf_counter()
+    log(f"  N={num_slots}: timing update and get_action, {sizes.rounds} interleaved rounds ...")
     timings = time_networks(workloads, rollouts, sizes.rounds, sizes.act_iterations)
     log(f"  N={num_slots}: timings in {time.perf_counter() - start:.0f}s")
 
@@ -223,6 +227,7 @@ def measure_slot_count(
         if timings_only:
             rows.append(row)
             continue
+        log(f"  N={num_slots} {network_type}: memory and FLOPs ...")
         row.update(parameter_memory(workload))
         row.update(peak_activation_bytes(workload))
         row["train_step_bytes"] = row["param_grad_adam_bytes"] + row["peak_activation_bytes"]
@@ -233,12 +238,14 @@ def measure_slot_count(
         compiles = sizes.compiles(num_slots) and network_type != "transformer-lean"
         if sizes.compile_backend != "none" and compiles:
             start = time.perf_counter()
+            log(f"  N={num_slots} {network_type}: compiling ({sizes.compile_backend}) ...")
             row["compile"] = measure_compile(workload, sizes.compile_backend, sizes.compile_rounds)
             log(
                 f"  N={num_slots} {network_type}: compile figures in "
                 f"{time.perf_counter() - start:.0f}s"
             )
         if profile_dir is not None:
+            log(f"  N={num_slots} {network_type}: profiling into {profile_dir} ...")
             write_profile(profile_dir, workload, rollouts[network_type], network_type)
         rows.append(row)
     return rows
@@ -644,15 +651,20 @@ def measure(
     rows: list[dict[str, Any]] = []
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
-    for num_slots in sizes.slots:
-        log(f"measuring N={num_slots} ...")
+    log(f"comparing {', '.join(args.networks)} at N = {' '.join(map(str, sizes.slots))} on "
+        f"{args.device} ({torch.get_num_threads()} threads)")
+    for index, num_slots in enumerate(sizes.slots, start=1):
+        log(f"measuring N={num_slots} ({index}/{len(sizes.slots)}, "
+            f"{time.perf_counter() - started:.0f}s elapsed) ...")
         rows += measure_slot_count(
             num_slots, sizes, args.device, args.seed, args.profile, args.networks,
             args.timings_only,
         )
     meta = run_metadata(sizes, args.device, argv)
     if not args.timings_only:
+        log("measuring the matmul roof (best fp32 1024^3 matmul) ...")
         meta["matmul_peak_gflops"] = matmul_peak_gflops(args.device)
+    log(f"measured in {time.perf_counter() - started:.0f}s")
     meta["wall_s"] = time.perf_counter() - started
     meta["load_average_start"] = load_at_start
     return meta, rows

@@ -8,7 +8,9 @@ For each grid (1x3, 2x5) and network (lstm, transformer), trains with
 reports the final mean return (mean +- std over seeds), env steps per second and wall time.
 The transformers trained on 2x5 are then evaluated on 3x4 and 4x4 grids without further
 training (the flat LSTM's input layer is sized for one grid, so it cannot run there).
-Prints a markdown table; writes JSON with every run when ``--json`` is given.
+Prints which run starts (run k of n) and each run's result as it ends, with its time and
+the time since the start; then a markdown table. Writes JSON with every run when ``--json``
+is given.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import multiprocessing
 import statistics
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -46,9 +49,26 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def describe(spec: dict[str, object]) -> str:
+    return (f"run {spec['index']}/{spec['of']}: {spec['network']} on {spec['rows']}x{spec['cols']},"
+            f" seed {spec['seed']}")
+
+
+def summary(run: dict[str, object]) -> str:
+    """One finished run in a line: time, returns, speed, transfer scores."""
+    figures = {k: float(v) for k, v in run.items() if isinstance(v, (int, float))}
+    transfer = "".join(f"  {k} {v:.3f}" for k, v in figures.items() if k.startswith("transfer_"))
+    return (f"{figures['run_s']:.0f} s: learned {figures['learned']:.3f}  random "
+            f"{figures['random']:.3f}  heuristic {figures['heuristic']:.3f}  "
+            f"{figures['env_steps_per_s']:.0f} env steps/s{transfer}")
+
+
 def run_one(spec: dict[str, object]) -> dict[str, object]:
     """Train one (network, grid, seed) run; for the 2x5 transformer, also evaluate transfer."""
     torch.set_num_threads(1)  # one run per core: these small models gain little from two
+    # Printed by the worker, so it appears when the run really starts (not when queued).
+    print(f"{describe(spec)} starts ({spec['steps']} env steps)", flush=True)
+    began = time.perf_counter()
     network, rows, cols, seed = spec["network"], spec["rows"], spec["cols"], spec["seed"]
     assert isinstance(rows, int) and isinstance(cols, int) and isinstance(seed, int)
     with tempfile.TemporaryDirectory() as folder:
@@ -71,35 +91,50 @@ def run_one(spec: dict[str, object]) -> dict[str, object]:
                 run[f"transfer_{grid[0]}x{grid[1]}"] = evaluate_policy(
                     env, policy_fn(policy, args.num_envs, False),
                     num_episodes=args.eval_episodes)
-    print(json.dumps(run), flush=True)
+    run["run_s"] = time.perf_counter() - began  # training, evaluation and transfer
     return run
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40_000, help="env steps per run")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--eval-episodes", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="one run per seed, grid and network (default: 0 1 2)")
+    parser.add_argument("--eval-episodes", type=int, default=2,
+                        help="evaluation episodes per environment (default: 2)")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, 1 thread each")
-    parser.add_argument("--json", type=str, default=None)
+    parser.add_argument("--json", type=str, default=None, help="write every run to this file")
     parser.add_argument("--networks", nargs="+", choices=("lstm", "transformer"),
-                        default=["lstm", "transformer"])
+                        default=["lstm", "transformer"], help="networks to train (default: both)")
     parser.add_argument("--contribution-hidden", type=int, default=Args.contribution_hidden,
                         help="transformer: width of the per-slot contribution predictor")
     parser.add_argument("--contribution-dropout", type=float, default=Args.contribution_dropout,
                         help="transformer: dropout of the contribution predictor")
     parser.add_argument("--ff-mult", type=int, default=Args.ff_mult,
                         help="transformer: feed-forward width of each block / embed_dim")
-    cli = parser.parse_args()
+    cli = parser.parse_args(argv)
 
     specs = [{"network": network, "rows": rows, "cols": cols, "seed": seed,
               "steps": cli.steps, "eval_episodes": cli.eval_episodes,
               "contribution_hidden": cli.contribution_hidden,
               "contribution_dropout": cli.contribution_dropout, "ff_mult": cli.ff_mult}
              for rows, cols in GRIDS for network in cli.networks for seed in cli.seeds]
+    for index, spec in enumerate(specs, start=1):
+        spec.update(index=index, of=len(specs))
+    print(f"{len(specs)} runs ({len(GRIDS)} grids x {len(cli.networks)} networks x "
+          f"{len(cli.seeds)} seeds) of {cli.steps} env steps, {cli.workers} at a time",
+          flush=True)
     context = multiprocessing.get_context("spawn")
+    started = time.perf_counter()
+    finished: dict[int, dict[str, object]] = {}
     with ProcessPoolExecutor(max_workers=cli.workers, mp_context=context) as pool:
-        runs = list(pool.map(run_one, specs))
+        futures = {pool.submit(run_one, spec): spec for spec in specs}
+        for future in as_completed(futures):
+            spec, run = futures[future], future.result()
+            finished[int(str(spec["index"]))] = run
+            print(f"{describe(spec)} done in {summary(run)} ({len(finished)}/{len(specs)} "
+                  f"finished, {time.perf_counter() - started:.0f} s elapsed)", flush=True)
+    runs = [finished[index] for index in sorted(finished)]  # the order of specs
     transfer = {g: [float(r[f"transfer_{g[0]}x{g[1]}"]) for r in runs  # type: ignore[arg-type]
                     if f"transfer_{g[0]}x{g[1]}" in r] for g in TRANSFER_GRIDS}
     if cli.json:

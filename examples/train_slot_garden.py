@@ -1,15 +1,26 @@
 """Recurrent PPO on Slot Garden, in one readable file (CleanRL style).
 
+    pip install -e ".[examples]"                               # tyro (flags), rich (progress bar)
     python examples/train_slot_garden.py                       # transformer on a 1x3 grid
+    python examples/train_slot_garden.py --help                # every flag, its default and choices
     python examples/train_slot_garden.py --policy lstm --rows 2 --cols 5 --total-steps 200000
     python examples/train_slot_garden.py --stagger    # episodes of unequal lengths
+    python examples/train_slot_garden.py --tensorboard runs/tb && tensorboard --logdir runs/tb
 
 What it shows: a policy bundle from `create_policy`, rollouts with `get_action` carrying the
 recurrent state per environment (zeroed where an episode begins, through `episode_starts`),
 the stored masks re-applied at update through `evaluate_actions`, GAE, a clipped PPO loss over
 whole sequences (minibatches by environment, each starting from its stored hidden state),
-value, Q and contribution losses, gradient clipping, a per-update log line, optional
-TensorBoard logging and a final checkpoint.
+value, Q and contribution losses, gradient clipping, optional TensorBoard logging and a final
+checkpoint.
+
+What it prints: a start line (network, grid, environments, updates, env steps, threads,
+device, seed), an estimate of the time left after the first update, then progress (a bar on
+a terminal; plain lines every ``--log-every`` updates in logs and pipes) with the mean
+return, entropy, value loss, approx-KL, clip fraction, explained variance and, for the
+transformer, the attention entropy per layer; then the evaluation, policy by policy. With
+``--tensorboard`` every update also logs each head's entropy, every loss and, every
+``--attention-every`` updates, the attention statistics (`slotformer.tensorboard`).
 
 Sequences may cross episode boundaries. A rollout stores ``episode_starts [E, T]`` (True at a
 step where that environment's episode began: the ``done`` of the step before, including the
@@ -25,12 +36,13 @@ policies' scores.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -49,58 +61,130 @@ from slotformer.envs import (
 )
 from slotformer.policy import EvalResult, PolicyBundle, create_policy
 from slotformer.presets.seed_lifecycle import HEAD_NAMES
+from slotformer.telemetry import compute_attention_stats
 
 Hidden = tuple[Tensor, Tensor]  # (h, c), each [layers, E, H]
 
 
 @dataclass
 class Args:
-    policy: str = "transformer"  # "lstm" | "transformer"
+    """Recurrent PPO on Slot Garden (every flag has a default: the bare command trains)."""
+
+    # ------------------------------------------------------------------ what to train
+    policy: Literal["lstm", "transformer"] = "transformer"
+    """network: the Slot Transformer, or the flat-concatenation LSTM baseline"""
     rows: int = 1
+    """grid rows of the garden (slots = rows x cols)"""
     cols: int = 3
-    num_envs: int = 32
-    episode_length: int = 48  # the longest episode with --stagger
-    rollout_length: int = 24
-    stagger: bool = False  # unequal episode lengths: drawn from episode_length // 2 .. episode_length
-    total_steps: int = 120_000  # environment steps (all environments together)
-    seed: int = 0
-    learning_rate: float = 1e-3
-    gamma: float = 0.97
-    gae_lambda: float = 0.95
-    update_epochs: int = 4
-    num_minibatches: int = 4  # minibatches by environment
-    clip_coef: float = 0.2
-    ent_coef: float = 0.01
-    op_floor: float = 0.05  # minimum probability of each valid op while training (exploration)
-    vf_coef: float = 0.5
-    q_coef: float = 0.25
-    aux_coef: float = 0.1
-    max_grad_norm: float = 0.5
+    """grid columns of the garden"""
     hidden_dim: int = 128
-    contribution_hidden: int = 64  # transformer: width of the per-slot contribution predictor
-    contribution_dropout: float = 0.0  # transformer: its dropout
-    ff_mult: int = 4  # transformer: feed-forward width of each block / embed_dim
+    """width of the recurrent core (LSTM hidden size)"""
+    contribution_hidden: int = 64
+    """transformer only: width of the per-slot contribution predictor"""
+    contribution_dropout: float = 0.0
+    """transformer only: dropout of the contribution predictor"""
+    ff_mult: int = 4
+    """transformer only: feed-forward width of each block, as a multiple of embed_dim"""
+    # ------------------------------------------------------------------ environment
+    num_envs: int = 32
+    """environments stepped together (one batch)"""
+    episode_length: int = 48
+    """steps per episode (with --stagger: the longest episode)"""
+    rollout_length: int = 24
+    """steps per rollout and per stored sequence (T)"""
+    stagger: bool = False
+    """unequal episode lengths, drawn per environment from episode_length // 2 ..
+    episode_length, so episodes end inside rollouts"""
+    total_steps: int = 120_000
+    """environment steps to train for, all environments together"""
+    seed: int = 0
+    """seed of torch and of the environments"""
+    # ------------------------------------------------------------------ PPO
+    learning_rate: float = 1e-3
+    """Adam learning rate"""
+    gamma: float = 0.97
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    update_epochs: int = 4
+    """passes over each rollout per update"""
+    num_minibatches: int = 4
+    """minibatches per epoch, split by environment (whole sequences)"""
+    clip_coef: float = 0.2
+    """PPO ratio clip"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    op_floor: float = 0.05
+    """minimum probability of each valid op while training (exploration); 0 = off"""
+    vf_coef: float = 0.5
+    """value loss coefficient (V(s), the baseline)"""
+    q_coef: float = 0.25
+    """Q(s, op) loss coefficient (an auxiliary head)"""
+    aux_coef: float = 0.1
+    """per-slot contribution prediction loss coefficient"""
+    max_grad_norm: float = 0.5
+    """gradient norm clip"""
+    # ------------------------------------------------------------------ run and output
     eval_episodes: int = 2
-    tensorboard: str | None = None  # a log folder, or None
+    """evaluation episodes per environment after training (learned, random, heuristic)"""
+    threads: int | None = None
+    """torch.set_num_threads; None = PyTorch's default"""
+    tensorboard: str | None = None
+    """TensorBoard log folder (losses, KL, clip fraction, entropies, attention); None = off"""
+    attention_every: int = 10
+    """transformer only: log attention statistics every this many updates; 0 = never"""
+    log_every: int = 5
+    """print a progress line every this many updates"""
+    progress: Literal["auto", "bar", "lines"] = "auto"
+    """auto: a progress bar on a terminal, plain lines otherwise (logs, pipes)"""
     checkpoint: str | None = "runs/slot_garden.pt"
+    """where to save the trained policy; None or "" = do not save"""
     quiet: bool = False
-    # "tuned": slotformer.configure_malloc(), large CPU tensors stay in glibc's heap between
-    # updates (faster updates, resident memory at its high-water mark); "default": glibc's.
-    malloc: str = "tuned"
+    """print nothing"""
+    malloc: Literal["tuned", "default"] = "tuned"
+    """tuned: slotformer.configure_malloc(), faster updates, more resident memory; default: glibc's"""
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Args):
-        default = field.default
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", default=default)
-        elif default is None or field.name in ("tensorboard", "checkpoint"):
-            parser.add_argument(flag, type=str, default=default)
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-    return Args(**vars(parser.parse_args(argv)))
+    """Args from the command line (``--help`` lists every flag with its default)."""
+    try:
+        import tyro
+    except ImportError as error:  # the message names the extra that brings it
+        raise ImportError(
+            "the trainer's command line needs tyro: pip install -e '.[examples]'"
+        ) from error
+    return tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
+
+
+_POSITIVE = ("rows", "cols", "hidden_dim", "contribution_hidden", "ff_mult", "num_envs",
+             "episode_length", "rollout_length", "total_steps", "update_epochs",
+             "num_minibatches", "eval_episodes", "log_every")
+
+
+def check_args(args: Args) -> None:
+    """Reject values that would fail later, or silently train something else."""
+    def bad(name: str, expected: str) -> ValueError:
+        flag = "--" + name.replace("_", "-")
+        return ValueError(f"{flag} must be {expected}; got {getattr(args, name)!r}")
+
+    choices = {"policy": ("lstm", "transformer"), "malloc": ("tuned", "default"),
+               "progress": ("auto", "bar", "lines")}
+    for name, allowed in choices.items():
+        if getattr(args, name) not in allowed:
+            raise bad(name, " or ".join(repr(a) for a in allowed))
+    for name in _POSITIVE:
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(name, "a positive int")
+    if not isinstance(args.attention_every, int) or args.attention_every < 0:
+        raise bad("attention_every", "an int >= 0 (0 = never)")
+    if args.threads is not None and (not isinstance(args.threads, int) or args.threads < 1):
+        raise bad("threads", "a positive int or None")
+    if args.num_minibatches > args.num_envs:
+        raise bad("num_minibatches", f"at most --num-envs ({args.num_envs}): minibatches "
+                  "split the environments")
+    if not 0.0 <= args.op_floor < 1.0:
+        raise bad("op_floor", "in [0, 1)")
 
 
 def masks_of(step: StepOutput) -> dict[str, torch.Tensor]:
@@ -238,16 +322,118 @@ def rescore(
     )
 
 
+class Reporter:
+    """Where the run's output goes: a rich progress bar when stdout is a terminal, plain
+    lines otherwise (CI logs and pipes get no control characters), nothing with --quiet.
+
+    ``line`` prints a line that stays (above the bar, when there is one); ``task`` /
+    ``advance`` drive a bar and do nothing without one."""
+
+    def __init__(self, args: Args) -> None:
+        self.quiet = args.quiet
+        use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stdout.isatty())
+        self.bar: Any = None
+        if not self.quiet and use_bar:
+            try:
+                from rich import progress as rp
+            except ImportError as error:
+                raise ImportError(
+                    "--progress bar needs rich: pip install -e '.[examples]' (or pass "
+                    "--progress lines)"
+                ) from error
+            self.bar = rp.Progress(
+                rp.TextColumn("{task.description}"), rp.BarColumn(bar_width=24),
+                rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TextColumn("eta"),
+                rp.TimeRemainingColumn(), rp.TextColumn("{task.fields[status]}"),
+            )
+
+    def __enter__(self) -> Reporter:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def line(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, flush=True)
+
+    def task(self, description: str, total: int) -> int | None:
+        return None if self.bar is None else self.bar.add_task(description, total=total, status="")
+
+    def advance(self, task: int | None, steps: int = 1, status: str | None = None) -> None:
+        if task is not None:
+            fields = {} if status is None else {"status": status}
+            self.bar.update(task, advance=steps, **fields)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``: short enough for a progress line."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# What one update logs, in the order of the on-device accumulator (one host read per update).
+LOSS_NAMES = ("loss", "pg_loss", "v_loss", "q_loss", "aux_loss", "entropy", "approx_kl",
+              "clip_fraction")
+
+
+def attention_summary(policy: PolicyBundle, rollout: Rollout) -> tuple[dict[str, float], Any]:
+    """Per-layer attention statistics of the current network on a rollout's observations:
+    ``layer{i}/entropy`` (mean normalised entropy of the valid query rows: 0 = one-hot,
+    1 = uniform) and ``layer{i}/max_weight`` (mean over those rows of the row's largest
+    weight), plus the all-layer `AttentionStats` for `slotformer.tensorboard.log_attention`.
+
+    One extra forward without gradients, every ``--attention-every`` updates. Attention is
+    computed per step from the observation alone (the recurrent state comes after it), so
+    the forward needs no hidden state and no episode starts."""
+    # fork_rng: should the forward draw random numbers (a dropout), the training run must not
+    # depend on --attention-every.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        out = policy.network(rollout.obs, rollout.blueprint_indices, return_intermediates=True)
+        seen = out["intermediates"]
+        # Query rows that describe something: CLS and the active slots.
+        cls = torch.ones_like(seen.active[..., :1])
+        valid = torch.cat([cls, seen.active], dim=-1)[:, :, None, :]  # [B, T, 1, N+1]
+        peaks = [m.amax(-1)[valid.expand(m.shape[:-1])].mean() for m in seen.attention]
+        peak_values = torch.stack(peaks).tolist()  # one host read for every layer
+    summary: dict[str, float] = {}
+    for layer, attention in enumerate(seen.attention):
+        one = compute_attention_stats([attention], seen.active, seen.slot_ids)
+        summary[f"layer{layer}/entropy"] = one.entropy_mean
+        summary[f"layer{layer}/max_weight"] = float(peak_values[layer])
+    return summary, compute_attention_stats(seen.attention, seen.active, seen.slot_ids)
+
+
 def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     """Train, evaluate against the reference policies, checkpoint; returns (metrics, policy).
 
     The metrics hold the mean evaluation returns (``learned``, ``random``, ``heuristic``),
-    ``wall_s``, ``env_steps_per_s`` and the last minibatch's losses (``loss``, ``pg_loss``,
-    ``v_loss``, ``entropy``, ``aux_loss``)."""
-    if args.malloc not in ("tuned", "default"):
-        raise ValueError(f"malloc must be 'tuned' or 'default', got {args.malloc!r}")
+    ``wall_s`` (training only), ``eval_s``, ``env_steps_per_s``, ``updates``, and the last
+    update's statistics, each a mean over its minibatches: the losses (``loss``, ``pg_loss``,
+    ``v_loss``, ``q_loss``, ``aux_loss``), ``entropy`` (summed over heads) and
+    ``entropy/{head}``, ``approx_kl``, ``clip_fraction``, ``explained_variance``, and for the
+    transformer the last attention statistics (``attention/layer{i}/entropy``,
+    ``attention/layer{i}/max_weight``) when ``attention_every`` > 0."""
+    check_args(args)
     if args.malloc == "tuned":
         configure_malloc()  # process-wide, on purpose: this script is the whole process
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     slot_config = SlotConfig.for_grid(args.rows, args.cols)
     env = make_env(args, slot_config, args.seed, stagger=args.stagger)
@@ -256,9 +442,10 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     optimizer = torch.optim.Adam(policy.network.parameters(), lr=args.learning_rate, eps=1e-5)
     writer = None
     if args.tensorboard:
-        from slotformer.tensorboard import create_summary_writer
+        from slotformer.tensorboard import create_summary_writer, log_attention
 
         writer = create_summary_writer(args.tensorboard)
+    watch_attention = args.policy == "transformer" and args.attention_every > 0
 
     # The same floor at rollout and update keeps the PPO ratio at 1 (up to fp32 rounding); it
     # stops the op head from collapsing onto WAIT (every action costs rent before the policy
@@ -268,97 +455,179 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     hidden = policy.initial_hidden(E)
     starts = torch.ones(E, dtype=torch.bool)  # every environment begins an episode at reset
     num_updates = max(1, args.total_steps // (E * T))
+    eval_steps = 3 * args.eval_episodes * args.episode_length  # learned, random, heuristic
     recent_returns: list[float] = []
-    start = time.perf_counter()
-    for update in range(1, num_updates + 1):
-        # ---------------------------------------------------------------- rollout
-        rollout, step, hidden, starts = collect_rollout(policy, env, step, hidden, starts, T, floor)
-        recent_returns += rollout.finished_returns
-        values, rewards, dones = rollout.value, rollout.reward, rollout.done
-        active = (rollout.blueprint_indices >= 0).float()  # [E, T, N]
+    stats: dict[str, float] = {}
+    attention: dict[str, float] = {}
+    parameters = sum(p.numel() for p in policy.network.parameters())
+    report = Reporter(args)
+    report.line(
+        f"training {args.policy} ({parameters:,} parameters) on a {args.rows}x{args.cols} grid: "
+        f"{E} envs x {T}-step rollouts, {num_updates} updates = {num_updates * E * T:,} env "
+        f"steps ({args.update_epochs} epochs x {args.num_minibatches} minibatches), then "
+        f"{plural(args.eval_episodes, 'evaluation episode')} x 3 policies; "
+        f"{plural(torch.get_num_threads(), 'thread')}, device cpu, seed {args.seed}"
+    )
+    with report:
+        train_task = report.task("training", num_updates)
+        start = time.perf_counter()
+        for update in range(1, num_updates + 1):
+            # ------------------------------------------------------------ rollout
+            rollout_start = time.perf_counter()
+            rollout, step, hidden, starts = collect_rollout(policy, env, step, hidden, starts,
+                                                            T, floor)
+            rollout_s = time.perf_counter() - rollout_start
+            recent_returns += rollout.finished_returns
+            values, rewards, dones = rollout.value, rollout.reward, rollout.done
+            active = (rollout.blueprint_indices >= 0).float()  # [E, T, N]
 
-        # ---------------------------------------------------------------- GAE
-        with torch.no_grad():
-            # V of the next observation, from a zero state where it begins an episode (the
-            # bootstrap is masked by done there anyway).
-            next_value = policy.get_value(step.obs, step.blueprint_indices, hidden,
-                                          episode_starts=starts)  # [E]
-            advantages = torch.zeros_like(rewards)
-            last_gae = torch.zeros(E)
-            for t in reversed(range(T)):
-                not_done = (~dones[:, t]).float()
-                bootstrap = next_value if t == T - 1 else values[:, t + 1]
-                delta = rewards[:, t] + args.gamma * bootstrap * not_done - values[:, t]
-                last_gae = delta + args.gamma * args.gae_lambda * not_done * last_gae
-                advantages[:, t] = last_gae
-            returns = advantages + values
+            # ------------------------------------------------------------ GAE
+            with torch.no_grad():
+                # V of the next observation, from a zero state where it begins an episode
+                # (the bootstrap is masked by done there anyway).
+                next_value = policy.get_value(step.obs, step.blueprint_indices, hidden,
+                                              episode_starts=starts)  # [E]
+                advantages = torch.zeros_like(rewards)
+                last_gae = torch.zeros(E)
+                for t in reversed(range(T)):
+                    not_done = (~dones[:, t]).float()
+                    bootstrap = next_value if t == T - 1 else values[:, t + 1]
+                    delta = rewards[:, t] + args.gamma * bootstrap * not_done - values[:, t]
+                    last_gae = delta + args.gamma * args.gae_lambda * not_done * last_gae
+                    advantages[:, t] = last_gae
+                returns = advantages + values
+                # How much of the returns' variance the rollout's values explain (1 = all,
+                # 0 = no better than a constant, < 0 = worse).
+                explained_var = 1 - (returns - values).var() / returns.var().clamp_min(1e-8)
 
-        # ---------------------------------------------------------------- PPO update
-        env_order = torch.randperm(E)
-        mb_size = E // args.num_minibatches
-        stats: dict[str, float] = {}
-        for _epoch in range(args.update_epochs):
-            for mb in env_order.split(mb_size):
-                ev = rescore(policy, rollout, mb, floor)
-                new_logp = sum(ev.log_probs.values())  # [mb, T]
-                ratio = (new_logp - rollout.log_prob[mb]).exp()
-                adv = advantages[mb]
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                pg_loss = torch.max(
-                    -adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
-                ).mean()
-                v_loss = 0.5 * (ev.value - returns[mb]).pow(2).mean()
-                q_loss = 0.5 * (ev.q_value - returns[mb]).pow(2).mean()
-                mb_active = active[mb]
-                aux_loss = ((ev.pred_contributions - rollout.contributions[mb]).pow(2) * mb_active).sum() / mb_active.sum().clamp(min=1)
-                entropy = torch.stack(list(ev.entropies.values())).sum(0).mean()
-                loss = (pg_loss + args.vf_coef * v_loss + args.q_coef * q_loss
-                        + args.aux_coef * aux_loss - args.ent_coef * entropy)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.network.parameters(), args.max_grad_norm)
-                optimizer.step()
-                stats = {"loss": loss.item(), "pg_loss": pg_loss.item(), "v_loss": v_loss.item(),
-                         "entropy": entropy.item(), "aux_loss": aux_loss.item()}
+            # ------------------------------------------------------------ PPO update
+            env_order = torch.randperm(E)
+            mb_size = E // args.num_minibatches
+            # Statistics are summed on the device and read once per update: an .item() per
+            # minibatch would wait for each step's kernels (on a GPU, a sync each time).
+            totals = torch.zeros(len(LOSS_NAMES) + len(HEAD_NAMES))
+            minibatches = 0
+            for _epoch in range(args.update_epochs):
+                for mb in env_order.split(mb_size):
+                    ev = rescore(policy, rollout, mb, floor)
+                    new_logp = sum(ev.log_probs.values())  # [mb, T]
+                    log_ratio = new_logp - rollout.log_prob[mb]
+                    ratio = log_ratio.exp()
+                    adv = advantages[mb]
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    pg_loss = torch.max(
+                        -adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+                    ).mean()
+                    v_loss = 0.5 * (ev.value - returns[mb]).pow(2).mean()
+                    q_loss = 0.5 * (ev.q_value - returns[mb]).pow(2).mean()
+                    mb_active = active[mb]
+                    aux_loss = ((ev.pred_contributions - rollout.contributions[mb]).pow(2) * mb_active).sum() / mb_active.sum().clamp(min=1)
+                    head_entropy = torch.stack([ev.entropies[h].mean() for h in HEAD_NAMES])
+                    entropy = head_entropy.sum()  # = the per-step sum over heads, averaged
+                    loss = (pg_loss + args.vf_coef * v_loss + args.q_coef * q_loss
+                            + args.aux_coef * aux_loss - args.ent_coef * entropy)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(policy.network.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    with torch.no_grad():
+                        # The low-variance KL(old || new) estimator, (r - 1) - log r >= 0
+                        # (http://joschu.net/blog/kl-approx.html), and how often the clip bit.
+                        approx_kl = ((ratio - 1) - log_ratio).mean()
+                        clip_fraction = ((ratio - 1).abs() > args.clip_coef).float().mean()
+                        totals += torch.cat([torch.stack(
+                            [loss, pg_loss, v_loss, q_loss, aux_loss, entropy, approx_kl,
+                             clip_fraction]).detach(), head_entropy.detach()])
+                    minibatches += 1
 
-        env_steps = update * E * T
-        sps = env_steps / (time.perf_counter() - start)
-        mean_return = sum(recent_returns[-2 * E:]) / max(len(recent_returns[-2 * E:]), 1)
-        if writer is not None:
-            writer.add_scalar("charts/mean_return", mean_return, env_steps)
-            writer.add_scalar("charts/sps", sps, env_steps)
-            for k, v in stats.items():
-                writer.add_scalar(f"losses/{k}", v, env_steps)
-        if not args.quiet and (update % 5 == 0 or update == num_updates):
-            print(f"update {update:4d}/{num_updates}  steps {env_steps:7d}  sps {sps:6.0f}  "
-                  f"return {mean_return:7.3f}  entropy {stats['entropy']:.3f}  "
-                  f"v_loss {stats['v_loss']:.4f}", flush=True)
+            # ------------------------------------------------------------ logging
+            read = torch.cat([totals / minibatches, explained_var.view(1)]).tolist()  # one read
+            stats = dict(zip(LOSS_NAMES, read))
+            stats.update({f"entropy/{h}": v for h, v in zip(HEAD_NAMES, read[len(LOSS_NAMES):])})
+            stats["explained_variance"] = read[-1]
+            env_steps = update * E * T
+            elapsed = time.perf_counter() - start
+            sps = env_steps / elapsed
+            recent = recent_returns[-2 * E:]
+            mean_return = sum(recent) / len(recent) if recent else math.nan
+            if watch_attention and (update % args.attention_every == 0 or update == 1):
+                attention, attention_stats = attention_summary(policy, rollout)
+                if writer is not None:
+                    log_attention(writer, attention_stats, env_steps)
+                    for k, v in attention.items():
+                        writer.add_scalar(f"attention/{k}", v, env_steps)
+            if writer is not None:
+                writer.add_scalar("charts/mean_return", mean_return, env_steps)
+                writer.add_scalar("charts/sps", sps, env_steps)
+                for k, v in stats.items():
+                    group = "" if k.startswith("entropy/") else "losses/"
+                    writer.add_scalar(f"{group}{k}", v, env_steps)
+            if update == 1 and num_updates > 1:
+                # The first update includes warm-up (allocator, kernel selection), so this
+                # errs long; evaluation steps cost about what a rollout step costs.
+                train_eta = elapsed * (num_updates - 1)
+                eval_eta = rollout_s / T * eval_steps
+                report.line(f"update 1 took {elapsed:.1f} s: estimated {duration(train_eta)} "
+                            f"more training, then ~{duration(eval_eta)} of evaluation "
+                            "(a rough estimate from the first update)")
+            remaining = elapsed / update * (num_updates - update)
+            report.advance(train_task, status=f"return {mean_return:.3f}  "
+                           f"kl {stats['approx_kl']:.4f}  clip {stats['clip_fraction']:.3f}")
+            if update % args.log_every == 0 or update == num_updates:
+                attention_note = "".join(
+                    f"  attn{k[5:-8]} {v:.2f}" for k, v in attention.items()
+                    if k.endswith("/entropy"))
+                report.line(
+                    f"update {update:4d}/{num_updates}  steps {env_steps:7d}  sps {sps:6.0f}  "
+                    f"return {mean_return:7.3f}  entropy {stats['entropy']:.3f}  "
+                    f"v_loss {stats['v_loss']:.4f}  kl {stats['approx_kl']:.4f}  "
+                    f"clip {stats['clip_fraction']:.3f}  ev {stats['explained_variance']:.2f}"
+                    f"{attention_note}  eta {duration(remaining)}"
+                )
 
-    wall = time.perf_counter() - start
-    # ---------------------------------------------------------------- evaluation
-    def fresh_env(seed: int) -> SlotGardenEnv:  # full-length episodes, even after --stagger
-        return make_env(args, slot_config, seed, stagger=False, table_seed=args.seed)
+        wall = time.perf_counter() - start
+        # ------------------------------------------------------------ evaluation
+        def evaluate(name: str, act: Any, seed: int) -> float:
+            """Mean return of ``act`` on full-length episodes (even after --stagger)."""
+            fresh = make_env(args, slot_config, seed, stagger=False, table_seed=args.seed)
+            task = report.task(f"evaluating {name}", args.eval_episodes * args.episode_length)
 
-    eval_seed = args.seed + 1000
-    learned = evaluate_policy(fresh_env(eval_seed), policy_fn(policy, E, deterministic=False),
-                              num_episodes=args.eval_episodes)
-    gen = torch.Generator().manual_seed(eval_seed)
-    random_score = evaluate_policy(fresh_env(eval_seed), lambda s: random_valid_policy(s, gen),
-                                   num_episodes=args.eval_episodes)
-    heuristic = evaluate_policy(fresh_env(eval_seed), heuristic_policy,
-                                num_episodes=args.eval_episodes)
+            def counted(s: StepOutput) -> Tensor:
+                report.advance(task)
+                return act(s)
+
+            began = time.perf_counter()
+            score = evaluate_policy(fresh, counted, num_episodes=args.eval_episodes)
+            report.line(f"evaluated {name}: mean return {score:.3f} "
+                        f"({time.perf_counter() - began:.1f} s)")
+            return score
+
+        eval_start = time.perf_counter()
+        eval_seed = args.seed + 1000
+        learned = evaluate("learned", policy_fn(policy, E, deterministic=False), eval_seed)
+        gen = torch.Generator().manual_seed(eval_seed)
+        random_score = evaluate("random", lambda s: random_valid_policy(s, gen), eval_seed)
+        heuristic = evaluate("heuristic", heuristic_policy, eval_seed)
+        eval_s = time.perf_counter() - eval_start
     if writer is not None:
+        writer.add_scalar("eval/learned", learned, num_updates * E * T)
+        writer.add_scalar("eval/random", random_score, num_updates * E * T)
+        writer.add_scalar("eval/heuristic", heuristic, num_updates * E * T)
         writer.close()
     if args.checkpoint:
         Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(args.checkpoint, policy, extra={"args": dataclasses.asdict(args)})
     result = {"learned": learned, "random": random_score, "heuristic": heuristic,
-              "wall_s": wall, "env_steps_per_s": num_updates * E * T / wall, **stats}
+              "wall_s": wall, "eval_s": eval_s, "env_steps_per_s": num_updates * E * T / wall,
+              "updates": float(num_updates), **stats,
+              **{f"attention/{k}": v for k, v in attention.items()}}
     if not args.quiet:
-        print(f"\nmean return over {args.eval_episodes} episodes x {E} envs "
+        print(f"\nmean return over {plural(args.eval_episodes, 'episode')} x {E} envs "
               f"({args.policy}, {args.rows}x{args.cols} grid): learned {learned:.3f}  "
               f"random {random_score:.3f}  heuristic {heuristic:.3f}  "
-              f"(trained {wall:.0f} s, {result['env_steps_per_s']:.0f} env steps/s)")
+              f"(trained {wall:.0f} s, {result['env_steps_per_s']:.0f} env steps/s, "
+              f"evaluated {eval_s:.0f} s)"
+              + (f"; checkpoint {args.checkpoint}" if args.checkpoint else ""), flush=True)
     return result, policy
 
 

@@ -3,6 +3,8 @@ profiler traces; and the peak-memory method it relies on."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -42,22 +44,43 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path, 
     doc = folder / "doc.md"
     doc.write_text(f"# Title\n\n{compare.DOC_BEGIN}\nold table\n{compare.DOC_END}\n\nAfter.\n")
     threads = torch.get_num_threads()
+    progress = io.StringIO()
     try:
-        result = compare.main(
-            [
-                *TINY,
-                "--json",
-                str(json_path),
-                "--profile",
-                str(profile_dir),
-                "--doc",
-                str(doc),
-            ]
-        )
+        with contextlib.redirect_stderr(progress):
+            result = compare.main(
+                [
+                    *TINY,
+                    "--json",
+                    str(json_path),
+                    "--profile",
+                    str(profile_dir),
+                    "--doc",
+                    str(doc),
+                ]
+            )
     finally:
         torch.set_num_threads(threads)
     result["doc_text"] = doc.read_text()
+    result["progress"] = progress.getvalue()
     return result, json_path, profile_dir, result["markdown"]
+
+
+def test_progress_names_each_step_on_stderr(report: tuple) -> None:
+    """While it measures, the report says which N and which step runs (on stderr: stdout is
+    the report)."""
+    progress = report[0]["progress"]
+    for line in (
+        "comparing lstm, transformer, transformer-lean at N = 3 4 on cpu (1 threads)",
+        "measuring N=3 (1/2, ",
+        "measuring N=4 (2/2, ",
+        "  N=3: building lstm, transformer, transformer-lean on a 1x3 grid (B=2, T=2) ...",
+        "  N=4: timing update and get_action, 1 interleaved rounds ...",
+        "  N=3 transformer: memory and FLOPs ...",
+        "  N=4 lstm: profiling into ",
+        "measuring the matmul roof",
+    ):
+        assert line in progress, (line, progress)
+    assert "\x1b" not in progress
 
 
 def test_table_has_one_row_per_network_and_slot_count(report: tuple) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import re
 import subprocess
 import sys
@@ -14,9 +16,11 @@ import torch
 from examples.telemetry import main as telemetry_main
 from examples.train_slot_garden import (
     Args,
+    check_args,
     collect_rollout,
     make_env,
     make_policy,
+    parse_args,
     rescore,
     train,
 )
@@ -139,3 +143,138 @@ def test_staggered_ppo_run_finishes_with_finite_losses(tmp_path: Path) -> None:
     metrics, _ = train(args)
     for name in ("loss", "pg_loss", "v_loss", "entropy", "aux_loss", "learned"):
         assert math.isfinite(metrics[name]), (name, metrics)
+    # The update's diagnostics: KL and clip fraction are non-negative, each head has an
+    # entropy, and the transformer's attention was summarised (at update 1).
+    assert metrics["approx_kl"] >= 0 and 0 <= metrics["clip_fraction"] <= 1, metrics
+    assert math.isfinite(metrics["explained_variance"]), metrics
+    heads = [k for k in metrics if k.startswith("entropy/")]
+    assert len(heads) == 8 and metrics["entropy"] == pytest.approx(
+        sum(metrics[k] for k in heads), rel=1e-4)
+    for layer in (0, 1):
+        assert 0 <= metrics[f"attention/layer{layer}/entropy"] <= 1, metrics
+        assert 0 < metrics[f"attention/layer{layer}/max_weight"] <= 1 + 1e-6, metrics
+
+
+# ---------------------------------------------------------------------- the trainer's CLI
+
+ANSI_OR_CONTROL = re.compile(r"[\x1b\r\x08]")
+
+
+def _run_trainer(*flags: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The trainer as a user runs it, stdout a pipe (not a terminal), one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "train_slot_garden.py"), *flags],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )
+
+
+def test_help_describes_every_flag(tmp_path: Path) -> None:
+    """--help lists every Args field as a flag, each with a description and its default."""
+    done = _run_trainer("--help", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not ANSI_OR_CONTROL.search(done.stdout)
+    # Each option starts a line ("--flag TYPE  description" or "--flag TYPE" with the
+    # description on the following, indented lines) inside tyro's box.
+    rows = [line[2:-1].rstrip() if line.startswith("│ ") else line
+            for line in done.stdout.splitlines()]
+    options: dict[str, str] = {}
+    current = None
+    for row in rows:
+        found = re.match(r"(--[a-z-]+)(?:, --no-[a-z-]+)?(?: \S+)?(?:\s{2,}(.*))?$", row)
+        if found:
+            current = found.group(1)
+            options[current] = found.group(2) or ""
+        elif current is not None and row.startswith(" ") and row.strip():
+            options[current] += " " + row.strip()
+        elif not row.strip() or row.startswith("╰"):
+            current = None
+    expected = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(Args)}
+    assert expected <= set(options), expected - set(options)
+    for flag in expected:
+        text = options[flag]
+        assert "(default:" in text, (flag, text)
+        description = text[: text.index("(default:")].strip()
+        assert len(description) >= 5, (flag, text)
+    assert "{lstm,transformer}" in done.stdout and "{tuned,default}" in done.stdout
+
+
+def test_existing_command_lines_parse() -> None:
+    """The flags of the docs, tests and benchmarks keep their names and meanings."""
+    args = parse_args(["--policy", "lstm", "--rows", "2", "--cols", "5", "--total-steps",
+                       "200000", "--stagger", "--tensorboard", "runs/tb", "--checkpoint", "",
+                       "--quiet", "--malloc", "default", "--num-envs", "8", "--ff-mult", "2",
+                       "--contribution-dropout", "0.1", "--learning-rate", "3e-4"])
+    assert args == Args(policy="lstm", rows=2, cols=5, total_steps=200_000, stagger=True,
+                        tensorboard="runs/tb", checkpoint="", quiet=True, malloc="default",
+                        num_envs=8, ff_mult=2, contribution_dropout=0.1, learning_rate=3e-4)
+    assert parse_args([]) == Args()
+    with pytest.raises(SystemExit):
+        parse_args(["--policy", "gru"])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"num_minibatches": 64}, "--num-minibatches must be at most --num-envs (32)"),
+    ({"rollout_length": 0}, "--rollout-length must be a positive int; got 0"),
+    ({"policy": "gru"}, "--policy must be 'lstm' or 'transformer'; got 'gru'"),
+    ({"attention_every": -1}, "--attention-every must be an int >= 0"),
+])
+def test_bad_arguments_name_the_flag_value_and_expectation(
+    change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_args(dataclasses.replace(Args(), **change))  # type: ignore[arg-type]
+
+
+def test_piped_output_has_start_line_progress_and_tensorboard_scalars(tmp_path: Path) -> None:
+    """In a log or a pipe: the start line, the estimate, plain progress lines with the new
+    metrics, evaluation lines, no control characters; TensorBoard gets every metric."""
+    done = _run_trainer(
+        "--num-envs", "4", "--rollout-length", "6", "--episode-length", "12",
+        "--total-steps", "96", "--update-epochs", "1", "--num-minibatches", "2",
+        "--hidden-dim", "16", "--eval-episodes", "1", "--log-every", "2",
+        "--attention-every", "2", "--threads", "1", "--checkpoint", "",
+        "--tensorboard", str(tmp_path / "tb"), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert not ANSI_OR_CONTROL.search(out), repr(out)
+    lines = out.splitlines()
+    assert re.match(r"training transformer \([\d,]+ parameters\) on a 1x3 grid: 4 envs x "
+                    r"6-step rollouts, 4 updates = 96 env steps .* 1 thread, device cpu, seed 0",
+                    lines[0]), lines[0]
+    assert re.match(r"update 1 took [\d.]+ s: estimated .* \(a rough estimate", lines[1])
+    progress = [line for line in lines if re.match(r"update +\d+/4 ", line)]
+    assert len(progress) == 2, out  # updates 2 and 4
+    for line in progress:
+        for key in ("return", "entropy", "kl", "clip", "ev", "attn0", "attn1", "eta"):
+            assert f" {key} " in line, (key, line)
+    for name in ("learned", "random", "heuristic"):
+        assert re.search(rf"^evaluated {name}: mean return -?[\d.]+ \([\d.]+ s\)$", out, re.M)
+    assert "mean return over 1 episode" in out
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    expected = {"charts/mean_return", "losses/approx_kl", "losses/clip_fraction",
+                "losses/explained_variance", "losses/q_loss", "entropy/op", "entropy/slot",
+                "attention/layer0/entropy", "attention/layer1/max_weight",
+                "attention/entropy_mean", "eval/learned"}
+    assert expected <= scalars, expected - scalars
+    assert len(events.Scalars("losses/approx_kl")) == 4  # every update
+    assert len(events.Scalars("attention/layer0/entropy")) == 3  # updates 1, 2 and 4
+
+
+def test_attention_telemetry_does_not_change_the_run() -> None:
+    """The attention statistics' extra forward leaves the training run as it was (same
+    losses, same evaluation), even with a dropout that draws random numbers."""
+    base = Args(num_envs=4, rollout_length=6, episode_length=12, total_steps=48,
+                update_epochs=1, num_minibatches=2, hidden_dim=16, eval_episodes=1,
+                contribution_dropout=0.2, checkpoint=None, quiet=True)
+    without, _ = train(dataclasses.replace(base, attention_every=0))
+    watched, _ = train(dataclasses.replace(base, attention_every=1))
+    assert not any(k.startswith("attention/") for k in without)
+    assert "attention/layer0/entropy" in watched
+    for name in ("loss", "approx_kl", "learned"):
+        assert watched[name] == without[name], name

@@ -1,0 +1,37 @@
+"""benchmarks/training_comparison.py reports as it goes: which run starts, each result as it
+ends, then the tables (at a tiny size: one update per run)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_training_comparison_prints_each_run_as_it_starts_and_ends(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "training_comparison.py"), "--steps", "768",
+         "--seeds", "0", "--networks", "transformer", "--workers", "1", "--eval-episodes", "1",
+         "--json", str(tmp_path / "runs.json")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "2 runs (2 grids x 1 networks x 1 seeds) of 768 env steps, 1 at a time"
+    # A worker may start the next run before the parent prints the last one's result, so
+    # only each run's own order is fixed: it starts, then it ends.
+    for index, grid in ((1, "1x3"), (2, "2x5")):
+        run = f"run {index}/2: transformer on {grid}, seed 0"
+        assert f"{run} starts (768 env steps)" in lines, done.stdout
+        ended = [i for i, line in enumerate(lines) if line.startswith(f"{run} done in ")]
+        assert len(ended) == 1 and ended[0] > lines.index(f"{run} starts (768 env steps)")
+        assert re.match(r".* done in \d+ s: learned -?[\d.]+ .* \(\d/2 finished, \d+ s "
+                        r"elapsed\)$", lines[ended[0]]), lines[ended[0]]
+    assert "transfer_3x4" in next(line for line in lines if line.startswith("run 2/2") and "done" in line)
+    assert "| grid | network | final mean return |" in done.stdout
+    assert (tmp_path / "runs.json").exists()
