@@ -15,7 +15,7 @@ value, Q and contribution losses, gradient clipping, optional TensorBoard loggin
 checkpoint.
 
 What it prints: a start line (network, grid, environments, updates, env steps, threads,
-device, seed), an estimate of the time left after the first update, then progress (a bar on
+device, seed), an estimate of the time left after the second update (the first one warms up), then progress (a bar on
 a terminal; plain lines every ``--log-every`` updates in logs and pipes) with the mean
 return, entropy, value loss, approx-KL, clip fraction, explained variance and, for the
 transformer, the attention entropy per layer; then the evaluation, policy by policy. With
@@ -471,6 +471,7 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     with report:
         train_task = report.task("training", num_updates)
         start = time.perf_counter()
+        first_update_s = 0.0  # set after update 1; the time estimate starts at update 2
         for update in range(1, num_updates + 1):
             # ------------------------------------------------------------ rollout
             rollout_start = time.perf_counter()
@@ -562,14 +563,18 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
                 for k, v in stats.items():
                     group = "" if k.startswith("entropy/") else "losses/"
                     writer.add_scalar(f"{group}{k}", v, env_steps)
-            if update == 1 and num_updates > 1:
-                # The first update includes warm-up (allocator, kernel selection), so this
-                # errs long; evaluation steps cost about what a rollout step costs.
-                train_eta = elapsed * (num_updates - 1)
+            if update == 1:
+                first_update_s = elapsed
+            elif update == 2:
+                # Update 1 includes warm-up (allocator, kernel selection: it was 25x slower
+                # than update 2 in one run here), so the estimate starts from update 2;
+                # evaluation steps cost about what a rollout step costs.
+                per_update = elapsed - first_update_s
+                train_eta = per_update * (num_updates - 2)
                 eval_eta = rollout_s / T * eval_steps
-                report.line(f"update 1 took {elapsed:.1f} s: estimated {duration(train_eta)} "
-                            f"more training, then ~{duration(eval_eta)} of evaluation "
-                            "(a rough estimate from the first update)")
+                report.line(f"update 2 took {per_update:.1f} s (update 1, with warm-up, "
+                            f"{first_update_s:.1f} s): estimated {duration(train_eta)} more "
+                            f"training, then ~{duration(eval_eta)} of evaluation")
             remaining = elapsed / update * (num_updates - update)
             report.advance(train_task, status=f"return {mean_return:.3f}  "
                            f"kl {stats['approx_kl']:.4f}  clip {stats['clip_fraction']:.3f}")

@@ -242,7 +242,8 @@ def test_piped_output_has_start_line_progress_and_tensorboard_scalars(tmp_path: 
     assert re.match(r"training transformer \([\d,]+ parameters\) on a 1x3 grid: 4 envs x "
                     r"6-step rollouts, 4 updates = 96 env steps .* 1 thread, device cpu, seed 0",
                     lines[0]), lines[0]
-    assert re.match(r"update 1 took [\d.]+ s: estimated .* \(a rough estimate", lines[1])
+    assert re.match(r"update 2 took [\d.]+ s \(update 1, with warm-up, [\d.]+ s\): estimated ",
+                    lines[1]), lines[1]
     progress = [line for line in lines if re.match(r"update +\d+/4 ", line)]
     assert len(progress) == 2, out  # updates 2 and 4
     for line in progress:
