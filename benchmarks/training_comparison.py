@@ -8,7 +8,8 @@ For each grid (1x3, 2x5) and network (lstm, transformer), trains with
 reports the final mean return (mean +- std over seeds), env steps per second and wall time.
 The transformers trained on 2x5 are then evaluated on 3x4 and 4x4 grids without further
 training (the flat LSTM's input layer is sized for one grid, so it cannot run there).
-Prints which run starts (run k of n) and each run's result as it ends, with its time and
+Each run's learning curve (mean training return after every update) goes into the JSON;
+``benchmarks/plot_training.py`` draws it. Prints which run starts (run k of n) and each run's result as it ends, with its time and
 the time since the start; then a markdown table. Writes JSON with every run when ``--json``
 is given.
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
+import shutil
 import statistics
 import sys
 import tempfile
@@ -79,9 +82,15 @@ def run_one(spec: dict[str, object]) -> dict[str, object]:
                     contribution_hidden=int(spec["contribution_hidden"]),  # type: ignore[call-overload]
                     contribution_dropout=float(spec["contribution_dropout"]),  # type: ignore[arg-type]
                     ff_mult=int(spec["ff_mult"]))  # type: ignore[call-overload]
-        metrics, _ = train(args)
+        curve: list[tuple[int, float | None]] = []  # None (JSON null) before an episode ends
+        metrics, _ = train(args, on_update=lambda steps, ret: curve.append(
+            (steps, None if math.isnan(ret) else ret)))
         run: dict[str, object] = {"network": network, "grid": f"{rows}x{cols}", "seed": seed,
-                                  **metrics}
+                                  **metrics, "curve": curve}
+        if spec["checkpoints"]:
+            folder_out = Path(str(spec["checkpoints"]))
+            folder_out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ckpt, folder_out / f"{network}_{rows}x{cols}_seed{seed}.pt")
         if network == "transformer" and (rows, cols) == (2, 5):
             for grid in TRANSFER_GRIDS:
                 config = SlotConfig.for_grid(*grid)
@@ -103,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=2,
                         help="evaluation episodes per environment (default: 2)")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, 1 thread each")
-    parser.add_argument("--json", type=str, default=None, help="write every run to this file")
+    parser.add_argument("--json", type=str, default=None,
+                        help="write every run (with its learning curve) to this file")
+    parser.add_argument("--checkpoints", type=str, default=None,
+                        help="keep each run's checkpoint in this folder (default: discard)")
     parser.add_argument("--networks", nargs="+", choices=("lstm", "transformer"),
                         default=["lstm", "transformer"], help="networks to train (default: both)")
     parser.add_argument("--contribution-hidden", type=int, default=Args.contribution_hidden,
@@ -117,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     specs = [{"network": network, "rows": rows, "cols": cols, "seed": seed,
               "steps": cli.steps, "eval_episodes": cli.eval_episodes,
               "contribution_hidden": cli.contribution_hidden,
-              "contribution_dropout": cli.contribution_dropout, "ff_mult": cli.ff_mult}
+              "contribution_dropout": cli.contribution_dropout, "ff_mult": cli.ff_mult,
+              "checkpoints": cli.checkpoints}
              for rows, cols in GRIDS for network in cli.networks for seed in cli.seeds]
     for index, spec in enumerate(specs, start=1):
         spec.update(index=index, of=len(specs))

@@ -40,6 +40,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -419,8 +420,14 @@ def attention_summary(policy: PolicyBundle, rollout: Rollout) -> tuple[dict[str,
     return summary, compute_attention_stats(seen.attention, seen.active, seen.slot_ids)
 
 
-def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
+def train(
+    args: Args, on_update: Callable[[int, float], None] | None = None
+) -> tuple[dict[str, float], PolicyBundle]:
     """Train, evaluate against the reference policies, checkpoint; returns (metrics, policy).
+
+    ``on_update(env_steps, mean_return)`` is called after every update with the environment
+    steps so far and the mean return of the last ``2 E`` training episodes (sampled actions,
+    op floor on; NaN before the first episode ends): the learning curve.
 
     The metrics hold the mean evaluation returns (``learned``, ``random``, ``heuristic``),
     ``wall_s`` (training only), ``eval_s``, ``env_steps_per_s``, ``updates``, and the last
@@ -551,6 +558,8 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
             sps = env_steps / elapsed
             recent = recent_returns[-2 * E:]
             mean_return = sum(recent) / len(recent) if recent else math.nan
+            if on_update is not None:
+                on_update(env_steps, mean_return)
             if watch_attention and (update % args.attention_every == 0 or update == 1):
                 attention, attention_stats = attention_summary(policy, rollout)
                 if writer is not None:

@@ -99,7 +99,12 @@ from slotformer.telemetry import (
     policy_diagnostics,
 )
 from slotformer.validation import expect, set_validation, validation, validation_enabled
-from slotformer.viz import attention_heatmap_image, network_badge, render_attention_heatmap
+from slotformer.viz import (
+    attention_figure,
+    attention_heatmap_image,
+    network_badge,
+    render_attention_heatmap,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -153,6 +158,7 @@ __all__ = [
     "TransformerPolicyBundle",
     "TrunkIntermediates",
     "__version__",
+    "attention_figure",
     "attention_heatmap_image",
     "canonicalize_head",
     "canonicalize_masks",

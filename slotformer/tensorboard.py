@@ -16,10 +16,11 @@ Example::
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Protocol
 
 from slotformer.telemetry import AttentionStats
-from slotformer.viz import attention_heatmap_image
+from slotformer.viz import attention_figure, attention_heatmap_image
 
 
 class ScalarImageWriter(Protocol):
@@ -58,6 +59,7 @@ def log_attention(
     tag: str = "attention",
     *,
     cell_px: int = 8,
+    figure: bool | None = None,
 ) -> None:
     """Write attention statistics as TensorBoard scalars and a slot-slot heatmap image.
 
@@ -72,6 +74,10 @@ def log_attention(
         step: the global step to log at.
         tag: prefix of every tag.
         cell_px: pixels per heatmap cell side.
+        figure: also write ``{tag}/slot_slot_labelled``, a labelled figure (slot ids on both
+            axes, a colour bar; :func:`slotformer.viz.attention_figure`) with the writer's
+            ``add_figure``; None = when matplotlib is installed and the writer has
+            ``add_figure``; True requires both.
 
     Example::
 
@@ -90,6 +96,16 @@ def log_attention(
     if stats.slot_slot:
         image = attention_heatmap_image(stats.slot_slot, cell_px=cell_px)  # [3, N*px, N*px]
         writer.add_image(f"{tag}/slot_slot", image, step, dataformats="CHW")
+        if figure is None:
+            figure = hasattr(writer, "add_figure") and importlib.util.find_spec(
+                "matplotlib") is not None
+        if figure:
+            if not hasattr(writer, "add_figure"):
+                raise ValueError(f"figure=True needs a writer with add_figure; "
+                                 f"{type(writer).__name__} has none")
+            labelled = attention_figure(stats.slot_slot, stats.slot_ids,
+                                        title=f"{tag}: last layer, step {step}")
+            writer.add_figure(f"{tag}/slot_slot_labelled", labelled, step)
 
 
 __all__ = ["ScalarImageWriter", "create_summary_writer", "log_attention"]

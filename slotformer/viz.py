@@ -1,4 +1,5 @@
-"""Plain-text views of attention for status lines and TUIs, plus a heatmap image tensor.
+"""Plain-text views of attention for status lines and TUIs, a heatmap image tensor, and a
+labelled matplotlib figure (:func:`attention_figure`, with the ``plot`` extra).
 
 :func:`render_attention_heatmap` draws a slot-slot matrix (or a per-slot vector) with block
 characters. Cell values are used **raw**: the thresholds are attention probabilities, so a
@@ -250,10 +251,76 @@ def attention_heatmap_image(matrix: MatrixLike, *, cell_px: int = 8) -> Tensor:
     return rgb.repeat_interleave(cell_px, dim=1).repeat_interleave(cell_px, dim=2)
 
 
+def attention_figure(
+    matrix: MatrixLike,
+    labels: Sequence[str],
+    *,
+    title: str | None = None,
+    annotate: bool | None = None,
+) -> Any:
+    """A labelled slot-slot attention heatmap as a matplotlib ``Figure`` (the ``plot`` extra).
+
+    Rows are query slots and columns key slots, both labelled with slot ids; the colour scale
+    is the raw attention weight on a fixed 0..1 range (comparable across figures, as in the
+    text heatmap), with a colour bar. For ``TensorBoard`` pass it to
+    ``SummaryWriter.add_figure`` (or :func:`slotformer.tensorboard.log_attention`, which does
+    when matplotlib is installed); for a file, ``figure.savefig("attention.png")``.
+
+    Args:
+        matrix: ``[N, N]`` values (``AttentionStats.slot_slot``), Tensor or nested list.
+        labels: N slot ids (``AttentionStats.slot_ids``).
+        title: optional title.
+        annotate: write each weight in its cell; None = only for N <= 12 (readable).
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (not shown; close it with ``matplotlib.pyplot.close``
+        or let it be collected: it is not registered with pyplot).
+
+    Raises:
+        ImportError: without matplotlib (``pip install "slotformer[plot]"``).
+        ValueError: a matrix that is not square or does not match ``labels``.
+
+    Example:
+        >>> fig = attention_figure([[0.6, 0.3], [0.05, 0.9]], ["r0c0", "r0c1"])  # doctest: +SKIP
+        >>> fig.savefig("attention.png")  # doctest: +SKIP
+    """
+    rows, one_dim = _as_rows(matrix)  # checks squareness and finiteness
+    n = len(rows[0])
+    if one_dim:
+        raise ValueError(f"matrix must be [N, N] (query x key slots); got a vector of {n}")
+    if len(labels) != n:
+        raise ValueError(f"labels must name the {n} slots of the matrix; got {len(labels)}")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            'attention_figure needs matplotlib: pip install "slotformer[plot]"'
+        ) from error
+    side = min(2.0 + 0.45 * n, 12.0)
+    figure = Figure(figsize=(side + 1.2, side), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(rows, cmap="magma", vmin=0.0, vmax=1.0)
+    axes.set_xticks(range(n), list(labels), rotation=90 if n > 6 else 0)
+    axes.set_yticks(range(n), list(labels))
+    axes.set_xlabel("key slot (attended to)")
+    axes.set_ylabel("query slot")
+    if title:
+        axes.set_title(title)
+    if annotate if annotate is not None else n <= 12:
+        for r, row in enumerate(rows):
+            for c, value in enumerate(row):
+                # dark text on the bright end of the colour map, light text elsewhere
+                axes.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                          color="black" if value > 0.6 else "white")
+    figure.colorbar(image, ax=axes, label="attention weight (raw, 0..1)")
+    return figure
+
+
 __all__ = [
     "COMPACT_GLYPHS",
     "WIDE_GLYPHS",
     "MatrixLike",
+    "attention_figure",
     "attention_heatmap_image",
     "network_badge",
     "render_attention_heatmap",

@@ -505,3 +505,92 @@ def test_network_types_moved_to_the_registry_with_a_deprecated_alias() -> None:
 
     with pytest.warns(DeprecationWarning, match="telemetry.NETWORK_TYPES is deprecated"):
         assert telemetry_module.NETWORK_TYPES == ("lstm", "transformer")
+
+
+def test_log_attention_adds_a_labelled_figure_when_matplotlib_is_there(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    log_attention(writer, _stats(), step=3)
+    writer.close()
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    (image,) = accumulator.Images("attention/slot_slot_labelled")
+    assert image.step == 3 and image.width > 100  # a rendered figure, not 16 px of cells
+
+
+def test_log_attention_figure_switch() -> None:
+    class ScalarsAndImagesOnly:
+        def __init__(self) -> None:
+            self.images: list[str] = []
+
+        def add_scalar(self, tag: str, value: object, step: object = None) -> None:
+            pass
+
+        def add_image(self, tag: str, image: object, step: object = None, walltime: object = None,
+                      dataformats: str = "CHW") -> None:
+            self.images.append(tag)
+
+    writer = ScalarsAndImagesOnly()
+    log_attention(writer, _stats(), step=1)  # figure=None: the writer has no add_figure
+    assert writer.images == ["attention/slot_slot"]
+    with pytest.raises(ValueError, match="figure=True needs a writer with add_figure"):
+        log_attention(writer, _stats(), step=1, figure=True)
+
+
+def test_attention_figure_labels_both_axes_and_has_a_colour_scale() -> None:
+    pytest.importorskip("matplotlib")
+    from slotformer.viz import attention_figure
+
+    labels = ["r0c0", "r0c1", "r1c0"]
+    figure = attention_figure(torch.eye(3) * 0.8, labels, title="demo")
+    heatmap, colourbar = figure.axes
+    assert [t.get_text() for t in heatmap.get_xticklabels()] == labels
+    assert [t.get_text() for t in heatmap.get_yticklabels()] == labels
+    assert heatmap.get_xlabel().startswith("key slot") and heatmap.get_ylabel() == "query slot"
+    assert "attention weight" in colourbar.get_ylabel()
+    assert heatmap.images[0].get_clim() == (0.0, 1.0)  # raw weights, a fixed scale
+    assert len(heatmap.texts) == 9  # annotated: N <= 12
+    with pytest.raises(ValueError, match="labels must name the 3 slots of the matrix; got 2"):
+        attention_figure(torch.eye(3), labels[:2])
+    with pytest.raises(ValueError, match=r"must be \[N, N\].*got a vector of 3"):
+        attention_figure([0.1, 0.2, 0.3], labels)
+
+
+def test_matplotlib_is_not_imported_by_slotformer() -> None:
+    code = ("import slotformer, slotformer.viz, slotformer.tensorboard, sys; "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_plot_training_draws_curves_and_reference_lines(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.plot_training import learning_curves, main
+
+    def run(network: str, grid: str, seed: int) -> dict[str, object]:
+        curve = [[100, None], [200, -0.2 + seed], [300, 0.5 + seed]]
+        return {"network": network, "grid": grid, "seed": seed, "learned": 1.0,
+                "random": -0.4, "heuristic": 2.0, "curve": curve}
+
+    results = {"runs": [run(n, g, s) for g in ("1x3", "2x5") for n in ("lstm", "transformer")
+                        for s in (0, 1)]}
+    figure = learning_curves(results)
+    assert len(figure.axes) == 2
+    left = figure.axes[0]
+    assert left.get_title() == "Slot Garden 1x3"
+    labels = [line.get_label() for line in left.get_lines()]
+    assert labels == ["lstm (mean of 2 seeds, band: min-max)",
+                      "transformer (mean of 2 seeds, band: min-max)",
+                      "heuristic (2.00)", "random (-0.40)"]
+    mean = left.get_lines()[0]
+    assert list(mean.get_xdata()) == [200, 300]  # the point before any episode ended is left out
+    assert list(mean.get_ydata()) == pytest.approx([0.3, 1.0])
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    main(["--results", str(path), "--curves-out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no run has a learning curve"):
+        learning_curves({"runs": [{"network": "lstm", "grid": "1x3"}]})
