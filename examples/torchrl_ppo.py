@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -109,7 +110,7 @@ class Args:
 
 def torchrl_policy_fn(
     actor: ProbabilisticActor, module: SlotformerPolicyModule, num_envs: int
-) -> object:
+) -> Callable[[StepOutput], Tensor]:
     """The TorchRL actor as an ``[E, 8]`` action function for `evaluate_policy` (it
     samples, as in training, and carries the recurrent state between calls)."""
     layers, width = module.network.lstm_layers, module.network.lstm_hidden_dim
@@ -202,7 +203,7 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
         return SlotGardenEnv(E, slot_config, args.episode_length, seed=args.seed + 1000,
                              table_seed=args.seed)
 
-    learned = evaluate_policy(fresh_env(), torchrl_policy_fn(actor, critic, E),  # type: ignore[arg-type]
+    learned = evaluate_policy(fresh_env(), torchrl_policy_fn(actor, critic, E),
                               num_episodes=args.eval_episodes)
     gen = torch.Generator().manual_seed(args.seed + 1000)
     random_score = evaluate_policy(fresh_env(), lambda s: random_valid_policy(s, gen),
