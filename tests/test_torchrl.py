@@ -231,14 +231,19 @@ def test_example_help_lists_every_flag() -> None:
 @pytest.mark.slow
 def test_torchrl_ppo_beats_the_random_policy() -> None:
     """A seeded, CI-sized PPO run through TorchRL's Collector, GAE and ClipPPOLoss (Slot
-    Transformer, 1x3 grid) clearly beats random valid play."""
+    Transformer, 1x3 grid) clearly beats random valid play.
+
+    Measured at these settings (1 thread, about 35 s of training): learned 1.25 / 1.74 /
+    1.54 / 1.82 against random -0.35 / -0.34 / -0.39 / -0.36 for seeds 0 / 1 / 2 / 3
+    (heuristic 2.76 / 1.60 / 1.78 / 2.06), so a margin of 1.0 holds with room to spare;
+    at half the steps seed 2 reached only 0.03 against -0.31."""
     from examples.torchrl_ppo import Args, train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        metrics, _ = train(Args(total_steps=9_216, eval_episodes=1, seed=0, quiet=True))
+        metrics, _ = train(Args(total_steps=18_432, eval_episodes=2, seed=0, quiet=True))
     finally:
         torch.set_num_threads(threads)
     assert metrics["random"] < 0.0
-    assert metrics["learned"] > metrics["random"] + 0.5, metrics
+    assert metrics["learned"] > metrics["random"] + 1.0, metrics
