@@ -176,7 +176,7 @@ def test_irrelevant_heads_add_no_log_prob_or_entropy() -> None:
     # A stored irrelevant choice (not the canonical one) still scores 0, as evaluate_actions.
     action[:, HEAD_NAMES.index("blueprint")] = 5
     assert torch.equal(dist.log_prob(action), torch.zeros(2))
-    with pytest.raises(ValueError, match=r"expected int64 \[2, 8\]"):
+    with pytest.raises(ValueError, match=r"expected int64 \(2, 8\)"):
         dist.log_prob(action[:, :7])
 
 
@@ -247,3 +247,22 @@ def test_torchrl_ppo_beats_the_random_policy() -> None:
         torch.set_num_threads(threads)
     assert metrics["random"] < 0.0
     assert metrics["learned"] > metrics["random"] + 1.0, metrics
+
+
+def test_errors_name_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"value_baseline='q'.*value_baseline='v'"):
+        SlotformerPolicyModule(create_policy("lstm", lstm_hidden_dim=16, trunk_dim=16,
+                                             value_baseline="q"))
+    module = SlotformerPolicyModule(small_policy("lstm"))
+    td = TensorDict({"obs": torch.zeros(2, 116), "blueprint_indices": torch.full((2, 3), -1)},
+                    batch_size=[2])
+    with pytest.raises(KeyError, match=r"recurrent_state_h.*make_tensordict_primer"):
+        module(td)
+    network = module.network
+    logits = {h.name: torch.zeros(2, h.size) for h in network.action_space.heads}
+    masks = {h.name: torch.ones(2, h.size, dtype=torch.bool) for h in network.action_space.heads}
+    masks["slot"] = torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"masks\['slot'\] is \(2, 4\), expected \(2, 3\)"):
+        FactoredMaskedDistribution(logits, masks, network=network)
+    with pytest.raises(ValueError, match=r"batch shape \[E, T\]"):
+        add_state_values(td, module)

@@ -385,9 +385,8 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
                 if value is None or tuple(value.shape) != (*batch_shape, head.size):
                     got = "missing" if value is None else describe_shape(value)
                     raise ValueError(
-                        f"{what}[{head.name!r}] is {got}, expected [{', '.join(map(str, batch_shape))}"
-                        f"{', ' if batch_shape else ''}{head.size}] (the op logits' leading shape "
-                        f"+ the head's size)"
+                        f"{what}[{head.name!r}] is {got}, expected {(*batch_shape, head.size)} "
+                        f"(the op logits' leading shape + the head's size)"
                     )
         expected = (*batch_shape, space.num_ops, space.num_slots)
         if slot_by_op is not None and (
@@ -458,8 +457,8 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
         if value.dtype != torch.int64 or tuple(value.shape) != (*self.batch_shape, k):
             raise ValueError(
                 f"action is {value.dtype} {describe_shape(value)}, expected int64 "
-                f"[{', '.join(str(s) for s in (*self.batch_shape, k))}] (batch shape + "
-                f"{k} heads in order {list(self.head_names)})"
+                f"{(*self.batch_shape, k)} (batch shape + {k} heads in order "
+                f"{list(self.head_names)})"
             )
         flat = value.reshape(-1, 1, k)
         actions = {name: flat[..., i] for i, name in enumerate(self.head_names)}
