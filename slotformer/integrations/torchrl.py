@@ -593,6 +593,9 @@ class SlotformerPolicyModule(TensorDictModuleBase):
         return states[0], states[1]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Write ``("logits", head)`` ``[*B, n]``, ``"state_value"`` ``[*B, 1]`` and, one
+        step at a time, ``("next", "recurrent_state_h" / "_c")`` ``[*B, L, H]`` into
+        ``tensordict`` (batch ``[*B]``, or ``[*B, T]`` in recurrent mode) and return it."""
         sequences = self.recurrent_mode
         batch = tensordict.batch_size
         if sequences and len(batch) < 1:
@@ -616,6 +619,10 @@ class SlotformerPolicyModule(TensorDictModuleBase):
         else:
             h, c = self._hidden(td, slice(None))
             starts = None if is_init is None else is_init.reshape(-1)  # [B]
+        # Raw logits: the distribution applies the masks itself (canonicalised for the op),
+        # as evaluate_actions does on its raw logits. Logits filled with MASKED_LOGIT_VALUE
+        # would change the probabilities wherever slot_by_op allows a slot the base mask
+        # forbids.
         no_masks: dict[str, Tensor | None] = dict.fromkeys(self.head_names)
         out = self.policy.forward(obs, bp, no_masks, (h, c), episode_starts=starts)
         shape = tensordict.batch_size
