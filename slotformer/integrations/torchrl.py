@@ -341,7 +341,10 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
     ``entropy()`` is the op's normalised entropy plus the expectation over the op of the
     other heads' normalised entropies under the op-canonicalised masks,
     ``H(op) + sum_o p(o) sum_h H(h | o)`` (slotformer's per-head entropies are normalised by
-    ``ln(num_valid)``): analytic, so ``ClipPPOLoss`` needs no Monte-Carlo estimate.
+    ``ln(num_valid)``): analytic, so ``ClipPPOLoss`` needs no Monte-Carlo estimate. The
+    weights ``p(o)`` carry no gradient, so an entropy bonus trains each head as slotformer's
+    own PPO loop does (the summed head entropies at the stored op, in expectation) and does
+    not favour ops with more relevant heads.
 
     Example:
         >>> from slotformer import create_policy
@@ -482,7 +485,10 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
             self._logits[op_name], self._masks[op_name], self._floors.get(op_name), mode
         )  # [M, 1, O]
         total = normalised_entropy(op_log_probs, self._masks[op_name])  # [M, 1]
-        op_probs = op_log_probs.exp()
+        # The op's probabilities weight the heads' entropies without gradient: the bonus then
+        # trains each head's entropy as slotformer's own PPO does at the stored op (in
+        # expectation) and does not pull the op towards the ops with more relevant heads.
+        op_probs = op_log_probs.exp().detach()
         for op in range(space.num_ops):
             ops = torch.full_like(total, op, dtype=torch.long)
             canonical = canonicalize_masks(space, self._masks, ops, self._slot_by_op)
@@ -706,6 +712,21 @@ def add_state_values(batch: TensorDictBase, critic: SlotformerPolicyModule) -> T
 
     Returns:
         ``batch``, with ``"state_value"`` and ``("next", "state_value")`` ``[E, T, 1]``.
+
+    Example:
+        >>> from torchrl.collectors import Collector
+        >>> from torchrl.envs import TransformedEnv
+        >>> from torchrl.objectives.value import GAE
+        >>> from slotformer import create_policy
+        >>> base = SlotGardenTorchRLEnv(num_envs=2, episode_length=3, seed=0)
+        >>> actor, critic = make_actor_critic(
+        ...     create_policy("lstm", lstm_hidden_dim=16, trunk_dim=16))
+        >>> env = TransformedEnv(base, critic.make_tensordict_primer())
+        >>> collector = Collector(env, actor, frames_per_batch=10, total_frames=10)
+        >>> batch = add_state_values(next(iter(collector)), critic)  # [2, 5]
+        >>> GAE(gamma=0.97, lmbda=0.95, value_network=None)(batch)["advantage"].shape
+        torch.Size([2, 5, 1])
+        >>> collector.shutdown()
     """
     if batch.batch_dims != 2:
         raise ValueError(
