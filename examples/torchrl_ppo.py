@@ -2,6 +2,7 @@
 
     python examples/torchrl_ppo.py                        # Slot Transformer on a 1x3 grid
     python examples/torchrl_ppo.py --policy lstm --total-steps 60000
+    python examples/torchrl_ppo.py --stagger              # episodes of unequal lengths
     python examples/torchrl_ppo.py --help                 # every flag, with its help
 
 What it shows: Slot Garden as a TorchRL ``EnvBase`` (`SlotGardenTorchRLEnv`), a slotformer
@@ -73,7 +74,10 @@ class Args:
     num_envs: int = 32
     """Environments stepped together (E)."""
     episode_length: int = 48
-    """Steps per episode."""
+    """Steps per episode (the longest one with --stagger)."""
+    stagger: bool = False
+    """Unequal episode lengths, drawn per environment from episode_length // 2 ..
+    episode_length: environments end episodes at different steps (partial resets)."""
     rollout_length: int = 24
     """Steps per environment in each collected batch (T)."""
     total_steps: int = 120_000
@@ -146,7 +150,10 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     torch.manual_seed(args.seed)
     slot_config = SlotConfig.for_grid(args.rows, args.cols)
     E, T = args.num_envs, args.rollout_length
-    base = SlotGardenTorchRLEnv(E, slot_config, args.episode_length, seed=args.seed)
+    base = SlotGardenTorchRLEnv(
+        E, slot_config, args.episode_length, seed=args.seed,
+        min_episode_length=max(1, args.episode_length // 2) if args.stagger else None,
+    )
     policy = create_policy(
         args.policy, slot_config=slot_config, lstm_hidden_dim=args.hidden_dim,
         value_baseline="v",
@@ -199,7 +206,9 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     collector.shutdown()
     wall = time.perf_counter() - start
 
-    def fresh_env() -> SlotGardenEnv:  # new episodes of the training world (same tables)
+    # New full-length episodes of the training world (same tables), even after --stagger,
+    # so the three scores compare with the reference scores.
+    def fresh_env() -> SlotGardenEnv:
         return SlotGardenEnv(E, slot_config, args.episode_length, seed=args.seed + 1000,
                              table_seed=args.seed)
 
