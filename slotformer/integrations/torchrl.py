@@ -28,8 +28,9 @@ key                                            value
 ``"action_log_prob"``                          float32 ``[E]``: summed over heads
 ``("logits", head)``                           float32 ``[E, n_head]``, unmasked
 ``"state_value"``                              float32 ``[E, 1]``: V(s)
-``"recurrent_state_h"``, ``"recurrent_state_c"``  float32 ``[E, L, H]``: the state entering
-                                               this step (as TorchRL's ``LSTMModule``)
+``"recurrent_state_h"``                        float32 ``[E, L, H]``: the state entering this
+                                               step (as TorchRL's ``LSTMModule``)
+``"recurrent_state_c"``                        float32 ``[E, L, H]``: its cell state
 =============================================  ============================================
 
 Auto-reset. Slot Garden resets a finished environment inside the ``step`` that ends its
@@ -51,6 +52,13 @@ step to step. At update, under TorchRL's ``set_recurrent_mode(True)``, the modul
 ``is_init`` as ``episode_starts``, so a sequence that crosses an episode end scores like its
 pieces from zero state, and the first epoch re-scores the rollout's log-probs (ratio 1 within
 fp32 rounding).
+
+Values. ``GAE(value_network=critic)`` would score the ``("next", ...)`` entries as sequences
+of their own, which a critic that zeroes its state on ``is_init`` cannot do right; instead
+:func:`add_state_values` scores each sequence and the observation after it in one call, and
+``GAE(value_network=None)`` reads those values. ``ClipPPOLoss`` runs the actor and the critic
+separately (as with TorchRL's ``ActorValueOperator``), so the shared network's forward runs
+twice per minibatch.
 
 Example (collect a few steps; ``examples/torchrl_ppo.py`` trains with PPO):
 
