@@ -17,6 +17,7 @@ is given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -66,6 +67,36 @@ def summary(run: dict[str, object]) -> str:
             f"{figures['env_steps_per_s']:.0f} env steps/s{transfer}")
 
 
+def parse_grid(text: str, parser: argparse.ArgumentParser) -> tuple[int, int]:
+    rows, _, cols = text.partition("x")
+    if not (rows.isdigit() and cols.isdigit() and int(rows) > 0 and int(cols) > 0):
+        parser.error(f"--grids takes ROWSxCOLS such as 2x5; got {text!r}")
+    return int(rows), int(cols)
+
+
+def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict[str, object]:
+    """``field=value`` pairs typed like the trainer's ``Args`` defaults."""
+    fields = {f.name: f for f in dataclasses.fields(Args)}
+    overrides: dict[str, object] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            parser.error(f"--set takes FIELD=VALUE with FIELD one of {sorted(fields)}; got {item!r}")
+        default = getattr(Args, name)
+        try:
+            if isinstance(default, bool):
+                if text not in ("true", "false"):
+                    raise ValueError("expected true or false")
+                overrides[name] = text == "true"
+            elif isinstance(default, (int, float)):
+                overrides[name] = type(default)(text)
+            else:
+                overrides[name] = text
+        except ValueError as error:
+            parser.error(f"--set {name}: {error} (default {default!r}); got {text!r}")
+    return overrides
+
+
 def run_one(spec: dict[str, object]) -> dict[str, object]:
     """Train one (network, grid, seed) run; for the 2x5 transformer, also evaluate transfer."""
     torch.set_num_threads(1)  # one run per core: these small models gain little from two
@@ -82,6 +113,7 @@ def run_one(spec: dict[str, object]) -> dict[str, object]:
                     contribution_hidden=int(spec["contribution_hidden"]),  # type: ignore[call-overload]
                     contribution_dropout=float(spec["contribution_dropout"]),  # type: ignore[arg-type]
                     ff_mult=int(spec["ff_mult"]))  # type: ignore[call-overload]
+        args = dataclasses.replace(args, **spec["set"])  # type: ignore[arg-type]
         curve: list[tuple[int, float | None]] = []  # None (JSON null) before an episode ends
         metrics, _ = train(args, on_update=lambda steps, ret: curve.append(
             (steps, None if math.isnan(ret) else ret)))
@@ -124,17 +156,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="transformer: dropout of the contribution predictor")
     parser.add_argument("--ff-mult", type=int, default=Args.ff_mult,
                         help="transformer: feed-forward width of each block / embed_dim")
+    parser.add_argument("--grids", nargs="+", default=["1x3", "2x5"],
+                        help="grids to train on, ROWSxCOLS (default: 1x3 2x5)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override trainer arguments (examples/train_slot_garden.py's "
+                             "Args fields), e.g. --set learning_rate=3e-4 gamma=0.99")
     cli = parser.parse_args(argv)
+    grids = [parse_grid(text, parser) for text in cli.grids]
+    overrides = parse_overrides(cli.set, parser)
 
     specs = [{"network": network, "rows": rows, "cols": cols, "seed": seed,
               "steps": cli.steps, "eval_episodes": cli.eval_episodes,
               "contribution_hidden": cli.contribution_hidden,
               "contribution_dropout": cli.contribution_dropout, "ff_mult": cli.ff_mult,
-              "checkpoints": cli.checkpoints}
-             for rows, cols in GRIDS for network in cli.networks for seed in cli.seeds]
+              "checkpoints": cli.checkpoints, "set": overrides}
+             for rows, cols in grids for network in cli.networks for seed in cli.seeds]
     for index, spec in enumerate(specs, start=1):
         spec.update(index=index, of=len(specs))
-    print(f"{len(specs)} runs ({len(GRIDS)} grids x {len(cli.networks)} networks x "
+    print(f"{len(specs)} runs ({len(grids)} grids x {len(cli.networks)} networks x "
           f"{len(cli.seeds)} seeds) of {cli.steps} env steps, {cli.workers} at a time",
           flush=True)
     context = multiprocessing.get_context("spawn")
@@ -155,11 +194,12 @@ def main(argv: list[str] | None = None) -> None:
             {"runs": runs, "transfer": {f"{g[0]}x{g[1]}": v for g, v in transfer.items()}},
             indent=2))
 
-    print(f"\n{cli.steps} env steps per run, seeds {cli.seeds}, "
+    print(f"\n{cli.steps} env steps per run, seeds {cli.seeds}, trainer overrides "
+          f"{overrides or 'none'}, "
           f"{cli.eval_episodes} evaluation episodes x 32 envs\n")
     print("| grid | network | final mean return | random | heuristic | env steps/s | wall s |")
     print("|---|---|---|---|---|---|---|")
-    for rows, cols in GRIDS:
+    for rows, cols in grids:
         for network in cli.networks:
             sel = [r for r in runs if r["network"] == network and r["grid"] == f"{rows}x{cols}"]
             col = {k: [float(r[k]) for r in sel] for k in  # type: ignore[arg-type]
@@ -168,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{mean_std(col['random'])} | {mean_std(col['heuristic'])} | "
                   f"{statistics.mean(col['env_steps_per_s']):.0f} | "
                   f"{statistics.mean(col['wall_s']):.0f} |")
-    if "transformer" not in cli.networks:
+    if "transformer" not in cli.networks or (2, 5) not in grids:
         return
     print("\nZero-shot transfer of the transformer trained on 2x5:\n")
     print("| grid | transformer (trained on 2x5) | lstm | random | heuristic |")

@@ -35,3 +35,31 @@ def test_training_comparison_prints_each_run_as_it_starts_and_ends(tmp_path: Pat
     assert "transfer_3x4" in next(line for line in lines if line.startswith("run 2/2") and "done" in line)
     assert "| grid | network | final mean return |" in done.stdout
     assert (tmp_path / "runs.json").exists()
+    import json
+
+    run = json.loads((tmp_path / "runs.json").read_text())["runs"][0]
+    assert [point[0] for point in run["curve"]] == [768]  # one update: one curve point
+
+
+def test_grids_and_overrides_reach_the_trainer(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "benchmarks" / "training_comparison.py")
+    done = subprocess.run(
+        [sys.executable, script, "--steps", "384", "--seeds", "0", "--networks", "lstm",
+         "--grids", "1x2", "--workers", "1", "--eval-episodes", "1",
+         "--set", "rollout_length=12", "hidden_dim=16", "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "trainer overrides {'rollout_length': 12, 'hidden_dim': 16}" in done.stdout
+    import json
+
+    (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
+    assert run["grid"] == "1x2"
+    assert [point[0] for point in run["curve"]] == [384]  # 32 envs x 12 steps per update
+    for bad, message in ((["--set", "lr=1"], "--set takes FIELD=VALUE"),
+                         (["--set", "gamma=x"], "--set gamma: could not convert"),
+                         (["--grids", "2by5"], "--grids takes ROWSxCOLS")):
+        failed = subprocess.run([sys.executable, script, *bad], capture_output=True, text=True,
+                                timeout=60, cwd=tmp_path, env=env)
+        assert failed.returncode == 2 and message in failed.stderr, failed.stderr
