@@ -83,8 +83,13 @@ def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict[s
         if not sep or name not in fields:
             parser.error(f"--set takes FIELD=VALUE with FIELD one of {sorted(fields)}; got {item!r}")
         default = getattr(Args, name)
+        annotation = str(fields[name].type)
         try:
-            if isinstance(default, bool):
+            if default is None and text == "none":
+                overrides[name] = None
+            elif default is None and annotation.startswith(("float", "int")):
+                overrides[name] = (float if annotation.startswith("float") else int)(text)
+            elif isinstance(default, bool):
                 if text not in ("true", "false"):
                     raise ValueError("expected true or false")
                 overrides[name] = text == "true"

@@ -114,7 +114,10 @@ class Args:
     clip_coef: float = 0.2
     """PPO ratio clip"""
     ent_coef: float = 0.01
-    """entropy bonus coefficient"""
+    """entropy bonus coefficient (at the first update, when --ent-coef-end is set)"""
+    ent_coef_end: float | None = None
+    """anneal the entropy coefficient linearly from --ent-coef to this at the last update;
+    None = constant"""
     op_floor: float = 0.05
     """minimum probability of each valid op while training (exploration); 0 = off"""
     vf_coef: float = 0.5
@@ -186,6 +189,25 @@ def check_args(args: Args) -> None:
                   "split the environments")
     if not 0.0 <= args.op_floor < 1.0:
         raise bad("op_floor", "in [0, 1)")
+    for name in ("ent_coef", "ent_coef_end"):
+        value = getattr(args, name)
+        if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value):
+            raise bad(name, "a float >= 0" + (" or None" if name == "ent_coef_end" else ""))
+
+
+def entropy_coefficient(args: Args, update: int, num_updates: int) -> float:
+    """The entropy coefficient at ``update`` (1-based): ``ent_coef``, or with ``ent_coef_end``
+    a straight line from ``ent_coef`` at the first update to ``ent_coef_end`` at the last.
+
+    Example:
+        >>> args = Args(ent_coef=0.1, ent_coef_end=0.0)
+        >>> [round(entropy_coefficient(args, u, 3), 3) for u in (1, 2, 3)]
+        [0.1, 0.05, 0.0]
+    """
+    if args.ent_coef_end is None or num_updates == 1:
+        return args.ent_coef
+    progress = (update - 1) / (num_updates - 1)
+    return args.ent_coef + (args.ent_coef_end - args.ent_coef) * progress
 
 
 def masks_of(step: StepOutput) -> dict[str, torch.Tensor]:
@@ -480,6 +502,7 @@ def train(
         start = time.perf_counter()
         first_update_s = 0.0  # set after update 1; the time estimate starts at update 2
         for update in range(1, num_updates + 1):
+            ent_coef = entropy_coefficient(args, update, num_updates)
             # ------------------------------------------------------------ rollout
             rollout_start = time.perf_counter()
             rollout, step, hidden, starts = collect_rollout(policy, env, step, hidden, starts,
@@ -533,7 +556,7 @@ def train(
                     head_entropy = torch.stack([ev.entropies[h].mean() for h in HEAD_NAMES])
                     entropy = head_entropy.sum()  # = the per-step sum over heads, averaged
                     loss = (pg_loss + args.vf_coef * v_loss + args.q_coef * q_loss
-                            + args.aux_coef * aux_loss - args.ent_coef * entropy)
+                            + args.aux_coef * aux_loss - ent_coef * entropy)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(policy.network.parameters(), args.max_grad_norm)
@@ -569,6 +592,7 @@ def train(
             if writer is not None:
                 writer.add_scalar("charts/mean_return", mean_return, env_steps)
                 writer.add_scalar("charts/sps", sps, env_steps)
+                writer.add_scalar("charts/ent_coef", ent_coef, env_steps)
                 for k, v in stats.items():
                     group = "" if k.startswith("entropy/") else "losses/"
                     writer.add_scalar(f"{group}{k}", v, env_steps)

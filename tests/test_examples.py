@@ -18,6 +18,7 @@ from examples.train_slot_garden import (
     Args,
     check_args,
     collect_rollout,
+    entropy_coefficient,
     make_env,
     make_policy,
     parse_args,
@@ -279,3 +280,15 @@ def test_attention_telemetry_does_not_change_the_run() -> None:
     assert "attention/layer0/entropy" in watched
     for name in ("loss", "approx_kl", "learned"):
         assert watched[name] == without[name], name
+
+
+def test_entropy_coefficient_anneals_linearly_when_asked() -> None:
+    constant = Args(ent_coef=0.05)
+    assert [entropy_coefficient(constant, u, 4) for u in (1, 4)] == [0.05, 0.05]
+    annealed = Args(ent_coef=0.1, ent_coef_end=0.01)
+    values = [entropy_coefficient(annealed, u, 4) for u in (1, 2, 3, 4)]
+    assert values == pytest.approx([0.1, 0.07, 0.04, 0.01])
+    assert entropy_coefficient(annealed, 1, 1) == 0.1  # one update: the start value
+    assert parse_args(["--ent-coef-end", "0.02"]).ent_coef_end == 0.02
+    with pytest.raises(ValueError, match=r"--ent-coef-end must be a float >= 0 or None; got -0\.1"):
+        check_args(Args(ent_coef_end=-0.1))
