@@ -260,13 +260,7 @@ class SlotGardenGymEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if terminated:
             # Gymnasium's single env stops at the end: report the final state, and make the
             # caller reset (the torch environment has already started the next episode).
-            obs = {
-                "obs": out.info["final_obs"][0].numpy(),
-                "blueprint_indices": out.info["final_blueprint_indices"][0].numpy(),
-                "action_mask": _flat_mask(self._garden.masks(out.info["final_slot_by_op"]))[0]
-                .numpy().astype(np.int8),
-                "slot_by_op": out.info["final_slot_by_op"][0].numpy().astype(np.int8),
-            }
+            obs = _numpy_observation(self._garden.final_state(out), 0)
             info["episode_return"] = float(out.episode_return[0])
             self._last = None
         else:
@@ -385,13 +379,7 @@ class SlotGardenVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarra
         terminated = out.done.numpy().copy()
         info: dict[str, Any] = {"invalid_action": invalid}
         if terminated.any():
-            final_masks = self._garden.masks(out.info["final_slot_by_op"])
-            info["final_obs"] = {
-                "obs": out.info["final_obs"].numpy(),
-                "blueprint_indices": out.info["final_blueprint_indices"].numpy(),
-                "action_mask": _flat_mask(final_masks).numpy().astype(np.int8),
-                "slot_by_op": out.info["final_slot_by_op"].numpy().astype(np.int8),
-            }
+            info["final_obs"] = _numpy_observation(self._garden.final_state(out))
             info["_final_obs"] = terminated.copy()
             info["episode_return"] = np.where(terminated, out.episode_return.numpy(), np.nan)
             info["_episode_return"] = terminated.copy()

@@ -116,7 +116,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import ClassVar
 
@@ -652,6 +652,37 @@ class SlotGardenEnv:
         masks["op"] = slot_by_op.any(dim=2)  # [E, 6]
         masks["blueprint"][:, BlueprintAction.NOOP] = False
         return masks
+
+    def final_state(self, out: StepOutput) -> StepOutput:
+        """``out`` as seen at the end of its step, before any auto-reset.
+
+        For an environment whose episode ended at this step: that episode's last
+        observation, blueprint indices, ``slot_by_op`` and masks (from ``info["final_*"]``,
+        which ``final_observation=True`` reports); for the others, ``out``'s own (their rows
+        of ``info["final_*"]`` hold the current state). Reward, ``done``, the return and
+        ``info`` are ``out``'s. A step that ended no episode returns ``out`` itself.
+
+        Example:
+            >>> env = SlotGardenEnv(num_envs=2, episode_length=1, final_observation=True)
+            >>> _ = env.reset()
+            >>> out = env.step(torch.zeros(2, 8, dtype=torch.long))  # WAIT ends the episode
+            >>> bool(out.obs[0, 0] == 0), bool(env.final_state(out).obs[0, 0] == 1)
+            (True, True)
+        """
+        if "final_obs" not in out.info:
+            if not self.final_observation:
+                raise ValueError(
+                    "final_state needs the environment built with final_observation=True"
+                )
+            return out
+        slot_by_op = out.info["final_slot_by_op"]
+        return replace(
+            out,
+            obs=out.info["final_obs"],
+            blueprint_indices=out.info["final_blueprint_indices"],
+            slot_by_op=slot_by_op,
+            masks=self.masks(slot_by_op),  # the masks are a function of slot_by_op
+        )
 
     def action_validity(self, actions: Mapping[str, Tensor] | Tensor) -> Tensor:
         """Bool ``[E]``: is each environment's action valid in the current state.

@@ -232,26 +232,14 @@ class SlotGardenTorchRLEnv(EnvBase):
         )
 
     # ------------------------------------------------------------------ EnvBase hooks
-    def _observation(
-        self, out: StepOutput, *, final: Tensor | None, is_init: Tensor
-    ) -> TensorDict:
-        """The observation entries of ``out``; where ``final [E]`` is True, the finished
-        episode's last state (``info["final_*"]``) instead of the new episode's first."""
-        obs, bp, slot_by_op = out.obs, out.blueprint_indices, out.slot_by_op
-        masks = out.masks
-        if final is not None:
-            obs = torch.where(final.unsqueeze(-1), out.info["final_obs"], obs)
-            bp = torch.where(final.unsqueeze(-1), out.info["final_blueprint_indices"], bp)
-            slot_by_op = torch.where(
-                final.view(-1, 1, 1), out.info["final_slot_by_op"], slot_by_op
-            )
-            masks = self.garden.masks(slot_by_op)  # the masks are a function of slot_by_op
+    def _observation(self, out: StepOutput, is_init: Tensor) -> TensorDict:
+        """The observation entries of ``out`` and ``is_init [E]``."""
         return TensorDict(
             {
-                OBS_KEY: obs,
-                BLUEPRINT_KEY: bp,
-                MASKS_KEY: TensorDict(dict(masks), batch_size=self.batch_size),
-                SLOT_BY_OP_KEY: slot_by_op,
+                OBS_KEY: out.obs,
+                BLUEPRINT_KEY: out.blueprint_indices,
+                MASKS_KEY: TensorDict(dict(out.masks), batch_size=self.batch_size),
+                SLOT_BY_OP_KEY: out.slot_by_op,
                 IS_INIT_KEY: is_init.unsqueeze(-1),
             },
             batch_size=self.batch_size, device=self.device,
@@ -280,7 +268,7 @@ class SlotGardenTorchRLEnv(EnvBase):
             out = self._last  # the garden already started their new episodes in `step`
         self._last = out
         self._pending = torch.zeros_like(self._pending)
-        td = self._observation(out, final=None, is_init=reset)
+        td = self._observation(out, is_init=reset)
         done = torch.zeros(e, 1, dtype=torch.bool, device=self.device)
         td.update({"done": done, "terminated": done.clone(), "truncated": done.clone()})
         return td
@@ -290,8 +278,9 @@ class SlotGardenTorchRLEnv(EnvBase):
         done = out.done  # [E]
         self._last = out
         self._pending = done
-        final = done if "final_obs" in out.info else None
-        td = self._observation(out, final=final, is_init=torch.zeros_like(done))
+        # Under "next": the finished episodes' last state (the garden has already reset
+        # them; `_reset` hands over the new episodes' first state).
+        td = self._observation(self.garden.final_state(out), is_init=torch.zeros_like(done))
         done_col = done.unsqueeze(-1)  # [E, 1]
         td.update({
             "reward": out.reward.unsqueeze(-1),
