@@ -44,7 +44,7 @@ from slotformer.envs import (
 )
 
 GRIDS = ((1, 3), (2, 5))
-TRANSFER_GRIDS = ((3, 4), (4, 4))
+TRANSFER_GRIDS = ((3, 4), (4, 4), (2, 8))
 
 
 def mean_std(values: list[float]) -> str:

@@ -102,7 +102,9 @@ class Args:
     """seed of torch and of the environments"""
     # ------------------------------------------------------------------ PPO
     learning_rate: float = 1e-3
-    """Adam learning rate"""
+    """Adam learning rate (at the first update, with --anneal-lr)"""
+    anneal_lr: bool = False
+    """anneal the learning rate linearly to 0 at the last update"""
     gamma: float = 0.97
     """discount factor"""
     gae_lambda: float = 0.95
@@ -118,6 +120,12 @@ class Args:
     ent_coef_end: float | None = None
     """anneal the entropy coefficient linearly from --ent-coef to this at the last update;
     None = constant"""
+    op_ent_coef: float | None = None
+    """the op head's own entropy coefficient (at the first update, when --op-ent-coef-end is
+    set); None = the op head follows --ent-coef / --ent-coef-end like every other head"""
+    op_ent_coef_end: float | None = None
+    """anneal the op head's coefficient linearly from --op-ent-coef to this; None = constant
+    (needs --op-ent-coef)"""
     op_floor: float = 0.05
     """minimum probability of each valid op while training (exploration); 0 = off"""
     vf_coef: float = 0.5
@@ -189,25 +197,55 @@ def check_args(args: Args) -> None:
                   "split the environments")
     if not 0.0 <= args.op_floor < 1.0:
         raise bad("op_floor", "in [0, 1)")
-    for name in ("ent_coef", "ent_coef_end"):
+    for name in ("ent_coef", "ent_coef_end", "op_ent_coef", "op_ent_coef_end"):
         value = getattr(args, name)
         if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value):
-            raise bad(name, "a float >= 0" + (" or None" if name == "ent_coef_end" else ""))
+            raise bad(name, "a float >= 0" + (" or None" if name != "ent_coef" else ""))
+    if args.op_ent_coef is None and args.op_ent_coef_end is not None:
+        raise bad("op_ent_coef_end", "None unless --op-ent-coef is set (the value the op "
+                  "head's coefficient anneals from)")
+
+
+def linear_schedule(start: float, end: float | None, update: int, num_updates: int) -> float:
+    """``start`` at update 1 to ``end`` at update ``num_updates`` on a straight line; ``start``
+    throughout when ``end`` is None (or there is one update)."""
+    if end is None or num_updates == 1:
+        return start
+    return start + (end - start) * (update - 1) / (num_updates - 1)
 
 
 def entropy_coefficient(args: Args, update: int, num_updates: int) -> float:
-    """The entropy coefficient at ``update`` (1-based): ``ent_coef``, or with ``ent_coef_end``
-    a straight line from ``ent_coef`` at the first update to ``ent_coef_end`` at the last.
+    """The entropy coefficient of every head but op at ``update`` (1-based): ``ent_coef``, or
+    with ``ent_coef_end`` a straight line from ``ent_coef`` at the first update to
+    ``ent_coef_end`` at the last.
 
     Example:
         >>> args = Args(ent_coef=0.1, ent_coef_end=0.0)
         >>> [round(entropy_coefficient(args, u, 3), 3) for u in (1, 2, 3)]
         [0.1, 0.05, 0.0]
     """
-    if args.ent_coef_end is None or num_updates == 1:
-        return args.ent_coef
-    progress = (update - 1) / (num_updates - 1)
-    return args.ent_coef + (args.ent_coef_end - args.ent_coef) * progress
+    return linear_schedule(args.ent_coef, args.ent_coef_end, update, num_updates)
+
+
+def head_entropy_coefficients(args: Args, update: int, num_updates: int) -> Tensor:
+    """``[H]`` entropy coefficients in ``HEAD_NAMES`` order at ``update``: every head on the
+    ``ent_coef`` schedule, the op head on its own when ``op_ent_coef`` is set.
+
+    The op head decides whether anything happens at all; the others only shape an action
+    that happens (their entropy is 0 whenever op makes them irrelevant). A bonus on op alone
+    keeps the policy off the do-nothing optimum without randomising how it acts.
+
+    Example:
+        >>> args = Args(ent_coef=0.01, op_ent_coef=0.1)
+        >>> coefs = head_entropy_coefficients(args, 1, 10)
+        >>> round(coefs[HEAD_NAMES.index("op")].item(), 3), round(coefs[0].item(), 3)
+        (0.1, 0.01)
+    """
+    coefs = torch.full((len(HEAD_NAMES),), entropy_coefficient(args, update, num_updates))
+    if args.op_ent_coef is not None:
+        coefs[HEAD_NAMES.index("op")] = linear_schedule(
+            args.op_ent_coef, args.op_ent_coef_end, update, num_updates)
+    return coefs
 
 
 def masks_of(step: StepOutput) -> dict[str, torch.Tensor]:
@@ -502,7 +540,10 @@ def train(
         start = time.perf_counter()
         first_update_s = 0.0  # set after update 1; the time estimate starts at update 2
         for update in range(1, num_updates + 1):
-            ent_coef = entropy_coefficient(args, update, num_updates)
+            ent_coefs = head_entropy_coefficients(args, update, num_updates)  # [H]
+            if args.anneal_lr:
+                optimizer.param_groups[0]["lr"] = linear_schedule(
+                    args.learning_rate, 0.0, update, num_updates + 1)  # never exactly 0
             # ------------------------------------------------------------ rollout
             rollout_start = time.perf_counter()
             rollout, step, hidden, starts = collect_rollout(policy, env, step, hidden, starts,
@@ -556,7 +597,7 @@ def train(
                     head_entropy = torch.stack([ev.entropies[h].mean() for h in HEAD_NAMES])
                     entropy = head_entropy.sum()  # = the per-step sum over heads, averaged
                     loss = (pg_loss + args.vf_coef * v_loss + args.q_coef * q_loss
-                            + args.aux_coef * aux_loss - ent_coef * entropy)
+                            + args.aux_coef * aux_loss - (ent_coefs * head_entropy).sum())
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(policy.network.parameters(), args.max_grad_norm)
@@ -592,7 +633,11 @@ def train(
             if writer is not None:
                 writer.add_scalar("charts/mean_return", mean_return, env_steps)
                 writer.add_scalar("charts/sps", sps, env_steps)
-                writer.add_scalar("charts/ent_coef", ent_coef, env_steps)
+                writer.add_scalar("charts/ent_coef", ent_coefs[0].item(), env_steps)
+                writer.add_scalar("charts/op_ent_coef",
+                                  ent_coefs[HEAD_NAMES.index("op")].item(), env_steps)
+                writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"],
+                                  env_steps)
                 for k, v in stats.items():
                     group = "" if k.startswith("entropy/") else "losses/"
                     writer.add_scalar(f"{group}{k}", v, env_steps)

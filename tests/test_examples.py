@@ -19,6 +19,7 @@ from examples.train_slot_garden import (
     check_args,
     collect_rollout,
     entropy_coefficient,
+    head_entropy_coefficients,
     make_env,
     make_policy,
     parse_args,
@@ -234,7 +235,7 @@ def test_piped_output_has_start_line_progress_and_tensorboard_scalars(tmp_path: 
         "--num-envs", "4", "--rollout-length", "6", "--episode-length", "12",
         "--total-steps", "96", "--update-epochs", "1", "--num-minibatches", "2",
         "--hidden-dim", "16", "--eval-episodes", "1", "--log-every", "2",
-        "--attention-every", "2", "--threads", "1", "--checkpoint", "",
+        "--attention-every", "2", "--threads", "1", "--checkpoint", "", "--anneal-lr",
         "--tensorboard", str(tmp_path / "tb"), tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -266,6 +267,10 @@ def test_piped_output_has_start_line_progress_and_tensorboard_scalars(tmp_path: 
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("losses/approx_kl")) == 4  # every update
     assert len(events.Scalars("attention/layer0/entropy")) == 3  # updates 1, 2 and 4
+    # --anneal-lr: a straight line from the learning rate toward 0, one step per update.
+    rates = [e.value for e in events.Scalars("charts/learning_rate")]
+    assert rates == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    assert [e.value for e in events.Scalars("charts/op_ent_coef")] == pytest.approx([0.01] * 4)
 
 
 def test_attention_telemetry_does_not_change_the_run() -> None:
@@ -292,3 +297,23 @@ def test_entropy_coefficient_anneals_linearly_when_asked() -> None:
     assert parse_args(["--ent-coef-end", "0.02"]).ent_coef_end == 0.02
     with pytest.raises(ValueError, match=r"--ent-coef-end must be a float >= 0 or None; got -0\.1"):
         check_args(Args(ent_coef_end=-0.1))
+
+
+def test_op_head_takes_its_own_entropy_schedule() -> None:
+    from slotformer.presets.seed_lifecycle import HEAD_NAMES
+
+    op = HEAD_NAMES.index("op")
+    same = head_entropy_coefficients(Args(ent_coef=0.1, ent_coef_end=0.01), 4, 4)
+    assert same.tolist() == pytest.approx([0.01] * len(HEAD_NAMES))  # op follows the rest
+    own = Args(ent_coef=0.01, op_ent_coef=0.2, op_ent_coef_end=0.02)
+    first, last = head_entropy_coefficients(own, 1, 4), head_entropy_coefficients(own, 4, 4)
+    assert (first[op].item(), last[op].item()) == pytest.approx((0.2, 0.02))
+    others = [h for h in range(len(HEAD_NAMES)) if h != op]
+    assert first[others].tolist() == pytest.approx([0.01] * len(others))
+    constant = head_entropy_coefficients(Args(op_ent_coef=0.3), 4, 4)
+    assert constant[op].item() == pytest.approx(0.3)
+    assert parse_args(["--op-ent-coef", "0.1", "--op-ent-coef-end", "0.0"]).op_ent_coef_end == 0.0
+    with pytest.raises(ValueError, match=r"--op-ent-coef-end must be None unless --op-ent-coef"):
+        check_args(Args(op_ent_coef_end=0.01))
+    with pytest.raises(ValueError, match=r"--op-ent-coef must be a float >= 0 or None; got -1"):
+        check_args(Args(op_ent_coef=-1.0))
