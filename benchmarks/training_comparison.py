@@ -1,13 +1,15 @@
 """LSTM vs Slot Transformer on Slot Garden: which learns better, and zero-shot transfer.
 
-    python benchmarks/training_comparison.py                     # the docs/training.md run
+    python benchmarks/training_comparison.py --json docs/training_results.json \
+        --checkpoints runs/comparison                            # the docs/training.md run
     python benchmarks/training_comparison.py --steps 20000 --seeds 0 1 --workers 2 --json out.json
 
 For each grid (1x3, 2x5) and network (lstm, transformer), trains with
 `examples/train_slot_garden.py` for the same environment-step budget on several seeds and
 reports the final mean return (mean +- std over seeds), env steps per second and wall time.
-The transformers trained on 2x5 are then evaluated on 3x4 and 4x4 grids without further
-training (the flat LSTM's input layer is sized for one grid, so it cannot run there).
+The transformers trained on 2x5 are then evaluated on 3x4, 4x4 and 2x8 grids (2x8 is wider
+than any trained on) without further training (the flat LSTM's input layer is sized for one
+grid, so it cannot run there).
 Each run's learning curve (mean training return after every update) goes into the JSON;
 ``benchmarks/plot_training.py`` draws it. Prints which run starts (run k of n) and each run's result as it ends, with its time and
 the time since the start; then a markdown table. Writes JSON with every run when ``--json``
@@ -51,6 +53,16 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def per_seed(values: list[float], heuristic: list[float]) -> str:
+    """``2.88 (1.04x) / 2.44 (1.52x)``: each seed's return and its ratio to that seed's
+    heuristic (the same environments)."""
+    return " / ".join(f"{v:.2f} ({v / h:.2f}x)" for v, h in zip(values, heuristic))
+
+
+def ratio(values: list[float], heuristic: list[float]) -> str:
+    return f"{statistics.mean(values) / statistics.mean(heuristic):.2f}x"
 
 
 def describe(spec: dict[str, object]) -> str:
@@ -143,7 +155,8 @@ def run_one(spec: dict[str, object]) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40_000, help="env steps per run")
+    parser.add_argument("--steps", type=int, default=Args.total_steps,
+                        help=f"env steps per run (default: the trainer's, {Args.total_steps})")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="one run per seed, grid and network (default: 0 1 2)")
     parser.add_argument("--eval-episodes", type=int, default=2,
@@ -201,32 +214,38 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"\n{cli.steps} env steps per run, seeds {cli.seeds}, trainer overrides "
           f"{overrides or 'none'}, "
-          f"{cli.eval_episodes} evaluation episodes x 32 envs\n")
-    print("| grid | network | final mean return | random | heuristic | env steps/s | wall s |")
-    print("|---|---|---|---|---|---|---|")
+          f"{cli.eval_episodes} evaluation episodes x 32 envs; all runs took "
+          f"{time.perf_counter() - started:.0f} s, {cli.workers} at a time\n")
+    print("| grid | network | final mean return | per seed (x heuristic) | random | heuristic "
+          "| mean / heuristic mean | env steps/s | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for rows, cols in grids:
         for network in cli.networks:
             sel = [r for r in runs if r["network"] == network and r["grid"] == f"{rows}x{cols}"]
             col = {k: [float(r[k]) for r in sel] for k in  # type: ignore[arg-type]
                    ("learned", "random", "heuristic", "env_steps_per_s", "wall_s")}
             print(f"| {rows}x{cols} | {network} | {mean_std(col['learned'])} | "
+                  f"{per_seed(col['learned'], col['heuristic'])} | "
                   f"{mean_std(col['random'])} | {mean_std(col['heuristic'])} | "
+                  f"{ratio(col['learned'], col['heuristic'])} | "
                   f"{statistics.mean(col['env_steps_per_s']):.0f} | "
                   f"{statistics.mean(col['wall_s']):.0f} |")
     if "transformer" not in cli.networks or (2, 5) not in grids:
         return
     print("\nZero-shot transfer of the transformer trained on 2x5:\n")
-    print("| grid | transformer (trained on 2x5) | lstm | random | heuristic |")
-    print("|---|---|---|---|---|")
+    print("| grid | transformer (trained on 2x5) | per seed (x heuristic) | lstm | random "
+          "| heuristic | mean / heuristic mean |")
+    print("|---|---|---|---|---|---|---|")
     for grid in TRANSFER_GRIDS:
         refs = []
         for fn in (random_valid_policy, heuristic_policy):
-            scores = [evaluate_policy(SlotGardenEnv(32, SlotConfig.for_grid(*grid), 48,
-                                                    seed=s + 1000, table_seed=s),
-                                      fn, num_episodes=cli.eval_episodes) for s in cli.seeds]
-            refs.append(mean_std(scores))
-        print(f"| {grid[0]}x{grid[1]} | {mean_std(transfer[grid])} | cannot run (input layer "
-              f"sized for 2x5) | {refs[0]} | {refs[1]} |")
+            refs.append([evaluate_policy(SlotGardenEnv(32, SlotConfig.for_grid(*grid), 48,
+                                                       seed=s + 1000, table_seed=s),
+                                         fn, num_episodes=cli.eval_episodes)
+                         for s in cli.seeds])
+        print(f"| {grid[0]}x{grid[1]} | {mean_std(transfer[grid])} | "
+              f"{per_seed(transfer[grid], refs[1])} | cannot run (input layer sized for 2x5) | "
+              f"{mean_std(refs[0])} | {mean_std(refs[1])} | {ratio(transfer[grid], refs[1])} |")
 
 
 if __name__ == "__main__":

@@ -120,14 +120,16 @@ class Args:
     ent_coef_end: float | None = None
     """anneal the entropy coefficient linearly from --ent-coef to this at the last update;
     None = constant"""
-    op_ent_coef: float | None = None
+    op_ent_coef: float | None = 0.1
     """the op head's own entropy coefficient (at the first update, when --op-ent-coef-end is
-    set); None = the op head follows --ent-coef / --ent-coef-end like every other head"""
-    op_ent_coef_end: float | None = None
-    """anneal the op head's coefficient linearly from --op-ent-coef to this; None = constant
-    (needs --op-ent-coef)"""
-    op_floor: float = 0.05
-    """minimum probability of each valid op while training (exploration); 0 = off"""
+    set): a high early bonus on op alone keeps the policy off the do-nothing optimum
+    (docs/training.md); None = the op head follows --ent-coef / --ent-coef-end like the others"""
+    op_ent_coef_end: float | None = 0.01
+    """anneal the op head's coefficient linearly from --op-ent-coef to this at the last update;
+    None = constant (needs --op-ent-coef)"""
+    op_floor: float = 0.0
+    """minimum probability of each valid op while training (an exploration aid the op
+    entropy schedule made unnecessary, docs/training.md); 0 = off"""
     vf_coef: float = 0.5
     """value loss coefficient (V(s), the baseline)"""
     q_coef: float = 0.25
@@ -487,7 +489,7 @@ def train(
 
     ``on_update(env_steps, mean_return)`` is called after every update with the environment
     steps so far and the mean return of the last ``2 E`` training episodes (sampled actions,
-    op floor on; NaN before the first episode ends): the learning curve.
+    op floor on if set; NaN before the first episode ends): the learning curve.
 
     The metrics hold the mean evaluation returns (``learned``, ``random``, ``heuristic``),
     ``wall_s`` (training only), ``eval_s``, ``env_steps_per_s``, ``updates``, and the last
@@ -514,9 +516,9 @@ def train(
         writer = create_summary_writer(args.tensorboard)
     watch_attention = args.policy == "transformer" and args.attention_every > 0
 
-    # The same floor at rollout and update keeps the PPO ratio at 1 (up to fp32 rounding); it
-    # stops the op head from collapsing onto WAIT (every action costs rent before the policy
-    # learns to plant).
+    # An optional floor on the op head (off by default: the op entropy schedule does its job,
+    # docs/training.md). The same floor at rollout and update keeps the PPO ratio at 1 (up to
+    # fp32 rounding).
     floor = {"op": args.op_floor} if args.op_floor > 0 else None
     step = env.reset()
     hidden = policy.initial_hidden(E)

@@ -79,7 +79,7 @@ def test_staggered_rollout_rescores_with_ratio_one(network: str) -> None:
     slot_config = SlotConfig.for_grid(1, 3)
     env = make_env(args, slot_config, seed=0, stagger=True)
     policy = make_policy(args, slot_config)
-    floor = {"op": args.op_floor}
+    floor = {"op": 0.05}  # with a floor: the update must apply it as the rollout did
     step, hidden = env.reset(), policy.initial_hidden(8)
     starts = torch.ones(8, dtype=torch.bool)
     # A first rollout, so that the second starts mid-episode from a non-zero state; as long
@@ -125,7 +125,7 @@ def test_rollouts_that_begin_episodes_rescore_with_ratio_one(network: str) -> No
     slot_config = SlotConfig.for_grid(1, 3)
     env = make_env(args, slot_config, seed=1, stagger=False)
     policy = make_policy(args, slot_config)
-    floor = {"op": args.op_floor}
+    floor = {"op": 0.05}  # with a floor: the update must apply it as the rollout did
     step, hidden = env.reset(), policy.initial_hidden(4)
     starts = torch.ones(4, dtype=torch.bool)
     _, step, hidden, starts = collect_rollout(policy, env, step, hidden, starts, 6, floor)
@@ -270,7 +270,8 @@ def test_piped_output_has_start_line_progress_and_tensorboard_scalars(tmp_path: 
     # --anneal-lr: a straight line from the learning rate toward 0, one step per update.
     rates = [e.value for e in events.Scalars("charts/learning_rate")]
     assert rates == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
-    assert [e.value for e in events.Scalars("charts/op_ent_coef")] == pytest.approx([0.01] * 4)
+    op_coefs = [e.value for e in events.Scalars("charts/op_ent_coef")]
+    assert op_coefs == pytest.approx([0.1, 0.07, 0.04, 0.01])  # the default op schedule
 
 
 def test_attention_telemetry_does_not_change_the_run() -> None:
@@ -303,17 +304,18 @@ def test_op_head_takes_its_own_entropy_schedule() -> None:
     from slotformer.presets.seed_lifecycle import HEAD_NAMES
 
     op = HEAD_NAMES.index("op")
-    same = head_entropy_coefficients(Args(ent_coef=0.1, ent_coef_end=0.01), 4, 4)
-    assert same.tolist() == pytest.approx([0.01] * len(HEAD_NAMES))  # op follows the rest
+    same = head_entropy_coefficients(Args(ent_coef=0.1, ent_coef_end=0.02, op_ent_coef=None,
+                                          op_ent_coef_end=None), 4, 4)
+    assert same.tolist() == pytest.approx([0.02] * len(HEAD_NAMES))  # op follows the rest
     own = Args(ent_coef=0.01, op_ent_coef=0.2, op_ent_coef_end=0.02)
     first, last = head_entropy_coefficients(own, 1, 4), head_entropy_coefficients(own, 4, 4)
     assert (first[op].item(), last[op].item()) == pytest.approx((0.2, 0.02))
     others = [h for h in range(len(HEAD_NAMES)) if h != op]
     assert first[others].tolist() == pytest.approx([0.01] * len(others))
-    constant = head_entropy_coefficients(Args(op_ent_coef=0.3), 4, 4)
+    constant = head_entropy_coefficients(Args(op_ent_coef=0.3, op_ent_coef_end=None), 4, 4)
     assert constant[op].item() == pytest.approx(0.3)
     assert parse_args(["--op-ent-coef", "0.1", "--op-ent-coef-end", "0.0"]).op_ent_coef_end == 0.0
     with pytest.raises(ValueError, match=r"--op-ent-coef-end must be None unless --op-ent-coef"):
-        check_args(Args(op_ent_coef_end=0.01))
+        check_args(Args(op_ent_coef=None, op_ent_coef_end=0.01))
     with pytest.raises(ValueError, match=r"--op-ent-coef must be a float >= 0 or None; got -1"):
         check_args(Args(op_ent_coef=-1.0))
