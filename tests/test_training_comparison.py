@@ -33,7 +33,9 @@ def test_training_comparison_prints_each_run_as_it_starts_and_ends(tmp_path: Pat
         assert re.match(r".* done in \d+ s: learned -?[\d.]+ .* \(\d/2 finished, \d+ s "
                         r"elapsed\)$", lines[ended[0]]), lines[ended[0]]
     assert "transfer_3x4" in next(line for line in lines if line.startswith("run 2/2") and "done" in line)
-    assert "| grid | network | final mean return |" in done.stdout
+    assert "| grid | network | final mean return | per seed (x heuristic) |" in done.stdout
+    assert re.search(r"^\| 2x8 \| -?[\d.]+ \| -?[\d.]+ \(-?[\d.]+x\) \|", done.stdout, re.M)
+    assert re.search(r"all runs took \d+ s, 1 at a time", done.stdout)
     assert (tmp_path / "runs.json").exists()
     import json
 
@@ -63,3 +65,29 @@ def test_grids_and_overrides_reach_the_trainer(tmp_path: Path) -> None:
         failed = subprocess.run([sys.executable, script, *bad], capture_output=True, text=True,
                                 timeout=60, cwd=tmp_path, env=env)
         assert failed.returncode == 2 and message in failed.stderr, failed.stderr
+
+
+def test_ablation_table_prints_a_row_per_saved_comparison(tmp_path: Path) -> None:
+    import json
+
+    def runs(returns: dict[str, list[float]]) -> dict[str, object]:
+        heuristic = [10.0, 5.0]
+        return {"runs": [{"network": n, "grid": "2x5", "seed": s, "learned": v,
+                          "heuristic": heuristic[s]}
+                         for n, values in returns.items() for s, v in enumerate(values)]}
+
+    (tmp_path / "a.json").write_text(json.dumps(runs({"lstm": [0.0, 6.0],
+                                                      "transformer": [12.0, 4.5]})))
+    (tmp_path / "b.json").write_text(json.dumps(runs({"transformer": [9.0, 0.2]})))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ablation_table.py"), "--grid", "2x5",
+         f"op entropy=0.1={tmp_path / 'a.json'}", f"other={tmp_path / 'b.json'}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("| change | lstm per seed | transformer per seed | learned |")
+    # Means 3.0 / 7.5 = 0.40x and 16.5 / 15 = 1.10x; the lowest seeds 0.00x and 0.90x.
+    assert lines[2] == ("| op entropy=0.1 | 0.00 / 6.00 | 12.00 / 4.50 | 3 of 4 | "
+                        "0.40x (lowest seed 0.00x) | 1.10x (lowest seed 0.90x) |")
+    assert lines[3] == "| other | - | 9.00 / 0.20 | 1 of 2 | - | 0.61x (lowest seed 0.04x) |"
