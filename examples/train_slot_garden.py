@@ -121,7 +121,7 @@ class Args:
     ent_coef_end: float | None = None
     """anneal the entropy coefficient linearly from --ent-coef to this at the last update;
     None = constant"""
-    op_ent_coef: float | None = 0.1
+    op_ent_coef: float | None = 0.2
     """the op head's own entropy coefficient (at the first update, when --op-ent-coef-end is
     set): a high early bonus on op alone keeps the policy off the do-nothing optimum
     (docs/training.md); None = the op head follows --ent-coef / --ent-coef-end like the others"""
