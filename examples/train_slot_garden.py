@@ -103,9 +103,9 @@ class Args:
     # ------------------------------------------------------------------ PPO
     learning_rate: float = 1e-3
     """Adam learning rate (at the first update, with --anneal-lr)"""
-    anneal_lr: bool = True
-    """anneal the learning rate linearly toward 0 over training (docs/training.md: 1.30x
-    instead of 1.18x the heuristic on 2x5); --no-anneal-lr keeps it constant"""
+    anneal_lr: bool = False
+    """anneal the learning rate linearly toward 0 over training (docs/training.md: better on
+    2x5, worse for the transformer on 1x3, so off by default)"""
     gamma: float = 0.97
     """discount factor"""
     gae_lambda: float = 0.95
