@@ -97,7 +97,7 @@ def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict[s
         default = getattr(Args, name)
         annotation = str(fields[name].type)
         try:
-            if default is None and text == "none":
+            if text == "none" and "None" in annotation:  # an optional field, set to None
                 overrides[name] = None
             elif default is None and annotation.startswith(("float", "int")):
                 overrides[name] = (float if annotation.startswith("float") else int)(text)
@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
                     if f"transfer_{g[0]}x{g[1]}" in r] for g in TRANSFER_GRIDS}
     if cli.json:
         Path(cli.json).write_text(json.dumps(
-            {"runs": runs, "transfer": {f"{g[0]}x{g[1]}": v for g, v in transfer.items()}},
+            {"steps": cli.steps, "seeds": cli.seeds, "set": overrides, "runs": runs,
+             "transfer": {f"{g[0]}x{g[1]}": v for g, v in transfer.items()}},
             indent=2))
 
     print(f"\n{cli.steps} env steps per run, seeds {cli.seeds}, trainer overrides "

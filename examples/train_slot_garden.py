@@ -124,7 +124,8 @@ class Args:
     op_ent_coef: float | None = 0.2
     """the op head's own entropy coefficient (at the first update, when --op-ent-coef-end is
     set): a high early bonus on op alone keeps the policy off the do-nothing optimum
-    (docs/training.md); None = the op head follows --ent-coef / --ent-coef-end like the others"""
+    (docs/training.md); None = the op head follows --ent-coef / --ent-coef-end like the others
+    (with --op-ent-coef-end None too)"""
     op_ent_coef_end: float | None = 0.01
     """anneal the op head's coefficient linearly from --op-ent-coef to this at the last update;
     None = constant (needs --op-ent-coef)"""

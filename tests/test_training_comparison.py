@@ -49,14 +49,19 @@ def test_grids_and_overrides_reach_the_trainer(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, script, "--steps", "384", "--seeds", "0", "--networks", "lstm",
          "--grids", "1x2", "--workers", "1", "--eval-episodes", "1",
-         "--set", "rollout_length=12", "hidden_dim=16", "--json", str(tmp_path / "r.json")],
+         "--set", "rollout_length=12", "hidden_dim=16", "op_ent_coef=none",
+         "op_ent_coef_end=none", "--json", str(tmp_path / "r.json")],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
     )
     assert done.returncode == 0, done.stderr
-    assert "trainer overrides {'rollout_length': 12, 'hidden_dim': 16}" in done.stdout
+    overrides = {"rollout_length": 12, "hidden_dim": 16, "op_ent_coef": None,
+                 "op_ent_coef_end": None}
+    assert f"trainer overrides {overrides}" in done.stdout
     import json
 
-    (run,) = json.loads((tmp_path / "r.json").read_text())["runs"]
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert (saved["steps"], saved["seeds"], saved["set"]) == (384, [0], overrides)
+    (run,) = saved["runs"]
     assert run["grid"] == "1x2"
     assert [point[0] for point in run["curve"]] == [384]  # 32 envs x 12 steps per update
     for bad, message in ((["--set", "lr=1"], "--set takes FIELD=VALUE"),
