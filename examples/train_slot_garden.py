@@ -219,9 +219,9 @@ def linear_schedule(start: float, end: float | None, update: int, num_updates: i
 
 
 def entropy_coefficient(args: Args, update: int, num_updates: int) -> float:
-    """The entropy coefficient of every head but op at ``update`` (1-based): ``ent_coef``, or
-    with ``ent_coef_end`` a straight line from ``ent_coef`` at the first update to
-    ``ent_coef_end`` at the last.
+    """The entropy coefficient of every head at ``update`` (1-based), except op when it has
+    its own (``op_ent_coef``): ``ent_coef``, or with ``ent_coef_end`` a straight line from
+    ``ent_coef`` at the first update to ``ent_coef_end`` at the last.
 
     Example:
         >>> args = Args(ent_coef=0.1, ent_coef_end=0.0)
