@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from slotformer.layers import lstm as lstm_module
 from slotformer.layers.embedding import BlueprintEmbedding
 from slotformer.layers.lstm import LSTMLayer, ResidualLSTM
 from slotformer.validation import validation
@@ -438,6 +442,68 @@ def test_bf16_autocast_cpu_is_finite_and_chains_in_fp32() -> None:
     assert torch.isfinite(hidden[0]).all() and torch.isfinite(hidden[1]).all()
     reference, _ = lstm(x)
     assert torch.allclose(out.float(), reference, atol=0.1)  # bf16 is close, not equal
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_cpu_autocast_without_low_precision_lstm_runs_the_core_in_fp32(
+    autocast_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback taken on CPUs whose oneDNN has no bf16 LSTM (AVX2 only), forced here:
+    the core runs in fp32 on what the autocast layers around it hand over, and gradients
+    reach every parameter."""
+    monkeypatch.setattr(lstm_module, "ONEDNN_BF16_LSTM", False)
+    assert lstm_module.cpu_lstm_dtype(autocast_dtype) == torch.float32
+    torch.manual_seed(0)
+    lstm = ResidualLSTM(12, 16, num_layers=2)
+    x = torch.randn(3, 5, 12)
+    hidden = lstm.initial_hidden(3)
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        out, (h, c) = lstm(x, hidden)
+        projected = lstm.input_proj(x)  # what the first layer's kernel receives, upcast
+        first, _, _ = lstm.layers[0].lstm(projected, hidden[0][:1], hidden[1][:1])
+    out.float().square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in lstm.parameters())
+    assert h.dtype == c.dtype == torch.float32
+    assert first.dtype == torch.float32
+    layer = lstm.layers[0].lstm
+    expected, _, _ = layer._lstm(
+        projected.float(), hidden[0][:1], hidden[1][:1], layer.flat_weights()
+    )
+    assert torch.equal(first, expected)
+    reference, _ = lstm(x, hidden)
+    assert torch.allclose(out.float(), reference, atol=0.1)
+
+
+def test_bf16_autocast_works_where_onednn_has_no_bf16_lstm() -> None:
+    """On any CPU, with oneDNN held to AVX2 (as on an AMD EPYC without AVX-512): both
+    networks act and learn under bf16 autocast with the fp32 state a trainer carries.
+    Without the fallback the LSTM raised "could not create a primitive descriptor for the
+    LSTM forward propagation primitive"."""
+    script = """
+import torch
+from slotformer import create_policy
+from slotformer.layers import lstm
+assert not lstm.ONEDNN_BF16_LSTM, "the ISA cap did not take"
+for kind in ("lstm", "transformer"):
+    policy = create_policy(kind, lstm_hidden_dim=32, lstm_layers=2)
+    masks = dict.fromkeys(policy.network.action_space.head_names)
+    obs, bp = torch.randn(4, 6, 116), torch.full((4, 6, 3), -1)
+    hidden = policy.initial_hidden(4)  # fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step = policy.get_action(obs[:, 0], bp[:, 0], masks, hidden)
+        step = policy.get_action(obs[:, 1], bp[:, 1], masks, step.hidden)
+        actions = {k: v.unsqueeze(1).expand(4, 6) for k, v in step.actions.items()}
+        ev = policy.evaluate_actions(obs, bp, actions, masks, hidden)
+        loss = sum(lp.sum() for lp in ev.log_probs.values()) + ev.value.float().square().sum()
+    loss.backward()
+    assert torch.isfinite(loss)
+print("ok")
+"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_residual_lstm_compiles_fullgraph() -> None:

@@ -28,6 +28,36 @@ from slotformer.validation import describe_shape, expect
 _NUM_GATES = 4  # PyTorch gate order in the stacked weights: input, forget, cell (g), output
 
 
+def _onednn_has_bf16_lstm() -> bool:
+    """Whether oneDNN runs a bf16 LSTM on this CPU (AVX-512 or newer; honours
+    ``ONEDNN_MAX_CPU_ISA``). Asked once, at import: the answer cannot change in a process."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(torch.backends.mkldnn.is_available() and probe is not None and probe())
+    except RuntimeError:  # an old or unusual build without the probe: assume not
+        return False
+
+
+ONEDNN_BF16_LSTM: bool = _onednn_has_bf16_lstm()
+"""True where the LSTM core runs in bf16 under CPU bf16 autocast (see `cpu_lstm_dtype`)."""
+
+
+def cpu_lstm_dtype(autocast_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the LSTM core runs in under CPU autocast to ``autocast_dtype``.
+
+    bf16 where oneDNN has a bf16 LSTM kernel (`ONEDNN_BF16_LSTM`: CPUs with AVX-512), fp32
+    everywhere else: bf16 on AVX2-only CPUs, and fp16, whose oneDNN LSTM fails in grad mode
+    even on CPUs that have it. The linear layers around the core keep autocast's dtype.
+
+    Example:
+        >>> cpu_lstm_dtype(torch.float16)
+        torch.float32
+    """
+    if autocast_dtype == torch.bfloat16 and ONEDNN_BF16_LSTM:
+        return torch.bfloat16
+    return torch.float32
+
+
 class LSTMLayer(nn.Module):
     """One batch-first LSTM layer, parameter-compatible with ``nn.LSTM(n, n, batch_first=True)``.
 
@@ -71,7 +101,24 @@ class LSTMLayer(nn.Module):
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Run the layer over ``x [B, T, I]`` from state ``(h, c)`` each ``[1, B, H]``."""
-        if x.device.type == "cpu" and not torch.is_grad_enabled():
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # CPU autocast sends torch.lstm to oneDNN in the autocast dtype whatever the CPU
+            # has, and oneDNN refuses (at run time, "could not create a primitive
+            # descriptor") where it has no such LSTM: bf16 on CPUs without AVX-512 (AMD
+            # EPYC with AVX2, say), fp16 in grad mode everywhere. So the layer picks the
+            # dtype itself, with autocast off: bf16 where oneDNN has a bf16 LSTM, else fp32.
+            dtype = cpu_lstm_dtype(torch.get_autocast_dtype("cpu"))
+            with torch.autocast("cpu", enabled=False):
+                weights = [w.to(dtype) for w in self.flat_weights()]
+                return self._cpu(x.to(dtype), h.to(dtype), c.to(dtype), weights)
+        if x.device.type == "cpu":
+            return self._cpu(x, h, c, self.flat_weights())
+        return self._lstm(x, h, c, self.flat_weights())
+
+    def _cpu(
+        self, x: Tensor, h: Tensor, c: Tensor, weights: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if not torch.is_grad_enabled():
             # On CPU torch.lstm picks its kernel by grad mode (oneDNN with grad off, the
             # native one with grad on) and the two differ in the last bits once h != 0, so
             # get_action (inference mode) would not reproduce evaluate_actions' log-probs
@@ -79,15 +126,17 @@ class LSTMLayer(nn.Module):
             # grad-mode kernel always; under inference mode nothing is recorded, and under
             # no_grad the detach drops the one-op graph.
             with torch.enable_grad():
-                out, h_n, c_n = self._lstm(x, h, c)
+                out, h_n, c_n = self._lstm(x, h, c, weights)
             return out.detach(), h_n.detach(), c_n.detach()
-        return self._lstm(x, h, c)
+        return self._lstm(x, h, c, weights)
 
-    def _lstm(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _lstm(
+        self, x: Tensor, h: Tensor, c: Tensor, weights: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
         out, h_n, c_n = torch.lstm(
             x,
             (h, c),
-            self.flat_weights(),
+            weights,
             True,  # has_biases
             1,  # num_layers
             0.0,  # dropout (ResidualLSTM applies its own between layers)
@@ -177,8 +226,9 @@ class ResidualLSTM(nn.Module):
     between layers, never after the last, as in ``nn.LSTM``. The policy networks keep
     it at 0 so that ``evaluate_actions`` stays deterministic.
 
-    Under autocast the LSTM and the linear layers run in the low-precision dtype. The
-    returned ``(h, c)`` are cast back to the dtype of the ``hidden`` passed in (or of
+    Under autocast the linear layers run in the low-precision dtype; on CPU the LSTM
+    kernels run in bf16 where oneDNN has a bf16 LSTM and in fp32 elsewhere (`cpu_lstm_dtype`),
+    so CPU autocast works on every CPU. The returned ``(h, c)`` are cast back to the dtype of the ``hidden`` passed in (or of
     ``x`` when ``hidden`` is None), so a state carried across rollout steps keeps one
     dtype; while autocast is active on ``x``'s device, ``hidden`` may be any floating
     dtype (typically fp32 from :meth:`initial_hidden` while ``x`` is bf16).
