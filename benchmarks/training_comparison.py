@@ -1,19 +1,26 @@
-"""LSTM vs Slot Transformer on Slot Garden: which learns better, and zero-shot transfer.
+"""The learning protocol: LSTM vs Slot Transformer on Slot Garden over many seeds, and
+zero-shot transfer.
 
     python benchmarks/training_comparison.py --json docs/training_results.json \
-        --checkpoints runs/comparison                            # the docs/training.md run
-    python benchmarks/training_comparison.py --steps 20000 --seeds 0 1 --workers 2 --json out.json
+        --checkpoints runs/comparison                 # the docs/training.md run (10 seeds)
+    python benchmarks/training_comparison.py --grids 5x10 --seeds 0 1 2 --json big.json
+    python benchmarks/training_comparison.py --steps 20000 --seeds 0 1 --json out.json
 
-For each grid (1x3, 2x5) and network (lstm, transformer), trains with
-`examples/train_slot_garden.py` for the same environment-step budget on several seeds and
-reports the final mean return (mean +- std over seeds), env steps per second and wall time.
-The transformers trained on 2x5 are then evaluated on 3x4, 4x4 and 2x8 grids (2x8 is wider
-than any trained on) without further training (the flat LSTM's input layer is sized for one
-grid, so it cannot run there).
-Each run's learning curve (mean training return after every update) goes into the JSON;
-``benchmarks/plot_training.py`` draws it. Prints which run starts (run k of n) and each run's result as it ends, with its time and
-the time since the start; then a markdown table. Writes JSON with every run when ``--json``
-is given.
+For each grid (default 1x3 and 2x5) and network (lstm, transformer), trains with
+`examples/train_slot_garden.py` for the same environment-step budget on every seed (default
+0-9), each run in a fresh process with one thread. Each (grid, network) figure is
+mean(learned) / mean(heuristic) with a paired 95% bootstrap interval over seeds, the lowest
+seed and the collapses (`benchmarks/learning_protocol.py`); with the learned, random and
+heuristic returns, env steps per second, training time and the run's peak resident memory.
+The transformers trained on ``--transfer-from`` (2x5) are then scored without further
+training on the ``--transfer-grids`` (3x4, 4x4 and 2x8, wider than any trained on) against the
+heuristic on the same environments (the flat LSTM's input layer is sized for one grid, so it
+cannot run there).
+
+Returns differ between CPUs as much as between seeds: quote the interval, not one machine's
+returns. The JSON (``--json``) records every run with its learning curve
+(``benchmarks/plot_training.py`` draws it), the summaries, the settings and the machine.
+Prints which run starts (run k of n) and each run's result as it ends, then markdown tables.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import dataclasses
 import json
 import math
 import multiprocessing
+import resource
 import shutil
 import statistics
 import sys
@@ -35,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.learning_protocol import bootstrap_ratio, machine, summary_dict
 from examples.train_slot_garden import Args, policy_fn, train
 from slotformer import SlotConfig
 from slotformer.checkpoint import load_checkpoint
@@ -45,24 +54,13 @@ from slotformer.envs import (
     random_valid_policy,
 )
 
-GRIDS = ((1, 3), (2, 5))
-TRANSFER_GRIDS = ((3, 4), (4, 4), (2, 8))
+TRANSFER_GRIDS = ("3x4", "4x4", "2x8")
 
 
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
-def per_seed(values: list[float], heuristic: list[float]) -> str:
-    """``2.88 (1.04x) / 2.44 (1.52x)``: each seed's return and its ratio to that seed's
-    heuristic (the same environments)."""
-    return " / ".join(f"{v:.2f} ({v / h:.2f}x)" for v, h in zip(values, heuristic))
-
-
-def ratio(values: list[float], heuristic: list[float]) -> str:
-    return f"{statistics.mean(values) / statistics.mean(heuristic):.2f}x"
 
 
 def describe(spec: dict[str, object]) -> str:
@@ -73,10 +71,12 @@ def describe(spec: dict[str, object]) -> str:
 def summary(run: dict[str, object]) -> str:
     """One finished run in a line: time, returns, speed, transfer scores."""
     figures = {k: float(v) for k, v in run.items() if isinstance(v, (int, float))}
-    transfer = "".join(f"  {k} {v:.3f}" for k, v in figures.items() if k.startswith("transfer_"))
+    transfer = "".join(f"  {k} {v:.3f}" for k, v in figures.items()
+                       if k.startswith("transfer_") and not k.endswith(("_random", "_heuristic")))
     return (f"{figures['run_s']:.0f} s: learned {figures['learned']:.3f}  random "
             f"{figures['random']:.3f}  heuristic {figures['heuristic']:.3f}  "
-            f"{figures['env_steps_per_s']:.0f} env steps/s{transfer}")
+            f"{figures['env_steps_per_s']:.0f} env steps/s  peak RSS "
+            f"{figures['peak_rss_mb']:.0f} MB{transfer}")
 
 
 def parse_grid(text: str, parser: argparse.ArgumentParser) -> tuple[int, int]:
@@ -114,8 +114,20 @@ def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict[s
     return overrides
 
 
+def reference_scores(rows: int, cols: int, seed: int, num_envs: int, episode_length: int,
+                     episodes: int) -> tuple[float, float]:
+    """(random, heuristic) mean returns on the environments a seed's policy is scored on."""
+    config = SlotConfig.for_grid(rows, cols)
+    scores = []
+    for fn in (random_valid_policy, heuristic_policy):
+        env = SlotGardenEnv(num_envs, config, episode_length, seed=seed + 1000, table_seed=seed)
+        scores.append(evaluate_policy(env, fn, num_episodes=episodes))
+    return scores[0], scores[1]
+
+
 def run_one(spec: dict[str, object]) -> dict[str, object]:
-    """Train one (network, grid, seed) run; for the 2x5 transformer, also evaluate transfer."""
+    """Train one (network, grid, seed) run in this (fresh) process; for the transformer on
+    the transfer source grid, also score it zero-shot on the transfer grids."""
     torch.set_num_threads(1)  # one run per core: these small models gain little from two
     # Printed by the worker, so it appears when the run really starts (not when queued).
     print(f"{describe(spec)} starts ({spec['steps']} env steps)", flush=True)
@@ -124,70 +136,77 @@ def run_one(spec: dict[str, object]) -> dict[str, object]:
     assert isinstance(rows, int) and isinstance(cols, int) and isinstance(seed, int)
     with tempfile.TemporaryDirectory() as folder:
         ckpt = str(Path(folder) / "policy.pt")
-        args = Args(policy=str(network), rows=rows, cols=cols, seed=seed,
-                    total_steps=int(spec["steps"]), eval_episodes=int(spec["eval_episodes"]),
-                    checkpoint=ckpt, quiet=True,
-                    contribution_hidden=int(spec["contribution_hidden"]),  # type: ignore[call-overload]
-                    contribution_dropout=float(spec["contribution_dropout"]),  # type: ignore[arg-type]
-                    ff_mult=int(spec["ff_mult"]))  # type: ignore[call-overload]
+        args = Args(policy=str(network), rows=rows, cols=cols, seed=seed,  # type: ignore[arg-type]
+                    total_steps=int(str(spec["steps"])),
+                    eval_episodes=int(str(spec["eval_episodes"])), checkpoint=ckpt, quiet=True)
         args = dataclasses.replace(args, **spec["set"])  # type: ignore[arg-type]
         curve: list[tuple[int, float | None]] = []  # None (JSON null) before an episode ends
         metrics, _ = train(args, on_update=lambda steps, ret: curve.append(
             (steps, None if math.isnan(ret) else ret)))
         run: dict[str, object] = {"network": network, "grid": f"{rows}x{cols}", "seed": seed,
                                   **metrics, "curve": curve}
+        # Peak resident memory of this process (a run per process): training and evaluation.
+        run["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if spec["checkpoints"]:
             folder_out = Path(str(spec["checkpoints"]))
             folder_out.mkdir(parents=True, exist_ok=True)
             shutil.copy(ckpt, folder_out / f"{network}_{rows}x{cols}_seed{seed}.pt")
-        if network == "transformer" and (rows, cols) == (2, 5):
-            for grid in TRANSFER_GRIDS:
-                config = SlotConfig.for_grid(*grid)
+        if network == "transformer" and f"{rows}x{cols}" == spec["transfer_from"]:
+            for grid in spec["transfer_grids"]:  # type: ignore[attr-defined]
+                t_rows, t_cols = (int(x) for x in str(grid).split("x"))
+                config = SlotConfig.for_grid(t_rows, t_cols)
                 policy = load_checkpoint(ckpt, slot_config=config)
                 env = SlotGardenEnv(args.num_envs, config, args.episode_length,
                                     seed=seed + 1000, table_seed=seed)
-                run[f"transfer_{grid[0]}x{grid[1]}"] = evaluate_policy(
-                    env, policy_fn(policy, args.num_envs, False),
-                    num_episodes=args.eval_episodes)
+                run[f"transfer_{grid}"] = evaluate_policy(
+                    env, policy_fn(policy, args.num_envs, False), num_episodes=args.eval_episodes)
+                run[f"transfer_{grid}_random"], run[f"transfer_{grid}_heuristic"] = (
+                    reference_scores(t_rows, t_cols, seed, args.num_envs, args.episode_length,
+                                     args.eval_episodes))
     run["run_s"] = time.perf_counter() - began  # training, evaluation and transfer
     return run
+
+
+def floats(runs: list[dict[str, object]], key: str) -> list[float]:
+    return [float(str(r[key])) for r in runs]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=Args.total_steps,
                         help=f"env steps per run (default: the trainer's, {Args.total_steps})")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="one run per seed, grid and network (default: 0 1 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)),
+                        help="one run per seed, grid and network (default: 0-9)")
     parser.add_argument("--eval-episodes", type=int, default=2,
                         help="evaluation episodes per environment (default: 2)")
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel, 1 thread each")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs in parallel, 1 thread each (default: 1, which leaves a "
+                             "core of a 2-core machine free and times each run alone)")
     parser.add_argument("--json", type=str, default=None,
                         help="write every run (with its learning curve) to this file")
     parser.add_argument("--checkpoints", type=str, default=None,
                         help="keep each run's checkpoint in this folder (default: discard)")
     parser.add_argument("--networks", nargs="+", choices=("lstm", "transformer"),
                         default=["lstm", "transformer"], help="networks to train (default: both)")
-    parser.add_argument("--contribution-hidden", type=int, default=Args.contribution_hidden,
-                        help="transformer: width of the per-slot contribution predictor")
-    parser.add_argument("--contribution-dropout", type=float, default=Args.contribution_dropout,
-                        help="transformer: dropout of the contribution predictor")
-    parser.add_argument("--ff-mult", type=int, default=Args.ff_mult,
-                        help="transformer: feed-forward width of each block / embed_dim")
     parser.add_argument("--grids", nargs="+", default=["1x3", "2x5"],
                         help="grids to train on, ROWSxCOLS (default: 1x3 2x5)")
+    parser.add_argument("--transfer-from", default="2x5",
+                        help="the grid whose transformers are scored zero-shot (default: 2x5)")
+    parser.add_argument("--transfer-grids", nargs="*", default=list(TRANSFER_GRIDS),
+                        help="grids to score them on (default: 3x4 4x4 2x8)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override trainer arguments (examples/train_slot_garden.py's "
                              "Args fields), e.g. --set learning_rate=3e-4 gamma=0.99")
     cli = parser.parse_args(argv)
     grids = [parse_grid(text, parser) for text in cli.grids]
+    for text in [cli.transfer_from, *cli.transfer_grids]:
+        parse_grid(text, parser)
     overrides = parse_overrides(cli.set, parser)
 
     specs = [{"network": network, "rows": rows, "cols": cols, "seed": seed,
               "steps": cli.steps, "eval_episodes": cli.eval_episodes,
-              "contribution_hidden": cli.contribution_hidden,
-              "contribution_dropout": cli.contribution_dropout, "ff_mult": cli.ff_mult,
-              "checkpoints": cli.checkpoints, "set": overrides}
+              "checkpoints": cli.checkpoints, "set": overrides,
+              "transfer_from": cli.transfer_from, "transfer_grids": cli.transfer_grids}
              for rows, cols in grids for network in cli.networks for seed in cli.seeds]
     for index, spec in enumerate(specs, start=1):
         spec.update(index=index, of=len(specs))
@@ -197,7 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     context = multiprocessing.get_context("spawn")
     started = time.perf_counter()
     finished: dict[int, dict[str, object]] = {}
-    with ProcessPoolExecutor(max_workers=cli.workers, mp_context=context) as pool:
+    # A fresh process per run: each run's peak memory is its own, and no run inherits
+    # another's allocator state.
+    with ProcessPoolExecutor(max_workers=cli.workers, mp_context=context,
+                             max_tasks_per_child=1) as pool:
         futures = {pool.submit(run_one, spec): spec for spec in specs}
         for future in as_completed(futures):
             spec, run = futures[future], future.result()
@@ -205,48 +227,59 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{describe(spec)} done in {summary(run)} ({len(finished)}/{len(specs)} "
                   f"finished, {time.perf_counter() - started:.0f} s elapsed)", flush=True)
     runs = [finished[index] for index in sorted(finished)]  # the order of specs
-    transfer = {g: [float(r[f"transfer_{g[0]}x{g[1]}"]) for r in runs  # type: ignore[arg-type]
-                    if f"transfer_{g[0]}x{g[1]}" in r] for g in TRANSFER_GRIDS}
+    total_s = time.perf_counter() - started
+
+    cells: dict[str, dict[str, object]] = {}
+    rows_out = []
+    for rows, cols in grids:
+        for network in cli.networks:
+            grid = f"{rows}x{cols}"
+            sel = [r for r in runs if r["network"] == network and r["grid"] == grid]
+            learned, heuristic = floats(sel, "learned"), floats(sel, "heuristic")
+            cell = bootstrap_ratio(learned, heuristic)
+            cells[f"{network} {grid}"] = summary_dict(cell)
+            rows_out.append(
+                f"| {grid} | {network} | {cell.text()} | {cell.collapsed} of {cell.seeds} | "
+                f"{mean_std(learned)} | {mean_std(heuristic)} | "
+                f"{mean_std(floats(sel, 'random'))} | "
+                f"{statistics.mean(floats(sel, 'env_steps_per_s')):.0f} | "
+                f"{statistics.mean(floats(sel, 'wall_s')):.0f} | "
+                f"{max(floats(sel, 'peak_rss_mb')):.0f} |")
+    transfer_rows = []
+    sources = [r for r in runs if r["network"] == "transformer"
+               and r["grid"] == cli.transfer_from]
+    for grid in cli.transfer_grids if sources else []:
+        learned = floats(sources, f"transfer_{grid}")
+        heuristic = floats(sources, f"transfer_{grid}_heuristic")
+        cell = bootstrap_ratio(learned, heuristic)
+        cells[f"transformer {cli.transfer_from} -> {grid}"] = summary_dict(cell)
+        transfer_rows.append(
+            f"| {grid} | {cell.text()} | {cell.collapsed} of {cell.seeds} | "
+            f"{mean_std(learned)} | {mean_std(heuristic)} | "
+            f"{mean_std(floats(sources, f'transfer_{grid}_random'))} |")
     if cli.json:
         Path(cli.json).write_text(json.dumps(
-            {"steps": cli.steps, "seeds": cli.seeds, "set": overrides, "runs": runs,
-             "transfer": {f"{g[0]}x{g[1]}": v for g, v in transfer.items()}},
+            {"steps": cli.steps, "seeds": cli.seeds, "set": overrides,
+             "eval_episodes": cli.eval_episodes, "transfer_from": cli.transfer_from,
+             "machine": machine(), "total_s": total_s, "summary": cells, "runs": runs,
+             "transfer": {g: floats(sources, f"transfer_{g}") for g in cli.transfer_grids}
+             if sources else {}},
             indent=2))
 
     print(f"\n{cli.steps} env steps per run, seeds {cli.seeds}, trainer overrides "
           f"{overrides or 'none'}, "
           f"{cli.eval_episodes} evaluation episodes x 32 envs; all runs took "
-          f"{time.perf_counter() - started:.0f} s, {cli.workers} at a time\n")
-    print("| grid | network | final mean return | per seed (x heuristic) | random | heuristic "
-          "| mean / heuristic mean | env steps/s | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for rows, cols in grids:
-        for network in cli.networks:
-            sel = [r for r in runs if r["network"] == network and r["grid"] == f"{rows}x{cols}"]
-            col = {k: [float(r[k]) for r in sel] for k in  # type: ignore[arg-type]
-                   ("learned", "random", "heuristic", "env_steps_per_s", "wall_s")}
-            print(f"| {rows}x{cols} | {network} | {mean_std(col['learned'])} | "
-                  f"{per_seed(col['learned'], col['heuristic'])} | "
-                  f"{mean_std(col['random'])} | {mean_std(col['heuristic'])} | "
-                  f"{ratio(col['learned'], col['heuristic'])} | "
-                  f"{statistics.mean(col['env_steps_per_s']):.0f} | "
-                  f"{statistics.mean(col['wall_s']):.0f} |")
-    if "transformer" not in cli.networks or (2, 5) not in grids:
-        return
-    print("\nZero-shot transfer of the transformer trained on 2x5:\n")
-    print("| grid | transformer (trained on 2x5) | per seed (x heuristic) | lstm | random "
-          "| heuristic | mean / heuristic mean |")
-    print("|---|---|---|---|---|---|---|")
-    for grid in TRANSFER_GRIDS:
-        refs = []
-        for fn in (random_valid_policy, heuristic_policy):
-            refs.append([evaluate_policy(SlotGardenEnv(32, SlotConfig.for_grid(*grid), 48,
-                                                       seed=s + 1000, table_seed=s),
-                                         fn, num_episodes=cli.eval_episodes)
-                         for s in cli.seeds])
-        print(f"| {grid[0]}x{grid[1]} | {mean_std(transfer[grid])} | "
-              f"{per_seed(transfer[grid], refs[1])} | cannot run (input layer sized for 2x5) | "
-              f"{mean_std(refs[0])} | {mean_std(refs[1])} | {ratio(transfer[grid], refs[1])} |")
+          f"{total_s:.0f} s, {cli.workers} at a time\n")
+    print("| grid | network | mean / heuristic mean [95% CI] | collapsed | learned | heuristic "
+          "| random | env steps/s | train s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows_out))
+    if transfer_rows:
+        print(f"\nZero-shot transfer of the transformers trained on {cli.transfer_from}:\n")
+        print("| grid | mean / heuristic mean [95% CI] | collapsed | transformer | heuristic "
+              "| random |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(transfer_rows))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,14 +36,24 @@ def test_training_comparison_prints_each_run_as_it_starts_and_ends(tmp_path: Pat
         assert re.match(r".* done in \d+ s: learned -?[\d.]+ .* \(\d/2 finished, \d+ s "
                         r"elapsed\)$", lines[ended[0]]), lines[ended[0]]
     assert "transfer_3x4" in next(line for line in lines if line.startswith("run 2/2") and "done" in line)
-    assert "| grid | network | final mean return | per seed (x heuristic) |" in done.stdout
-    assert re.search(r"^\| 2x8 \| -?[\d.]+ \| -?[\d.]+ \(-?[\d.]+x\) \|", done.stdout, re.M)
+    assert ("| grid | network | mean / heuristic mean [95% CI] | collapsed | learned |"
+            in done.stdout)
+    ratio = r"-?[\d.]+x \[-?[\d.]+, -?[\d.]+\], lowest seed -?[\d.]+x"
+    assert re.search(rf"^\| 1x3 \| transformer \| {ratio} \| [01] of 1 \|", done.stdout, re.M)
+    assert re.search(rf"^\| 2x8 \| {ratio} \| [01] of 1 \|", done.stdout, re.M)
     assert re.search(r"all runs took \d+ s, 1 at a time", done.stdout)
     assert (tmp_path / "runs.json").exists()
     import json
 
-    run = json.loads((tmp_path / "runs.json").read_text())["runs"][0]
+    saved = json.loads((tmp_path / "runs.json").read_text())
+    run = saved["runs"][0]
     assert [point[0] for point in run["curve"]] == [768]  # one update: one curve point
+    assert run["peak_rss_mb"] > 0
+    assert saved["machine"]["torch"] == torch.__version__ and saved["machine"]["cpu"]
+    cell = saved["summary"]["transformer 2x5 -> 2x8"]
+    assert cell["low"] <= cell["ratio"] <= cell["high"] and cell["seeds"] == 1
+    assert {"transfer_2x8", "transfer_2x8_heuristic", "transfer_2x8_random"} <= set(
+        saved["runs"][1])
 
 
 def test_grids_and_overrides_reach_the_trainer(tmp_path: Path) -> None:
@@ -96,3 +109,22 @@ def test_ablation_table_prints_a_row_per_saved_comparison(tmp_path: Path) -> Non
     assert lines[2] == ("| op entropy=0.1 | 0.00 / 6.00 | 12.00 / 4.50 | 3 of 4 | "
                         "0.40x (lowest seed 0.00x) | 1.10x (lowest seed 0.90x) |")
     assert lines[3] == "| other | - | 9.00 / 0.20 | 1 of 2 | - | 0.61x (lowest seed 0.04x) |"
+
+
+def test_bootstrap_ratio_interval_lowest_seed_and_collapses() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.learning_protocol import bootstrap_ratio
+
+    # Every seed at exactly 1.2x its heuristic: the interval is that point.
+    same = bootstrap_ratio([1.2, 6.0, 12.0], [1.0, 5.0, 10.0])
+    assert abs(same.ratio - 1.2) < 1e-12 and abs(same.low - 1.2) < 1e-12
+    assert abs(same.high - 1.2) < 1e-12 and same.collapsed == 0
+    # A ratio of means (not a mean of ratios), a collapsed seed, an interval around it.
+    spread = bootstrap_ratio([9.0, 0.5, 14.0, 10.0], [10.0, 10.0, 10.0, 10.0])
+    assert abs(spread.ratio - 33.5 / 40) < 1e-12
+    assert spread.low < spread.ratio < spread.high
+    assert (spread.lowest_seed, spread.collapsed, spread.seeds) == (0.05, 1, 4)
+    assert bootstrap_ratio([9.0, 0.5], [10.0, 10.0], seed=1) == bootstrap_ratio(
+        [9.0, 0.5], [10.0, 10.0], seed=1)  # reproducible
+    with pytest.raises(ValueError, match="paired"):
+        bootstrap_ratio([1.0], [1.0, 2.0])
