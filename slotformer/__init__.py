@@ -6,17 +6,7 @@ Start with `create_policy` (a policy bundle) or the networks directly
 
 from __future__ import annotations
 
-from typing import Any
-
-from slotformer.actions import (
-    _MOVED_TO_PRESET,
-    ActionSpace,
-    HeadSpec,
-    PaddedHeads,
-    _moved_to_preset,
-    canonicalize_head,
-    canonicalize_masks,
-)
+from slotformer.actions import ActionSpace, HeadSpec, canonicalize_masks
 from slotformer.allocator import DEFAULT_MALLOC_THRESHOLD, configure_malloc
 from slotformer.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
@@ -78,7 +68,6 @@ from slotformer.policy import (
     EvalResult,
     ForwardResult,
     LSTMPolicyBundle,
-    NetworkConfig,
     PolicyBundle,
     TransformerPolicyBundle,
     create_policy,
@@ -88,6 +77,13 @@ from slotformer.policy import (
     register_policy,
 )
 from slotformer.policy.registry import NETWORK_TYPES
+from slotformer.policy_step import (
+    PackedHeads,
+    PolicyStep,
+    expected_entropy,
+    factored_kl,
+    policy_step,
+)
 from slotformer.presets.seed_lifecycle import seed_lifecycle_action_space
 from slotformer.telemetry import (
     AttentionStats,
@@ -137,12 +133,12 @@ __all__ = [
     "LSTMConfig",
     "LSTMPolicyBundle",
     "MaskedCategorical",
-    "NetworkConfig",
     "ObservationLayout",
-    "PaddedHeads",
+    "PackedHeads",
     "PointerHead",
     "PolicyBundle",
     "PolicyInputs",
+    "PolicyStep",
     "ReferenceDimensions",
     "ResidualLSTM",
     "SlotAttentionBlock",
@@ -160,7 +156,6 @@ __all__ = [
     "__version__",
     "attention_figure",
     "attention_heatmap_image",
-    "canonicalize_head",
     "canonicalize_masks",
     "capture_attention",
     "check_logits_and_mask",
@@ -169,6 +164,8 @@ __all__ = [
     "convert_reference_state_dict",
     "create_policy",
     "expect",
+    "expected_entropy",
+    "factored_kl",
     "gather_log_prob",
     "get_policy",
     "get_policy_class",
@@ -183,6 +180,7 @@ __all__ = [
     "network_from_reference_state_dict",
     "normalised_entropy",
     "policy_diagnostics",
+    "policy_step",
     "read_checkpoint",
     "read_inputs",
     "register_policy",
@@ -196,10 +194,3 @@ __all__ = [
     "validation_enabled",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # The seed-lifecycle enums and constants moved to slotformer.presets.seed_lifecycle;
-    # the old names resolve for one release, with a DeprecationWarning.
-    if name in _MOVED_TO_PRESET:
-        return _moved_to_preset(__name__, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,8 +6,8 @@ canonical action by turning its mask row one-hot, so its log-prob is exactly 0 a
 normalised entropy exactly 0, and PPO gets no gradient noise from choices that do nothing.
 One head is the **pointer** over slots; its size is the grid's slot count N.
 
-`canonicalize_masks` is the single implementation that rollout (`get_action`) and update
-(`evaluate_actions`) both use, so the two always agree.
+The policy step (`slotformer.policy_step`) applies this at rollout and at update alike;
+`canonicalize_masks` gives the same masks per head.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slotformer.validation import describe_shape, expect
+from slotformer.validation import describe_shape
 
 
 @dataclass(frozen=True)
@@ -247,31 +247,6 @@ def _check_keys(where: str, data: object, required: set[str], optional: set[str]
         )
 
 
-def _relevance(head: HeadSpec, ops: Tensor) -> Tensor | None:
-    """Bool ``[...]``: is ``head`` relevant for each op; None when relevant for every op.
-
-    Built from scalar comparisons (no tensor built from a Python list), so it adds no
-    host-to-device copy and compiles without a graph break.
-    """
-    if head.relevant_ops is None:
-        return None
-    if not head.relevant_ops:
-        return torch.zeros_like(ops, dtype=torch.bool)
-    first, *others = sorted(head.relevant_ops)
-    relevant = ops == first  # no all-False start: two fewer kernels per head on the hot path
-    for op in others:
-        relevant = relevant | (ops == op)
-    return relevant
-
-
-def _one_hot_like(mask: Tensor, index: Tensor | int) -> Tensor:
-    """Bool one-hot rows shaped like ``mask [..., n]`` at ``index [...]`` (or a constant)."""
-    choices = torch.arange(mask.shape[-1], device=mask.device)  # [n]
-    if isinstance(index, int):
-        return (choices == index).expand_as(mask)
-    return choices == index.unsqueeze(-1)  # [..., n]
-
-
 def first_valid_index(mask: Tensor) -> Tensor:
     """Index of the first True in each row of ``mask [..., n]`` (0 for an all-False row)."""
     # argmax returns the first maximal index, which for 0/1 values is the first True.
@@ -291,6 +266,8 @@ def canonicalize_masks(
     slot_by_op: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Masks conditioned on the chosen ops: irrelevant heads become one-hot canonical.
+
+    The policy step's own canonicalisation (`slotformer.policy_step`), per head.
 
     Args:
         action_space: the heads and their relevance table.
@@ -313,25 +290,23 @@ def canonicalize_masks(
         >>> out["blueprint"][0].nonzero().flatten().tolist(), int(out["blueprint"][1].sum())
         ([0], 13)
     """
+    from slotformer.policy_step import PackedHeads
+
     missing = [n for n in action_space.head_names if n not in masks]
     if missing:
         raise KeyError(f"masks is missing heads {missing}; expected {list(action_space.head_names)}")
     if ops.dtype != torch.long:
-        raise ValueError(
-            f"ops must be int64 with shape {describe_shape(ops)}, got dtype {ops.dtype}"
-        )
+        raise ValueError(f"ops must be int64 with shape {describe_shape(ops)}, got dtype {ops.dtype}")
     if slot_by_op is not None:
         # Without this check a transposed [..., N, num_ops] tensor gathers silently wrong rows.
-        num_slots = action_space.num_slots
-        if num_slots is None:
+        if action_space.num_slots is None:
             raise ValueError("slot_by_op was given but the action space has no pointer head")
-        expected = (*ops.shape, action_space.num_ops, num_slots)
+        expected = (*ops.shape, action_space.num_ops, action_space.num_slots)
         if slot_by_op.dtype != torch.bool or tuple(slot_by_op.shape) != expected:
             raise ValueError(
                 f"slot_by_op has shape {describe_shape(slot_by_op)} and dtype {slot_by_op.dtype}, "
                 f"expected torch.bool with shape {expected} (ops shape + (num_ops, N))"
             )
-    canonical: dict[str, Tensor] = {}
     for head in action_space.heads:
         mask = masks[head.name]
         if mask.dtype != torch.bool:
@@ -339,132 +314,14 @@ def canonicalize_masks(
                 f"mask for head {head.name!r} must be torch.bool (True = valid), got "
                 f"{mask.dtype} with shape {describe_shape(mask)}"
             )
-        expect(
-            f"mask for head {head.name!r}", mask, shape=(*ops.shape, head.size),
-            hint=f" (ops shape {describe_shape(ops)} + head size)",
-        )
-        by_op = slot_by_op if head.name == action_space.pointer_head else None
-        canonical[head.name] = canonicalize_head(head, mask, ops, by_op)
-    return canonical
-
-
-def canonicalize_head(
-    head: HeadSpec, mask: Tensor, ops: Tensor, slot_by_op: Tensor | None = None
-) -> Tensor:
-    """One head's row of `canonicalize_masks`, without its checks: ``mask [..., n]`` for
-    ``ops [...]`` (``slot_by_op [..., num_ops, N]`` only for the pointer head)."""
-    relevant_mask = mask if slot_by_op is None else select_slot_mask_for_op(slot_by_op, ops)
-    relevant = _relevance(head, ops)
-    if relevant is None:
-        return relevant_mask
-    if head.canonical_action is None:
-        forced = _one_hot_like(mask, first_valid_index(mask))
-    else:
-        forced = _one_hot_like(mask, head.canonical_action)
-    return torch.where(relevant.unsqueeze(-1), relevant_mask, forced)
-
-
-@dataclass(frozen=True)
-class PaddedHeads:
-    """Several categorical heads laid side by side as one ``[..., K, W]`` tensor.
-
-    The policy step scores every head with the same few kernels (log-softmax, floor,
-    sample, gather, entropy), so the heads are computed together instead of one at a time:
-    at B = 1 that was 305 of ``get_action``'s 493 operators, dispatch-bound. Row ``k``
-    holds head ``names[k]`` in its first ``sizes[k]`` columns; the rest of the row is
-    padding, always masked (never valid), so every masked-distribution formula gives the
-    head's own result. Which heads: those other than the op and pointer heads whose
-    canonical action is a constant (`from_space`); the rest go one by one.
-
-    Attributes:
-        names: the heads, in action-space order.
-        sizes: their sizes ``n_k``; ``width`` = max size W.
-        index: ``[K, W]`` int64: column of ``cat(per-head tensors)`` for each padded cell
-            (padding points at column 0; `real` masks it).
-        real: ``[K, W]`` bool: True on a head's own columns.
-        relevance: ``[num_ops, K]`` bool: is head k relevant for op o.
-        canonical: ``[K, W]`` bool: one-hot on head k's canonical action.
-    """
-
-    names: tuple[str, ...]
-    sizes: tuple[int, ...]
-    width: int
-    index: Tensor
-    real: Tensor
-    relevance: Tensor
-    canonical: Tensor
-
-    @classmethod
-    def from_space(cls, space: ActionSpace, device: torch.device | str = "cpu") -> PaddedHeads:
-        """The heads of ``space`` that can be padded together (possibly none)."""
-        heads = [
-            h
-            for h in space.heads
-            if h.name not in (space.op_head, space.pointer_head)
-            and (h.canonical_action is not None or h.relevant_ops is None)
-        ]
-        sizes = [h.size for h in heads]
-        width = max(sizes, default=1)
-        offsets = [sum(sizes[:k]) for k in range(len(sizes))]
-        index = [[offsets[k] + j if j < n else 0 for j in range(width)] for k, n in enumerate(sizes)]
-        real = [[j < n for j in range(width)] for n in sizes]
-        relevance = [
-            [h.relevant_ops is None or op in h.relevant_ops for h in heads]
-            for op in range(space.num_ops)
-        ]
-        canonical = [
-            [h.canonical_action is not None and j == h.canonical_action for j in range(width)]
-            for h in heads
-        ]
-        K = len(heads)
-        return cls(
-            names=tuple(h.name for h in heads),
-            sizes=tuple(sizes),
-            width=width,
-            index=torch.tensor(index, dtype=torch.long, device=device).view(K, width),
-            real=torch.tensor(real, dtype=torch.bool, device=device).view(K, width),
-            relevance=torch.tensor(relevance, dtype=torch.bool, device=device).view(space.num_ops, K),
-            canonical=torch.tensor(canonical, dtype=torch.bool, device=device).view(K, width),
-        )
-
-    def pack(self, tensors: Mapping[str, Tensor]) -> Tensor:
-        """``{name: [..., n_k]}`` -> ``[..., K, W]`` (padding cells hold column 0's value;
-        combine masks with `real`)."""
-        flat = torch.cat([tensors[name] for name in self.names], dim=-1)  # [..., sum n_k]
-        return flat[..., self.index]  # [..., K, W]
-
-    def canonicalize(self, masks: Tensor, ops: Tensor) -> Tensor:
-        """`canonicalize_head` for every packed head: ``masks [..., K, W]`` (padding
-        False), ``ops [...]`` -> ``[..., K, W]``."""
-        relevant = self.relevance[ops]  # [..., K]
-        return torch.where(relevant.unsqueeze(-1), masks, self.canonical)
-
-
-# The seed-lifecycle vocabulary lived here until it moved to its preset module; the old names
-# resolve for one release, with a DeprecationWarning.
-_MOVED_TO_PRESET = frozenset({
-    "HEAD_NAMES", "NUM_BLUEPRINTS", "NUM_OPS", "AlphaCurve", "AlphaSpeed", "AlphaTarget",
-    "BlueprintAction", "Op", "Style", "Tempo",
-})
-
-
-def _moved_to_preset(module: str, name: str) -> Any:
-    """``name`` from `slotformer.presets.seed_lifecycle`, warning that ``module.name`` is
-    deprecated (the modules' ``__getattr__``)."""
-    import warnings
-
-    from slotformer.presets import seed_lifecycle
-
-    warnings.warn(
-        f"{module}.{name} is deprecated and will be removed in the next release; import it "
-        f"from slotformer.presets.seed_lifecycle (the seed-lifecycle preset)",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return getattr(seed_lifecycle, name)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_PRESET:
-        return _moved_to_preset(__name__, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if tuple(mask.shape) != (*ops.shape, head.size):
+            raise ValueError(
+                f"mask for head {head.name!r} has shape {describe_shape(mask)}, expected "
+                f"{(*ops.shape, head.size)} (ops shape {describe_shape(ops)} + head size)"
+            )
+    packed = PackedHeads.of(action_space, ops.device)
+    canonical = packed.canonical_masks(packed.pack(masks) & packed.real, ops, slot_by_op)
+    out = {name: row[..., :n] for name, n, row in zip(packed.names, packed.sizes,
+                                                        canonical.unbind(-2))}
+    out[action_space.op_head] = masks[action_space.op_head]
+    return {name: out[name] for name in action_space.head_names}

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from slotformer.actions import ActionSpace
 from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
-from slotformer.networks.configs import legacy_config_names
+from slotformer.networks.core import without_compile_prefix
 from slotformer.policy.bundles import ActorCriticBundle
 from slotformer.policy.factory import _accepted_arguments
 from slotformer.policy.protocol import PolicyBundle
@@ -324,8 +324,7 @@ def _stored_action_space(
 
 def _parameter_layout_mismatch(expected: Mapping[str, Any], stored: Mapping[str, Any]) -> str:
     """What differs between two state dicts' keys and shapes ("" = they fit)."""
-    if stored and all(k.startswith("_orig_mod.") for k in stored):  # a compiled module's
-        stored = {k[len("_orig_mod."):]: v for k, v in stored.items()}
+    stored = without_compile_prefix(stored)
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     reshaped = [
@@ -356,7 +355,7 @@ def _with_legacy_defaults(
     predictor ``head_hidden`` wide with ``Dropout(0.1)``; the defaults are now 64 and 0.0.
     """
     if config_class is not None and "hidden_dim" in config:  # written by slotformer 0.1
-        renames = legacy_config_names(config_class)
+        renames = {"feature_dim": "state_dim", "hidden_dim": "lstm_hidden_dim"}
         config = {renames.get(key, key): value for key, value in config.items()}
     if policy_type == "transformer" and "contribution_hidden" not in config:
         config["contribution_hidden"] = config.get("head_hidden", 256)
@@ -366,7 +365,7 @@ def _with_legacy_defaults(
 
 def _refuse_retired_layout(source: Path, policy_type: str, state_dict: Mapping[str, Any]) -> None:
     """A flat-network checkpoint from before its heads took the reference network's widths
-    (issue #14) cannot be loaded: say so, rather than list mismatched keys.
+    cannot be loaded: say so, rather than list mismatched keys.
 
     That layout's contribution predictor had a second Dropout, so its middle Linear sat at
     index 3 (now 4, after a LayerNorm at 1); its blueprint head was ``H -> H/2 -> H/2 -> 13``
@@ -376,7 +375,7 @@ def _refuse_retired_layout(source: Path, policy_type: str, state_dict: Mapping[s
     if policy_type == "lstm" and "contribution_predictor.3.weight" in state_dict:
         raise _refused(
             source, "holds a flat ('lstm') policy saved by an earlier slotformer, before the "
-            "flat network's heads took the reference network's layout (issue #14: blueprint "
+            "flat network's heads took the reference network's layout (blueprint "
             "head H -> H -> H/2 -> 13, contribution predictor with a LayerNorm); this "
             "slotformer cannot load it: load it with the slotformer that saved it, or retrain"
         )

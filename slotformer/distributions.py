@@ -210,19 +210,21 @@ def masked_log_probs(
         [0.7, 0.3, 0.0]
     """
     _check_metadata(logits, mask, "logits")
-    if floor_mode not in _FLOOR_MODES:
-        raise ValueError(f"floor_mode must be one of {list(_FLOOR_MODES)}, got {floor_mode!r}")
+    if floor_mode not in FLOOR_MODES:
+        raise ValueError(f"floor_mode must be one of {list(FLOOR_MODES)}, got {floor_mode!r}")
     return _masked_log_probs(logits, mask, _check_min_prob(min_prob), floor_mode)
 
 
-_FLOOR_MODES = ("clip", "mix")
+FLOOR_MODES = ("clip", "mix")
+"""How a probability floor is applied (see `masked_log_probs`)."""
 
 
 def _masked_log_probs(
-    logits: Tensor, mask: Tensor | None, floor: float, floor_mode: str = "clip"
+    logits: Tensor, mask: Tensor | None, floor: float | Tensor, floor_mode: str = "clip"
 ) -> Tensor:
-    """`masked_log_probs` without its checks: the networks' policy step, whose logits, masks
-    and floors the boundary (`slotformer.networks.inputs`) has checked."""
+    """`masked_log_probs` without its checks (the policy step's: its callers checked the
+    inputs). ``floor`` is a float, or a tensor broadcastable to ``[..., 1]`` (a floor per
+    row; rows at 0 get no floor)."""
     logits_fp32 = logits.float()  # [..., n]
     n = logits.shape[-1]
 
@@ -247,11 +249,23 @@ def _masked_log_probs(
     invalid = invalid & ~(empty_row & first)  # [..., n]
     filled = logits_fp32.masked_fill(invalid, float("-inf"))
     log_probs = torch.log_softmax(filled, dim=-1).masked_fill(invalid, float("-inf"))
-    if floor == 0.0:
+    if isinstance(floor, float) and floor == 0.0:
         return log_probs
 
     num_valid = (~invalid).sum(dim=-1, keepdim=True, dtype=torch.float32)  # [..., 1]
+    if isinstance(floor, Tensor):
+        floor_row = torch.minimum(_FLOOR_MAX_MASS / num_valid, floor.clamp(min=_FP32_TINY))
+        return torch.where(floor > 0, _floored(log_probs, invalid, floor_row, num_valid,
+                                               floor_mode), log_probs)
     floor_row = torch.clamp(_FLOOR_MAX_MASS / num_valid, max=max(floor, _FP32_TINY))
+    return _floored(log_probs, invalid, floor_row, num_valid, floor_mode)
+
+
+def _floored(
+    log_probs: Tensor, invalid: Tensor, floor_row: Tensor, num_valid: Tensor, floor_mode: str
+) -> Tensor:
+    """``log_probs [..., n]`` with the floor ``floor_row [..., 1]`` applied (see
+    `masked_log_probs`)."""
     if floor_mode == "clip":
         # Rows with a single valid action: that action is at probability 1 >= any floor,
         # so clipping leaves it (log-prob exactly 0).

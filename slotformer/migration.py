@@ -49,13 +49,13 @@ from torch import Tensor
 
 from slotformer.actions import ActionSpace
 from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
-from slotformer.networks.lstm import FactoredRecurrentActorCritic
+from slotformer.networks.core import without_compile_prefix
+from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
 from slotformer.presets.seed_lifecycle import NUM_BLUEPRINTS
 
 NULL_INDEX_KEY = "blueprint_embedding._null_idx"
 """The reference's buffer holding the empty-slot row of the embedding (13); not loaded."""
 
-_COMPILE_PREFIX = "_orig_mod."  # keys of a torch.compile'd module's state dict
 _LSTM_WEIGHT = re.compile(r"^lstm\.layers\.(\d+)\.(weight_ih_l0|weight_hh_l0|bias_ih_l0|bias_hh_l0)$")
 _LSTM_NORM = re.compile(r"^lstm\.layer_norms\.(\d+)\.(weight|bias)$")
 _OUR_LSTM_WEIGHT = re.compile(
@@ -100,7 +100,7 @@ class ReferenceDimensions:
         Raises:
             ValueError: a tensor the sizes are read from is missing or has the wrong rank.
         """
-        state_dict = _without_compile_prefix(state_dict)
+        state_dict = without_compile_prefix(state_dict)
 
         def shape_of(key: str, rank: int, needed_for: str) -> Shape:
             tensor = state_dict.get(key)
@@ -228,7 +228,7 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, 
     """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-    source = _without_compile_prefix(state_dict)
+    source = without_compile_prefix(state_dict)
     dims = ReferenceDimensions.infer(source)
     expected = dims.expected_shapes()
     given = {key: value for key, value in source.items() if key != NULL_INDEX_KEY}
@@ -398,14 +398,9 @@ def network_from_reference_state_dict(
             "('slot_head.2.weight')"
         )
     network = FactoredRecurrentActorCritic(
-        state_dim=dims.state_dim,
-        feature_dim=dims.feature_dim,
-        lstm_hidden_dim=dims.lstm_hidden_dim,
-        lstm_layers=dims.lstm_layers,
-        slot_config=slot_config,
-        value_baseline=value_baseline,
-        base_dim=base_dim,
-        blueprint_embed_dim=dims.blueprint_embed_dim,
+        dims.state_dim, dims.feature_dim, dims.lstm_hidden_dim, dims.lstm_layers, slot_config,
+        config=LSTMConfig(value_baseline=value_baseline, base_dim=base_dim,
+                          blueprint_embed_dim=dims.blueprint_embed_dim),
     )
     floating = next((t for t in state_dict.values() if t.is_floating_point()), None)
     if floating is not None:
@@ -439,12 +434,6 @@ def _check_network(network: object) -> None:
         raise TypeError(
             f"network must be a FactoredRecurrentActorCritic, got {type(network).__name__}{hint}"
         )
-
-
-def _without_compile_prefix(state_dict: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-    if state_dict and all(key.startswith(_COMPILE_PREFIX) for key in state_dict):
-        return {key[len(_COMPILE_PREFIX):]: value for key, value in state_dict.items()}
-    return state_dict
 
 
 def _is_null_row(value: object) -> bool:

@@ -432,18 +432,3 @@ __all__ = [
     "policy_diagnostics",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "NETWORK_TYPES":  # moved to the policy registry, where the types are registered
-        import warnings
-
-        from slotformer.policy.registry import NETWORK_TYPES
-
-        warnings.warn(
-            "slotformer.telemetry.NETWORK_TYPES is deprecated and will be removed in the next "
-            "release; use slotformer.NETWORK_TYPES (or slotformer.list_policies())",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return NETWORK_TYPES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

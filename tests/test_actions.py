@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from slotformer.actions import (
     ActionSpace,
     HeadSpec,
-    PaddedHeads,
     canonicalize_masks,
     first_valid_index,
     select_slot_mask_for_op,
@@ -556,30 +555,44 @@ CUSTOM_SPACE = ActionSpace(
 
 
 @pytest.mark.parametrize("space", [ActionSpace.default(5), CUSTOM_SPACE], ids=["default", "custom"])
+@pytest.mark.parametrize("with_slot_by_op", [False, True])
 @settings(deadline=None, max_examples=30)
 @given(seed=st.integers(0, 2**31 - 1))
-def test_padded_heads_canonicalise_like_canonicalize_masks(space: ActionSpace, seed: int) -> None:
-    # The policy step scores the padded heads together; each packed row must be exactly the
-    # head's canonicalize_masks row, and the padding must never be valid.
+def test_canonical_masks_follow_the_rule_head_by_head(
+    space: ActionSpace, with_slot_by_op: bool, seed: int
+) -> None:
+    # The policy step canonicalises every head at once, padded side by side; each head must
+    # be exactly DESIGN.md's rule, and the padding never valid.
+    from slotformer.policy_step import PackedHeads
+
+    if with_slot_by_op and space.pointer_head is None:
+        return
     g = torch.Generator().manual_seed(seed)
-    lead = (3, 4)
+    lead = (12,)
     masks = {h.name: torch.rand(*lead, h.size, generator=g) < 0.6 for h in space.heads}
     ops = torch.randint(0, space.num_ops, lead, generator=g)
-    expected = canonicalize_masks(space, masks, ops)
-    packed = PaddedHeads.from_space(space)
-    pointer_like = {h.name for h in space.heads if h.canonical_action is None and h.relevant_ops is not None}
-    assert set(packed.names) == set(space.head_names) - {space.op_head, space.pointer_head} - pointer_like
-    canonical = packed.canonicalize(packed.pack(masks) & packed.real, ops)  # [3, 4, K, W]
-    logits = {h.name: torch.randn(*lead, h.size, generator=g) for h in space.heads}
-    packed_logits = packed.pack(logits)
+    slot_by_op = (torch.rand(*lead, space.num_ops, space.num_slots or 1, generator=g) < 0.5
+                  if with_slot_by_op else None)
+    reference = _reference_canonical(space, masks, ops)
+    expected = {name: torch.tensor(rows) for name, rows in reference.items()}
+    if slot_by_op is not None:  # the pointer's relevant rows come from slot_by_op[op]
+        pointer = space.head(space.pointer_head)
+        relevant = torch.tensor([op in pointer.relevant_ops for op in ops.tolist()])
+        chosen = slot_by_op[torch.arange(12), ops]
+        expected[pointer.name] = torch.where(relevant[:, None], chosen, expected[pointer.name])
+    got = canonicalize_masks(space, masks, ops, slot_by_op)
+    assert list(got) == list(space.head_names)
+    for name in space.head_names:
+        assert torch.equal(got[name], expected[name]), name
+    packed = PackedHeads.of(space)
+    canonical = packed.canonical_masks(packed.pack(masks) & packed.real, ops, slot_by_op)
     for k, (name, n) in enumerate(zip(packed.names, packed.sizes)):
         assert torch.equal(canonical[..., k, :n], expected[name]), name
         assert not canonical[..., k, n:].any(), name
-        assert torch.equal(packed_logits[..., k, :n], logits[name]), name
 
 
 # ---------------------------------------------------------------------------------------
-# the seed-lifecycle preset, its deprecated old homes, and plain-data round trips
+# the seed-lifecycle preset and plain-data round trips
 # ---------------------------------------------------------------------------------------
 
 MOVED_NAMES = (
@@ -601,26 +614,6 @@ def test_the_preset_builds_the_default_space() -> None:
     for name in MOVED_NAMES:
         assert getattr(presets, name) is getattr(seed_lifecycle, name)
     assert presets.seed_lifecycle_action_space is seed_lifecycle.seed_lifecycle_action_space
-
-
-@pytest.mark.parametrize("module_name", ["slotformer", "slotformer.actions"])
-@pytest.mark.parametrize("name", MOVED_NAMES)
-def test_the_old_homes_of_the_preset_names_warn_and_return_the_same_object(
-    module_name: str, name: str
-) -> None:
-    import importlib
-
-    from slotformer.presets import seed_lifecycle
-
-    module = importlib.import_module(module_name)
-    with pytest.warns(DeprecationWarning, match=rf"{module_name}\.{name} is deprecated.*presets"):
-        value = getattr(module, name)
-    assert value is getattr(seed_lifecycle, name)
-    with pytest.warns(DeprecationWarning, match="seed_lifecycle"):
-        exec(f"from {module_name} import {name} as imported", namespace := {})
-    assert namespace["imported"] is value
-    with pytest.raises(AttributeError, match="no attribute 'NotAName'"):
-        module.NotAName
 
 
 def test_importing_slotformer_and_the_preset_raises_no_deprecation_warning() -> None:

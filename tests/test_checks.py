@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from slotformer import (
-    BlueprintEmbedding,
     CheckpointError,
     ObservationLayout,
     ResidualLSTM,
@@ -91,11 +90,6 @@ def test_heatmap_and_image_reject_empty_matrices_and_bad_arguments() -> None:
 
 
 # ---------------------------------------------------------------- layers
-def test_embedding_rejects_a_non_tensor_by_name() -> None:
-    assert "blueprint_indices must be a torch.Tensor, got list" in _message(
-        ValueError, BlueprintEmbedding(), [0, 1])
-
-
 def test_residual_lstm_x_device_and_sizes() -> None:
     lstm = ResidualLSTM(8, 8)
     assert "x is on device meta, expected cpu" in _message(

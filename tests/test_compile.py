@@ -12,6 +12,7 @@ import torch
 
 from slotformer import FactoredRecurrentActorCritic, SlotTransformerActorCritic
 from slotformer.networks.core import ActorCriticCore
+from slotformer.networks.transformer import TransformerConfig
 
 B, T, N, STATE_DIM = 2, 3, 3, 23 + 3 * 31
 
@@ -19,7 +20,7 @@ B, T, N, STATE_DIM = 2, 3, 3, 23 + 3 * 31
 def small_network(kind: str) -> ActorCriticCore:
     torch.manual_seed(0)
     if kind == "transformer":
-        return SlotTransformerActorCritic(STATE_DIM, embed_dim=16, lstm_hidden_dim=16, head_hidden=16)
+        return SlotTransformerActorCritic(STATE_DIM, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, head_hidden=16))
     return FactoredRecurrentActorCritic(STATE_DIM, feature_dim=16, lstm_hidden_dim=16)
 
 

@@ -29,6 +29,8 @@ from slotformer import (
 )
 from slotformer.networks.core import ActorCriticCore
 from slotformer.networks.inputs import read_inputs
+from slotformer.networks.lstm import LSTMConfig
+from slotformer.networks.transformer import TransformerConfig
 
 KINDS = ("transformer", "lstm")
 B, T, N = 3, 5, 3
@@ -37,15 +39,16 @@ WAIT, GERMINATE, PRUNE = 0, 1, 3
 
 
 def make_net(kind: str, **kwargs: Any) -> ActorCriticCore:
+    """A small network; ``kwargs``: ``state_dim``, ``action_space`` or config fields."""
     torch.manual_seed(0)
+    state_dim = kwargs.pop("state_dim", STATE_DIM)
+    space = kwargs.pop("action_space", None)
     if kind == "transformer":
-        return SlotTransformerActorCritic(
-            kwargs.pop("state_dim", STATE_DIM), embed_dim=16, lstm_hidden_dim=16,
-            transformer_layers=1, transformer_heads=2, head_hidden=16, **kwargs,
-        )
-    return FactoredRecurrentActorCritic(
-        kwargs.pop("state_dim", STATE_DIM), feature_dim=16, lstm_hidden_dim=16, **kwargs
-    )
+        config = TransformerConfig(embed_dim=16, transformer_layers=1, transformer_heads=2,
+                                   head_hidden=16, lstm_hidden_dim=16, **kwargs)
+        return SlotTransformerActorCritic(state_dim, config=config, action_space=space)
+    return FactoredRecurrentActorCritic(state_dim, 16, 16, config=LSTMConfig(**kwargs),
+                                       action_space=space)
 
 
 def observation(seed: int = 0, steps: int = T) -> tuple[Tensor, Tensor]:
@@ -99,7 +102,7 @@ def test_compute_q_on_lstm_out_gives_q_of_any_op(kind: str) -> None:
     torch.testing.assert_close(every, one_by_one)
     with pytest.raises(ValueError, match=r"op has dtype torch.int32, expected torch.int64"):
         net.compute_q(lstm_out, torch.zeros(1, 1, dtype=torch.int32))
-    with pytest.raises(ValueError, match=r"features has shape \(1, 1, 7\).*lstm_hidden_dim=16"):
+    with pytest.raises(ValueError, match=r"lstm_out has shape \(1, 1, 7\).*lstm_hidden_dim=16"):
         net.compute_q(torch.zeros(1, 1, 7), torch.zeros(1, 1, dtype=torch.long))
 
 

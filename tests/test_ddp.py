@@ -32,8 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from slotformer.config import SlotConfig
 from slotformer.networks.core import ActorCriticCore
-from slotformer.networks.lstm import FactoredRecurrentActorCritic
-from slotformer.networks.transformer import SlotTransformerActorCritic
+from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
+from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
 
 WORLD_SIZE = 2
 KINDS = ("transformer", "lstm")
@@ -48,11 +48,10 @@ def make_net(kind: str, aux_heads: bool = True) -> ActorCriticCore:
     torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     aux = {"use_q_head": aux_heads, "use_contribution_head": aux_heads}
     if kind == "transformer":
-        return SlotTransformerActorCritic(
-            STATE_DIM, slot_config=CONFIG, embed_dim=16, lstm_hidden_dim=16,
-            transformer_layers=1, transformer_heads=2, head_hidden=16, **aux,
-        )
-    return FactoredRecurrentActorCritic(STATE_DIM, feature_dim=16, lstm_hidden_dim=16, **aux)
+        config = TransformerConfig(embed_dim=16, transformer_layers=1, transformer_heads=2,
+                                   head_hidden=16, lstm_hidden_dim=16, **aux)
+        return SlotTransformerActorCritic(STATE_DIM, slot_config=CONFIG, config=config)
+    return FactoredRecurrentActorCritic(STATE_DIM, 16, 16, config=LSTMConfig(**aux))
 
 
 class PPOLossModule(nn.Module):

@@ -79,30 +79,6 @@ class TestSlotPositionalEncoding:
         with pytest.raises(ValueError, match="embed_dim=63"):
             SlotPositionalEncoding(embed_dim=63)
 
-    @pytest.mark.parametrize(
-        ("rows", "cols", "match"),
-        [
-            ([0, 8], [0, 1], r"row_ids must lie in \[0, 8\), got 8"),
-            ([0, -1], [0, 1], r"row_ids must lie in \[0, 8\), got -1"),
-            ([0, 1], [0, 9], r"col_ids must lie in \[0, 8\), got 9"),
-        ],
-    )
-    def test_out_of_range_ids_name_the_value(
-        self, rows: list[int], cols: list[int], match: str
-    ) -> None:
-        pos = SlotPositionalEncoding()
-        with pytest.raises(ValueError, match=match):
-            pos(torch.tensor(rows), torch.tensor(cols))
-
-    def test_bad_id_shapes_and_dtypes(self) -> None:
-        pos = SlotPositionalEncoding()
-        with pytest.raises(ValueError, match=r"row_ids and col_ids must have the same shape"):
-            pos(torch.tensor([0, 1]), torch.tensor([0, 1, 2]))
-        with pytest.raises(ValueError, match=r"col_ids must be int64 or int32, got dtype"):
-            pos(torch.tensor([0]), torch.tensor([0.0]))
-        with pytest.raises(ValueError, match=r"row_ids must be 1-D \[N\], got shape \(1, 2\)"):
-            pos(torch.tensor([[0, 1]]), torch.tensor([0, 1]))
-
 
 # --------------------------------------------------------------------------- encoder
 
@@ -385,40 +361,6 @@ def test_intermediates_of_an_all_empty_grid_attend_to_cls_only() -> None:
         assert (weights[..., 1:] == 0).all()
 
 
-def test_return_attention_is_deprecated_but_unchanged() -> None:
-    enc = make_encoder(num_layers=3).eval()
-    inputs = make_inputs(2, 3, 7)
-    with pytest.warns(DeprecationWarning, match=r"return_intermediates=True") as caught:
-        cls_repr, slot_repr, maps = enc(*inputs, return_attention=True)
-    # Attributed to the caller (this file), not to torch's Module.__call__ frames, so that
-    # Python's default warning filters show it for a script's own call.
-    assert [w.filename for w in caught] == [__file__]
-    assert isinstance(maps, tuple) and len(maps) == 3
-    enc.register_forward_hook(lambda *args: None)  # one more torch frame to skip
-    with pytest.warns(DeprecationWarning) as caught:
-        enc(*inputs, return_attention=True)
-    assert [w.filename for w in caught] == [__file__]
-    new_cls, new_slots, found = enc(*inputs, return_intermediates=True)
-    assert torch.equal(cls_repr, new_cls) and torch.equal(slot_repr, new_slots)
-    assert all(torch.equal(old, new) for old, new in zip(maps, found.attention))
-    with pytest.raises(ValueError, match=r"return_intermediates=True alone"):
-        enc(*inputs, True, return_intermediates=True)
-
-
-def test_encode_attention_list_is_deprecated_but_still_filled() -> None:
-    enc = make_encoder().eval()
-    features, active, rows, cols = make_inputs(1, 2, 3)
-    args = (features.reshape(2, 3, SLOT_DIM), active.reshape(2, 3), enc.pos_encoding(rows, cols))
-    attention: list[Tensor] = []
-    with pytest.warns(DeprecationWarning, match=r"return_intermediates=True") as caught:
-        cls_repr, slot_repr = enc.encode(*args, attention)
-    assert [w.filename for w in caught] == [__file__]
-    new_cls, new_slots, found = enc.encode(*args, return_intermediates=True)
-    assert torch.equal(cls_repr, new_cls) and torch.equal(slot_repr, new_slots)
-    assert len(attention) == 2
-    assert all(torch.equal(old, new) for old, new in zip(attention, found.attention))
-
-
 class _RecordOps(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
@@ -462,9 +404,6 @@ def test_compiles_fullgraph_forward_and_backward() -> None:
     torch.testing.assert_close((cls_repr, slot_repr), expected, atol=1e-5, rtol=1e-5)
     found = compiled(features, active, rows, cols, return_intermediates=True)[2]
     assert isinstance(found, EncoderIntermediates) and len(found.attention) == 2
-    # The deprecated form still compiles fullgraph (it warns in eager only).
-    compiled_maps = compiled(features, active, rows, cols, return_attention=True)[2]
-    assert len(compiled_maps) == 2
 
 
 def test_dynamic_compile_does_not_recompile_across_slot_counts() -> None:

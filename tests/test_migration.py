@@ -29,6 +29,7 @@ from slotformer import (
     network_from_reference_state_dict,
     to_reference_state_dict,
 )
+from slotformer.networks.lstm import LSTMConfig
 
 BASE_DIM = 23
 # The reference's heads in its order, with their sizes (slot: N).
@@ -253,10 +254,7 @@ def test_converted_network_computes_the_reference_outputs(sizes: Sizes) -> None:
 @pytest.mark.parametrize("sizes", SIZES[:2])
 def test_every_parameter_is_loaded_strictly(sizes: Sizes) -> None:
     sd = reference_state_dict(sizes, seed=3)
-    net = FactoredRecurrentActorCritic(
-        state_dim=sizes.state_dim, feature_dim=sizes.feature_dim, lstm_hidden_dim=sizes.hidden,
-        lstm_layers=sizes.layers, value_baseline="v",
-    )
+    net = FactoredRecurrentActorCritic(state_dim=sizes.state_dim, feature_dim=sizes.feature_dim, lstm_hidden_dim=sizes.hidden, lstm_layers=sizes.layers, config=LSTMConfig(value_baseline="v"))
     converted = convert_reference_state_dict(sd)
     assert "blueprint_embedding._null_idx" not in converted
     assert len(converted) == len(sd) - 1  # only the null-index buffer is dropped

@@ -31,6 +31,8 @@ from slotformer.networks import (
     GetActionResult,
     SlotTransformerActorCritic,
 )
+from slotformer.networks.lstm import LSTMConfig
+from slotformer.networks.transformer import TransformerConfig
 from slotformer.presets.seed_lifecycle import (
     HEAD_NAMES,
     AlphaCurve,
@@ -73,14 +75,8 @@ def make_network(
         slot_config = SlotConfig.for_grid(1, num_slots)
     state_dim = BASE_DIM + slot_config.num_slots * slot_dim
     if kind == "transformer":
-        return SlotTransformerActorCritic(
-            state_dim, slot_config, embed_dim=32, lstm_hidden_dim=HIDDEN, lstm_layers=lstm_layers,
-            head_hidden=64, value_baseline=value_baseline,
-        )
-    return FactoredRecurrentActorCritic(
-        state_dim, feature_dim=32, lstm_hidden_dim=HIDDEN, lstm_layers=lstm_layers,
-        slot_config=slot_config, value_baseline=value_baseline,
-    )
+        return SlotTransformerActorCritic(state_dim, slot_config, lstm_hidden_dim=HIDDEN, lstm_layers=lstm_layers, config=TransformerConfig(embed_dim=32, head_hidden=64, value_baseline=value_baseline))
+    return FactoredRecurrentActorCritic(state_dim, feature_dim=32, lstm_hidden_dim=HIDDEN, lstm_layers=lstm_layers, slot_config=slot_config, config=LSTMConfig(value_baseline=value_baseline))
 
 
 def observation(
@@ -590,28 +586,26 @@ def test_pointer_head_scores_slots_as_query_dot_projected_key() -> None:
 
 
 def test_transformer_contribution_predictor_width_and_dropout_are_options() -> None:
-    net = SlotTransformerActorCritic(116, embed_dim=16, lstm_hidden_dim=16, head_hidden=32)
+    net = SlotTransformerActorCritic(116, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, head_hidden=32))
     linears = [m for m in net.contribution_predictor.modules() if isinstance(m, nn.Linear)]
     assert [m.out_features for m in linears] == [64, 32, 1]  # default width 64, not 32
     assert not any(isinstance(m, nn.Dropout) for m in net.contribution_predictor.modules())
-    wide = SlotTransformerActorCritic(
-        116, embed_dim=16, lstm_hidden_dim=16, contribution_hidden=8, contribution_dropout=0.2
-    )
+    wide = SlotTransformerActorCritic(116, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, contribution_hidden=8, contribution_dropout=0.2))
     linears = [m for m in wide.contribution_predictor.modules() if isinstance(m, nn.Linear)]
     assert [m.out_features for m in linears] == [8, 4, 1]
     drops = [m for m in wide.contribution_predictor.modules() if isinstance(m, nn.Dropout)]
     assert [m.p for m in drops] == [0.2, 0.2]
     with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\), got dropout=1.5"):
-        SlotTransformerActorCritic(116, contribution_dropout=1.5)
+        SlotTransformerActorCritic(116, config=TransformerConfig(contribution_dropout=1.5))
 
 
 def test_transformer_feed_forward_width_is_an_option() -> None:
-    net = SlotTransformerActorCritic(116, embed_dim=16, lstm_hidden_dim=16, transformer_ff_mult=2)
+    net = SlotTransformerActorCritic(116, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, transformer_ff_mult=2))
     assert [block.ff_in.out_features for block in net.encoder.blocks] == [32, 32]
-    default = SlotTransformerActorCritic(116, embed_dim=16, lstm_hidden_dim=16)
+    default = SlotTransformerActorCritic(116, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16))
     assert [block.ff_in.out_features for block in default.encoder.blocks] == [64, 64]
     with pytest.raises(ValueError, match="transformer_ff_mult must be a positive int, got 0"):
-        SlotTransformerActorCritic(116, transformer_ff_mult=0)
+        SlotTransformerActorCritic(116, config=TransformerConfig(transformer_ff_mult=0))
 
 
 def test_lean_memory_setting_keeps_outputs_and_gradients() -> None:
@@ -619,9 +613,7 @@ def test_lean_memory_setting_keeps_outputs_and_gradients() -> None:
     # here) gives the same outputs and gradients as the plain path, up to fp32 rounding.
     torch.manual_seed(0)
     config = SlotConfig.for_grid(2, 3)
-    net = SlotTransformerActorCritic(
-        23 + 6 * 31, config, embed_dim=16, lstm_hidden_dim=16, head_hidden=16
-    ).train()
+    net = SlotTransformerActorCritic(23 + 6 * 31, config, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, head_hidden=16)).train()
     g = torch.Generator().manual_seed(1)
     state = torch.randn(3, 5, 23 + 6 * 31, generator=g)
     bp = torch.randint(-1, 13, (3, 5, 6), generator=g)
@@ -697,7 +689,7 @@ def test_wrong_state_dim_is_rejected_at_construction(kind: str) -> None:
     if kind == "lstm":  # any state_dim, as the reference; a slot_dim must fit it
         assert cls(117).state_dim == 117
         with pytest.raises(ValueError, match=r"state_dim=117.*slot_dim=31"):
-            cls(117, slot_dim=31)
+            cls(117, config=LSTMConfig(slot_dim=31))
         return
     with pytest.raises(ValueError, match=r"state_dim=117.*num_slots"):
         cls(117)  # (117 - 23) / 3 slots is not an integer
@@ -827,7 +819,7 @@ def test_transformer_attention_telemetry() -> None:
 
 def test_two_d_call_errors_quote_the_shapes_the_caller_passed() -> None:
     """Regression: a [B, D] call's error quoted blueprint_indices after adding the T axis."""
-    net = SlotTransformerActorCritic(116, embed_dim=16, lstm_hidden_dim=16, head_hidden=16)
+    net = SlotTransformerActorCritic(116, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, head_hidden=16))
     bad_blueprints = torch.zeros(2, 4, dtype=torch.long)
     with pytest.raises(ValueError, match=r"blueprint_indices has shape \(2, 4\), expected \(2, 3\)"):
         net.get_action(torch.zeros(2, 116), bad_blueprints)

@@ -30,7 +30,6 @@ from slotformer.policy import (
     ForwardResult,
     LSTMConfig,
     LSTMPolicyBundle,
-    NetworkConfig,
     PolicyBundle,
     TransformerConfig,
     TransformerPolicyBundle,
@@ -120,20 +119,14 @@ def test_result_types_are_frozen_dataclasses_with_one_vocabulary() -> None:
     assert len(evaluated.to_tuple()) == 6 and evaluated.to_tuple()[1] is evaluated.value
 
 
-def test_renamed_result_fields_warn_and_still_read() -> None:
+def test_result_fields_use_the_one_vocabulary_and_the_reference_names_read() -> None:
     action = ActionResult({"op": torch.zeros(1)}, {"op": torch.ones(1)}, torch.zeros(1), None)
-    with pytest.warns(DeprecationWarning, match=r"ActionResult\.action is deprecated.*actions"):
-        assert action.action is action.actions
-    with pytest.warns(DeprecationWarning, match=r"ActionResult\.log_prob is deprecated"):
-        assert action.log_prob is action.log_probs
-    with pytest.warns(DeprecationWarning, match=r"ActionResult\(action=\.\.\.\) is deprecated"):
-        old = ActionResult(action={"op": torch.zeros(1)}, log_probs={}, value=torch.zeros(1), hidden=None)
-    assert set(old.actions) == {"op"}
+    for old in ("action", "log_prob"):
+        assert not hasattr(action, old)
+    with pytest.raises(TypeError):
+        ActionResult(action={"op": torch.zeros(1)}, log_probs={}, value=torch.zeros(1), hidden=None)  # type: ignore[call-arg]
     evaluated = EvalResult({}, torch.zeros(1), {"op": torch.ones(1)}, None)
-    with pytest.warns(DeprecationWarning, match=r"EvalResult\.entropy is deprecated.*entropies"):
-        assert evaluated.entropy is evaluated.entropies
-    with pytest.warns(DeprecationWarning, match=r"EvalResult\.log_prob is deprecated"):
-        assert evaluated.log_prob is evaluated.log_probs
+    assert not hasattr(evaluated, "entropy") and not hasattr(evaluated, "log_prob")
     # The reference network's names are the contract: they read without a warning.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -171,36 +164,33 @@ def test_bundle_constructor_defaults_match_the_contract() -> None:
     assert lstm.config == LSTMConfig(state_dim=23 + 31 * 4, lstm_hidden_dim=8, trunk_dim=8)
 
 
-@pytest.mark.parametrize(
-    ("network", "config_class"),
-    [(FactoredRecurrentActorCritic, LSTMConfig), (SlotTransformerActorCritic, TransformerConfig)],
-)
-def test_network_keywords_are_the_config_fields_with_the_same_defaults(network: Any, config_class: Any) -> None:
-    parameters = inspect.signature(network).parameters
-    reference_names = {"trunk_dim": "feature_dim"}  # the LSTM's reference constructor name
-    for field in dataclasses.fields(config_class):
-        assert parameters[reference_names.get(field.name, field.name)].default == field.default, field.name
-    built = network(config=config_class(lstm_hidden_dim=16))
-    assert built.config == network(lstm_hidden_dim=16).config
-    with pytest.raises(TypeError, match=r"pass either config= or keyword arguments.*lstm_layers"):
-        network(config=config_class(), lstm_layers=2)
+def test_networks_take_the_reference_arguments_over_a_config() -> None:
+    # The flat network: the reference constructor, in order, over the config's fields.
+    lstm = FactoredRecurrentActorCritic(116, 32, 16, 2, SlotConfig.default(),
+                                        config=LSTMConfig(value_baseline="q"))
+    assert (lstm.state_dim, lstm.feature_dim, lstm.lstm_hidden_dim, lstm.lstm_layers) == (116, 32, 16, 2)
+    assert lstm.config == LSTMConfig(state_dim=116, trunk_dim=32, lstm_hidden_dim=16,
+                                     lstm_layers=2, value_baseline="q")
+    assert list(inspect.signature(FactoredRecurrentActorCritic).parameters)[:5] == [
+        "state_dim", "feature_dim", "lstm_hidden_dim", "lstm_layers", "slot_config"]
+    transformer = SlotTransformerActorCritic(config=TransformerConfig(embed_dim=16), lstm_hidden_dim=8)
+    assert transformer.config == TransformerConfig(state_dim=116, embed_dim=16, lstm_hidden_dim=8)
+    # One way to configure: the config dataclass; no mirrored keywords.
+    with pytest.raises(TypeError):
+        SlotTransformerActorCritic(embed_dim=16)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="config must be a TransformerConfig, got LSTMConfig"):
+        SlotTransformerActorCritic(config=LSTMConfig())  # type: ignore[arg-type]
 
 
-def test_bundle_old_argument_names_warn_and_keep_their_meaning() -> None:
-    with pytest.warns(DeprecationWarning) as caught:
+def test_bundles_take_the_reference_bundle_names() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         lstm = LSTMPolicyBundle(feature_dim=140, hidden_dim=8, trunk_dim=12)
-    assert [str(w.message).split(" is deprecated")[0] for w in caught] == [
-        "LSTMPolicyBundle(feature_dim=...)", "LSTMPolicyBundle(hidden_dim=...)"
-    ]
-    assert (lstm.state_dim, lstm.lstm_hidden_dim, lstm.config.trunk_dim) == (140, 8, 12)
-    with pytest.warns(DeprecationWarning, match=r"feature_dim is deprecated.*state_dim"):
-        assert lstm.feature_dim == 140
-    with pytest.warns(DeprecationWarning, match=r"hidden_dim is deprecated.*lstm_hidden_dim"):
-        assert lstm.hidden_dim == 8
-    with pytest.warns(DeprecationWarning, match=r"TransformerConfig\['hidden_dim'\] is deprecated"):
-        assert TransformerPolicyBundle(lstm_hidden_dim=16, embed_dim=16).config["hidden_dim"] == 16
-    with pytest.warns(DeprecationWarning, match=r"NetworkConfig\(hidden_dim=\.\.\.\) is deprecated"):
-        assert NetworkConfig(hidden_dim=24).lstm_hidden_dim == 24
+        assert (lstm.state_dim, lstm.lstm_hidden_dim, lstm.config.trunk_dim) == (140, 8, 12)
+        assert (lstm.feature_dim, lstm.hidden_dim) == (140, 8)  # the reference protocol's
+    with pytest.raises(TypeError, match="one value under two names"):
+        LSTMPolicyBundle(140, feature_dim=140)
+    assert not hasattr(TransformerConfig(), "__getitem__")
 
 
 def test_object_missing_members_is_not_a_policy_bundle() -> None:
@@ -442,7 +432,7 @@ def test_unknown_mask_key_is_a_value_error(kind: str) -> None:
     bundle = make_bundle(kind)
     features, blueprint, masks = make_inputs(bundle, 2, None)
     masks["slots"] = None
-    with pytest.raises(ValueError, match=r"unknown keys \['slots'\]"):
+    with pytest.raises(ValueError, match=r"unknown heads \['slots'\]"):
         bundle.forward(features, blueprint, masks)
 
 
@@ -703,29 +693,24 @@ def test_gradient_checkpointing_is_a_no_op_for_the_lstm() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# create_policy and NetworkConfig
+# create_policy
 # ---------------------------------------------------------------------------------------
 
 
-def test_create_policy_builds_from_a_network_config() -> None:
-    config = NetworkConfig(network_type="transformer", lstm_hidden_dim=24, embed_dim=16,
-                           transformer_layers=1, transformer_heads=2, value_baseline="v")
+def test_create_policy_builds_from_a_config_dataclass() -> None:
+    config = TransformerConfig(lstm_hidden_dim=24, embed_dim=16, transformer_layers=1,
+                               transformer_heads=2, value_baseline="v")
     grid = SlotConfig.for_grid(2, 3)
     policy = create_policy(state_dim=23 + 39 * 6, slot_config=grid, config=config, head_hidden=16)
-    assert isinstance(policy, TransformerPolicyBundle)
+    assert isinstance(policy, TransformerPolicyBundle)  # the config's class names the policy
     assert policy.state_dim == 23 + 39 * 6 and policy.slot_config == grid
     assert policy.lstm_hidden_dim == 24 and policy.config.value_baseline == "v"
-    assert policy.config.embed_dim == 16 and policy.config.transformer_layers == 1
-    # An lstm built from the same kind of config ignores the transformer-only fields.
-    lstm = create_policy(config=NetworkConfig(lstm_hidden_dim=16, embed_dim=8), trunk_dim=16)
-    assert isinstance(lstm, LSTMPolicyBundle) and lstm.lstm_hidden_dim == 16
+    assert policy.config.embed_dim == 16 and policy.config.head_hidden == 16
 
 
 def test_create_policy_compiles_after_moving() -> None:
     policy = create_policy("lstm", compile_mode="default", device="cpu", **SMALL["lstm"])
     assert policy.is_compiled and policy.compile_mode == "default"  # type: ignore[attr-defined]
-    from_config = create_policy(config=NetworkConfig(compile_mode="max-autotune"), **SMALL["lstm"])
-    assert from_config.is_compiled
 
 
 def test_create_policy_errors_list_the_valid_choices() -> None:
@@ -733,16 +718,12 @@ def test_create_policy_errors_list_the_valid_choices() -> None:
         create_policy("mlp")
     with pytest.raises(ValueError, match=r"unknown compile mode 'turbo'.*'max-autotune'"):
         create_policy("lstm", compile_mode="turbo")
-    with pytest.raises(ValueError, match=r"contradicts config\.network_type"):
-        create_policy("lstm", config=NetworkConfig(network_type="transformer"))
+    with pytest.raises(ValueError, match=r"config is a TransformerConfig, but a 'lstm' policy takes a LSTMConfig"):
+        create_policy("lstm", config=TransformerConfig())
     with pytest.raises(TypeError, match=r"does not accept \['embed_dim'\]"):
         create_policy("lstm", embed_dim=16)
-    with pytest.raises(ValueError, match="unknown network_type 'cnn'"):
-        NetworkConfig(network_type="cnn")
-    with pytest.raises(ValueError, match="unknown compile mode"):
-        NetworkConfig(compile_mode="fast")
-    with pytest.raises(ValueError, match="hidden_dim must be a positive int"):
-        NetworkConfig(lstm_hidden_dim=0)
+    with pytest.raises(ValueError, match="lstm_hidden_dim must be a positive int"):
+        create_policy("lstm", lstm_hidden_dim=0)
     with pytest.raises(ValueError, match="does not fit base_dim=23 plus 3"):
         create_policy("transformer", state_dim=117, **SMALL["transformer"])
 
@@ -779,10 +760,8 @@ def test_create_policy_and_network_config_take_an_action_space_and_a_layout(kind
     assert network.layout is not None and (network.layout.base_dim, network.layout.slot_dim) == (4, 6)
     assert network.blueprint_embedding.embedding.num_embeddings == 5 + 1  # + the null row
     assert {f"{name}_head" for name in space.head_names} <= {n for n, _ in network.named_children()}
-    # The same policy from a NetworkConfig, with the space in its to_dict() form (a config file).
-    config = NetworkConfig(network_type=kind, action_space=space.to_dict(), **CUSTOM_LAYOUT)  # type: ignore[arg-type]
-    assert config.action_space == space
-    from_config = create_policy(config=config, **SMALL[kind])
+    # The same policy with the space in its to_dict() form (a config file).
+    from_config = create_policy(kind, action_space=space.to_dict(), **CUSTOM_LAYOUT, **SMALL[kind])
     assert from_config.action_space == space and from_config.config == policy.config  # type: ignore[attr-defined]
     # Masks, actions and results are keyed by the space's heads; irrelevant heads score 0.
     g = torch.Generator().manual_seed(0)
@@ -813,7 +792,7 @@ def test_the_default_policy_is_the_seed_lifecycle_preset(kind: str) -> None:
     features, blueprint, masks = make_inputs(default, 3, 4, seed=1)
     a, b = default.forward(features, blueprint, masks), explicit.forward(features, blueprint, masks)
     assert all(torch.equal(a.logits[k], b.logits[k]) for k in a.logits)
-    assert NetworkConfig().value_baseline == "v" == default.config.value_baseline  # type: ignore[attr-defined]
+    assert LSTMConfig().value_baseline == "v" == default.config.value_baseline  # type: ignore[attr-defined]
 
 
 def _stored_rollout(

@@ -32,7 +32,7 @@ from torch import Tensor
 from slotformer.config import SlotConfig
 from slotformer.networks.core import ActorCriticCore
 from slotformer.networks.lstm import FactoredRecurrentActorCritic
-from slotformer.networks.transformer import SlotTransformerActorCritic
+from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
 
 BASE_DIM, SLOT_DIM = 23, 31
 NUM_OPS = 6
@@ -67,10 +67,7 @@ def _one_thread() -> Iterator[None]:
 @functools.cache
 def _transformer() -> ActorCriticCore:
     torch.manual_seed(0)
-    return SlotTransformerActorCritic(
-        BASE_DIM + 3 * SLOT_DIM, embed_dim=16, lstm_hidden_dim=16, transformer_layers=1,
-        transformer_heads=2, head_hidden=16,
-    )
+    return SlotTransformerActorCritic(BASE_DIM + 3 * SLOT_DIM, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, transformer_layers=1, transformer_heads=2, head_hidden=16))
 
 
 @functools.cache

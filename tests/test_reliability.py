@@ -27,8 +27,8 @@ from slotformer.distributions import InvalidStateMachineError
 from slotformer.layers.encoder import SlotTransformerEncoder
 from slotformer.networks.core import ActorCriticCore
 from slotformer.networks.inputs import SlotObservation
-from slotformer.networks.lstm import FactoredRecurrentActorCritic
-from slotformer.networks.transformer import SlotTransformerActorCritic
+from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
+from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
 from slotformer.presets.seed_lifecycle import Op
 from slotformer.validation import validation
 
@@ -53,10 +53,7 @@ def _build_net(kind: str, slot_config: SlotConfig | None, seed: int) -> ActorCri
     state_dim = BASE_DIM + config.num_slots * SLOT_DIM
     torch.manual_seed(seed)
     if kind == "transformer":
-        return SlotTransformerActorCritic(
-            state_dim, slot_config=config, embed_dim=16, lstm_hidden_dim=16,
-            transformer_layers=1, transformer_heads=2, head_hidden=16,
-        )
+        return SlotTransformerActorCritic(state_dim, slot_config=config, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, transformer_layers=1, transformer_heads=2, head_hidden=16))
     return FactoredRecurrentActorCritic(
         state_dim, feature_dim=16, lstm_hidden_dim=16, slot_config=config
     )
@@ -613,9 +610,11 @@ def test_lstm_rejects_another_slot_config() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_constructor_rejects_state_dim_not_matching_the_layout(kind: str) -> None:
     cls = SlotTransformerActorCritic if kind == "transformer" else FactoredRecurrentActorCritic
+    config_class = TransformerConfig if kind == "transformer" else LSTMConfig
     # An explicit slot_dim must fit state_dim, for both networks.
     expect_error(
-        lambda: cls(115, slot_dim=31), ValueError, ["state_dim=115", "base_dim=23", "slot_dim=31", "116"]
+        lambda: cls(115, config=config_class(slot_dim=31)), ValueError,  # type: ignore[arg-type]
+        ["state_dim=115", "base_dim=23", "slot_dim=31", "116"]
     )
     # The older 39-feature layout is inferred.
     assert cls(23 + 3 * 39).layout.slot_dim == 39
@@ -632,7 +631,8 @@ def test_constructor_rejects_state_dim_not_matching_the_layout(kind: str) -> Non
         lambda: cls(STATE_DIM, slot_config=SlotConfig.for_grid(2, 2)), ValueError,
         ["state_dim=116", "4", "23.25", "positive integer"],
     )
-    expect_error(lambda: cls(STATE_DIM, base_dim=120), ValueError, ["state_dim=116", "base_dim=120"])
+    expect_error(lambda: cls(STATE_DIM, config=config_class(base_dim=120)), ValueError,  # type: ignore[arg-type]
+                 ["state_dim=116", "base_dim=120"])
 
 
 @pytest.mark.parametrize("kind", KINDS)

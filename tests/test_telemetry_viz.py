@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from slotformer.networks.transformer import TransformerConfig
 from slotformer.policy import LSTMPolicyBundle
 from slotformer.telemetry import (
     AttentionStats,
@@ -462,7 +463,7 @@ def test_forward_returns_attention_as_data_without_the_switch() -> None:
     from slotformer import FactoredRecurrentActorCritic, SlotTransformerActorCritic
     from slotformer.networks import TrunkIntermediates
 
-    net = SlotTransformerActorCritic(embed_dim=16, lstm_hidden_dim=16, head_hidden=16)
+    net = SlotTransformerActorCritic(lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, head_hidden=16))
     state, bp = torch.randn(2, 3, 116), torch.tensor([0, -1, 2]).expand(2, 3, 3)
     out = net(state, bp, return_intermediates=True)
     seen = out["intermediates"]
@@ -498,13 +499,6 @@ def test_diagnostics_accept_a_policy_type_registered_by_a_user() -> None:
         registry._REGISTRY.pop("my-gru", None)
     with pytest.raises(ValueError, match="registered network_type"):
         policy_diagnostics(SimpleNamespace(network_type="my-gru"))
-
-
-def test_network_types_moved_to_the_registry_with_a_deprecated_alias() -> None:
-    import slotformer.telemetry as telemetry_module
-
-    with pytest.warns(DeprecationWarning, match="telemetry.NETWORK_TYPES is deprecated"):
-        assert telemetry_module.NETWORK_TYPES == ("lstm", "transformer")
 
 
 def test_log_attention_adds_a_labelled_figure_when_matplotlib_is_there(tmp_path: Path) -> None:

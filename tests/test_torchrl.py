@@ -262,7 +262,7 @@ def test_errors_name_what_is_wrong() -> None:
     logits = {h.name: torch.zeros(2, h.size) for h in network.action_space.heads}
     masks = {h.name: torch.ones(2, h.size, dtype=torch.bool) for h in network.action_space.heads}
     masks["slot"] = torch.ones(2, 4, dtype=torch.bool)
-    with pytest.raises(ValueError, match=r"masks\['slot'\] is \(2, 4\), expected \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"masks\['slot'\] has shape \(2, 4\), expected \(2, 3\)"):
         FactoredMaskedDistribution(logits, masks, network=network)
     with pytest.raises(ValueError, match=r"batch shape \[E, T\]"):
         add_state_values(td, module)

@@ -81,7 +81,6 @@ Example (collect a few steps; ``examples/torchrl_ppo.py`` trains with PPO):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,14 +93,19 @@ from torchrl.envs import EnvBase, TensorDictPrimer
 from torchrl.modules import ProbabilisticActor
 from torchrl.modules import recurrent_mode as torchrl_recurrent_mode
 
-from slotformer.actions import ActionSpace, canonicalize_masks
+from slotformer.actions import ActionSpace
 from slotformer.config import SlotConfig
-from slotformer.distributions import masked_log_probs, normalised_entropy
 from slotformer.envs.policies import random_valid_policy
 from slotformer.envs.slot_garden import DEFAULT_RENT, SlotGardenEnv, StepOutput
 from slotformer.networks.core import ActorCriticCore
-from slotformer.networks.inputs import PolicyInputs, ProbabilityFloor, _floors
 from slotformer.policy.protocol import PolicyBundle
+from slotformer.policy_step import (
+    ProbabilityFloor,
+    check_shapes,
+    expected_entropy,
+    floors_by_head,
+    policy_step,
+)
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, NUM_BLUEPRINTS
 from slotformer.validation import describe_shape, validation_enabled
 
@@ -373,62 +377,33 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
                 f"network must be a slotformer ActorCriticCore (a bundle's .network), got "
                 f"{type(network).__name__}"
             )
-        space: ActionSpace = network.action_space
-        self.network = network
-        self.action_space = space
-        self.head_names = space.head_names
-        op_logits = logits[space.op_head]
-        batch_shape = op_logits.shape[:-1]
-        for head in space.heads:
-            for what, table in (("logits", logits), ("masks", masks)):
-                value = table[head.name] if head.name in table.keys() else None
-                if value is None or tuple(value.shape) != (*batch_shape, head.size):
-                    got = "missing" if value is None else describe_shape(value)
-                    raise ValueError(
-                        f"{what}[{head.name!r}] is {got}, expected {(*batch_shape, head.size)} "
-                        f"(the op logits' leading shape + the head's size)"
-                    )
-        expected = (*batch_shape, space.num_ops, space.num_slots)
-        if slot_by_op is not None and (
-            slot_by_op.dtype != torch.bool or tuple(slot_by_op.shape) != expected
-        ):
-            raise ValueError(
-                f"slot_by_op is {slot_by_op.dtype} {describe_shape(slot_by_op)}, expected "
-                f"torch.bool {list(expected)} (batch shape + (num_ops, N))"
-            )
-        # The policy step scores [B, T, ...]: the batch is flattened to [M, 1, ...] for it.
-        m = math.prod(batch_shape)
-        self._logits = {n: logits[n].reshape(m, 1, -1) for n in self.head_names}
-        self._masks = {n: masks[n].reshape(m, 1, -1) for n in self.head_names}
-        self._slot_by_op = (
-            None if slot_by_op is None else slot_by_op.reshape(m, 1, *slot_by_op.shape[-2:])
-        )
-        self._ctx = network.slot_context()
-        self._floors = _floors(self._ctx, probability_floor)
+        self.action_space: ActionSpace = network.action_space
+        self.head_names = self.action_space.head_names
+        for what, table in (("logits", logits), ("masks", masks)):
+            missing = [n for n in self.head_names if n not in table.keys()]
+            if missing:
+                raise ValueError(f"{what} is missing heads {missing}; expected every head "
+                                 f"{list(self.head_names)}")
+        self._logits = {n: logits[n] for n in self.head_names}
+        self._masks = {n: masks[n] for n in self.head_names}
+        batch_shape = check_shapes(self.action_space, self._logits, self._masks, slot_by_op)
+        self._slot_by_op = slot_by_op
+        self._floors = floors_by_head(self.action_space, probability_floor)
+        self._floor_mode = network.config.floor_mode
         super().__init__(
             batch_shape=batch_shape, event_shape=torch.Size([len(self.head_names)]),
             validate_args=False,
         )
 
-    def _policy_step(
-        self, actions: dict[str, Tensor] | None, deterministic: bool
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """The network's own policy step on these logits and masks (its one home)."""
-        first = self._logits[self.action_space.op_head]
-        no_slots = first.new_zeros(first.shape[0], 1, 0, dtype=torch.long)
-        inputs = PolicyInputs(
-            ctx=self._ctx, flat=None, base=None, slots=None,
-            blueprint_indices=no_slots, active=no_slots.bool(), hidden=None,
-            masks=self._masks, floors=self._floors, slot_by_op=self._slot_by_op,
-            actions=actions,
+    def _step(self, actions: Mapping[str, Tensor] | None, deterministic: bool) -> Any:
+        """The policy step every slotformer network runs, on these logits and masks."""
+        return policy_step(
+            self.action_space, self._logits, self._masks, self._slot_by_op, actions=actions,
+            deterministic=deterministic, floors=self._floors, floor_mode=self._floor_mode,
         )
-        chosen, log_probs, _ = self.network._policy(self._logits, inputs, deterministic, None)
-        return chosen, log_probs
 
     def _stack(self, per_head: Mapping[str, Tensor]) -> Tensor:
-        return torch.stack([per_head[n] for n in self.head_names], -1).reshape(
-            *self.batch_shape, len(self.head_names)
-        )
+        return torch.stack([per_head[n] for n in self.head_names], -1)
 
     def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
         """int64 ``[..., K]``: the op first, then every head under its op-canonical mask."""
@@ -438,13 +413,13 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
                 f"must be (), got {tuple(sample_shape)}"
             )
         with torch.no_grad():
-            return self._stack(self._policy_step(None, deterministic=False)[0])
+            return self._stack(self._step(None, deterministic=False).actions)
 
     @property
     def mode(self) -> Tensor:
         """int64 ``[..., K]``: the most likely op, then each head's most likely action."""
         with torch.no_grad():
-            return self._stack(self._policy_step(None, deterministic=True)[0])
+            return self._stack(self._step(None, deterministic=True).actions)
 
     @property
     def deterministic_sample(self) -> Tensor:
@@ -460,45 +435,24 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
                 f"{(*self.batch_shape, k)} (batch shape + {k} heads in order "
                 f"{list(self.head_names)})"
             )
-        flat = value.reshape(-1, 1, k)
-        actions = {name: flat[..., i] for i, name in enumerate(self.head_names)}
         if validation_enabled():
-            sizes = torch.tensor(
-                [self.action_space.sizes[n] for n in self.head_names], device=value.device
-            )
-            bad = ((flat < 0) | (flat >= sizes)).sum(dim=(0, 1))  # [K], one host sync below
+            sizes = torch.tensor([self.action_space.sizes[n] for n in self.head_names],
+                                 device=value.device)
+            bad = ((value < 0) | (value >= sizes)).flatten(0, -2).sum(0)  # [K], one host sync
             if bool(bad.any()):
                 counts = {n: int(c) for n, c in zip(self.head_names, bad.tolist()) if c}
                 raise ValueError(f"action values out of range, count per head: {counts}")
-        log_probs = self._policy_step(actions, deterministic=False)[1]
-        return torch.stack(list(log_probs.values()), -1).sum(-1).reshape(self.batch_shape)
+        actions = dict(zip(self.head_names, value.unbind(-1)))
+        return torch.stack(list(self._step(actions, False).log_probs.values()), -1).sum(-1)
 
     def entropy(self) -> Tensor:
         """``[...]`` fp32: ``H(op) + sum_o p(o) sum_h H(h | o)``, each head's entropy
-        normalised by ``ln(num_valid)`` under the masks canonicalised for op ``o``."""
-        space, mode = self.action_space, self.network.config.floor_mode
-        op_name = space.op_head
-        op_log_probs = masked_log_probs(
-            self._logits[op_name], self._masks[op_name], self._floors.get(op_name), mode
-        )  # [M, 1, O]
-        total = normalised_entropy(op_log_probs, self._masks[op_name])  # [M, 1]
-        # The op's probabilities weight the heads' entropies without gradient: the bonus then
-        # trains each head's entropy as slotformer's own PPO does at the stored op (in
-        # expectation) and does not pull the op towards the ops with more relevant heads.
-        op_probs = op_log_probs.exp().detach()
-        for op in range(space.num_ops):
-            ops = torch.full_like(total, op, dtype=torch.long)
-            canonical = canonicalize_masks(space, self._masks, ops, self._slot_by_op)
-            heads = torch.zeros_like(total)
-            for name in self.head_names:
-                if name == op_name:
-                    continue
-                log_probs = masked_log_probs(
-                    self._logits[name], canonical[name], self._floors.get(name), mode
-                )
-                heads = heads + normalised_entropy(log_probs, canonical[name])
-            total = total + op_probs[..., op] * heads
-        return total.reshape(self.batch_shape)
+        normalised by ``ln(num_valid)`` under the masks canonicalised for op ``o``
+        (`slotformer.policy_step.expected_entropy`)."""
+        return expected_entropy(
+            self.action_space, self._logits, self._masks, self._slot_by_op, floors=self._floors,
+            floor_mode=self._floor_mode,
+        )
 
 
 # ---------------------------------------------------------------------------------- modules

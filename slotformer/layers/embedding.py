@@ -12,12 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from slotformer.validation import describe_shape, expect, validation_enabled
-
 EMPTY_SLOT_INDEX = -1
 """Blueprint index that marks an empty slot."""
 
-_MAX_BAD_VALUES_SHOWN = 10
 
 
 class BlueprintEmbedding(nn.Module):
@@ -29,10 +26,9 @@ class BlueprintEmbedding(nn.Module):
     no value-dependent Python branch (it compiles with ``fullgraph=True``), and the buffer
     follows the module across ``.to(device)``.
 
-    Range checks (any index ``< -1`` or ``>= num_blueprints``) read tensor values, so they
-    run only while :func:`slotformer.validation.validation_enabled` is true. With
-    validation off an out-of-range index is undefined input (an indexing error on CPU, a
-    device-side assert on CUDA).
+    Indices are not checked here: the networks' boundary checks them (their range while
+    validation is on). An out-of-range index is an indexing error on CPU and a device-side
+    assert on CUDA.
 
     Args:
         num_blueprints: number of real blueprints (valid indices ``0 .. num_blueprints-1``).
@@ -76,30 +72,10 @@ class BlueprintEmbedding(nn.Module):
 
     def forward(self, blueprint_indices: Tensor) -> Tensor:
         """Look up embeddings; ``-1`` maps to the null row. ``[...] -> [..., embed_dim]``."""
-        expect("blueprint_indices", blueprint_indices, dtype=torch.int64)
-        if validation_enabled():
-            self._check_range(blueprint_indices)
         table_indices = torch.where(
             blueprint_indices == EMPTY_SLOT_INDEX, self.null_index_buffer, blueprint_indices
         )  # [...]
         return self.embedding(table_indices)  # [..., embed_dim]
-
-    def _check_range(self, blueprint_indices: Tensor) -> None:
-        out_of_range = (blueprint_indices < EMPTY_SLOT_INDEX) | (
-            blueprint_indices >= self.num_blueprints
-        )
-        if not bool(out_of_range.any()):
-            return
-        bad_values = torch.unique(blueprint_indices[out_of_range]).tolist()  # sorted
-        shown = ", ".join(str(v) for v in bad_values[:_MAX_BAD_VALUES_SHOWN])
-        if len(bad_values) > _MAX_BAD_VALUES_SHOWN:
-            shown += f", ... ({len(bad_values)} distinct values)"
-        raise ValueError(
-            f"blueprint_indices (shape {describe_shape(blueprint_indices)}) has "
-            f"{int(out_of_range.sum())} out-of-range entries with values [{shown}]; valid "
-            f"values are -1 (empty slot) or 0..{self.num_blueprints - 1} "
-            f"(num_blueprints={self.num_blueprints})"
-        )
 
     def extra_repr(self) -> str:
         return f"num_blueprints={self.num_blueprints}, embed_dim={self.embed_dim}, null_index={self.null_index}"

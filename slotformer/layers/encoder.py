@@ -17,9 +17,6 @@ per forward; the attention matrix is materialised only when asked for
 
 from __future__ import annotations
 
-import inspect
-import sys
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, overload
@@ -30,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from slotformer.layers.positional import SlotPositionalEncoding
-from slotformer.validation import describe_shape
+from slotformer.validation import describe_shape, validation_enabled
 
 
 @dataclass(frozen=True)
@@ -56,20 +53,6 @@ class EncoderIntermediates:
     """
 
     attention: tuple[Tensor, ...]
-
-
-def _warn_deprecated(message: str) -> None:
-    """A ``DeprecationWarning`` attributed to the first caller outside this file and
-    ``torch.nn`` (a module call adds two or three frames of its own), so that Python's default
-    filters show it for a script's own call. Silent under ``torch.compile``, which cannot trace
-    ``warnings.warn`` in a fullgraph: the deprecated call still works there, unannounced."""
-    if torch.compiler.is_compiling():
-        return
-    internal = (_warn_deprecated.__code__.co_filename, inspect.getfile(nn.Module))
-    frame, level = sys._getframe(1), 2
-    while frame.f_back is not None and frame.f_code.co_filename in internal:
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, DeprecationWarning, stacklevel=level)
 
 
 def checkpoint_in_chunks(
@@ -235,8 +218,7 @@ class SlotTransformerEncoder(nn.Module):
         slot_repr [B, T, N, D])``; with ``return_intermediates=True`` (keyword) also an
         :class:`EncoderIntermediates` holding each block's attention weights
         ``[B, T, H, N+1, N+1]`` (rows = queries, columns = keys, CLS first). The maps are
-        built only then (and the call is not checkpointed); ``return_attention=True``, the
-        older form returning the bare tuple of maps, is deprecated.
+        built only then (and the call is not checkpointed).
 
     Example:
         >>> enc = SlotTransformerEncoder(slot_dim=31, embed_dim=32, num_heads=4)
@@ -298,86 +280,26 @@ class SlotTransformerEncoder(nn.Module):
 
     @overload
     def forward(
-        self,
-        slot_features: Tensor,
-        slot_active_mask: Tensor,
-        row_ids: Tensor,
-        col_ids: Tensor,
-        return_attention: Literal[False] = False,
-        *,
-        return_intermediates: Literal[False] = False,
+        self, slot_features: Tensor, slot_active_mask: Tensor, row_ids: Tensor,
+        col_ids: Tensor, *, return_intermediates: Literal[False] = False,
     ) -> tuple[Tensor, Tensor]: ...
 
     @overload
     def forward(
-        self,
-        slot_features: Tensor,
-        slot_active_mask: Tensor,
-        row_ids: Tensor,
-        col_ids: Tensor,
-        return_attention: Literal[False] = False,
-        *,
-        return_intermediates: Literal[True],
+        self, slot_features: Tensor, slot_active_mask: Tensor, row_ids: Tensor,
+        col_ids: Tensor, *, return_intermediates: Literal[True],
     ) -> tuple[Tensor, Tensor, EncoderIntermediates]: ...
 
-    @overload
     def forward(
         self,
         slot_features: Tensor,
         slot_active_mask: Tensor,
         row_ids: Tensor,
         col_ids: Tensor,
-        return_attention: Literal[True],
-        *,
-        return_intermediates: Literal[False] = False,
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]: ...
-
-    @overload
-    def forward(
-        self,
-        slot_features: Tensor,
-        slot_active_mask: Tensor,
-        row_ids: Tensor,
-        col_ids: Tensor,
-        return_attention: bool = False,
         *,
         return_intermediates: bool = False,
-    ) -> (
-        tuple[Tensor, Tensor]
-        | tuple[Tensor, Tensor, EncoderIntermediates]
-        | tuple[Tensor, Tensor, tuple[Tensor, ...]]
-    ): ...
-
-    def forward(
-        self,
-        slot_features: Tensor,
-        slot_active_mask: Tensor,
-        row_ids: Tensor,
-        col_ids: Tensor,
-        return_attention: bool = False,
-        *,
-        return_intermediates: bool = False,
-    ) -> (
-        tuple[Tensor, Tensor]
-        | tuple[Tensor, Tensor, EncoderIntermediates]
-        | tuple[Tensor, Tensor, tuple[Tensor, ...]]
-    ):
-        """Encode slots; see the class docstring for shapes.
-
-        ``return_attention=True`` is deprecated (it warns): it returns
-        ``(cls_repr, slot_repr, intermediates.attention)`` of ``return_intermediates=True``.
-        """
-        if return_attention:
-            if return_intermediates:
-                raise ValueError(
-                    "pass return_intermediates=True alone: return_attention=True is its "
-                    "deprecated older form"
-                )
-            _warn_deprecated(
-                "SlotTransformerEncoder(..., return_attention=True) is deprecated; pass "
-                "return_intermediates=True and read the maps from the returned "
-                "EncoderIntermediates' .attention"
-            )
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, EncoderIntermediates]:
+        """Encode slots; see the class docstring for shapes."""
         self._check_inputs(slot_features, slot_active_mask, row_ids, col_ids)
         B, T, N, S = slot_features.shape
         D = self.embed_dim
@@ -385,16 +307,13 @@ class SlotTransformerEncoder(nn.Module):
         features = slot_features.reshape(M, N, S)
         active = slot_active_mask.reshape(M, N)
         position = self.pos_encoding(row_ids, col_ids)  # [N, D]
-
-        if return_attention or return_intermediates:
+        if return_intermediates:
             cls_repr, slot_repr, found = self.encode(
                 features, active, position, return_intermediates=True
             )
             attention = tuple(w.view(B, T, *w.shape[1:]) for w in found.attention)
-            cls_repr, slot_repr = cls_repr.view(B, T, D), slot_repr.view(B, T, N, D)
-            if return_attention:
-                return cls_repr, slot_repr, attention
-            return cls_repr, slot_repr, EncoderIntermediates(attention)
+            return cls_repr.view(B, T, D), slot_repr.view(B, T, N, D), EncoderIntermediates(
+                attention)
         if self.recomputes():
             cls_repr, slot_repr = checkpoint_in_chunks(
                 self.encode, (features, active), self.chunk_steps(N), position
@@ -413,43 +332,21 @@ class SlotTransformerEncoder(nn.Module):
 
     @overload
     def encode(
-        self,
-        features: Tensor,
-        active: Tensor,
-        position: Tensor,
-        attention: list[Tensor] | None = None,
-        *,
+        self, features: Tensor, active: Tensor, position: Tensor, *,
         return_intermediates: Literal[False] = False,
     ) -> tuple[Tensor, Tensor]: ...
 
     @overload
     def encode(
-        self,
-        features: Tensor,
-        active: Tensor,
-        position: Tensor,
-        attention: None = None,
-        *,
+        self, features: Tensor, active: Tensor, position: Tensor, *,
         return_intermediates: Literal[True],
     ) -> tuple[Tensor, Tensor, EncoderIntermediates]: ...
 
-    @overload
     def encode(
         self,
         features: Tensor,
         active: Tensor,
         position: Tensor,
-        attention: list[Tensor] | None = None,
-        *,
-        return_intermediates: bool = False,
-    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, EncoderIntermediates]: ...
-
-    def encode(
-        self,
-        features: Tensor,
-        active: Tensor,
-        position: Tensor,
-        attention: list[Tensor] | None = None,
         *,
         return_intermediates: bool = False,
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, EncoderIntermediates]:
@@ -458,21 +355,7 @@ class SlotTransformerEncoder(nn.Module):
         ``position [N, D]`` (from ``pos_encoding``) -> ``(cls [M, D], slots [M, N, D])``,
         after the final LayerNorm; with ``return_intermediates=True`` also an
         :class:`EncoderIntermediates` whose attention maps are ``[M, H, N+1, N+1]``.
-
-        ``attention`` (a list the maps were appended to) is deprecated: it warns and still
-        fills the list; use ``return_intermediates=True``.
         """
-        if attention is not None:
-            _warn_deprecated(
-                "SlotTransformerEncoder.encode(..., attention=list) is deprecated; pass "
-                "return_intermediates=True and read the returned EncoderIntermediates' "
-                ".attention"
-            )
-            cls_repr, slot_repr, found = self.encode(
-                features, active, position, return_intermediates=True
-            )
-            attention.extend(found.attention)
-            return cls_repr, slot_repr
         M, N, _ = features.shape
         D = self.embed_dim
         tokens = self.slot_embed(features) + position  # [M, N, D]
@@ -501,7 +384,7 @@ class SlotTransformerEncoder(nn.Module):
     def _check_inputs(
         self, slot_features: Tensor, slot_active_mask: Tensor, row_ids: Tensor, col_ids: Tensor
     ) -> None:
-        # Metadata only (no host sync); the id range check lives in the positional encoding.
+        # Metadata checks, and the ids' range while validation is on.
         if slot_features.dim() != 4 or slot_features.shape[-1] != self.slot_dim:
             raise ValueError(
                 f"slot_features must be [B, T, N, slot_dim={self.slot_dim}], got shape "
@@ -533,3 +416,12 @@ class SlotTransformerEncoder(nn.Module):
                 f"{describe_shape(slot_features)}, got row_ids {describe_shape(row_ids)} and "
                 f"col_ids {describe_shape(col_ids)}"
             )
+        if validation_enabled():  # the ids' values: one host sync
+            limits = (self.pos_encoding.max_rows, self.pos_encoding.max_cols)
+            for name, ids, limit in zip(("row_ids", "col_ids"), (row_ids, col_ids), limits):
+                bad = (ids < 0) | (ids >= limit)
+                if bool(bad.any()):
+                    index = int(bad.nonzero()[0, 0])
+                    raise ValueError(
+                        f"{name} must lie in [0, {limit}), got {int(ids[index])} at index {index}"
+                    )

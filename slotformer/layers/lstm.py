@@ -326,19 +326,30 @@ class ResidualLSTM(nn.Module):
         one), so pass it only when a sequence can hold a boundary.
         """
         self._check_input(x)
-        batch_size = x.shape[0]
-        if hidden is None:
-            h_0, c_0 = self.initial_hidden(batch_size, device=x.device, dtype=x.dtype)
-        else:
-            h_0, c_0 = self._check_hidden(hidden, x)
-        state_dtype = h_0.dtype
-
-        x = self.input_proj(x)  # [B, T, H]
+        if hidden is not None:
+            self._check_hidden(hidden, x)
         if episode_starts is not None:
             expect(
                 "episode_starts", episode_starts, dtype=torch.bool, device=x.device,
                 shape=tuple(x.shape[:2]), hint=" ([B, T], True where an episode begins)",
             )
+        return self.run(x, hidden, episode_starts)
+
+    def run(
+        self,
+        x: Tensor,
+        hidden: tuple[Tensor, Tensor] | None = None,
+        episode_starts: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`forward` without its argument checks, for callers that checked them (the
+        networks' boundary, `slotformer.networks.inputs`)."""
+        if hidden is None:
+            h_0, c_0 = self.initial_hidden(x.shape[0], device=x.device, dtype=x.dtype)
+        else:
+            h_0, c_0 = hidden
+        state_dtype = h_0.dtype
+        x = self.input_proj(x)  # [B, T, H]
+        if episode_starts is not None:
             return self._forward_with_resets(x, h_0, c_0, episode_starts)
         h, c = self._run_layers(x, h_0, c_0)
         return h[0], (h[1].to(state_dtype), c.to(state_dtype))
@@ -390,7 +401,7 @@ class ResidualLSTM(nn.Module):
                 "(outside autocast they must match)"
             )
 
-    def _check_hidden(self, hidden: object, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _check_hidden(self, hidden: object, x: Tensor) -> None:
         if not isinstance(hidden, tuple) or len(hidden) != 2:
             description = (
                 f"a tuple of length {len(hidden)}"
@@ -418,7 +429,6 @@ class ResidualLSTM(nn.Module):
                 )
         if h.dtype != c.dtype:
             raise ValueError(f"hidden h and c must share a dtype, got {h.dtype} and {c.dtype}")
-        return h, c
 
     def extra_repr(self) -> str:
         return (

@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from slotformer.validation import describe_shape, validation_enabled
-
 
 class SlotPositionalEncoding(nn.Module):
     """Learned row and column embeddings, concatenated.
@@ -52,27 +50,7 @@ class SlotPositionalEncoding(nn.Module):
         nn.init.normal_(self.col_embed.weight, std=0.02)
 
     def forward(self, row_ids: Tensor, col_ids: Tensor) -> Tensor:
-        """Positional encodings ``[N, embed_dim]`` for slots at ``(row_ids[k], col_ids[k])``."""
-        _check_ids("row_ids", row_ids, self.max_rows)
-        _check_ids("col_ids", col_ids, self.max_cols)
-        if row_ids.shape != col_ids.shape:
-            raise ValueError(
-                f"row_ids and col_ids must have the same shape [N], got row_ids "
-                f"{describe_shape(row_ids)} and col_ids {describe_shape(col_ids)}"
-            )
+        """Positional encodings ``[N, embed_dim]`` for slots at ``(row_ids[k], col_ids[k])``,
+        int64 ids in ``[0, max_rows)`` and ``[0, max_cols)`` (not checked here: the network
+        checks a grid once, when it first runs on it)."""
         return torch.cat([self.row_embed(row_ids), self.col_embed(col_ids)], dim=-1)  # [N, D]
-
-
-def _check_ids(name: str, ids: Tensor, limit: int) -> None:
-    if ids.dim() != 1:
-        raise ValueError(f"{name} must be 1-D [N], got shape {describe_shape(ids)}")
-    if ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"{name} must be int64 or int32, got dtype {ids.dtype}")
-    # Reading the values costs a host sync, so only while validation is on.
-    if validation_enabled():
-        bad = (ids < 0) | (ids >= limit)
-        if bool(bad.any()):
-            index = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"{name} must lie in [0, {limit}), got {int(ids[index])} at index {index}"
-            )

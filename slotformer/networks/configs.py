@@ -6,18 +6,15 @@ it, a checkpoint stores ``dataclasses.asdict(config)``.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
 from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
+from slotformer.distributions import FLOOR_MODES
 from slotformer.validation import check_positive_int
 
 VALUE_BASELINES = ("q", "v")
 """What ``value`` holds: Q(s, op) (``"q"``) or V(s) (``"v"``)."""
-FLOOR_MODES = ("clip", "mix")
-"""How a probability floor is applied (`slotformer.distributions.masked_log_probs`)."""
 
 
 @dataclass(frozen=True)
@@ -89,29 +86,6 @@ class ActorCriticConfig:
                 f"value_baseline must be one of {list(VALUE_BASELINES)}, got {self.value_baseline!r}"
             )
 
-    @classmethod
-    def from_arguments(
-        cls: type[_Config], config: _Config | None, arguments: Mapping[str, Any]
-    ) -> _Config:
-        """The config a network constructor was given: ``config`` itself, or one built from
-        its keyword arguments (``arguments`` holds every field). Both at once is an error:
-        an argument that differs from its default next to ``config`` would be ignored."""
-        values = {f.name: arguments[f.name] for f in fields(cls)}
-        if config is None:
-            return cls(**values)
-        if not isinstance(config, cls):
-            raise TypeError(f"config must be a {cls.__name__}, got {type(config).__name__}")
-        changed = sorted(
-            f.name for f in fields(cls) if values[f.name] != f.default and f.name != "state_dim"
-        )
-        if changed:
-            raise TypeError(
-                f"pass either config= or keyword arguments, not both; got config and {changed}"
-            )
-        if values["state_dim"] is not None and config.state_dim is None:
-            return replace(config, state_dim=values["state_dim"])
-        return config
-
     def for_slots(self: _Config, slot_config: SlotConfig) -> _Config:
         """This config with ``state_dim`` filled in for ``slot_config``: ``base_dim + N *
         slot_dim`` (31 features per slot when ``slot_dim`` is None)."""
@@ -120,28 +94,16 @@ class ActorCriticConfig:
         slot_dim = DEFAULT_SLOT_DIM if self.slot_dim is None else self.slot_dim
         return replace(self, state_dim=self.base_dim + slot_dim * slot_config.num_slots)
 
-    def __getitem__(self, key: str) -> Any:
-        """Deprecated: bundles' ``config`` was a dict; read the attribute instead."""
-        name = _LEGACY_CONFIG_KEYS.get((type(self).__name__, key), key)
-        warnings.warn(
-            f"{type(self).__name__}[{key!r}] is deprecated (bundle.config was a dict); use "
-            f".{name}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(self, name)
-
 
 _Config = TypeVar("_Config", bound=ActorCriticConfig)
-# Bundle config keys of slotformer 0.1 -> config fields (checkpoints and config[...]).
-_LEGACY_CONFIG_KEYS: dict[tuple[str, str], str] = {
-    ("TransformerConfig", "feature_dim"): "state_dim",
-    ("TransformerConfig", "hidden_dim"): "lstm_hidden_dim",
-    ("LSTMConfig", "feature_dim"): "state_dim",
-    ("LSTMConfig", "hidden_dim"): "lstm_hidden_dim",
-}
 
 
-def legacy_config_names(config_class: type[ActorCriticConfig]) -> dict[str, str]:
-    """The 0.1 bundle argument names of ``config_class``'s fields: old name -> field."""
-    return {old: new for (owner, old), new in _LEGACY_CONFIG_KEYS.items() if owner == config_class.__name__}
+def with_contract_arguments(
+    config: _Config, config_class: type[_Config], **arguments: object
+) -> _Config:
+    """``config`` with the network constructor's contract arguments that were given (not
+    None) applied over its fields: ``Network(state_dim, ..., config=...)``."""
+    if not isinstance(config, config_class):
+        raise TypeError(f"config must be a {config_class.__name__}, got {type(config).__name__}")
+    given: dict[str, Any] = {name: value for name, value in arguments.items() if value is not None}
+    return replace(config, **given) if given else config

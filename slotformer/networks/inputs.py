@@ -16,7 +16,6 @@ Shapes: ``B`` batch, ``T`` time, ``D`` state features, ``N`` slots, ``n`` a head
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar, cast
@@ -24,14 +23,13 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor
 
-from slotformer.actions import ActionSpace, PaddedHeads
+from slotformer.actions import ActionSpace
 from slotformer.config import ObservationLayout, SlotConfig
+from slotformer.policy_step import PackedHeads, ProbabilityFloor, floors_by_head
 from slotformer.validation import describe_shape, expect, validation_enabled
 
 Hidden = tuple[Tensor, Tensor]
 """Recurrent state ``(h, c)``, each ``[lstm_layers, B, H]``."""
-ProbabilityFloor = float | Mapping[str, float] | None
-"""A minimum probability per valid action: one float for every head, or per head name."""
 _Value = TypeVar("_Value")
 
 
@@ -85,7 +83,8 @@ class SlotObservation:
 
 @dataclass(frozen=True)
 class SlotContext:
-    """The grid a call runs on: its slot config, observation layout and position ids.
+    """The grid a call runs on: its slot config, observation layout and position ids, with
+    what the boundary checks against (built once per grid and device by the network).
 
     ``layout`` is None for a flat network whose ``state_dim`` is not ``base_dim + N *
     slot_dim`` (it reads the vector whole and takes no structured observations)."""
@@ -94,9 +93,11 @@ class SlotContext:
     layout: ObservationLayout | None
     state_dim: int
     action_space: ActionSpace
+    packed: PackedHeads  # the heads the policy step scores side by side
     row_ids: Tensor  # [N]
     col_ids: Tensor  # [N]
-    padded_heads: PaddedHeads  # the heads the policy step scores together
+    num_slot_types: int  # blueprint_indices lie in [-1, num_slot_types)
+    hidden_size: tuple[int, int]  # (lstm_layers, lstm_hidden_dim): (h, c) are [L, B, H]
 
     @property
     def num_slots(self) -> int:
@@ -123,6 +124,7 @@ class PolicyInputs:
         actions: stored int64 actions ``[B, T]`` per head name, or None.
         episode_starts: bool ``[B, T]`` (True = the recurrent state is zeroed before that
             step), or None.
+        squeeze: the call passed one step without its T axis (``[B, D]``): results drop it.
     """
 
     ctx: SlotContext
@@ -137,6 +139,7 @@ class PolicyInputs:
     slot_by_op: Tensor | None = None
     actions: dict[str, Tensor] | None = None
     episode_starts: Tensor | None = None
+    squeeze: bool = False
 
     @property
     def state(self) -> Tensor:
@@ -148,6 +151,10 @@ class PolicyInputs:
         return torch.cat([self.base, self.slots.flatten(-2)], dim=-1)
 
 
+SLOT_BY_OP_KEY = "slot_by_op"
+"""The optional entry of a masks dict holding the per-op slot masks ``[B, num_ops, N]``."""
+
+
 def read_inputs(
     ctx: SlotContext,
     parameter: Tensor,
@@ -155,10 +162,9 @@ def read_inputs(
     blueprint_indices: object,
     *,
     name: str = "state",
-    allow_2d: bool = False,
     one_step: bool = False,
     active_mask: object = None,
-    hidden: Hidden | None = None,
+    hidden: object = None,
     masks: Mapping[str, Tensor | None] | None = None,
     named_masks: Mapping[str, Tensor | None] | None = None,
     with_masks: bool = True,
@@ -172,21 +178,23 @@ def read_inputs(
     Args:
         ctx: the grid (`ActorCriticCore.slot_context`).
         parameter: one of the network's parameters (its device and dtype are the rule).
-        state: ``[B, T, D]`` (or ``[B, D]`` with ``allow_2d``: T = 1), or a
-            `SlotObservation` of the same leading shape.
-        blueprint_indices: int64 or int32 ``[B, T, N]`` (``[B, N]`` for 2-D state); None
+        state: ``[B, T, D]`` or one step ``[B, D]`` (then every per-step argument comes
+            without its T axis, and results drop it), or a `SlotObservation` of the same
+            leading shape.
+        blueprint_indices: int64 or int32 ``[B, T, N]`` (``[B, N]`` for one step); None
             with ``active_mask`` or a `SlotObservation`.
         name: what errors call the observations (``"state"`` or ``"states"``).
-        allow_2d: accept ``[B, D]`` observations.
         one_step: T must be 1 (`get_action`).
         active_mask: explicit slot activity ``[B, T, N]`` bool.
-        hidden: the recurrent state (checked by the LSTM layer, which owns its shape).
-        masks: masks by head name; ``named_masks``: the named ``{head}_mask`` arguments.
+        hidden: the recurrent state ``(h, c)``, each ``[L, B, H]``, or None (zeros).
+        masks: masks by head name (None = all valid; a missing head = all valid), with
+            an optional ``"slot_by_op"`` entry; ``named_masks``: the contract's named
+            ``{head}_mask`` arguments.
         with_masks: the call takes masks (False: `predict_contributions`).
         slot_by_op: bool ``[B, num_ops, N]`` or ``[B, T, num_ops, N]``.
-        actions: stored int64 ``[B, T]`` per head name (``[B]`` when T = 1).
+        actions: stored int64 ``[B, T]`` per head name (``[B]`` for one step).
         probability_floor: a float for every head, or a mapping head name -> float.
-        episode_starts: bool ``[B, T]`` (``[B]`` when T = 1): zero the recurrent state
+        episode_starts: bool ``[B, T]`` (``[B]`` for one step): zero the recurrent state
             before these steps.
 
     Raises:
@@ -194,40 +202,43 @@ def read_inputs(
             names it, what it got and what was expected.
         KeyError: ``actions`` lacks a head.
     """
-    flat, base, slots, blueprint, active, given_shapes = _observation(
-        ctx, parameter, state, blueprint_indices, active_mask, name, allow_2d
+    flat, base, slots, blueprint, active, given_shape, squeeze = _observation(
+        ctx, parameter, state, blueprint_indices, active_mask, name
     )
     B, T = blueprint.shape[:2]
     if one_step and T != 1:
         raise ValueError(
-            f"get_action takes one time step: {name} has shape {given_shapes} "
+            f"get_action takes one time step: {name} has shape {given_shape} "
             f"(T={T}), expected [B, D] or [B, 1, D]"
         )
     device = blueprint.device
-    head_masks = _masks(ctx, B, T, device, masks, named_masks or {}) if with_masks else {}
-    by_op = None if slot_by_op is None else _slot_by_op(ctx, slot_by_op, B, T, device)
-    stored = None if actions is None else _actions(ctx, actions, B, T, device)
+    by_name = dict(masks or {})
+    by_op_name = "slot_by_op_mask"
+    if SLOT_BY_OP_KEY in by_name:
+        if slot_by_op is not None:
+            raise ValueError(f"slot_by_op given twice: as masks[{SLOT_BY_OP_KEY!r}] and as "
+                             f"slot_by_op_mask; pass one")
+        slot_by_op, by_op_name = by_name.pop(SLOT_BY_OP_KEY), f"masks[{SLOT_BY_OP_KEY!r}]"
+    head_masks = _masks(ctx, B, T, device, by_name, named_masks or {}, squeeze) if with_masks else {}
+    by_op = None if slot_by_op is None else _slot_by_op(
+        ctx, by_op_name, slot_by_op, B, T, device, squeeze)
+    stored = None if actions is None else _actions(ctx, actions, B, T, device, squeeze)
     starts = None if episode_starts is None else _episode_starts(episode_starts, B, T, device)
+    checked_hidden = None if hidden is None else _hidden(ctx, hidden, B, parameter)
     # Rollout tensors made under inference mode cannot be saved for backward: one copy here,
     # for every argument at once (observations included: a trainer may store them from there).
-    flat, base, slots, blueprint, active, hidden, head_masks, by_op, stored = as_autograd_input(
-        (flat, base, slots, blueprint, active, hidden, head_masks, by_op, stored)
+    flat, base, slots, blueprint, active, checked_hidden, head_masks, by_op, stored = (
+        as_autograd_input(
+            (flat, base, slots, blueprint, active, checked_hidden, head_masks, by_op, stored)
+        )
     )
     if flat is not None and ctx.layout is not None:
         base, slots = ctx.layout.split(flat)  # views of the (possibly copied) flat tensor
     return PolicyInputs(
-        ctx=ctx,
-        flat=flat,
-        base=base,
-        slots=slots,
-        episode_starts=starts,
-        blueprint_indices=blueprint,
-        active=active,
-        hidden=hidden,
-        masks=head_masks,
-        floors=_floors(ctx, probability_floor),
-        slot_by_op=by_op,
-        actions=stored,
+        ctx=ctx, flat=flat, base=base, slots=slots, blueprint_indices=blueprint,
+        active=active, hidden=checked_hidden, masks=head_masks,
+        floors=floors_by_head(ctx.action_space, probability_floor), slot_by_op=by_op,
+        actions=stored, episode_starts=starts, squeeze=squeeze,
     )
 
 
@@ -270,15 +281,13 @@ def _observation(
     blueprint_indices: object,
     active_mask: object,
     name: str,
-    allow_2d: bool,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor, Tensor, tuple[int, ...]]:
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor, Tensor, tuple[int, ...], bool]:
     """The observation as ``flat [B, T, D]`` (when passed flat), ``base [B, T, G]`` and
     ``slots [B, T, N, F]`` (when passed structured; the caller splits a flat one),
-    ``blueprint_indices`` int64 and ``active`` bool ``[B, T, N]``, and the shape the caller
-    passed (errors quote it before a 2-D call gains T)."""
+    ``blueprint_indices`` int64 and ``active`` bool ``[B, T, N]``, the shape the caller
+    passed (errors quote it) and whether it was one step without a T axis."""
     structured = isinstance(state, SlotObservation)
-    if structured:
-        assert isinstance(state, SlotObservation)
+    if isinstance(state, SlotObservation):
         if blueprint_indices is not None:
             raise ValueError(
                 "pass blueprint_indices=None with a SlotObservation: its slot_types are the "
@@ -286,21 +295,17 @@ def _observation(
             )
         if active_mask is not None:
             raise ValueError("pass active_mask=None with a SlotObservation: use its active field")
-        lead = _structured_shape(ctx, parameter, state, allow_2d)
+        lead = _structured_shape(ctx, parameter, state)
         blueprint_indices, active_mask = state.slot_types, state.active
         given_shape = (*lead, ctx.state_dim)
     else:
-        first = _flat_shape(ctx, parameter, state, name, allow_2d)
-        lead = first[:-1]
-        given_shape = first
+        given_shape = _flat_shape(ctx, parameter, state, name)
+        lead = given_shape[:-1]
     two_d = len(lead) == 1
     B, T = lead[0], 1 if two_d else lead[1]
     if T == 0:
-        raise ValueError(
-            f"{name} has shape {given_shape} (T=0), expected at least one time step"
-        )
-    N = ctx.num_slots
-    device = parameter.device
+        raise ValueError(f"{name} has shape {given_shape} (T=0), expected at least one time step")
+    N, device = ctx.num_slots, parameter.device
     arg = "slot_types" if structured else "blueprint_indices"
     per_step = (B, N) if two_d else (B, T, N)
     matching = f" ({'[B, N]' if two_d else '[B, T, N]'} with N={N} slots, matching {name} {given_shape})"
@@ -310,48 +315,59 @@ def _observation(
         blueprint_indices = torch.full(per_step, -1, dtype=torch.long, device=device)
         if active_mask is None:  # a SlotObservation without types or activity: all active
             active_mask = torch.ones(per_step, dtype=torch.bool, device=device)
-    blueprint = expect(arg, blueprint_indices, shape=per_step, hint=matching)
-    expect(arg, blueprint, dtype=[torch.long, torch.int32], device=device)
+    blueprint = expect(arg, blueprint_indices, dtype=[torch.long, torch.int32], device=device,
+                       shape=per_step, hint=matching)
     if blueprint.dtype != torch.long:
         blueprint = blueprint.long()  # int32 indices (the reference accepts them): widened
-    active = None
-    if active_mask is not None:
-        active = expect(
-            "active" if structured else "active_mask", active_mask, device=device,
-            dtype=torch.bool, shape=per_step,
-        )
-    flat: Tensor | None = None
-    base: Tensor | None = None
-    slots: Tensor | None = None
-    if structured:
-        assert isinstance(state, SlotObservation)
+    active = None if active_mask is None else expect(
+        "active" if structured else "active_mask", active_mask, device=device,
+        dtype=torch.bool, shape=per_step,
+    )
+    flat = base = slots = None
+    if isinstance(state, SlotObservation):
         base, slots = state.base, state.slots
         if two_d:
             base, slots = base.unsqueeze(1), slots.unsqueeze(1)
-        observed: tuple[Tensor, ...] = (base, slots)
+        observed = {f"{name}.base": base, f"{name}.slots": slots}
     else:
         assert isinstance(state, Tensor)
         flat = state.unsqueeze(1) if two_d else state
-        observed = (flat,)
+        observed = {name: flat}
     if two_d:
         blueprint = blueprint.unsqueeze(1)
         active = None if active is None else active.unsqueeze(1)
     if validation_enabled():
-        for part_name, part in zip(
-            (f"{name}.base", f"{name}.slots") if structured else (name,), observed
-        ):
-            _check_finite(part_name, part)
+        _check_values(observed, arg, blueprint, ctx.num_slot_types)
     # Slot activity [B, T, N]: as given, else the slots with a type.
-    return flat, base, slots, blueprint, blueprint >= 0 if active is None else active, given_shape
+    active = blueprint >= 0 if active is None else active
+    return flat, base, slots, blueprint, active, given_shape, two_d
 
 
-def _check_finite(name: str, value: Tensor) -> None:
-    bad = ~torch.isfinite(value)
-    if bool(bad.any()):
-        n_nan = int(torch.isnan(value).sum())
+def _check_values(
+    observed: Mapping[str, Tensor], arg: str, blueprint: Tensor, num_slot_types: int
+) -> None:
+    """The observation's value checks, one host sync: finite features, slot types in
+    ``[-1, num_slot_types)``."""
+    counts = [(~torch.isfinite(v)).sum() for v in observed.values()]
+    counts += [torch.isnan(v).sum() for v in observed.values()]
+    out_of_range = (blueprint < -1) | (blueprint >= num_slot_types)
+    values = torch.stack([*counts, out_of_range.sum()]).tolist()
+    n = len(observed)
+    for (part, tensor), bad, nan in zip(observed.items(), values[:n], values[n:2 * n]):
+        if bad:
+            raise ValueError(
+                f"{part} contains non-finite values: {nan} NaN and {bad - nan} inf (of "
+                f"{tensor.numel()} entries)"
+            )
+    if values[-1]:
+        bad = sorted(set(blueprint[out_of_range].tolist()))
+        shown = ", ".join(str(v) for v in bad[:10])
+        if len(bad) > 10:
+            shown += f", ... ({len(bad)} distinct values)"
         raise ValueError(
-            f"{name} contains non-finite values: {n_nan} NaN and "
-            f"{int(bad.sum()) - n_nan} inf (of {value.numel()} entries)"
+            f"{arg} (shape {describe_shape(blueprint)}) has {values[-1]} out-of-range entries "
+            f"with values [{shown}]; valid values are -1 (empty slot) or "
+            f"0..{num_slot_types - 1} (num_slot_types={num_slot_types})"
         )
 
 
@@ -364,15 +380,11 @@ def _check_float(name: str, value: Tensor, parameter: Tensor) -> None:
     _check_state_dtype(name, value, parameter.dtype)
 
 
-def _flat_shape(
-    ctx: SlotContext, parameter: Tensor, state: object, name: str, allow_2d: bool
-) -> tuple[int, ...]:
+def _flat_shape(ctx: SlotContext, parameter: Tensor, state: object, name: str) -> tuple[int, ...]:
     """Check a flat ``state``; its shape ``(B, T, D)`` or ``(B, D)``."""
     state = expect(name, state)
-    ranks = "[B, D] or [B, T, D]" if allow_2d else "[B, T, D]"
-    two_d = allow_2d and state.dim() == 2
-    if state.dim() != (2 if two_d else 3):
-        raise ValueError(f"{name} has shape {describe_shape(state)}, expected {ranks}")
+    if state.dim() not in (2, 3):
+        raise ValueError(f"{name} has shape {describe_shape(state)}, expected [B, T, D] or [B, D]")
     if state.shape[-1] != ctx.state_dim:
         layout = ctx.layout
         parts = (
@@ -388,9 +400,7 @@ def _flat_shape(
     return tuple(state.shape)
 
 
-def _structured_shape(
-    ctx: SlotContext, parameter: Tensor, obs: SlotObservation, allow_2d: bool
-) -> tuple[int, ...]:
+def _structured_shape(ctx: SlotContext, parameter: Tensor, obs: SlotObservation) -> tuple[int, ...]:
     """Check a `SlotObservation`; its leading shape ``(B, T)`` or ``(B,)``."""
     layout = ctx.layout
     if layout is None:
@@ -400,12 +410,10 @@ def _structured_shape(
         )
     base = expect("state.base", obs.base)
     slots = expect("state.slots", obs.slots)
-    two_d = allow_2d and base.dim() == 2
     lead = tuple(base.shape[:-1])
-    expected_base = "[B, G]" if two_d else "[B, T, G]"
-    if base.dim() != (2 if two_d else 3) or base.shape[-1] != layout.base_dim:
+    if base.dim() not in (2, 3) or base.shape[-1] != layout.base_dim:
         raise ValueError(
-            f"state.base has shape {describe_shape(base)}, expected {expected_base} with "
+            f"state.base has shape {describe_shape(base)}, expected [B, T, G] or [B, G] with "
             f"G=base_dim={layout.base_dim}"
         )
     expect(
@@ -423,8 +431,9 @@ def _structured_shape(
 
 
 def _check_state_dtype(name: str, state: Tensor, parameter_dtype: torch.dtype) -> None:
-    """Never convert: outside autocast the state has the parameters' dtype; under autocast
-    also the autocast dtype (any other would fail deep inside, e.g. float64 in a bf16 matmul)."""
+    """Never convert: outside autocast a floating input has the parameters' dtype; under
+    autocast also the autocast dtype (any other would fail deep inside, e.g. float64 in a
+    bf16 matmul)."""
     if state.dtype == parameter_dtype:
         return
     device_type = state.device.type
@@ -441,68 +450,93 @@ def _check_state_dtype(name: str, state: Tensor, parameter_dtype: torch.dtype) -
         )
 
 
+def _hidden(ctx: SlotContext, hidden: object, B: int, parameter: Tensor) -> Hidden:
+    """``hidden`` as ``(h, c)``, each ``[L, B, H]`` floating on the network's device."""
+    if not isinstance(hidden, tuple) or len(hidden) != 2:
+        got = f"a tuple of length {len(hidden)}" if isinstance(hidden, tuple) else (
+            f"a {type(hidden).__name__}")
+        raise ValueError(f"hidden must be a tuple (h, c) of two tensors, got {got}")
+    layers, width = ctx.hidden_size
+    for part, state in zip(("hidden h", "hidden c"), hidden):
+        expect(part, state, device=parameter.device, shape=(layers, B, width),
+               hint=f" ([lstm_layers, B, lstm_hidden_dim] = [{layers}, {B}, {width}])")
+        expect(part, state, floating=True, hint=" (the recurrent state is floating point)")
+        _check_state_dtype(part, state, parameter.dtype)
+    h, c = hidden
+    if h.dtype != c.dtype:
+        raise ValueError(f"hidden h and c must share a dtype, got {h.dtype} and {c.dtype}")
+    return h, c
+
+
+def _per_step(
+    arg: str, value: object, B: int, T: int, tail: tuple[int, ...], squeeze: bool,
+    device: torch.device, dtype: torch.dtype, hint: str,
+) -> Tensor:
+    """A per-step argument as ``[B, T, *tail]``: given so, or ``[B, 1, *tail]`` / ``[B,
+    *tail]`` for every step (the one form for a one-step call)."""
+    shapes = [(B, *tail)] if squeeze else [(B, T, *tail), (B, 1, *tail), (B, *tail)]
+    if squeeze and T == 1:
+        shapes.append((B, 1, *tail))
+    tensor = expect(arg, value, dtype=dtype, device=device, shape=list(dict.fromkeys(shapes)),
+                    hint=hint)
+    if tensor.dim() == len(tail) + 2 and tensor.shape[1] == T:
+        return tensor
+    return tensor.view(B, 1, *tail).expand(B, T, *tail)
+
+
 def _masks(
     ctx: SlotContext,
     B: int,
     T: int,
     device: torch.device,
-    masks: Mapping[str, Tensor | None] | None,
+    masks: Mapping[str, Tensor | None],
     named: Mapping[str, Tensor | None],
+    squeeze: bool,
 ) -> dict[str, Tensor]:
-    """Every head's mask as bool ``[B, T, n]``; None -> all valid, ``[B, n]`` -> over T."""
+    """Every head's mask as bool ``[B, T, n]``; None or absent = all valid."""
     space = ctx.action_space
-    by_name: dict[str, Tensor | None] = {k: v for k, v in named.items() if v is not None}
-    unused = sorted(f"{k}_mask" for k in by_name if k not in space.sizes)
-    if unused:
+    by_name = {k: v for k, v in named.items() if v is not None}
+    unknown = sorted(f"{k}_mask" for k in by_name if k not in space.sizes)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} given, but the action space has no such head; "
+                         f"heads are {list(space.head_names)}")
+    unknown = sorted(k for k in masks if k not in space.sizes)
+    if unknown:
         raise ValueError(
-            f"{', '.join(unused)} given, but the action space has no such head; heads are "
-            f"{list(space.head_names)}"
+            f"masks name unknown heads {unknown}; heads are {list(space.head_names)} (and "
+            f"{SLOT_BY_OP_KEY!r})"
         )
-    if masks is not None:
-        unknown = sorted(set(masks) - set(space.head_names))
-        if unknown:
-            raise ValueError(
-                f"masks names unknown heads {unknown}; heads are {list(space.head_names)}"
-            )
-        by_name.update(masks)
+    by_name.update({k: v for k, v in masks.items() if v is not None})
     out: dict[str, Tensor] = {}
     for head, n in space.sizes.items():
         mask = by_name.get(head)
-        if mask is None:
-            out[head] = torch.ones(B, T, n, dtype=torch.bool, device=device)
-            continue
-        arg = f"{head}_mask"
-        expect(arg, mask, dtype=torch.bool, hint=" (True = valid)")
-        expect(
-            arg, mask, device=device, shape=[(B, T, n), (B, 1, n), (B, n)],
-            hint=f" (head {head!r} has {n} choices; [B, 1, n] and [B, n] hold for every step)",
-        )
-        out[head] = mask if mask.dim() == 3 and mask.shape[1] == T else mask.view(B, 1, n).expand(B, T, n)
+        out[head] = torch.ones(B, T, n, dtype=torch.bool, device=device) if mask is None else (
+            _per_step(f"{head}_mask", mask, B, T, (n,), squeeze, device, torch.bool,
+                      f" (head {head!r} has {n} choices; True = valid)"))
     return out
 
 
-def _slot_by_op(ctx: SlotContext, slot_by_op: object, B: int, T: int, device: torch.device) -> Tensor:
-    """``slot_by_op_mask`` as bool ``[B, T, num_ops, N]``."""
+def _slot_by_op(
+    ctx: SlotContext, name: str, slot_by_op: object, B: int, T: int, device: torch.device,
+    squeeze: bool,
+) -> Tensor:
+    """``slot_by_op`` as bool ``[B, T, num_ops, N]``."""
     ops, N = ctx.action_space.num_ops, ctx.num_slots
-    mask = expect(
-        "slot_by_op_mask", slot_by_op, dtype=torch.bool, device=device,
-        shape=[(B, T, ops, N), (B, 1, ops, N), (B, ops, N)],
-        hint=f" ([B, num_ops={ops}, N={N}] or [B, T or 1, num_ops, N])",
-    )
-    if mask.dim() == 4 and mask.shape[1] == T:
-        return mask
-    return mask.view(B, 1, ops, N).expand(B, T, ops, N)
+    return _per_step(name, slot_by_op, B, T, (ops, N), squeeze, device, torch.bool,
+                     f" (the valid slots per op: [B, num_ops={ops}, N={N}])")
 
 
 def _episode_starts(starts: object, B: int, T: int, device: torch.device) -> Tensor:
     """``episode_starts`` as bool ``[B, T]`` (``[B]`` accepted when T = 1)."""
-    flags = expect("episode_starts", starts, dtype=torch.bool, device=device, hint=" (True where an episode begins)")
-    if flags.dim() == 1 and T == 1:
-        flags = flags.unsqueeze(1)
-    return expect("episode_starts", flags, shape=(B, T), hint=" ([B, T], matching the observations)")
+    shapes = [(B, T), (B,)] if T == 1 else [(B, T)]
+    flags = expect("episode_starts", starts, dtype=torch.bool, device=device, shape=shapes,
+                   hint=" (True where an episode begins, matching the observations)")
+    return flags.view(B, T)
 
 
-def _actions(ctx: SlotContext, actions: object, B: int, T: int, device: torch.device) -> dict[str, Tensor]:
+def _actions(
+    ctx: SlotContext, actions: object, B: int, T: int, device: torch.device, squeeze: bool
+) -> dict[str, Tensor]:
     """Stored actions as int64 ``[B, T]`` per head name, range-checked under validation."""
     if not isinstance(actions, Mapping):
         raise ValueError(
@@ -512,13 +546,9 @@ def _actions(ctx: SlotContext, actions: object, B: int, T: int, device: torch.de
     missing = [n for n in sizes if n not in actions]
     if missing:
         raise KeyError(f"actions is missing heads {missing}; expected {list(sizes)}")
-    out: dict[str, Tensor] = {}
-    for head in sizes:
-        arg = f"actions[{head!r}]"
-        action = expect(arg, actions[head], device=device, hint=" (int64 [B, T])")
-        if action.dim() == 1 and T == 1 and action.shape[0] == B:
-            action = action.unsqueeze(1)
-        out[head] = expect(arg, action, shape=(B, T), dtype=torch.long)
+    shape = [(B,)] if squeeze else [(B, T), (B,)] if T == 1 else [(B, T)]
+    out = {head: expect(f"actions[{head!r}]", actions[head], dtype=torch.long, device=device,
+                        shape=shape).view(B, T) for head in sizes}
     if validation_enabled():
         # One host sync for every head; the values are read back only for an error.
         flags = torch.stack([((a < 0) | (a >= sizes[h])).any() for h, a in out.items()])
@@ -528,25 +558,3 @@ def _actions(ctx: SlotContext, actions: object, B: int, T: int, device: torch.de
                 bad = sorted(set(action[(action < 0) | (action >= n)].tolist()))[:10]
                 raise ValueError(f"actions[{head!r}] has values {bad} outside [0, {n})")
     return out
-
-
-def _floors(ctx: SlotContext, probability_floor: ProbabilityFloor) -> dict[str, float]:
-    """The floor per head name (heads without one are absent)."""
-    if probability_floor is None:
-        return {}
-    heads = ctx.action_space.head_names
-    if isinstance(probability_floor, Mapping):
-        unknown = sorted(set(probability_floor) - set(heads))
-        if unknown:
-            raise ValueError(
-                f"probability_floor names unknown heads {unknown}; heads are {list(heads)}"
-            )
-        floors = {k: float(v) for k, v in probability_floor.items()}
-    else:
-        floors = dict.fromkeys(heads, float(probability_floor))
-    for head, value in floors.items():
-        if not (0.0 <= value < 1.0) or math.isnan(value):
-            raise ValueError(
-                f"probability_floor for head {head!r} is {value}, expected a value in [0, 1)"
-            )
-    return floors

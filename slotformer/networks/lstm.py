@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.actions import ActionSpace
-from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
+from slotformer.config import SlotConfig
 from slotformer.layers.embedding import BlueprintEmbedding
 from slotformer.layers.heads import categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
-from slotformer.networks.configs import ActorCriticConfig
+from slotformer.networks.configs import ActorCriticConfig, with_contract_arguments
 from slotformer.networks.core import ActorCriticCore, TrunkOutput, init_actor_critic_weights
 from slotformer.networks.inputs import PolicyInputs
 from slotformer.networks.results import TrunkIntermediates
@@ -58,23 +58,20 @@ class LSTMConfig(ActorCriticConfig):
 class FactoredRecurrentActorCritic(ActorCriticCore):
     """Flat concatenation LSTM actor-critic with factored, masked action heads.
 
-    Build it from an `LSTMConfig` (``config=``) or from the same fields as keyword
-    arguments, in the reference network's order and with its names (not both).
+    The reference network's constructor: its five arguments, in its order and with its
+    names, over ``config`` (every other hyper-parameter, `LSTMConfig`).
 
     Args:
         state_dim: flat observation width, any positive int (as in the reference network);
             None = ``base_dim + 31 * N``. Structured observations need it to be
             ``base_dim + N * slot_dim``.
         feature_dim: width of the feature layer before the LSTM (`LSTMConfig`'s
-            ``trunk_dim``).
-        lstm_hidden_dim: H.
-        lstm_layers: recurrent layers.
+            ``trunk_dim``; default 512).
+        lstm_hidden_dim: H (default 512).
+        lstm_layers: recurrent layers (default 1).
         slot_config: the slots (default: 3 in one row).
-        value_baseline: ``"v"`` (``value`` = V(s), the default) or ``"q"`` (Q(s, op)).
+        config: every hyper-parameter (default: `LSTMConfig`'s defaults).
         action_space: the factored heads (default: the contract's eight heads).
-        base_dim, blueprint_embed_dim, num_slot_types, slot_dim, floor_mode, use_q_head,
-            use_contribution_head: see `ActorCriticConfig`.
-        config: every hyper-parameter at once.
 
     Example:
         >>> net = FactoredRecurrentActorCritic(state_dim=116, feature_dim=64, lstm_hidden_dim=64)
@@ -90,30 +87,21 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
     def __init__(
         self,
         state_dim: int | None = None,
-        feature_dim: int = 512,
-        lstm_hidden_dim: int = 512,
-        lstm_layers: int = 1,
+        feature_dim: int | None = None,
+        lstm_hidden_dim: int | None = None,
+        lstm_layers: int | None = None,
         slot_config: SlotConfig | None = None,
-        value_baseline: str = "v",
         *,
-        action_space: ActionSpace | None = None,
-        base_dim: int = DEFAULT_BASE_DIM,
-        blueprint_embed_dim: int = 4,
-        num_slot_types: int = 13,
-        slot_dim: int | None = None,
-        floor_mode: str = "clip",
-        use_q_head: bool = True,
-        use_contribution_head: bool = True,
         config: LSTMConfig | None = None,
+        action_space: ActionSpace | None = None,
     ) -> None:
-        # Keyword construction: every field of LSTMConfig is an argument of the same name and
-        # default (a test holds them equal; trunk_dim is the reference's feature_dim),
-        # gathered here into the config.
-        config = LSTMConfig.from_arguments(config, {**locals(), "trunk_dim": feature_dim})
+        config = with_contract_arguments(
+            LSTMConfig() if config is None else config, LSTMConfig, state_dim=state_dim,
+            trunk_dim=feature_dim, lstm_hidden_dim=lstm_hidden_dim, lstm_layers=lstm_layers,
+        )
         super().__init__(config, slot_config, action_space)
         c = self.config
         N, H, feature_dim = self.slot_config.num_slots, c.lstm_hidden_dim, c.trunk_dim
-        self.feature_dim = feature_dim  # the reference network's attribute
         self.blueprint_embedding = BlueprintEmbedding(c.num_slot_types, c.blueprint_embed_dim)
         self.feature_net = nn.Sequential(
             nn.Linear(self.state_dim + N * c.blueprint_embed_dim, feature_dim),
@@ -143,11 +131,16 @@ class FactoredRecurrentActorCritic(ActorCriticCore):
         )
         init_actor_critic_weights(self, skip=(self.lstm,))
 
+    @property
+    def feature_dim(self) -> int:
+        """The reference network's name for the trunk width (`LSTMConfig.trunk_dim`)."""
+        return self.config.trunk_dim
+
     def _trunk(self, inputs: PolicyInputs, return_intermediates: bool = False) -> TrunkOutput:
         state = inputs.state  # [B, T, D]
         blueprint = self.blueprint_embedding(inputs.blueprint_indices)  # [B, T, N, E]
         features = torch.cat([state, blueprint.flatten(-2).to(state.dtype)], dim=-1)
-        temporal, new_hidden = self.lstm(
+        temporal, new_hidden = self.lstm.run(
             self.feature_net(features), inputs.hidden, inputs.episode_starts
         )  # [B, T, H]
         seen = (

@@ -17,7 +17,6 @@ Shapes: ``B`` batch, ``T`` time, ``N`` slots, ``n`` a head's choices, ``H`` recu
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,45 +26,7 @@ from torch import Tensor
 from slotformer.networks.inputs import Hidden
 
 
-def _renamed(old: str, new: str, owner: str) -> None:
-    warnings.warn(
-        f"{owner}.{old} is deprecated and will be removed in the next release; use .{new}",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-
-
-def _assign(
-    record: object,
-    fields: dict[str, Any],
-    deprecated: dict[str, Any],
-    renames: dict[str, str],
-    required: tuple[str, ...],
-) -> None:
-    """Set a frozen record's ``fields``, taking deprecated keyword names (``renames``: old ->
-    new, each with a warning) from ``deprecated``."""
-    owner = type(record).__name__
-    for old, value in deprecated.items():
-        new = renames.get(old)
-        if new is None:
-            raise TypeError(f"{owner} got an unexpected keyword argument {old!r}")
-        warnings.warn(
-            f"{owner}({old}=...) is deprecated and will be removed in the next release; "
-            f"use {new}=",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        if fields[new] is not None:
-            raise TypeError(f"{owner} got both {old}= and {new}=")
-        fields[new] = value
-    missing = [name for name in required if fields[name] is None]
-    if missing:
-        raise TypeError(f"{owner} needs {missing}")
-    for name, value in fields.items():
-        object.__setattr__(record, name, value)
-
-
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class ActionResult:
     """One rollout step. Every tensor is ``[B]`` unless noted.
 
@@ -95,26 +56,7 @@ class ActionResult:
     entropies: dict[str, Tensor] | None = None
     sampled_op: Tensor | None = None
 
-    def __init__(
-        self,
-        actions: dict[str, Tensor] | None = None,
-        log_probs: dict[str, Tensor] | None = None,
-        value: Tensor | None = None,
-        hidden: Hidden | None = None,
-        op_logits: Tensor | None = None,
-        entropies: dict[str, Tensor] | None = None,
-        sampled_op: Tensor | None = None,
-        **deprecated: Any,
-    ) -> None:
-        fields = {
-            "actions": actions, "log_probs": log_probs, "value": value, "hidden": hidden,
-            "op_logits": op_logits, "entropies": entropies, "sampled_op": sampled_op,
-        }
-        renames = {"action": "actions", "log_prob": "log_probs", "values": "value",
-                   "head_entropies": "entropies"}
-        _assign(self, fields, deprecated, renames, ("actions", "log_probs", "value"))
-
-    # The reference network's names (drop-in): not deprecated.
+    # The reference network's names (the drop-in contract).
     @property
     def values(self) -> Tensor:
         """``value`` under the reference network's name."""
@@ -125,21 +67,8 @@ class ActionResult:
         """``entropies`` under the reference network's name."""
         return self.entropies
 
-    # The bundles' first names: deprecated.
-    @property
-    def action(self) -> dict[str, Tensor]:
-        """Deprecated: use ``actions``."""
-        _renamed("action", "actions", "ActionResult")
-        return self.actions
 
-    @property
-    def log_prob(self) -> dict[str, Tensor]:
-        """Deprecated: use ``log_probs``."""
-        _renamed("log_prob", "log_probs", "ActionResult")
-        return self.log_probs
-
-
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class EvalResult:
     """Stored actions re-scored for an update (``evaluate_actions``).
 
@@ -173,25 +102,6 @@ class EvalResult:
     q_value: Tensor | None = None
     state_value: Tensor | None = None
 
-    def __init__(
-        self,
-        log_probs: dict[str, Tensor] | None = None,
-        value: Tensor | None = None,
-        entropies: dict[str, Tensor] | None = None,
-        hidden: Hidden | None = None,
-        pred_contributions: Tensor | None = None,
-        q_value: Tensor | None = None,
-        state_value: Tensor | None = None,
-        **deprecated: Any,
-    ) -> None:
-        fields = {
-            "log_probs": log_probs, "value": value, "entropies": entropies, "hidden": hidden,
-            "pred_contributions": pred_contributions, "q_value": q_value,
-            "state_value": state_value,
-        }
-        renames = {"log_prob": "log_probs", "entropy": "entropies"}
-        _assign(self, fields, deprecated, renames, ("log_probs", "value", "entropies"))
-
     def to_tuple(self) -> tuple[Any, ...]:
         """The contract's ``(log_probs, value, entropies, hidden, pred_contributions,
         q_value)``."""
@@ -209,18 +119,6 @@ class EvalResult:
 
     def __len__(self) -> int:
         return 6
-
-    @property
-    def log_prob(self) -> dict[str, Tensor]:
-        """Deprecated: use ``log_probs``."""
-        _renamed("log_prob", "log_probs", "EvalResult")
-        return self.log_probs
-
-    @property
-    def entropy(self) -> dict[str, Tensor]:
-        """Deprecated: use ``entropies``."""
-        _renamed("entropy", "entropies", "EvalResult")
-        return self.entropies
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +157,9 @@ class TrunkIntermediates:
 
     Example:
         >>> import torch
-        >>> from slotformer import SlotTransformerActorCritic, compute_attention_stats
-        >>> net = SlotTransformerActorCritic(embed_dim=16, lstm_hidden_dim=16, head_hidden=16)
+        >>> from slotformer import SlotTransformerActorCritic, TransformerConfig
+        >>> from slotformer import compute_attention_stats
+        >>> net = SlotTransformerActorCritic(config=TransformerConfig(embed_dim=16, head_hidden=16))
         >>> out = net(torch.randn(1, 2, 116), torch.full((1, 2, 3), 0), return_intermediates=True)
         >>> seen = out["intermediates"]
         >>> len(seen.attention), seen.attention[0].shape

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.actions import ActionSpace
-from slotformer.config import DEFAULT_BASE_DIM, SlotConfig
+from slotformer.config import SlotConfig
 from slotformer.layers.embedding import BlueprintEmbedding
 from slotformer.layers.encoder import (
     EncoderIntermediates,
@@ -29,7 +29,7 @@ from slotformer.layers.encoder import (
 )
 from slotformer.layers.heads import PointerHead, categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
-from slotformer.networks.configs import ActorCriticConfig
+from slotformer.networks.configs import ActorCriticConfig, with_contract_arguments
 from slotformer.networks.core import ActorCriticCore, TrunkOutput, init_actor_critic_weights
 from slotformer.networks.inputs import PolicyInputs, SlotContext
 from slotformer.networks.results import TrunkIntermediates
@@ -88,15 +88,13 @@ class TransformerConfig(ActorCriticConfig):
 class SlotTransformerActorCritic(ActorCriticCore):
     """Recurrent actor-critic over slots with a Slot Transformer trunk.
 
-    Build it from a `TransformerConfig` (``config=``) or from the same fields as keyword
-    arguments (see `TransformerConfig` for each; not both).
-
     Args:
         state_dim: flat observation width ``base_dim + N * slot_dim`` (``slot_dim`` is
             inferred when not given); None = ``base_dim + 31 * N``.
         slot_config: the slots (default: 3 in one row).
+        lstm_hidden_dim, lstm_layers: the reference network's widths, over ``config``'s.
+        config: every hyper-parameter (`TransformerConfig`; default: its defaults).
         action_space: the factored heads (default: the contract's eight heads).
-        config: every hyper-parameter at once.
 
     Example:
         >>> net = SlotTransformerActorCritic(state_dim=23 + 3 * 31)
@@ -114,49 +112,19 @@ class SlotTransformerActorCritic(ActorCriticCore):
         self,
         state_dim: int | None = None,
         slot_config: SlotConfig | None = None,
-        embed_dim: int = 64,
-        lstm_hidden_dim: int = 128,
-        lstm_layers: int = 1,
-        transformer_layers: int = 2,
-        transformer_heads: int = 4,
-        head_hidden: int = 256,
-        value_baseline: str = "v",
-        encoder_dropout: float = 0.0,
         *,
-        max_slots: int = 64,
-        max_grid_size: int = 16,
-        action_space: ActionSpace | None = None,
-        base_dim: int = DEFAULT_BASE_DIM,
-        blueprint_embed_dim: int = 4,
-        num_slot_types: int = 13,
-        slot_dim: int | None = None,
-        floor_mode: str = "clip",
-        use_q_head: bool = True,
-        use_contribution_head: bool = True,
-        contribution_hidden: int = 64,
-        contribution_dropout: float = 0.0,
-        transformer_ff_mult: int = 4,
+        lstm_hidden_dim: int | None = None,
+        lstm_layers: int | None = None,
         config: TransformerConfig | None = None,
+        action_space: ActionSpace | None = None,
     ) -> None:
-        # Keyword construction: every field of TransformerConfig is an argument of the same
-        # name and default (a test holds them equal), gathered here into the config.
-        config = TransformerConfig.from_arguments(config, locals())
+        config = with_contract_arguments(
+            TransformerConfig() if config is None else config, TransformerConfig,
+            state_dim=state_dim, lstm_hidden_dim=lstm_hidden_dim, lstm_layers=lstm_layers,
+        )
         super().__init__(config, slot_config, action_space)
         c = self.config
-        num_slots = self.slot_config.num_slots
-        if num_slots > c.max_slots:
-            raise ValueError(f"slot_config has {num_slots} slots, more than max_slots={c.max_slots}")
-        # The fields as attributes, as the reference network exposes its sizes.
-        self.embed_dim = c.embed_dim
-        self.head_hidden = c.head_hidden
-        self.contribution_hidden = c.contribution_hidden
-        self.contribution_dropout = c.contribution_dropout
-        self.transformer_layers = c.transformer_layers
-        self.transformer_heads = c.transformer_heads
-        self.transformer_ff_mult = c.transformer_ff_mult
-        self.encoder_dropout = c.encoder_dropout
-        self.max_slots = c.max_slots
-        self.max_grid_size = c.max_grid_size
+        self._check_grid(self.slot_config)
         D, H, head_hidden = c.embed_dim, c.lstm_hidden_dim, c.head_hidden
         layout = self.layout
         assert layout is not None  # needs_layout: the constructor inferred or checked it
@@ -184,7 +152,9 @@ class SlotTransformerActorCritic(ActorCriticCore):
         pointer = self.action_space.pointer_head
         assert pointer is not None  # the core refuses an action space without one
         self.add_module(f"{pointer}_head", PointerHead(temporal_dim=H, slot_dim=D))
-        for name in self._categorical_head_names():
+        for name in self.action_space.head_names:
+            if name == pointer:
+                continue
             depth = 3 if name == "blueprint" else 2
             n = self.action_space.sizes[name]
             self.add_module(f"{name}_head", categorical_head(H, head_hidden, n, depth))
@@ -234,11 +204,12 @@ class SlotTransformerActorCritic(ActorCriticCore):
             cls_repr, slot_repr = checkpoint_in_chunks(self._encode_steps, steps, chunk, position)
         else:
             cls_repr, slot_repr = self._encode_steps(*steps, position)
-        cls_repr = cls_repr.view(B, T, self.embed_dim)  # [B, T, D]
-        slot_repr = slot_repr.view(B, T, N, self.embed_dim)  # [B, T, N, D]
+        D = self.config.embed_dim
+        cls_repr = cls_repr.view(B, T, D)  # [B, T, D]
+        slot_repr = slot_repr.view(B, T, N, D)  # [B, T, N, D]
         global_repr = self.global_encoder(base)  # [B, T, D]
         fused = torch.cat([global_repr, cls_repr.to(global_repr.dtype)], dim=-1)  # [B, T, 2D]
-        temporal, new_hidden = self.lstm(fused, inputs.hidden, inputs.episode_starts)  # [B, T, H]
+        temporal, new_hidden = self.lstm.run(fused, inputs.hidden, inputs.episode_starts)
         return TrunkOutput(temporal, new_hidden, slot_repr, seen)
 
     @overload
@@ -268,9 +239,9 @@ class SlotTransformerActorCritic(ActorCriticCore):
         ``(cls [M, D], slot_repr [M, N, D])`` (and the encoder's intermediates when asked)."""
         blueprint = self.blueprint_embedding(blueprint_indices)  # [M, N, E]
         slot_inputs = torch.cat([slots, blueprint.to(slots.dtype)], dim=-1)  # [M, N, S+E]
-        return self.encoder.encode(
-            slot_inputs, active, position, return_intermediates=return_intermediates
-        )
+        if return_intermediates:
+            return self.encoder.encode(slot_inputs, active, position, return_intermediates=True)
+        return self.encoder.encode(slot_inputs, active, position)
 
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
         assert trunk.slot_repr is not None and self.action_space.pointer_head is not None
@@ -289,13 +260,18 @@ class SlotTransformerActorCritic(ActorCriticCore):
             return checkpoint_in_chunks(self.contribution_predictor, (tokens,), chunk).view(B, T, N)
         return self.contribution_predictor(slot_repr).squeeze(-1)  # [B, T, N]
 
-    def slot_context(self, slot_config: SlotConfig | None = None) -> SlotContext:
-        ctx = super().slot_context(slot_config)
-        if ctx.num_slots > self.max_slots:
+    def _new_context(self, config: SlotConfig, device: torch.device) -> SlotContext:
+        self._check_grid(config)
+        return super()._new_context(config, device)
+
+    def _check_grid(self, config: SlotConfig) -> None:
+        c = self.config
+        if config.num_slots > c.max_slots or max(config.num_rows, config.num_cols) > c.max_grid_size:
             raise ValueError(
-                f"slot_config has N={ctx.num_slots} slots, more than max_slots={self.max_slots}"
+                f"slot_config has N={config.num_slots} slots on {config.num_rows} rows x "
+                f"{config.num_cols} columns; this network takes at most max_slots={c.max_slots} "
+                f"slots and max_grid_size={c.max_grid_size} rows and columns"
             )
-        return ctx
 
     # ------------------------------------------------------------------ telemetry
     # `forward(..., return_intermediates=True)` returns the attention maps as data. The

@@ -3,7 +3,9 @@
 Importing this package registers the ``"lstm"`` and ``"transformer"`` bundles.
 """
 
+from slotformer.networks.inputs import SLOT_BY_OP_KEY
 from slotformer.networks.lstm import LSTMConfig
+from slotformer.networks.results import ActionResult, EvalResult, ForwardResult
 from slotformer.networks.transformer import TransformerConfig
 from slotformer.policy.bundles import (
     COMPILE_MODES,
@@ -11,10 +13,9 @@ from slotformer.policy.bundles import (
     LSTMPolicyBundle,
     TransformerPolicyBundle,
 )
-from slotformer.policy.factory import NETWORK_TYPES, NetworkConfig, create_policy
-from slotformer.policy.protocol import SLOT_BY_OP_KEY, PolicyBundle, protocol_members
+from slotformer.policy.factory import NETWORK_TYPES, create_policy
+from slotformer.policy.protocol import PolicyBundle, protocol_members
 from slotformer.policy.registry import get_policy, get_policy_class, list_policies, register_policy
-from slotformer.policy.results import ActionResult, EvalResult, ForwardResult
 
 __all__ = [
     "COMPILE_MODES",
@@ -26,7 +27,6 @@ __all__ = [
     "ForwardResult",
     "LSTMConfig",
     "LSTMPolicyBundle",
-    "NetworkConfig",
     "PolicyBundle",
     "TransformerConfig",
     "TransformerPolicyBundle",

@@ -1,10 +1,9 @@
 """The two registered bundles: ``"lstm"`` and ``"transformer"``.
 
 Both wrap an `ActorCriticCore` network and share one implementation (`ActorCriticBundle`):
-masks arrive as one dict and are unpacked into the network's named mask arguments, results
-are translated into `ActionResult` / `EvalResult` / `ForwardResult`, and compilation keeps
-the compiled callables apart from the network so that ``state_dict()`` keys never carry
-``torch.compile``'s ``_orig_mod.`` prefix.
+each call goes to the network's entry point of the same name (whose boundary reads the masks
+dict), and compilation keeps the compiled callables apart from the network so that
+``state_dict()`` keys never carry ``torch.compile``'s ``_orig_mod.`` prefix.
 
 Shapes: ``B`` batch, ``T`` time, ``D`` = ``state_dim``, ``N`` slots, ``H`` = ``lstm_hidden_dim``.
 
@@ -19,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -27,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.actions import ActionSpace
-from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
-from slotformer.networks.configs import ActorCriticConfig, legacy_config_names
-from slotformer.networks.core import ActorCriticCore
+from slotformer.config import SlotConfig
+from slotformer.networks.configs import ActorCriticConfig
+from slotformer.networks.core import ActorCriticCore, without_compile_prefix
 from slotformer.networks.inputs import (
     Hidden,
     ProbabilityFloor,
@@ -37,10 +35,10 @@ from slotformer.networks.inputs import (
     as_autograd_input,
 )
 from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
+from slotformer.networks.results import ActionResult, EvalResult, ForwardResult
 from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
-from slotformer.policy.protocol import SLOT_BY_OP_KEY, Masks, PolicyBundle
+from slotformer.policy.protocol import Masks, PolicyBundle
 from slotformer.policy.registry import register_policy
-from slotformer.policy.results import ActionResult, EvalResult, ForwardResult
 from slotformer.validation import check_positive_int
 
 COMPILE_MODES: tuple[str, ...] = (
@@ -52,7 +50,8 @@ COMPILE_MODES: tuple[str, ...] = (
 )
 """Valid ``compile_mode`` values: ``"off"`` plus ``torch.compile``'s modes."""
 
-_COMPILE_PREFIX = "_orig_mod."
+_REFERENCE_NAMES = {"feature_dim": "state_dim", "hidden_dim": "lstm_hidden_dim"}
+"""The reference bundle's constructor names for two config fields."""
 _COMPILED_ENTRY_POINTS = ("forward", "get_action", "evaluate_actions")
 
 
@@ -60,11 +59,6 @@ def check_compile_mode(mode: str) -> None:
     """Raise ``ValueError`` naming the valid modes unless ``mode`` is one of them."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r}; valid modes: {list(COMPILE_MODES)}")
-
-
-def default_feature_dim(slot_config: SlotConfig, base_dim: int = DEFAULT_BASE_DIM) -> int:
-    """The flat observation width of the default layout: ``base_dim + 31 * N``."""
-    return base_dim + DEFAULT_SLOT_DIM * slot_config.num_slots
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -78,12 +72,13 @@ class ActorCriticBundle:
     A bundle holds its network's config dataclass (`TransformerConfig`, `LSTMConfig`): build
     one with ``config=``, with the config's fields as keyword arguments, or both (keywords
     win). ``state_dim`` None is ``base_dim + slot_dim * N`` (``slot_dim`` None: 31). The
-    observation layout (``base_dim``, ``slot_dim``) and the slot-type vocabulary
-    (``num_slot_types``) are config fields. ``action_space`` is the factored action space
-    (an `ActionSpace`, or its `ActionSpace.to_dict` form; None = the seed-lifecycle preset
-    for N slots); its pointer head must have N choices. slotformer 0.1's argument names
-    (``feature_dim`` for the observation width, ``hidden_dim``) still work for one release,
-    with a ``DeprecationWarning``.
+    reference bundle's names for two of them are taken too: ``feature_dim`` (the observation
+    width, ``state_dim``) and ``hidden_dim`` (``lstm_hidden_dim``). ``action_space`` is the
+    factored action space (an `ActionSpace`, or its `ActionSpace.to_dict` form; None = the
+    seed-lifecycle preset for N slots); its pointer head must have N choices.
+
+    Every call goes straight to the network's entry point of the same name, whose boundary
+    reads the masks dict and one-step (``[B, D]``) observations.
     """
 
     runs_on_any_grid: ClassVar[bool] = False
@@ -100,10 +95,11 @@ class ActorCriticBundle:
         action_space: ActionSpace | Mapping[str, Any] | None = None,
         **fields_: Any,
     ) -> None:
-        slot_config = _resolve_slot_config(slot_config)
-        config = self.build_config(state_dim, config, fields_)
+        if slot_config is not None and not isinstance(slot_config, SlotConfig):
+            raise TypeError(f"slot_config must be a SlotConfig, got {type(slot_config).__name__}")
         self._network = self.network_class(
-            config=config, slot_config=slot_config, action_space=_resolve_action_space(action_space)
+            slot_config=slot_config, config=self.build_config(state_dim, config, fields_),
+            action_space=_resolve_action_space(action_space),
         )
         self._compiled: dict[str, Callable[..., Any]] | None = None
         self._compile_settings: tuple[str, bool, str] | None = None
@@ -111,14 +107,9 @@ class ActorCriticBundle:
     @classmethod
     def accepted_arguments(cls) -> list[str]:
         """Keyword arguments the constructor takes besides ``slot_config`` and ``config``:
-        the config's fields (and their 0.1 names) and ``action_space``."""
-        return sorted({*cls._config_arguments(), "action_space"})
-
-    @classmethod
-    def _config_arguments(cls) -> list[str]:
-        """The config fields and their 0.1 names (what `build_config` takes)."""
+        the config's fields, the reference bundle's names and ``action_space``."""
         names = {f.name for f in dataclasses.fields(cls.config_class)}
-        return sorted(names | set(legacy_config_names(cls.config_class)))
+        return sorted(names | set(_REFERENCE_NAMES) | {"action_space"})
 
     @classmethod
     def build_config(
@@ -128,34 +119,23 @@ class ActorCriticBundle:
         overrides: Mapping[str, Any],
     ) -> ActorCriticConfig:
         """``config`` (default: the config class's defaults) with ``state_dim`` and the
-        keyword ``overrides`` applied; 0.1 names are mapped with a ``DeprecationWarning``."""
+        keyword ``overrides`` applied."""
         if config is not None and not isinstance(config, cls.config_class):
             raise TypeError(
                 f"config must be a {cls.config_class.__name__}, got {type(config).__name__}"
             )
-        legacy = legacy_config_names(cls.config_class)
-        accepted = cls._config_arguments()
+        accepted = cls.accepted_arguments()
         unknown = sorted(set(overrides) - set(accepted))
         if unknown:
+            raise TypeError(f"{cls.__name__} does not accept {unknown}; it accepts {accepted}")
+        values = {_REFERENCE_NAMES.get(k, k): v for k, v in overrides.items()}
+        if len(values) != len(overrides) or (state_dim is not None and "state_dim" in values):
             raise TypeError(
-                f"{cls.__name__} does not accept {unknown}; it accepts {accepted}"
+                f"{cls.__name__} got one value under two names ({sorted(overrides)}, "
+                f"state_dim={state_dim}): feature_dim is state_dim and hidden_dim is "
+                f"lstm_hidden_dim"
             )
-        values: dict[str, Any] = {}
-        for name, value in overrides.items():
-            if name in legacy:  # 0.1's name
-                warnings.warn(
-                    f"{cls.__name__}({name}=...) is deprecated and will be removed in the next "
-                    f"release; use {legacy[name]}= (the {cls.config_class.__name__} field)",
-                    DeprecationWarning,
-                    stacklevel=3,
-                )
-                name = legacy[name]
-            if name in values:
-                raise TypeError(f"{cls.__name__} got {name} twice (under its old and new name)")
-            values[name] = value
         if state_dim is not None:
-            if "state_dim" in values:
-                raise ValueError("pass the observation width once: state_dim or feature_dim")
             values["state_dim"] = state_dim
         return dataclasses.replace(config if config is not None else cls.config_class(), **values)
 
@@ -179,8 +159,8 @@ class ActorCriticBundle:
             features: ``[B, D]`` or ``[B, 1, D]``; or a `SlotObservation` (``base [B, G]``,
                 ``slots [B, N, F]``, ``slot_types [B, N]``, or with the T = 1 axis).
             blueprint_indices: int64 ``[B, N]`` or ``[B, 1, N]``, -1 = empty slot; None
-                with a `SlotObservation` (its ``slot_types``).
-            masks: every head name -> bool ``[B, n]`` (None = all valid), optionally
+                with a `SlotObservation`.
+            masks: head name -> bool ``[B, n]`` (None or absent = all valid), optionally
                 ``"slot_by_op"`` -> bool ``[B, num_ops, N]``.
             hidden: the previous step's recurrent state (None = zeros).
             deterministic: take each head's most likely action.
@@ -193,23 +173,14 @@ class ActorCriticBundle:
         Returns:
             `ActionResult` with ``[B]`` tensors.
         """
-        head_masks, slot_by_op = self._split_masks(masks)
-        extra: dict[str, Any] = {} if generator is None else {"generator": generator}
-        if episode_starts is not None:
-            extra["episode_starts"] = episode_starts
         # The compiled get_action is the undecorated method (inductor cannot trace the
         # inference_mode decorator), so inference mode is entered here, around it.
         with torch.inference_mode():
             result: ActionResult = self._entry("get_action")(
-                features,
-                blueprint_indices,
-                hidden,
-                masks=head_masks,
-                slot_by_op_mask=slot_by_op,
-                deterministic=deterministic,
-                return_op_logits=return_op_logits,
-                probability_floor=probability_floor,
-                **extra,
+                features, blueprint_indices, hidden, masks=_checked(masks, self.action_space.head_names),
+                deterministic=deterministic, return_op_logits=return_op_logits,
+                probability_floor=probability_floor, generator=generator,
+                **_starts(episode_starts),
             )
         return result
 
@@ -241,22 +212,14 @@ class ActorCriticBundle:
             `ForwardResult`: logits ``[B, T, n]`` and value ``[B, T]`` (no T axis for 2-D
             features).
         """
-        head_masks, _ = self._split_masks(masks)
-        features, blueprint_indices, episode_starts, squeeze = _as_sequence(
-            features, blueprint_indices, episode_starts
-        )
-        features, blueprint_indices, hidden, head_masks, episode_starts = self._autograd_inputs(
-            (features, blueprint_indices, hidden, head_masks, episode_starts)
+        features, blueprint_indices, hidden, masks, episode_starts = self._autograd_inputs(
+            (features, blueprint_indices, hidden, _checked(masks, self.action_space.head_names), episode_starts)
         )
         out = self._entry("forward")(
-            features, blueprint_indices, hidden, masks=head_masks, **_starts(episode_starts)
+            features, blueprint_indices, hidden, masks=masks, **_starts(episode_starts)
         )
-        logits = {name: out[f"{name}_logits"] for name in self._head_names()}
-        value = out["value"]
-        if squeeze:
-            logits = {name: head_logits[:, 0] for name, head_logits in logits.items()}
-            value = value[:, 0]
-        return ForwardResult(logits=logits, value=value, hidden=out["hidden"])
+        logits = {name: out[f"{name}_logits"] for name in self.action_space.head_names}
+        return ForwardResult(logits=logits, value=out["value"], hidden=out["hidden"])
 
     def evaluate_actions(
         self,
@@ -278,7 +241,7 @@ class ActorCriticBundle:
             blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``; None with a
                 `SlotObservation`.
             actions: every head name -> int64 ``[B, T]`` (``[B]`` for 2-D features).
-            masks: the masks stored at rollout (every head, optional ``"slot_by_op"``
+            masks: the masks stored at rollout (heads, optional ``"slot_by_op"``
                 ``[B, num_ops, N]`` or ``[B, T, num_ops, N]``).
             hidden: recurrent state at the start of the sequences (None = zeros).
             probability_floor: as at rollout.
@@ -293,44 +256,17 @@ class ActorCriticBundle:
             `EvalResult` with ``[B, T]`` tensors (``[B]`` for 2-D features);
             ``pred_contributions`` is ``[B, T, N]`` (``[B, N]``); ``state_value`` is V(s).
         """
-        head_masks, slot_by_op = self._split_masks(masks)
-        features, blueprint_indices, episode_starts, squeeze = _as_sequence(
-            features, blueprint_indices, episode_starts
-        )
-        features, blueprint_indices, actions, hidden, head_masks, slot_by_op, episode_starts = (
+        features, blueprint_indices, actions, hidden, masks, episode_starts = (
             self._autograd_inputs(
-                (features, blueprint_indices, actions, hidden, head_masks, slot_by_op,
-                 episode_starts)
+                (features, blueprint_indices, actions, hidden, _checked(masks, self.action_space.head_names), episode_starts)
             )
         )
         result: EvalResult = self._entry("evaluate_actions")(
-            features,
-            blueprint_indices,
-            actions,
-            hidden=hidden,
-            probability_floor=probability_floor,
-            aux_stop_gradient=aux_stop_gradient,
-            masks=head_masks,
-            slot_by_op_mask=slot_by_op,
-            **_starts(episode_starts),
+            features, blueprint_indices, actions, hidden=hidden,
+            probability_floor=probability_floor, aux_stop_gradient=aux_stop_gradient,
+            masks=masks, **_starts(episode_starts),
         )
-        if not squeeze:
-            return result
-
-        def step(x: Any) -> Any:
-            if isinstance(x, dict):
-                return {name: t[:, 0] for name, t in x.items()}
-            return None if x is None else x[:, 0]
-
-        return EvalResult(
-            log_probs=step(result.log_probs),
-            value=step(result.value),
-            entropies=step(result.entropies),
-            hidden=result.hidden,
-            pred_contributions=step(result.pred_contributions),
-            q_value=step(result.q_value),
-            state_value=step(result.state_value),
-        )
+        return result
 
     def get_q_values(
         self,
@@ -372,13 +308,10 @@ class ActorCriticBundle:
         Returns:
             ``[B, T]`` (``[B]`` for 2-D features).
         """
-        features, blueprint_indices, episode_starts, squeeze = _as_sequence(
-            features, blueprint_indices, episode_starts
-        )
         state_value: Tensor = self._entry("forward")(
             features, blueprint_indices, hidden, **_starts(episode_starts)
         )["state_value"]
-        return state_value[:, 0] if squeeze else state_value
+        return state_value
 
     def sync_from(self, source: PolicyBundle, tau: float = 0.005) -> None:
         """Polyak-average ``source``'s weights into this (target) bundle, in place.
@@ -439,9 +372,7 @@ class ActorCriticBundle:
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        loaded = dict(state_dict)
-        if loaded and all(k.startswith(_COMPILE_PREFIX) for k in loaded):
-            loaded = {k[len(_COMPILE_PREFIX):]: v for k, v in loaded.items()}
+        loaded = without_compile_prefix(state_dict)
         if strict:
             expected = set(self._network.state_dict())
             missing, unexpected = sorted(expected - set(loaded)), sorted(set(loaded) - expected)
@@ -580,16 +511,15 @@ class ActorCriticBundle:
         """H, the recurrent core's width."""
         return self._network.lstm_hidden_dim
 
+    # The reference policy protocol's names for the two widths.
     @property
     def feature_dim(self) -> int:
-        """Deprecated: use ``state_dim`` (the observation width)."""
-        _warn_renamed(f"{type(self).__name__}.feature_dim", "state_dim")
+        """``state_dim`` under the reference policy protocol's name."""
         return self.state_dim
 
     @property
     def hidden_dim(self) -> int:
-        """Deprecated: use ``lstm_hidden_dim``."""
-        _warn_renamed(f"{type(self).__name__}.hidden_dim", "lstm_hidden_dim")
+        """``lstm_hidden_dim`` under the reference policy protocol's name."""
         return self.lstm_hidden_dim
 
     @property
@@ -634,31 +564,6 @@ class ActorCriticBundle:
         an eager network's boundary does it itself."""
         return value if self._compiled is None else as_autograd_input(value)
 
-    def _head_names(self) -> tuple[str, ...]:
-        return self._network.action_space.head_names
-
-    def _split_masks(self, masks: Masks) -> tuple[dict[str, Tensor | None], Tensor | None]:
-        """Head masks by name (every head present) and the optional slot-by-op mask."""
-        if not isinstance(masks, Mapping):
-            raise TypeError(
-                f"masks must be a dict head name -> bool mask (None = all valid), got "
-                f"{type(masks).__name__}"
-            )
-        heads = self._head_names()
-        missing = [name for name in heads if name not in masks]
-        if missing:
-            raise KeyError(
-                f"masks is missing heads {missing}; expected every head {list(heads)} "
-                f"(a value may be None = all valid) plus optional {SLOT_BY_OP_KEY!r}"
-            )
-        unknown = sorted(set(masks) - set(heads) - {SLOT_BY_OP_KEY})
-        if unknown:
-            raise ValueError(
-                f"masks names unknown keys {unknown}; expected the heads {list(heads)} plus "
-                f"optional {SLOT_BY_OP_KEY!r}"
-            )
-        return {name: masks[name] for name in heads}, masks.get(SLOT_BY_OP_KEY)
-
     def __repr__(self) -> str:
         compiled = f", compiled={self.compile_mode!r}" if self.is_compiled else ""
         return (
@@ -667,34 +572,21 @@ class ActorCriticBundle:
         )
 
 
-def _as_sequence(
-    features: Tensor | SlotObservation,
-    blueprint_indices: Tensor | None,
-    episode_starts: Tensor | None = None,
-) -> tuple[Tensor | SlotObservation, Tensor | None, Tensor | None, bool]:
-    """One step without the T axis -> a sequence of one step: flat ``[B, D]`` -> ``[B, 1, D]``
-    (a `SlotObservation`'s fields likewise), ``[B, N]`` -> ``[B, 1, N]``, ``episode_starts``
-    ``[B]`` -> ``[B, 1]``; anything else passes through (the network's boundary checks it).
-    The last value says whether the caller's call was one such step."""
-    if isinstance(features, SlotObservation):
-        if not isinstance(features.base, Tensor) or features.base.dim() != 2:
-            return features, blueprint_indices, episode_starts, False
-        types, active = features.slot_types, features.active
-        features = SlotObservation(
-            features.base.unsqueeze(1),
-            features.slots.unsqueeze(1) if isinstance(features.slots, Tensor) else features.slots,
-            types.unsqueeze(1) if isinstance(types, Tensor) else types,
-            active.unsqueeze(1) if isinstance(active, Tensor) else active,
+def _checked(masks: Masks, heads: tuple[str, ...]) -> Masks:
+    """The bundle's masks dict holds every head (None = all valid): a forgotten mask is an
+    error, not an unmasked head. The network's boundary checks the rest."""
+    if not isinstance(masks, Mapping):
+        raise TypeError(
+            f"masks must be a dict head name -> bool mask (None = all valid), got "
+            f"{type(masks).__name__}"
         )
-    elif isinstance(features, Tensor) and features.dim() == 2:
-        features = features.unsqueeze(1)
-    else:
-        return features, blueprint_indices, episode_starts, False
-    if isinstance(blueprint_indices, Tensor) and blueprint_indices.dim() == 2:
-        blueprint_indices = blueprint_indices.unsqueeze(1)
-    if isinstance(episode_starts, Tensor) and episode_starts.dim() == 1:
-        episode_starts = episode_starts.unsqueeze(1)
-    return features, blueprint_indices, episode_starts, True
+    missing = [name for name in heads if name not in masks]
+    if missing:
+        raise KeyError(
+            f"masks is missing heads {missing}; expected every head {list(heads)} (a value "
+            f"may be None = all valid) plus optional 'slot_by_op'"
+        )
+    return masks
 
 
 def _starts(episode_starts: Tensor | None) -> dict[str, Tensor]:
@@ -718,14 +610,6 @@ def _named_tensors(network: nn.Module) -> dict[str, Tensor]:
     return tensors
 
 
-def _resolve_slot_config(slot_config: SlotConfig | None) -> SlotConfig:
-    if slot_config is None:
-        return SlotConfig.default()
-    if not isinstance(slot_config, SlotConfig):
-        raise TypeError(f"slot_config must be a SlotConfig, got {type(slot_config).__name__}")
-    return slot_config
-
-
 def _resolve_action_space(
     action_space: ActionSpace | Mapping[str, Any] | None,
 ) -> ActionSpace | None:
@@ -736,14 +620,6 @@ def _resolve_action_space(
     raise TypeError(
         f"action_space must be an ActionSpace or its to_dict() form, got "
         f"{type(action_space).__name__}"
-    )
-
-
-def _warn_renamed(old: str, new: str) -> None:
-    warnings.warn(
-        f"{old} is deprecated and will be removed in the next release; use {new}",
-        DeprecationWarning,
-        stacklevel=3,
     )
 
 
@@ -759,10 +635,9 @@ class LSTMPolicyBundle(ActorCriticBundle):
         action_space: the factored heads (an `ActionSpace` or its ``to_dict()`` form; None =
             the seed-lifecycle preset with N slots).
 
-    For one release the 0.1 names still work, with a ``DeprecationWarning``:
-    ``feature_dim`` is ``state_dim`` and ``hidden_dim`` is ``lstm_hidden_dim``. The trunk
-    width is ``trunk_dim`` (the network's constructor calls it ``feature_dim``, the
-    reference network's name).
+    The reference bundle's ``feature_dim`` (``state_dim``) and ``hidden_dim``
+    (``lstm_hidden_dim``) are taken too. The trunk width is ``trunk_dim`` (the network's
+    constructor calls it ``feature_dim``, the reference network's name).
 
     Gradient checkpointing is a no-op for this network (`enable_gradient_checkpointing`).
 
@@ -798,8 +673,8 @@ class TransformerPolicyBundle(ActorCriticBundle):
             the seed-lifecycle preset with N slots). A checkpoint loaded onto another grid
             resizes its pointer head.
 
-    For one release the 0.1 names still work, with a ``DeprecationWarning``:
-    ``feature_dim`` is ``state_dim`` and ``hidden_dim`` is ``lstm_hidden_dim``.
+    The reference bundle's ``feature_dim`` (``state_dim``) and ``hidden_dim``
+    (``lstm_hidden_dim``) are taken too.
 
     Example:
         >>> policy = TransformerPolicyBundle(lstm_hidden_dim=16, embed_dim=16, head_hidden=16)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from slotformer.config import SlotConfig
 from slotformer.networks.inputs import Hidden, ProbabilityFloor, SlotObservation
-from slotformer.policy.results import ActionResult, EvalResult, ForwardResult
+from slotformer.networks.results import ActionResult, EvalResult, ForwardResult
 
 Masks = Mapping[str, Tensor | None]
 
