@@ -9,9 +9,11 @@ What it counts (issue #13's figures):
 * **checking lines**: the lines of every ``if ...: raise`` block (an ``if`` whose body ends in
   ``raise``; its ``else`` not counted), plus every line of a call to ``expect(...)`` (the
   helper that states one expectation), so moving a check into the helper still counts it;
-* **functions on one evaluate_actions call**: the distinct ``slotformer`` functions (and
-  the total number of calls into them) that one ``TransformerPolicyBundle.evaluate_actions``
-  runs through, traced with ``sys.setprofile``, validation on, after one warm-up call.
+* **package lines**: every line of ``slotformer/*.py`` (``wc -l``), the files over 600
+  lines, and the ``raise`` statements;
+* **the path of one call**: the distinct ``slotformer`` functions, the calls into them and
+  the files they live in, for one bundle ``get_action`` and one ``evaluate_actions`` of the
+  Slot Transformer, traced with ``sys.setprofile``, validation on, after a warm-up call.
 """
 
 from __future__ import annotations
@@ -64,18 +66,25 @@ def _checking_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def line_counts() -> dict[str, int]:
-    code = checks = 0
+def line_counts() -> dict[str, Any]:
+    code = checks = lines = raises = 0
+    long_files = []
     for path in sorted(PACKAGE.rglob("*.py")):
         source = path.read_text()
         tree = ast.parse(source)
         code_lines = _code_lines(source, tree)
         code += len(code_lines)
         checks += len(_checking_lines(tree) & code_lines)
-    return {"code_lines": code, "checking_lines": checks}
+        count = len(source.splitlines())
+        lines += count
+        raises += sum(isinstance(node, ast.Raise) for node in ast.walk(tree))
+        if count > 600:
+            long_files.append(f"{path.relative_to(PACKAGE.parent)} ({count})")
+    return {"package_lines": lines, "files_over_600": long_files, "raise_statements": raises,
+            "code_lines": code, "checking_lines": checks}
 
 
-def evaluate_actions_path() -> dict[str, int]:
+def call_paths() -> dict[str, int]:
     import torch
 
     import slotformer
@@ -87,10 +96,23 @@ def evaluate_actions_path() -> dict[str, int]:
     features = torch.randn(B, T, policy.state_dim)
     blueprints = torch.full((B, T, N), -1)
     masks: dict[str, Any] = dict.fromkeys(head_names)
-    step = policy.get_action(features[:, 0], blueprints[:, 0], masks)
+    step = policy.get_action(features[:, 0], blueprints[:, 0], masks)  # warm-up (caches)
     actions = {k: v[:, None].expand(B, T).contiguous() for k, v in step.actions.items()}
-    policy.evaluate_actions(features, blueprints, actions, masks)  # warm-up (caches)
+    policy.evaluate_actions(features, blueprints, actions, masks)
+    calls = {
+        "get_action": lambda: policy.get_action(features[:, 0], blueprints[:, 0], masks),
+        "eval": lambda: policy.evaluate_actions(features, blueprints, actions, masks),
+    }
+    figures: dict[str, int] = {}
+    for name, call in calls.items():
+        functions, count, files = _trace(call)
+        figures.update({f"{name}_functions": functions, f"{name}_calls": count,
+                        f"{name}_files": files})
+    return figures
 
+
+def _trace(call: Any) -> tuple[int, int, int]:
+    """Distinct slotformer functions, calls into them and their files, for one ``call()``."""
     root = str(PACKAGE)
     seen: set[tuple[str, str]] = set()
     calls = 0
@@ -103,23 +125,22 @@ def evaluate_actions_path() -> dict[str, int]:
 
     sys.setprofile(profile)
     try:
-        policy.evaluate_actions(features, blueprints, actions, masks)
+        call()
     finally:
         sys.setprofile(None)
-    files = {filename for filename, _ in seen}
-    return {"eval_functions": len(seen), "eval_calls": calls, "eval_files": len(files)}
+    return len(seen), calls, len({filename for filename, _ in seen})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
-    figures = {**line_counts(), **evaluate_actions_path()}
+    figures = {**line_counts(), **call_paths()}
     if args.json:
         print(json.dumps(figures, indent=2))
         return
     for name, value in figures.items():
-        print(f"{name:>16}: {value}")
+        print(f"{name:>20}: {value}")
 
 
 if __name__ == "__main__":
