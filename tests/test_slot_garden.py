@@ -21,12 +21,8 @@ from slotformer.envs import (
     heuristic_policy,
     random_valid_policy,
 )
-from slotformer.envs.slot_garden import (
-    SLOT_ACTIVE,
-    SLOT_ESTIMATE,
-    SLOT_STAGE,
-    TEMPO_TRAINING_STEPS,
-)
+from slotformer.envs.observation import SLOT_ACTIVE, SLOT_ESTIMATE, SLOT_STAGE
+from slotformer.envs.rules import TEMPO_TRAINING_STEPS
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, BlueprintAction, Op, Tempo
 from slotformer.validation import validation
 
@@ -542,3 +538,17 @@ def test_heuristic_beats_random(grid: tuple[int, int]) -> None:
 def test_evaluate_policy_rejects_bad_episode_count() -> None:
     with pytest.raises(ValueError, match="num_episodes"):
         evaluate_policy(SlotGardenEnv(1), heuristic_policy, num_episodes=0)
+
+
+def test_former_module_path_still_imports_every_name() -> None:
+    """Code written against the single-module layout (``slotformer.envs.slot_garden``) keeps
+    working: the names it offered are the objects the split modules now hold."""
+    from slotformer.envs import dynamics, observation, rules, slot_garden
+
+    assert slot_garden.SlotGardenEnv is dynamics.SlotGardenEnv
+    assert slot_garden.StepOutput is observation.StepOutput is StepOutput
+    for module in (rules, observation):
+        public = [name for name in vars(module) if name.isupper() or name == "SeedStage"]
+        assert public, module.__name__
+        for name in public:
+            assert getattr(slot_garden, name) is getattr(module, name), name

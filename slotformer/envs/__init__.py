@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import importlib.util
 
+from slotformer.envs.dynamics import SlotGardenEnv
+from slotformer.envs.observation import StepOutput
 from slotformer.envs.policies import evaluate_policy, heuristic_policy, random_valid_policy
-from slotformer.envs.slot_garden import SeedStage, SlotGardenEnv, StepOutput
+from slotformer.envs.rules import SeedStage
 
 __all__ = [
     "GYM_ENV_ID",

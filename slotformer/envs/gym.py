@@ -57,7 +57,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from slotformer.config import SlotConfig
-from slotformer.envs.slot_garden import DEFAULT_RENT, MAX_SLOTS, SlotGardenEnv, StepOutput
+from slotformer.envs.dynamics import SlotGardenEnv
+from slotformer.envs.observation import StepOutput
+from slotformer.envs.rules import DEFAULT_RENT, MAX_SLOTS
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, NUM_BLUEPRINTS, NUM_OPS, Op
 
 __all__ = [

@@ -14,16 +14,15 @@ from torch import Tensor
 
 from slotformer.actions import ActionSpace, canonicalize_masks
 from slotformer.config import ObservationLayout
-from slotformer.envs.slot_garden import (
+from slotformer.envs.dynamics import SlotGardenEnv
+from slotformer.envs.observation import (
     BASE_PROGRESS,
-    BLUEPRINT_MEAN_QUALITY,
-    ESTIMATE_NOISE_STD,
     SLOT_CONFIDENCE,
     SLOT_ESTIMATE,
     SLOT_NEIGHBOUR_ESTIMATE,
-    SlotGardenEnv,
     StepOutput,
 )
+from slotformer.envs.rules import BLUEPRINT_MEAN_QUALITY, ESTIMATE_NOISE_STD
 from slotformer.presets.seed_lifecycle import AlphaCurve, AlphaSpeed, AlphaTarget, Op, Style, Tempo
 
 PolicyFn = Callable[[StepOutput], Tensor]
