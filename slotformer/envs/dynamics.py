@@ -403,12 +403,17 @@ class SlotGardenEnv:
         }
         return observation.output(self, zeros, done, torch.full_like(zeros, math.nan), info)
 
-    def step(self, actions: Mapping[str, Tensor] | Tensor) -> StepOutput:
+    def step(self, actions: Mapping[str, Tensor] | Tensor, hold: Tensor | None = None) -> StepOutput:
         """Apply one action per environment and advance every environment by one step.
 
         Args:
             actions: ``dict`` head name -> int64 ``[E]``, or int64 ``[E, 8]`` in head order
                 slot, blueprint, style, tempo, alpha_target, alpha_speed, alpha_curve, op.
+            hold: None, or bool ``[E]`` (needs ``min_episode_length``): the environments that
+                sit this step out. Their action is ignored (never validated), their state,
+                clock and observation stay as they were, their reward is 0 and ``done``
+                False. The step's random draws are the same with or without it. The
+                gymnasium vector env's NEXT_STEP autoreset holds the environments it resets.
 
         Raises:
             ValueError: an action is invalid (naming the first such environment and its
@@ -417,6 +422,10 @@ class SlotGardenEnv:
         """
         heads = split_actions(actions, self.num_envs, self.device)
         valid, reason = self._checker.check(self, heads)
+        if hold is not None:
+            self._check_hold(hold)
+            kept = {name: getattr(self, name) for name in self._FRESH_STATE}
+            valid = valid | hold  # ignored: whatever it does is undone below
         if validation_enabled() and not bool(valid.all()):
             env = int((~valid).nonzero()[0, 0])
             raise ValueError(
@@ -505,6 +514,18 @@ class SlotGardenEnv:
         self.last_reward = reward
         self.last_rent = rent
         self.last_op = op
+        if hold is not None:  # the held environments go back to where they started the step
+            for name, before in kept.items():
+                where = hold.unsqueeze(-1) if before.dim() == 2 else hold
+                setattr(self, name, torch.where(where, before, getattr(self, name)))
+            reward = reward.masked_fill(hold, 0.0)
+            score, live_count = self.score, self._live().sum(-1).float()
+
+        def refresh_estimates() -> None:
+            self._refresh_estimates(noise)
+            if hold is not None:  # a held environment's estimates keep their old noise
+                self.estimate = torch.where(hold.unsqueeze(-1), kept["estimate"], self.estimate)
+
         if self._staggered:
             # Each environment on its own clock: decided on the device, no host sync.
             episode_over = False
@@ -524,9 +545,9 @@ class SlotGardenEnv:
         }
         if self.final_observation and (self._staggered or episode_over):
             # The finished episodes' last state, observed as it would be without the reset.
-            # `_refresh_estimates` only reads `noise`, so calling it twice leaves the
+            # The estimates only read `noise`, so refreshing them twice leaves the
             # generator's stream (and every trajectory) unchanged.
-            self._refresh_estimates(noise)
+            refresh_estimates()
             info["final_obs"] = observation.observe(self)
             info["final_blueprint_indices"] = self.blueprint.clone()
             info["final_slot_by_op"] = self.slot_by_op()
@@ -534,9 +555,21 @@ class SlotGardenEnv:
             self._reset_where(done)
         elif episode_over:
             self._allocate_state()
-        self._refresh_estimates(noise)
+        refresh_estimates()
         info["contributions"] = self._true_contributions()
         return observation.output(self, reward, done, episode_return, info)
+
+    def _check_hold(self, hold: Tensor) -> None:
+        if not self._staggered:
+            raise ValueError(
+                "hold needs min_episode_length: with equal episode lengths every environment "
+                "shares one clock, so none can sit a step out"
+            )
+        if hold.shape != (self.num_envs,) or hold.dtype != torch.bool or hold.device != self.device:
+            raise ValueError(
+                f"hold has shape {describe_shape(hold)}, dtype {hold.dtype} and device "
+                f"{hold.device}, expected bool [{self.num_envs}] on {self.device}"
+            )
 
     def _true_contributions(self) -> Tensor:
         """What the observed estimates are noisy views of, ``[E, N]``: ``c`` for live seeds,
