@@ -122,20 +122,12 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
         op = torch.where(where, int(target_op), op)
         slot = torch.where(where, chosen, slot)
 
-    def constant(value: int) -> Tensor:
-        return torch.full((num_envs,), value, dtype=torch.long, device=obs.device)
-
+    # Every seed it plants: SIGMOID_ADD style, STANDARD tempo, FULL target, INSTANT and LINEAR.
+    fixed = (Style.SIGMOID_ADD, Tempo.STANDARD, AlphaTarget.FULL, AlphaSpeed.INSTANT,
+             AlphaCurve.LINEAR)
+    fixed_heads = torch.tensor(fixed, dtype=torch.long, device=obs.device).expand(num_envs, -1)
     blueprint = torch.where(op == Op.GERMINATE, blueprint, 0)
-    return torch.stack([
-        slot,
-        blueprint,
-        constant(Style.SIGMOID_ADD),
-        constant(Tempo.STANDARD),
-        constant(AlphaTarget.FULL),
-        constant(AlphaSpeed.INSTANT),
-        constant(AlphaCurve.LINEAR),
-        op,
-    ], dim=-1)  # [E, 8]
+    return torch.cat([slot[:, None], blueprint[:, None], fixed_heads, op[:, None]], -1)  # [E, 8]
 
 
 def evaluate_policy(
