@@ -274,6 +274,27 @@ def test_next_step_restarts_each_environment_on_its_own() -> None:
     assert all(steps == drawn for steps, drawn in counted)
 
 
+def test_a_refused_step_leaves_the_restarts_pending() -> None:
+    envs = SlotGardenVectorEnv(
+        num_envs=3, rows=1, cols=3, episode_length=4, min_episode_length=2,
+        invalid_action="raise",
+    )
+    envs.reset(seed=0)
+    wait = np.zeros((3, 8), dtype=np.int64)
+    for _ in range(20):  # until some environments, not all, end an episode
+        _, _, terminated, _, _ = envs.step(wait)
+        if terminated.any() and not terminated.all():
+            break
+    assert terminated.any() and not terminated.all()
+    bad = wait.copy()
+    bad[~terminated, OP] = int(Op.FOSSILIZE)  # nothing holds: invalid where not restarting
+    with pytest.raises(ValueError, match="invalid action"):
+        envs.step(bad)
+    obs, reward, again, _, _ = envs.step(wait)  # the restart the refused step did not do
+    assert np.all(obs["obs"][terminated, 0] == 0.0) and np.all(reward[terminated] == 0.0)
+    assert not again[terminated].any()
+
+
 def test_same_step_autoresets_in_the_step_that_ends_the_episode() -> None:
     envs = SlotGardenVectorEnv(
         num_envs=4, rows=1, cols=3, episode_length=6, min_episode_length=3,

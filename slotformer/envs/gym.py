@@ -57,6 +57,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from slotformer.actions import ActionSpace
 from slotformer.config import SlotConfig
 from slotformer.envs.dynamics import SlotGardenEnv
 from slotformer.envs.observation import StepOutput
@@ -102,10 +103,7 @@ def split_action_mask(
         >>> {k: tuple(v.shape) for k, v in split_action_mask(mask).items()}["op"]
         (2, 6)
     """
-    if head_sizes is None:
-        from slotformer.actions import ActionSpace
-
-        head_sizes = ActionSpace.default(num_slots).sizes
+    head_sizes = ActionSpace.default(num_slots).sizes if head_sizes is None else head_sizes
     total = sum(head_sizes.values())
     if action_mask.shape[-1] != total:
         raise ValueError(
@@ -348,10 +346,8 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
         (4,)
     """
 
-    metadata = {  # noqa: RUF012 (gymnasium's class attribute; an instance gets its own copy)
-        "render_modes": [],
-        "autoreset_mode": AUTORESET_MODES[0],
-    }
+    # gymnasium's class attribute (the default mode); an instance gets a copy with its own.
+    metadata = {"render_modes": [], "autoreset_mode": AUTORESET_MODES[0]}  # noqa: RUF012
 
     def __init__(
         self,
@@ -402,7 +398,7 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
             )
         super().reset(seed=seed)
         self._out = self._reset_garden(seed)
-        self._restarting[:] = False
+        self._restarting = np.zeros(self.num_envs, dtype=bool)
         return _numpy_observation(self._out), {}
 
     def step(
@@ -411,17 +407,17 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
         if self._out is None:
             raise RuntimeError("SlotGardenVectorEnv.step called before reset()")
         action_tensor = _as_action_tensor(actions, self.num_envs)
-        restarting, self._restarting = self._restarting, np.zeros(self.num_envs, dtype=bool)
-        no = np.zeros(self.num_envs, dtype=bool)
+        restarting, no = self._restarting, np.zeros(self.num_envs, dtype=bool)
         if restarting.all():
             # Every environment restarts (with equal episode lengths, all of them always do):
             # the torch environment began their new episodes when the last ones ended.
-            self._last = self._out
-            reward = np.zeros(self.num_envs, dtype=np.float32)
-            return _numpy_observation(self._out), reward, no, no.copy(), {"invalid_action": no.copy()}
-        checked, invalid = _checked_actions(
+            self._last, self._restarting = self._out, no
+            obs, reward = _numpy_observation(self._out), np.zeros(self.num_envs, np.float32)
+            return obs, reward, no.copy(), no.copy(), {"invalid_action": no.copy()}
+        checked, invalid = _checked_actions(  # raises before anything changes
             self._garden, action_tensor, self.invalid_action, ignored=restarting
         )
+        self._restarting = no
         # The restarting environments sit the step out on their new episode's first state.
         hold = torch.as_tensor(restarting) if restarting.any() else None
         out = self._out = self._last = self._garden.step(checked, hold=hold)
