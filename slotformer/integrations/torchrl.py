@@ -97,10 +97,8 @@ from torchrl.modules import recurrent_mode as torchrl_recurrent_mode
 from slotformer.actions import ActionSpace, canonicalize_masks
 from slotformer.config import SlotConfig
 from slotformer.distributions import masked_log_probs, normalised_entropy
-from slotformer.envs.dynamics import SlotGardenEnv
-from slotformer.envs.observation import StepOutput
 from slotformer.envs.policies import random_valid_policy
-from slotformer.envs.rules import DEFAULT_RENT
+from slotformer.envs.slot_garden import DEFAULT_RENT, SlotGardenEnv, StepOutput
 from slotformer.networks.core import ActorCriticCore
 from slotformer.networks.inputs import PolicyInputs, ProbabilityFloor, _floors
 from slotformer.policy.protocol import PolicyBundle
