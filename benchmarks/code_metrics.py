@@ -3,7 +3,7 @@
     python benchmarks/code_metrics.py            # a table on stdout
     python benchmarks/code_metrics.py --json     # the same as JSON
 
-What it counts (issue #13's figures):
+What it counts:
 
 * **code lines**: lines of ``slotformer/`` holding code, not blank, comment or docstring;
 * **checking lines**: the lines of every ``if ...: raise`` block (an ``if`` whose body ends in

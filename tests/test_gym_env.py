@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +15,16 @@ import torch
 gym = pytest.importorskip("gymnasium")
 
 from gymnasium.utils.env_checker import check_env  # noqa: E402
+from gymnasium.vector import AutoresetMode  # noqa: E402
 
-from slotformer.envs import GYM_ENV_ID, StepOutput, heuristic_policy  # noqa: E402
+from slotformer.envs import (  # noqa: E402
+    GYM_ENV_ID,
+    StepOutput,
+    heuristic_policy,
+    random_valid_policy,
+)
 from slotformer.envs.gym import (  # noqa: E402
+    AUTORESET_MODES,
     SlotGardenGymEnv,
     SlotGardenVectorEnv,
     split_action_mask,
@@ -35,62 +48,260 @@ def test_registered_id_makes_single_and_vector_envs() -> None:
         GYM_ENV_ID, num_envs=3, vectorization_mode="vector_entry_point", rows=1, cols=3
     )
     assert isinstance(envs.unwrapped, SlotGardenVectorEnv)
+    assert envs.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP  # gymnasium's default
     obs, _ = envs.reset(seed=1)
     assert envs.observation_space.contains(obs)
     assert obs["obs"].shape == (3, 23 + 31 * 3)
 
 
-def _heuristic_numpy(obs: dict[str, np.ndarray], num_slots: int) -> np.ndarray:
-    """The scripted heuristic, fed from a gymnasium observation ``[E, ...]``."""
+FRESH_PROCESS = f"""
+import sys, warnings
+warnings.simplefilter("error")  # registering twice, or anything else gymnasium warns about
+import gymnasium as gym
+assert "slotformer" not in sys.modules
+env = gym.make("slotformer.envs:{GYM_ENV_ID}", episode_length=3)
+env.reset(seed=0)
+ends = [env.step(env.action_space.sample() * 0)[2] for _ in range(3)]  # WAIT
+assert ends == [False, False, True], ends
+envs = gym.make_vec("slotformer.envs:{GYM_ENV_ID}", num_envs=2,
+                    vectorization_mode="vector_entry_point")
+assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+import slotformer.envs
+from slotformer.envs.gym import register_envs
+register_envs()
+gym.make("{GYM_ENV_ID}").reset(seed=0)
+print("ok", type(env.unwrapped).__module__)
+"""
+
+
+def test_a_process_that_never_imported_slotformer_makes_the_env() -> None:
+    """gymnasium alone makes Slot Garden (single and vector) in a fresh interpreter (a Ray
+    worker) when the id names the module to import; importing slotformer and registering
+    again on top of it warns about nothing."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS], env=env, cwd=root / "tests", capture_output=True,
+        text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "slotformer.envs.gym"]
+
+
+def _step_output(obs: dict[str, np.ndarray], num_slots: int) -> StepOutput:
+    """A gymnasium observation ``[E, ...]`` as the ``StepOutput`` the reference policies read."""
     slot_by_op = torch.as_tensor(obs["slot_by_op"]).bool()
-    masks = split_action_mask(torch.as_tensor(obs["action_mask"]), num_slots=num_slots)
-    out = StepOutput(
+    num_envs = slot_by_op.shape[0]
+    return StepOutput(
         obs=torch.as_tensor(obs["obs"]),
         blueprint_indices=torch.as_tensor(obs["blueprint_indices"]),
-        masks=masks,
+        masks=split_action_mask(torch.as_tensor(obs["action_mask"]), num_slots=num_slots),
         slot_by_op=slot_by_op,
-        reward=torch.zeros(slot_by_op.shape[0]),
-        done=torch.zeros(slot_by_op.shape[0], dtype=torch.bool),
-        episode_return=torch.zeros(slot_by_op.shape[0]),
+        reward=torch.zeros(num_envs),
+        done=torch.zeros(num_envs, dtype=torch.bool),
+        episode_return=torch.zeros(num_envs),
         info={},
     )
-    return heuristic_policy(out).numpy()
 
 
-def test_vector_env_steps_like_the_single_env() -> None:
-    """One environment of the vector env and the single env see the same trajectory."""
-    kwargs = {"rows": 1, "cols": 3, "episode_length": 5, "table_seed": 3}
-    single = SlotGardenGymEnv(**kwargs)
-    vector = SlotGardenVectorEnv(num_envs=1, **kwargs)
-    s_obs, _ = single.reset(seed=7)
-    v_obs, _ = vector.reset(seed=7)
-    rng = np.random.default_rng(0)
-    for step in range(5):
-        for key in s_obs:
-            np.testing.assert_array_equal(s_obs[key], v_obs[key][0], err_msg=f"{key} @ {step}")
-        mask = split_action_mask(torch.as_tensor(s_obs["action_mask"])[None], num_slots=3)
-        ops = np.flatnonzero(mask["op"][0].numpy())
-        action = np.zeros(len(HEAD_NAMES), dtype=np.int64)
-        action[OP] = int(rng.choice(ops))
-        action[SLOT] = int(np.flatnonzero(s_obs["slot_by_op"][action[OP]])[0])
-        for k, name in enumerate(HEAD_NAMES):
-            if name not in ("op", "slot"):
-                action[k] = int(np.flatnonzero(mask[name][0].numpy())[0])
-        s_obs, s_rew, s_term, s_trunc, s_info = single.step(action)
-        v_obs, v_rew, v_term, v_trunc, v_info = vector.step(action[None])
-        assert s_rew == pytest.approx(float(v_rew[0]))
-        assert s_term == bool(v_term[0]) and not s_trunc and not v_trunc[0]
-    # The last step ended the episode: the single env returns the final state, the vector
-    # env the next episode's first state and the final one in info.
-    assert s_term
-    for key in s_obs:
-        np.testing.assert_array_equal(s_obs[key], v_info["final_obs"][key][0], err_msg=key)
-    assert v_info["_final_obs"].tolist() == [True]
-    assert s_info["episode_return"] == pytest.approx(float(v_info["episode_return"][0]))
+def _heuristic_numpy(obs: dict[str, np.ndarray], num_slots: int) -> np.ndarray:
+    """The scripted heuristic, fed from a gymnasium observation ``[E, ...]``."""
+    return heuristic_policy(_step_output(obs, num_slots)).numpy()
 
 
-def test_vector_env_autoresets_in_the_same_step() -> None:
-    envs = SlotGardenVectorEnv(num_envs=4, rows=1, cols=3, episode_length=6, min_episode_length=3)
+def _random_numpy(obs: dict[str, np.ndarray], num_slots: int, generator: torch.Generator) -> np.ndarray:
+    """A seeded random valid action per environment, from a gymnasium observation ``[E, ...]``."""
+    return random_valid_policy(_step_output(obs, num_slots), generator).numpy()
+
+
+def _batched(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: value[None] for key, value in obs.items()}
+
+
+def _assert_same_obs(a: dict[str, np.ndarray], b: dict[str, np.ndarray], where: str) -> None:
+    assert sorted(a) == sorted(b), where
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} {where}")
+
+
+GARDEN = {"rows": 2, "cols": 2, "episode_length": 5, "table_seed": 3, "invalid_action": "raise"}
+
+
+def _play_single(env: SlotGardenGymEnv, episodes: int) -> tuple[list, list, list]:
+    """Observations acted on, final observations and (length, return, reported return) of
+    ``episodes`` episodes of a seeded random valid policy, resetting after each."""
+    generator = torch.Generator().manual_seed(0)
+    acted, finals, episodes_seen = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=7 if episode == 0 else None)
+        length, total, terminated = 0, 0.0, False
+        while not terminated:
+            acted.append(obs)
+            action = _random_numpy(_batched(obs), 4, generator)[0]
+            obs, reward, terminated, truncated, info = env.step(action)
+            assert not truncated
+            length, total = length + 1, total + reward
+        finals.append(obs)
+        episodes_seen.append((length, total, info["episode_return"]))
+    return acted, finals, episodes_seen
+
+
+def _play_vector(envs: SlotGardenVectorEnv, episodes: int) -> tuple[list, list, list]:
+    """As ``_play_single``, for one environment of a vector env that autoresets."""
+    next_step = envs.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    generator = torch.Generator().manual_seed(0)
+    acted, finals, episodes_seen = [], [], []
+    obs, _ = envs.reset(seed=7)
+    length, total, restarting = 0, 0.0, False
+    while len(episodes_seen) < episodes:
+        if restarting:  # NEXT_STEP: this step restarts the environment and ignores the action
+            obs, reward, terminated, truncated, info = envs.step(np.full((1, 8), 99))
+            assert reward.tolist() == [0.0] and not terminated[0] and not truncated[0]
+            assert obs["obs"][0, 0] == 0.0  # the new episode's first observation (progress 0)
+            restarting = False
+            continue
+        acted.append({key: value[0] for key, value in obs.items()})
+        obs, reward, terminated, truncated, info = envs.step(_random_numpy(obs, 4, generator))
+        assert not truncated[0]
+        length, total = length + 1, total + float(reward[0])
+        if terminated[0]:
+            final = obs if next_step else info["final_obs"]
+            finals.append({key: value[0] for key, value in final.items()})
+            episodes_seen.append((length, total, float(info["episode_return"][0])))
+            length, total, restarting = 0, 0.0, next_step
+    return acted, finals, episodes_seen
+
+
+@pytest.mark.parametrize("mode", AUTORESET_MODES)
+def test_vector_env_plays_the_single_envs_episodes(mode: AutoresetMode) -> None:
+    """In both autoreset modes, one environment of the vector env and the single env see the
+    same observations and end the same episodes, with the same lengths and returns."""
+    single = _play_single(SlotGardenGymEnv(**GARDEN), episodes=3)
+    vector = _play_vector(SlotGardenVectorEnv(num_envs=1, autoreset_mode=mode, **GARDEN), 3)
+    for name, a, b in zip(("acted on", "final"), single[:2], vector[:2]):
+        assert len(a) == len(b), name
+        for step, (obs_a, obs_b) in enumerate(zip(a, b)):
+            _assert_same_obs(obs_a, obs_b, f"{name} @ {step}")
+    assert single[2] == vector[2]
+    assert [length for length, *_ in single[2]] == [5, 5, 5]
+    assert len({episode_return for *_, episode_return in single[2]}) == 3  # not all the same
+
+
+@pytest.mark.parametrize("mode", AUTORESET_MODES)
+def test_vector_env_autoresets_as_gymnasiums_sync_vector_env(mode: AutoresetMode) -> None:
+    """Step for step equal to gymnasium's own ``SyncVectorEnv`` of single environments in
+    the same autoreset mode (its reference implementation of the mode)."""
+    ours = SlotGardenVectorEnv(num_envs=1, autoreset_mode=mode, **GARDEN)
+    reference = gym.vector.SyncVectorEnv(
+        [lambda: SlotGardenGymEnv(**GARDEN)], autoreset_mode=mode
+    )
+    obs, _ = ours.reset(seed=7)
+    ref_obs, _ = reference.reset(seed=7)
+    generator = torch.Generator().manual_seed(1)
+    ends = 0
+    for step in range(3 * GARDEN["episode_length"] + 2):
+        _assert_same_obs(obs, ref_obs, f"@ {step}")
+        action = _random_numpy(obs, 4, generator)
+        obs, reward, terminated, truncated, info = ours.step(action)
+        ref_obs, ref_reward, ref_terminated, ref_truncated, ref_info = reference.step(action)
+        np.testing.assert_array_equal(reward, ref_reward, err_msg=f"reward @ {step}")
+        assert terminated.tolist() == ref_terminated.tolist(), step
+        assert truncated.tolist() == ref_truncated.tolist() == [False], step
+        if terminated[0]:
+            ends += 1
+            if mode == AutoresetMode.SAME_STEP:  # the last step's info is in final_info
+                final = {key: value[0] for key, value in info["final_obs"].items()}
+                _assert_same_obs(final, ref_info["final_obs"][0], f"final @ {step}")
+                ref_info = ref_info["final_info"]
+                assert info["final_info"]["episode_return"][0] == ref_info["episode_return"][0]
+            assert info["episode_return"][0] == ref_info["episode_return"][0]
+    assert ends == 3
+
+
+@pytest.mark.parametrize("mode", AUTORESET_MODES)
+def test_episode_statistics_count_every_step(mode: AutoresetMode) -> None:
+    """gymnasium's ``RecordEpisodeStatistics`` (which reads ``metadata["autoreset_mode"]``,
+    and assumes NEXT_STEP without it) counts 16 steps in episodes of 16 and the returns the
+    env reports; a consumer that miscounted the autoreset saw 15.25 on average."""
+    envs = gym.make_vec(
+        GYM_ENV_ID, num_envs=4, vectorization_mode="vector_entry_point", episode_length=16,
+        autoreset_mode=mode,
+    )
+    assert envs.metadata["autoreset_mode"] == mode
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    obs, _ = envs.reset(seed=0)
+    reported = []
+    for _ in range(3 * 16 + 2):
+        obs, _, terminated, _, info = envs.step(_heuristic_numpy(obs, 3))
+        if terminated.any():
+            assert info["episode"]["l"][terminated].tolist() == [16] * 4
+            np.testing.assert_allclose(
+                info["episode"]["r"][terminated], info["episode_return"][terminated], rtol=1e-5
+            )
+            reported.extend(info["episode_return"][terminated].tolist())
+    assert len(reported) == 12 and len(envs.length_queue) == 12
+    assert set(envs.length_queue) == {16}
+
+
+def test_next_step_restarts_each_environment_on_its_own() -> None:
+    """Unequal episode lengths: an environment restarts at the step after its episode ends,
+    ignoring its action (an invalid one does not raise), while the others play on."""
+    envs = SlotGardenVectorEnv(
+        num_envs=4, rows=1, cols=3, episode_length=6, min_episode_length=2,
+        invalid_action="raise",
+    )
+    assert envs.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    obs, _ = envs.reset(seed=0)
+    lengths = envs.garden.episode_lengths.tolist()
+    counted, length, restarting = [], np.zeros(4, dtype=int), np.zeros(4, dtype=bool)
+    for _ in range(30):
+        actions = _heuristic_numpy(obs, 3)
+        actions[restarting, OP] = 99  # ignored: these environments restart this step
+        obs, reward, terminated, truncated, info = envs.step(actions)
+        assert not truncated.any()
+        assert np.all(reward[restarting] == 0.0) and not terminated[restarting].any()
+        assert np.all(obs["obs"][restarting, 0] == 0.0)  # their new episodes' first step
+        assert not info["invalid_action"].any()
+        for env in np.flatnonzero(restarting):  # the length drawn for the new episode
+            lengths[env] = int(envs.garden.episode_lengths[env])
+        length[~restarting] += 1
+        for env in np.flatnonzero(terminated):
+            counted.append((int(length[env]), lengths[env]))
+            assert obs["obs"][env, 0] == 1.0  # the last observation: progress t / T = 1
+        length[terminated] = 0
+        restarting = terminated
+    assert len(counted) >= 8 and len({drawn for _, drawn in counted}) > 1
+    assert all(steps == drawn for steps, drawn in counted)
+
+
+def test_a_refused_step_leaves_the_restarts_pending() -> None:
+    envs = SlotGardenVectorEnv(
+        num_envs=3, rows=1, cols=3, episode_length=4, min_episode_length=2,
+        invalid_action="raise",
+    )
+    envs.reset(seed=0)
+    wait = np.zeros((3, 8), dtype=np.int64)
+    for _ in range(20):  # until some environments, not all, end an episode
+        _, _, terminated, _, _ = envs.step(wait)
+        if terminated.any() and not terminated.all():
+            break
+    assert terminated.any() and not terminated.all()
+    bad = wait.copy()
+    bad[~terminated, OP] = int(Op.FOSSILIZE)  # nothing holds: invalid where not restarting
+    with pytest.raises(ValueError, match="invalid action"):
+        envs.step(bad)
+    obs, reward, again, _, _ = envs.step(wait)  # the restart the refused step did not do
+    assert np.all(obs["obs"][terminated, 0] == 0.0) and np.all(reward[terminated] == 0.0)
+    assert not again[terminated].any()
+
+
+def test_same_step_autoresets_in_the_step_that_ends_the_episode() -> None:
+    envs = SlotGardenVectorEnv(
+        num_envs=4, rows=1, cols=3, episode_length=6, min_episode_length=3,
+        autoreset_mode="SameStep",
+    )
+    assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+    assert SlotGardenVectorEnv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
     obs, _ = envs.reset(seed=0)
     ended = np.zeros(4, dtype=bool)
     for _ in range(6):
@@ -98,12 +309,22 @@ def test_vector_env_autoresets_in_the_same_step() -> None:
         assert not truncated.any()
         if terminated.any():
             assert info["_final_obs"].tolist() == terminated.tolist()
+            assert info["_final_info"].tolist() == terminated.tolist()
             # the new episode starts at t = 0: its progress feature is 0
             assert np.all(obs["obs"][terminated, 0] == 0.0)
+            assert np.all(info["final_obs"]["obs"][terminated, 0] == 1.0)
             assert np.all(np.isfinite(info["episode_return"][terminated]))
             assert np.all(np.isnan(info["episode_return"][~terminated]))
         ended |= terminated
     assert ended.all()
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.DISABLED, "next_step", "NEXT_STEP", 1, None])
+def test_unsupported_autoreset_mode_is_named(mode: object) -> None:
+    with pytest.raises(ValueError, match=r"autoreset_mode must be one of AutoresetMode\.NEXT_STEP, "
+                       r"AutoresetMode\.SAME_STEP \(or their values 'NextStep', 'SameStep'\), got "
+                       + re.escape(repr(mode))):
+        SlotGardenVectorEnv(num_envs=2, autoreset_mode=mode)  # type: ignore[arg-type]
 
 
 def test_action_mask_matches_the_torch_env_masks() -> None:

@@ -21,12 +21,8 @@ from slotformer.envs import (
     heuristic_policy,
     random_valid_policy,
 )
-from slotformer.envs.slot_garden import (
-    SLOT_ACTIVE,
-    SLOT_ESTIMATE,
-    SLOT_STAGE,
-    TEMPO_TRAINING_STEPS,
-)
+from slotformer.envs.observation import SLOT_ACTIVE, SLOT_ESTIMATE, SLOT_STAGE
+from slotformer.envs.rules import TEMPO_TRAINING_STEPS
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, BlueprintAction, Op, Tempo
 from slotformer.validation import validation
 
@@ -402,6 +398,58 @@ def test_unequal_lengths_step_without_host_sync(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.undo()
     dones_t = torch.stack(dones)
     assert dones_t.any() and not torch.equal(dones_t.any(1), dones_t.all(1))  # ends apart
+
+
+def test_hold_keeps_the_held_environments_as_they_were() -> None:
+    """A held environment ignores its action (an invalid one too) and keeps its state,
+    observation and clock, with reward 0 and done False; the others step exactly as they
+    would without the hold (the draws do not depend on it)."""
+    env = SlotGardenEnv(6, SlotConfig.for_grid(2, 2), episode_length=7, seed=3,
+                        min_episode_length=2, final_observation=True)
+    generator = torch.Generator().manual_seed(0)
+    out = env.reset()
+    held_steps = 0
+    for step in range(40):
+        hold = torch.rand(6, generator=generator) < 0.4
+        actions = random_valid_policy(out, generator)
+        if step % 2:  # a valid action (which would change the state) or a bad op: ignored
+            actions[hold, -1] = 99
+        twin, before = env.clone(), env.get_state()
+        held = env.step(actions, hold=hold)
+        free = twin.step(torch.where(hold.unsqueeze(-1), 0, actions))  # WAIT where held
+        after = env.get_state()
+        for name in env._STATE_NAMES:
+            assert torch.equal(after[name][hold], before[name][hold]), (name, step)
+            assert torch.equal(after[name][~hold], twin.get_state()[name][~hold]), (name, step)
+        assert torch.equal(held.obs[hold], out.obs[hold])
+        assert torch.equal(held.masks["op"][hold], out.masks["op"][hold])
+        assert (held.reward[hold] == 0).all() and not held.done[hold].any()
+        assert held.episode_return[hold].isnan().all()
+        live = ((after["stage"] >= SeedStage.GERMINATED) & (after["stage"] <= SeedStage.HOLDING))
+        assert torch.equal(held.info["num_live"][hold], live.sum(-1).float()[hold])
+        assert torch.equal(held.info["host_score"][hold], before["score"][hold])
+        for name in ("obs", "reward", "done", "slot_by_op", "blueprint_indices"):
+            a, b = getattr(held, name)[~hold], getattr(free, name)[~hold]
+            assert torch.equal(a.nan_to_num(), b.nan_to_num()), (name, step)
+        assert torch.equal(held.info["final_obs"][hold], out.obs[hold])
+        held_steps += int(hold.any())
+        out = held
+    assert held_steps > 30
+
+
+def test_hold_is_refused_where_it_cannot_work() -> None:
+    env = SlotGardenEnv(3, episode_length=5)
+    env.reset()
+    wait = torch.zeros(3, 8, dtype=torch.long)
+    with pytest.raises(ValueError, match="hold needs min_episode_length"):
+        env.step(wait, hold=torch.zeros(3, dtype=torch.bool))
+    env = SlotGardenEnv(3, episode_length=5, min_episode_length=2)
+    env.reset()
+    with pytest.raises(ValueError, match=r"hold has shape \(2,\), dtype torch.bool and device "
+                       r"cpu, expected bool \[3\] on cpu"):
+        env.step(wait, hold=torch.zeros(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"dtype torch\.int64"):
+        env.step(wait, hold=torch.zeros(3, dtype=torch.long))
 
 
 def test_reward_is_score_change_minus_rent() -> None:

@@ -23,7 +23,7 @@ from torchrl.objectives.value import GAE
 
 from slotformer import SlotConfig, create_policy
 from slotformer.envs import SlotGardenEnv, heuristic_policy
-from slotformer.envs.slot_garden import BASE_PROGRESS
+from slotformer.envs.observation import BASE_PROGRESS
 from slotformer.integrations.torchrl import (
     RECURRENT_STATE_KEYS,
     FactoredMaskedDistribution,

@@ -5,7 +5,8 @@
 slotformer's networks. With the ``gym`` extra (``pip install "slotformer[gym]"``) it is also a
 gymnasium environment, registered as ``slotformer/SlotGarden-v0`` (a single environment,
 ``gymnasium.make``) with a native vector environment (``gymnasium.make_vec``); see
-:mod:`slotformer.envs.gym`.
+:mod:`slotformer.envs.gym`. In a process that has not imported slotformer, the id
+``"slotformer.envs:slotformer/SlotGarden-v0"`` makes gymnasium import this package first.
 
 Example:
     >>> import torch
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import importlib.util
 
+from slotformer.envs.dynamics import SlotGardenEnv
+from slotformer.envs.observation import StepOutput
 from slotformer.envs.policies import evaluate_policy, heuristic_policy, random_valid_policy
-from slotformer.envs.slot_garden import SeedStage, SlotGardenEnv, StepOutput
+from slotformer.envs.rules import SeedStage
 
 __all__ = [
     "GYM_ENV_ID",
@@ -32,7 +35,8 @@ __all__ = [
 ]
 
 GYM_ENV_ID = "slotformer/SlotGarden-v0"
-"""The gymnasium id of Slot Garden (registered when gymnasium is installed)."""
+"""The gymnasium id of Slot Garden, registered by importing this package when gymnasium is
+installed (``"slotformer.envs:" + GYM_ENV_ID`` has gymnasium do the import)."""
 
 if importlib.util.find_spec("gymnasium") is not None:
     from slotformer.envs.gym import register_envs

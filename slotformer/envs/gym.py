@@ -1,12 +1,14 @@
 """Slot Garden as a gymnasium environment: a single environment and a native vector one.
 
 Needs the ``gym`` extra (``pip install "slotformer[gym]"``). Importing :mod:`slotformer.envs`
-registers both under :data:`~slotformer.envs.GYM_ENV_ID` (``"slotformer/SlotGarden-v0"``)::
+registers both under :data:`~slotformer.envs.GYM_ENV_ID` (``"slotformer/SlotGarden-v0"``). A
+process that never imports slotformer (a Ray worker, a subprocess) names the module in front
+of the id, and gymnasium imports it before looking the id up (gymnasium 1.x reads no plugin
+entry points, so nothing can register the bare id without that import)::
 
     import gymnasium as gym
-    import slotformer.envs  # registers the id
-    env = gym.make("slotformer/SlotGarden-v0", rows=1, cols=3)
-    envs = gym.make_vec("slotformer/SlotGarden-v0", num_envs=16,
+    env = gym.make("slotformer.envs:slotformer/SlotGarden-v0", rows=1, cols=3)
+    envs = gym.make_vec("slotformer.envs:slotformer/SlotGarden-v0", num_envs=16,
                         vectorization_mode="vector_entry_point")
 
 Both step a :class:`~slotformer.envs.SlotGardenEnv` (torch, on the CPU) and hand numpy arrays
@@ -36,10 +38,9 @@ the reward is what WAIT earns, ``info["invalid_action"]`` is True); ``"raise"`` 
 
 **Episodes.** Episodes have a fixed length (``episode_length``, with the time left in the
 observation), so the end of one is ``terminated`` (a true end of the task, nothing to
-bootstrap), never ``truncated``. The vector environment resets finished environments in the
-same step (gymnasium's ``AutoresetMode.SAME_STEP``): the returned observation is the new
-episode's first, and ``info["final_obs"]`` (with ``info["_final_obs"]``, the environments it
-holds) the finished episode's last.
+bootstrap), never ``truncated``. The vector environment restarts a finished environment in
+gymnasium's ``AutoresetMode.NEXT_STEP`` (the default) or ``SAME_STEP``: its
+``autoreset_mode`` argument, advertised in ``metadata["autoreset_mode"]``.
 
 **Seeding.** ``table_seed`` fixes the world (the neighbour-affinity and style tables that
 make some placements better than others), so a policy can learn it; ``reset(seed=...)``
@@ -56,11 +57,15 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from slotformer.actions import ActionSpace
 from slotformer.config import SlotConfig
-from slotformer.envs.slot_garden import DEFAULT_RENT, MAX_SLOTS, SlotGardenEnv, StepOutput
+from slotformer.envs.dynamics import SlotGardenEnv
+from slotformer.envs.observation import StepOutput
+from slotformer.envs.rules import DEFAULT_RENT, MAX_SLOTS
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, NUM_BLUEPRINTS, NUM_OPS, Op
 
 __all__ = [
+    "AUTORESET_MODES",
     "SlotGardenGymEnv",
     "SlotGardenVectorEnv",
     "register_envs",
@@ -69,36 +74,8 @@ __all__ = [
 
 InvalidAction = Literal["wait", "raise"]
 _OP_COLUMN = HEAD_NAMES.index("op")
-
-
-def _check_grid(rows: int, cols: int) -> SlotConfig:
-    for name, value in (("rows", rows), ("cols", cols)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if rows * cols > MAX_SLOTS:
-        raise ValueError(
-            f"rows x cols = {rows} x {cols} = {rows * cols} slots, expected at most {MAX_SLOTS}"
-        )
-    return SlotConfig.for_grid(rows, cols)
-
-
-def _check_invalid_action(invalid_action: str) -> InvalidAction:
-    if invalid_action not in ("wait", "raise"):
-        raise ValueError(f"invalid_action must be 'wait' or 'raise', got {invalid_action!r}")
-    return invalid_action  # type: ignore[return-value]
-
-
-def _single_spaces(garden: SlotGardenEnv) -> tuple[spaces.Dict, spaces.MultiDiscrete]:
-    """The observation and action space of one environment."""
-    n = garden.num_slots
-    sizes = [garden.action_space.sizes[name] for name in HEAD_NAMES]
-    observation = spaces.Dict({
-        "obs": spaces.Box(-np.inf, np.inf, (garden.observation_layout.state_dim,), np.float32),
-        "blueprint_indices": spaces.Box(-1, NUM_BLUEPRINTS - 1, (n,), np.int64),
-        "action_mask": spaces.MultiBinary(sum(sizes)),
-        "slot_by_op": spaces.MultiBinary([NUM_OPS, n]),
-    })
-    return observation, spaces.MultiDiscrete(np.array(sizes, dtype=np.int64))
+AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
+"""The autoreset modes :class:`SlotGardenVectorEnv` supports (the first is its default)."""
 
 
 def _flat_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -126,10 +103,7 @@ def split_action_mask(
         >>> {k: tuple(v.shape) for k, v in split_action_mask(mask).items()}["op"]
         (2, 6)
     """
-    if head_sizes is None:
-        from slotformer.actions import ActionSpace
-
-        head_sizes = ActionSpace.default(num_slots).sizes
+    head_sizes = ActionSpace.default(num_slots).sizes if head_sizes is None else head_sizes
     total = sum(head_sizes.values())
     if action_mask.shape[-1] != total:
         raise ValueError(
@@ -165,11 +139,14 @@ def _as_action_tensor(action: Any, num_envs: int) -> torch.Tensor:
 
 
 def _checked_actions(
-    garden: SlotGardenEnv, actions: torch.Tensor, invalid_action: InvalidAction
+    garden: SlotGardenEnv, actions: torch.Tensor, invalid_action: InvalidAction,
+    ignored: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Actions with invalid ones turned into WAIT (or a ``ValueError``), and the invalid flags."""
-    valid = garden.action_validity(actions)  # [E]
-    invalid = (~valid).numpy()
+    """Actions with invalid ones turned into WAIT (or a ``ValueError``), and the invalid flags
+    ``[E]``; the actions of the ``ignored [E]`` environments count as valid."""
+    invalid = (~garden.action_validity(actions)).numpy()
+    if ignored is not None:
+        invalid &= ~ignored
     if invalid.any():
         if invalid_action == "raise":
             env = int(np.flatnonzero(invalid)[0])
@@ -179,11 +156,61 @@ def _checked_actions(
                 "actions into WAIT"
             )
         actions = actions.clone()
-        actions[~valid, _OP_COLUMN] = int(Op.WAIT)
+        actions[torch.as_tensor(invalid), _OP_COLUMN] = int(Op.WAIT)
     return actions, invalid
 
 
-class SlotGardenGymEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+class _GardenWrapper:
+    """What both wrappers share: the torch environment, seeding and the current masks."""
+
+    _garden: SlotGardenEnv
+    _last: StepOutput | None  # the state behind the last observation returned (None: reset)
+
+    def _setup(
+        self, num_envs: int, rows: int, cols: int, invalid_action: str, **garden_kwargs: Any
+    ) -> tuple[spaces.Dict, spaces.MultiDiscrete]:
+        """Build the torch environment; return one environment's observation and action space."""
+        if invalid_action not in ("wait", "raise"):
+            raise ValueError(f"invalid_action must be 'wait' or 'raise', got {invalid_action!r}")
+        for name, value in (("rows", rows), ("cols", cols)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if rows * cols > MAX_SLOTS:
+            raise ValueError(
+                f"rows x cols = {rows} x {cols} = {rows * cols} slots, expected at most {MAX_SLOTS}"
+            )
+        self.invalid_action: InvalidAction = invalid_action  # type: ignore[assignment]
+        self._garden = garden = SlotGardenEnv(
+            num_envs, SlotConfig.for_grid(rows, cols), final_observation=True, **garden_kwargs
+        )
+        self._last = None
+        sizes = [garden.action_space.sizes[name] for name in HEAD_NAMES]
+        observation = spaces.Dict({
+            "obs": spaces.Box(-np.inf, np.inf, (garden.observation_layout.state_dim,), np.float32),
+            "blueprint_indices": spaces.Box(-1, NUM_BLUEPRINTS - 1, (garden.num_slots,), np.int64),
+            "action_mask": spaces.MultiBinary(sum(sizes)),
+            "slot_by_op": spaces.MultiBinary([NUM_OPS, garden.num_slots]),
+        })
+        return observation, spaces.MultiDiscrete(np.array(sizes, dtype=np.int64))
+
+    @property
+    def garden(self) -> SlotGardenEnv:
+        """The underlying batched torch environment."""
+        return self._garden
+
+    def _reset_garden(self, seed: int | None) -> StepOutput:
+        if seed is not None:
+            self._garden.generator.manual_seed(seed)
+        self._last = self._garden.reset()
+        return self._last
+
+    def _current_masks(self) -> np.ndarray:
+        if self._last is None:
+            raise RuntimeError("action_masks() needs a current state: call reset() first")
+        return _flat_mask(self._last.masks).numpy()
+
+
+class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray]):
     """One Slot Garden environment behind gymnasium's ``Env`` API.
 
     Args:
@@ -219,29 +246,18 @@ class SlotGardenGymEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ) -> None:
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        self.invalid_action = _check_invalid_action(invalid_action)
         self.render_mode = render_mode
-        self._garden = SlotGardenEnv(
-            num_envs=1, slot_config=_check_grid(rows, cols), episode_length=episode_length,
-            rent=rent, table_seed=table_seed, final_observation=True,
+        observation_space, self.action_space = self._setup(
+            1, rows, cols, invalid_action, episode_length=episode_length, rent=rent,
+            table_seed=table_seed,
         )
-        observation_space, self.action_space = _single_spaces(self._garden)
         self.observation_space = observation_space  # type: ignore[assignment]
-        self._last: StepOutput | None = None
-
-    @property
-    def garden(self) -> SlotGardenEnv:
-        """The underlying batched torch environment (one environment)."""
-        return self._garden
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        if seed is not None:
-            self._garden.generator.manual_seed(seed)
-        self._last = self._garden.reset()
-        return _numpy_observation(self._last, 0), {}
+        return _numpy_observation(self._reset_garden(seed), 0), {}
 
     def step(
         self, action: np.ndarray
@@ -270,9 +286,7 @@ class SlotGardenGymEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     def action_masks(self) -> np.ndarray:
         """Bool ``[sum of head sizes]``: the flat per-head mask (sb3-contrib's hook)."""
-        if self._last is None:
-            raise RuntimeError("action_masks() needs a current state: call reset() first")
-        return _flat_mask(self._last.masks)[0].numpy()
+        return self._current_masks()[0]
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
@@ -290,33 +304,50 @@ class SlotGardenGymEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return f"t={int(garden.t[0])} score={float(garden.score[0]):.3f}\n{body}"
 
 
-class SlotGardenVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
+class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
     """``num_envs`` Slot Garden environments stepped as one batch (gymnasium ``VectorEnv``).
 
     One :class:`~slotformer.envs.SlotGardenEnv` steps all of them in torch, so this is much
-    faster than a ``SyncVectorEnv`` of single environments. Finished environments reset in
-    the same step (``AutoresetMode.SAME_STEP``; ``info["final_obs"]`` holds the last
-    observation). Arguments as :class:`SlotGardenGymEnv`, plus:
+    faster than a ``SyncVectorEnv`` of single environments. Arguments as
+    :class:`SlotGardenGymEnv`, plus:
 
     Args:
         num_envs: E.
         min_episode_length: None (all episodes last ``episode_length`` and end together) or
             the shortest episode (lengths drawn per episode, so environments end apart).
+        autoreset_mode: how a finished environment restarts, a gymnasium ``AutoresetMode``
+            (or its value, ``"NextStep"`` / ``"SameStep"``), advertised in
+            ``metadata["autoreset_mode"]``:
+
+            * ``NEXT_STEP`` (the default): the step that ends an episode returns its last
+              observation, ``terminated`` and ``info["episode_return"]``; the next step
+              restarts that environment, ignoring its action: it returns the new episode's
+              first observation, reward 0 and ``terminated``/``truncated`` False. The
+              default because it is gymnasium's (its own vector envs use it, and its vector
+              wrappers assume it when a vector env does not say): a consumer that ignores
+              the metadata counts episodes correctly.
+            * ``SAME_STEP``: the step that ends an episode already returns the new episode's
+              first observation; the finished one's last is ``info["final_obs"]``, its last
+              step's info ``info["final_info"]`` (``info["_final_obs"]`` and
+              ``info["_final_info"]`` mark the environments). No step is spent restarting,
+              but a consumer that assumes NEXT_STEP loses a step of every episode.
+
+            Through ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")`` it
+            is a keyword argument like the others (gymnasium passes ``vector_kwargs`` only
+            to its own ``SyncVectorEnv`` / ``AsyncVectorEnv``).
 
     Example:
         >>> envs = SlotGardenVectorEnv(num_envs=4, rows=2, cols=2, episode_length=8)
         >>> obs, info = envs.reset(seed=0)
-        >>> obs["obs"].shape, envs.action_masks().shape
-        ((4, 147), (4, 42))
+        >>> obs["obs"].shape, envs.action_masks().shape, envs.metadata["autoreset_mode"].name
+        ((4, 147), (4, 42), 'NEXT_STEP')
         >>> obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
         >>> reward.shape
         (4,)
     """
 
-    metadata = {  # noqa: RUF012 (gymnasium's class attribute)
-        "render_modes": [],
-        "autoreset_mode": AutoresetMode.SAME_STEP,
-    }
+    # gymnasium's class attribute (the default mode); an instance gets a copy with its own.
+    metadata = {"render_modes": [], "autoreset_mode": AUTORESET_MODES[0]}  # noqa: RUF012
 
     def __init__(
         self,
@@ -329,28 +360,33 @@ class SlotGardenVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarra
         invalid_action: InvalidAction = "wait",
         min_episode_length: int | None = None,
         render_mode: str | None = None,
+        autoreset_mode: AutoresetMode | str = AUTORESET_MODES[0],
     ) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode must be None for the vector env, got {render_mode!r}")
-        self.invalid_action = _check_invalid_action(invalid_action)
-        self._garden = SlotGardenEnv(
-            num_envs=num_envs, slot_config=_check_grid(rows, cols),
-            episode_length=episode_length, rent=rent, table_seed=table_seed,
-            min_episode_length=min_episode_length, final_observation=True,
+        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else None
+        if mode is None and isinstance(autoreset_mode, str):
+            mode = next((m for m in AutoresetMode if autoreset_mode == m.value), None)
+        if mode not in AUTORESET_MODES:
+            raise ValueError(
+                f"autoreset_mode must be one of {', '.join(str(m) for m in AUTORESET_MODES)} "
+                f"(or their values {', '.join(repr(m.value) for m in AUTORESET_MODES)}), got "
+                f"{autoreset_mode!r}"
+            )
+        self.autoreset_mode: AutoresetMode = mode
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        self.single_observation_space, self.single_action_space = self._setup(
+            num_envs, rows, cols, invalid_action, episode_length=episode_length, rent=rent,
+            table_seed=table_seed, min_episode_length=min_episode_length,
         )
         self.num_envs = num_envs
         self.render_mode = render_mode
-        self.single_observation_space, self.single_action_space = _single_spaces(self._garden)
         self.observation_space = gym.vector.utils.batch_space(
             self.single_observation_space, num_envs
         )
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self._last: StepOutput | None = None
-
-    @property
-    def garden(self) -> SlotGardenEnv:
-        """The underlying batched torch environment."""
-        return self._garden
+        self._out: StepOutput | None = None  # the torch environment's latest output
+        self._restarting = np.zeros(num_envs, dtype=bool)  # NEXT_STEP: restart at the next step
 
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
@@ -361,41 +397,48 @@ class SlotGardenVectorEnv(VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarra
                 f"list of {len(seed)}"
             )
         super().reset(seed=seed)
-        if seed is not None:
-            self._garden.generator.manual_seed(seed)
-        self._last = self._garden.reset()
-        return _numpy_observation(self._last), {}
+        self._out = self._reset_garden(seed)
+        self._restarting = np.zeros(self.num_envs, dtype=bool)
+        return _numpy_observation(self._out), {}
 
     def step(
         self, actions: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if self._last is None:
+        if self._out is None:
             raise RuntimeError("SlotGardenVectorEnv.step called before reset()")
-        checked, invalid = _checked_actions(
-            self._garden, _as_action_tensor(actions, self.num_envs), self.invalid_action
+        action_tensor = _as_action_tensor(actions, self.num_envs)
+        restarting, no = self._restarting, np.zeros(self.num_envs, dtype=bool)
+        if restarting.all():
+            # Every environment restarts (with equal episode lengths, all of them always do):
+            # the torch environment began their new episodes when the last ones ended.
+            self._last, self._restarting = self._out, no
+            obs, reward = _numpy_observation(self._out), np.zeros(self.num_envs, np.float32)
+            return obs, reward, no.copy(), no.copy(), {"invalid_action": no.copy()}
+        checked, invalid = _checked_actions(  # raises before anything changes
+            self._garden, action_tensor, self.invalid_action, ignored=restarting
         )
-        out = self._garden.step(checked)
-        self._last = out
+        self._restarting = no
+        # The restarting environments sit the step out on their new episode's first state.
+        hold = torch.as_tensor(restarting) if restarting.any() else None
+        out = self._out = self._last = self._garden.step(checked, hold=hold)
         terminated = out.done.numpy().copy()
         info: dict[str, Any] = {"invalid_action": invalid}
         if terminated.any():
-            info["final_obs"] = _numpy_observation(self._garden.final_state(out))
-            info["_final_obs"] = terminated.copy()
-            info["episode_return"] = np.where(terminated, out.episode_return.numpy(), np.nan)
-            info["_episode_return"] = terminated.copy()
-        return (
-            _numpy_observation(out),
-            out.reward.numpy().copy(),
-            terminated,
-            np.zeros(self.num_envs, dtype=bool),
-            info,
-        )
+            episode_return = np.where(terminated, out.episode_return.numpy(), np.nan)
+            ended = {"episode_return": episode_return, "_episode_return": terminated.copy()}
+            info.update(ended)
+            if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+                self._last = self._garden.final_state(out)  # their new episodes come next step
+                self._restarting = terminated.copy()
+            else:
+                info["final_obs"] = _numpy_observation(self._garden.final_state(out))
+                info["final_info"] = {key: value.copy() for key, value in ended.items()}
+                info["_final_obs"], info["_final_info"] = terminated.copy(), terminated.copy()
+        return _numpy_observation(self._last), out.reward.numpy().copy(), terminated, no, info
 
     def action_masks(self) -> np.ndarray:
-        """Bool ``[E, sum of head sizes]``: the flat per-head masks of every environment."""
-        if self._last is None:
-            raise RuntimeError("action_masks() needs a current state: call reset() first")
-        return _flat_mask(self._last.masks).numpy()
+        """Bool ``[E, sum of head sizes]``: the flat per-head masks of the last observation."""
+        return self._current_masks()
 
 
 def register_envs() -> None:

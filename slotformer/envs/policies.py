@@ -14,16 +14,15 @@ from torch import Tensor
 
 from slotformer.actions import ActionSpace, canonicalize_masks
 from slotformer.config import ObservationLayout
-from slotformer.envs.slot_garden import (
+from slotformer.envs.dynamics import SlotGardenEnv
+from slotformer.envs.observation import (
     BASE_PROGRESS,
-    BLUEPRINT_MEAN_QUALITY,
-    ESTIMATE_NOISE_STD,
     SLOT_CONFIDENCE,
     SLOT_ESTIMATE,
     SLOT_NEIGHBOUR_ESTIMATE,
-    SlotGardenEnv,
     StepOutput,
 )
+from slotformer.envs.rules import BLUEPRINT_MEAN_QUALITY, ESTIMATE_NOISE_STD
 from slotformer.presets.seed_lifecycle import AlphaCurve, AlphaSpeed, AlphaTarget, Op, Style, Tempo
 
 PolicyFn = Callable[[StepOutput], Tensor]
@@ -123,20 +122,12 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
         op = torch.where(where, int(target_op), op)
         slot = torch.where(where, chosen, slot)
 
-    def constant(value: int) -> Tensor:
-        return torch.full((num_envs,), value, dtype=torch.long, device=obs.device)
-
+    # Every seed it plants: SIGMOID_ADD style, STANDARD tempo, FULL target, INSTANT and LINEAR.
+    fixed = (Style.SIGMOID_ADD, Tempo.STANDARD, AlphaTarget.FULL, AlphaSpeed.INSTANT,
+             AlphaCurve.LINEAR)
+    fixed_heads = torch.tensor(fixed, dtype=torch.long, device=obs.device).expand(num_envs, -1)
     blueprint = torch.where(op == Op.GERMINATE, blueprint, 0)
-    return torch.stack([
-        slot,
-        blueprint,
-        constant(Style.SIGMOID_ADD),
-        constant(Tempo.STANDARD),
-        constant(AlphaTarget.FULL),
-        constant(AlphaSpeed.INSTANT),
-        constant(AlphaCurve.LINEAR),
-        op,
-    ], dim=-1)  # [E, 8]
+    return torch.cat([slot[:, None], blueprint[:, None], fixed_heads, op[:, None]], -1)  # [E, 8]
 
 
 def evaluate_policy(

@@ -95,8 +95,9 @@ from torchrl.modules import recurrent_mode as torchrl_recurrent_mode
 
 from slotformer.actions import ActionSpace
 from slotformer.config import SlotConfig
+from slotformer.envs import SlotGardenEnv, StepOutput
 from slotformer.envs.policies import random_valid_policy
-from slotformer.envs.slot_garden import DEFAULT_RENT, SlotGardenEnv, StepOutput
+from slotformer.envs.rules import DEFAULT_RENT
 from slotformer.networks.core import ActorCriticCore
 from slotformer.policy.protocol import PolicyBundle
 from slotformer.policy_step import (
