@@ -33,7 +33,6 @@ from slotformer.distributions import (
 from slotformer.layers import (
     BlueprintEmbedding,
     EncoderIntermediates,
-    PointerHead,
     ResidualLSTM,
     SlotAttentionBlock,
     SlotPositionalEncoding,
@@ -53,6 +52,7 @@ from slotformer.networks import (
     FactoredRecurrentActorCritic,
     GetActionResult,
     LSTMConfig,
+    PointerHead,
     PolicyInputs,
     SlotObservation,
     SlotTransformerActorCritic,

@@ -13,7 +13,8 @@ The policy step (`slotformer.policy_step`) applies this at rollout and at update
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -79,6 +80,14 @@ class ActionSpace:
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
         names = [h.name for h in self.heads]
+        sizes = {h.name: h.size for h in self.heads}
+        object.__setattr__(self, "head_names", tuple(names))
+        object.__setattr__(self, "sizes", MappingProxyType(sizes))
+        object.__setattr__(self, "num_ops", sizes.get(self.op_head, 0))
+        object.__setattr__(self, "num_slots", sizes.get(self.pointer_head or "", None))
+        # The policy step's packing of these heads, per device (`PackedHeads.of`): on the
+        # instance, so that torch.compile reads it without hashing the space.
+        object.__setattr__(self, "_packed", {})
         if len(set(names)) != len(names):
             raise ValueError(f"head names must be unique, got {names}")
         if self.op_head not in names:
@@ -96,6 +105,15 @@ class ActionSpace:
                         f"head {head.name!r}: relevant_ops {bad} are outside the op head's "
                         f"range [0, {op.size})"
                     )
+
+    # Pickled (copied, sent to a worker) as its three fields; the rest is derived again.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"heads": self.heads, "op_head": self.op_head, "pointer_head": self.pointer_head}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        self.__post_init__()
 
     @classmethod
     def default(cls, num_slots: int = 3) -> ActionSpace:
@@ -191,25 +209,14 @@ class ActionSpace:
             raise ValueError(f"{where}: 'pointer_head' must be a str or None, got {pointer_head!r}")
         return cls(heads=tuple(specs), op_head=op_head, pointer_head=pointer_head)
 
-    # Plain properties, not functools.cached_property: on Python < 3.12 its __get__ takes an
-    # RLock, which torch.compile(fullgraph=True) cannot trace on first access.
-    @property
-    def head_names(self) -> tuple[str, ...]:
-        return tuple(h.name for h in self.heads)
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        """Number of choices per head name."""
-        return {h.name: h.size for h in self.heads}
-
-    @property
-    def num_ops(self) -> int:
-        return self.sizes[self.op_head]
-
-    @property
-    def num_slots(self) -> int | None:
-        """The pointer head's size (N), or None without a pointer head."""
-        return None if self.pointer_head is None else self.sizes[self.pointer_head]
+    # Derived once, in __post_init__ (plain attributes: no call on the hot path, and
+    # torch.compile(fullgraph=True) reads them without tracing a property).
+    head_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    sizes: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    """Number of choices per head name (read-only)."""
+    num_ops: int = field(init=False, repr=False, compare=False)
+    num_slots: int | None = field(init=False, repr=False, compare=False)
+    """The pointer head's size (N), or None without a pointer head."""
 
     def head(self, name: str) -> HeadSpec:
         """The spec of head ``name``."""
@@ -245,18 +252,6 @@ def _check_keys(where: str, data: object, required: set[str], optional: set[str]
             f"{where} has keys {sorted(data)}: missing {missing}, unknown {unknown}; "
             f"expected {sorted(required)} and optionally {sorted(optional)}"
         )
-
-
-def first_valid_index(mask: Tensor) -> Tensor:
-    """Index of the first True in each row of ``mask [..., n]`` (0 for an all-False row)."""
-    # argmax returns the first maximal index, which for 0/1 values is the first True.
-    return mask.to(torch.uint8).argmax(dim=-1)
-
-
-def select_slot_mask_for_op(slot_by_op: Tensor, ops: Tensor) -> Tensor:
-    """The slot mask for each chosen op: ``slot_by_op [..., num_ops, N]`` at ``ops [...]``."""
-    index = ops.unsqueeze(-1).unsqueeze(-1).expand(*ops.shape, 1, slot_by_op.shape[-1])
-    return slot_by_op.gather(-2, index).squeeze(-2)  # [..., N]
 
 
 def canonicalize_masks(

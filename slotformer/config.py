@@ -57,6 +57,8 @@ class SlotConfig:
     _positions: tuple[tuple[int, int], ...] = field(
         init=False, repr=False, compare=False, hash=False
     )
+    num_slots: int = field(init=False, repr=False, compare=False, hash=False)
+    """N, the number of slots."""
 
     def __post_init__(self) -> None:
         if isinstance(self.slot_ids, str) or not isinstance(self.slot_ids, tuple | list):
@@ -76,6 +78,7 @@ class SlotConfig:
         object.__setattr__(self, "slot_ids", ids)
         object.__setattr__(self, "_index", {s: i for i, s in enumerate(ids)})
         object.__setattr__(self, "_positions", _grid_positions(ids))
+        object.__setattr__(self, "num_slots", len(ids))
 
     @classmethod
     def default(cls) -> SlotConfig:
@@ -88,11 +91,6 @@ class SlotConfig:
         if rows < 1 or cols < 1:
             raise ValueError(f"rows and cols must be >= 1, got rows={rows}, cols={cols}")
         return cls(tuple(f"r{r}c{c}" for r in range(rows) for c in range(cols)))
-
-    @property
-    def num_slots(self) -> int:
-        """N, the number of slots."""
-        return len(self.slot_ids)
 
     def slot_id_for_index(self, index: int) -> str:
         """The id of the slot at action index ``index``."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from slotformer.actions import ActionSpace, first_valid_index, select_slot_mask_for_op
+from slotformer.actions import ActionSpace
 from slotformer.distributions import (
     LOG_PROB_MIN,
     InvalidStateMachineError,
@@ -75,6 +75,18 @@ def floors_by_head(space: ActionSpace, probability_floor: ProbabilityFloor) -> d
     return floors
 
 
+def first_valid_index(mask: Tensor) -> Tensor:
+    """Index of the first True in each row of ``mask [..., n]`` (0 for an all-False row)."""
+    # argmax returns the first maximal index, which for 0/1 values is the first True.
+    return mask.to(torch.uint8).argmax(dim=-1)
+
+
+def select_slot_mask_for_op(slot_by_op: Tensor, ops: Tensor) -> Tensor:
+    """The slot mask for each chosen op: ``slot_by_op [..., num_ops, N]`` at ``ops [...]``."""
+    index = ops.unsqueeze(-1).unsqueeze(-1).expand(*ops.shape, 1, slot_by_op.shape[-1])
+    return slot_by_op.gather(-2, index).squeeze(-2)  # [..., N]
+
+
 @dataclass(frozen=True)
 class PackedHeads:
     """The heads other than the op laid side by side: head ``k`` in row ``k`` of a
@@ -108,14 +120,14 @@ class PackedHeads:
 
     @classmethod
     def of(cls, space: ActionSpace, device: torch.device | str = "cpu") -> PackedHeads:
-        """The packing of ``space`` on ``device`` (cached: one per space and device)."""
-        key = (space, str(device))
-        packed = _PACKED.get(key)
+        """The packing of ``space`` on ``device`` (built once per space and device)."""
+        cache: dict[str, PackedHeads] = space._packed  # type: ignore[attr-defined]
+        packed = cache.get(str(device))
         if packed is None:
             # Not inside inference mode: tensors made there cannot be saved for backward,
             # and the cache outlives a rollout.
             with torch.inference_mode(False):
-                packed = _PACKED[key] = cls._build(space, torch.device(device))
+                packed = cache[str(device)] = cls._build(space, torch.device(device))
         return packed
 
     @classmethod
@@ -176,9 +188,6 @@ class PackedHeads:
         first = torch.arange(self.width, device=masks.device) == first_valid_index(
             masks).unsqueeze(-1)  # [..., K, W]
         return torch.where(self.first_valid, first, self.canonical)
-
-
-_PACKED: dict[tuple[ActionSpace, str], PackedHeads] = {}
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,8 @@ from slotformer.actions import (
     ActionSpace,
     HeadSpec,
     canonicalize_masks,
-    first_valid_index,
-    select_slot_mask_for_op,
 )
+from slotformer.policy_step import first_valid_index, select_slot_mask_for_op
 from slotformer.presets.seed_lifecycle import (
     HEAD_NAMES,
     NUM_BLUEPRINTS,

@@ -15,8 +15,11 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slotformer.layers import EncoderIntermediates
-from slotformer.layers.encoder import SlotAttentionBlock, SlotTransformerEncoder
-from slotformer.layers.positional import SlotPositionalEncoding
+from slotformer.layers.encoder import (
+    SlotAttentionBlock,
+    SlotPositionalEncoding,
+    SlotTransformerEncoder,
+)
 from slotformer.validation import validation
 
 SLOT_DIM = 31

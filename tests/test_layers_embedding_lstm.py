@@ -1,4 +1,4 @@
-"""Tests for BlueprintEmbedding and ResidualLSTM (slotformer/layers/embedding.py, lstm.py)."""
+"""Tests for BlueprintEmbedding and ResidualLSTM (slotformer/layers/encoder.py, lstm.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from slotformer.layers import lstm as lstm_module
-from slotformer.layers.embedding import BlueprintEmbedding
+from slotformer.layers.encoder import BlueprintEmbedding
 from slotformer.layers.lstm import LSTMLayer, ResidualLSTM
 from slotformer.validation import validation
 

@@ -23,7 +23,6 @@ from slotformer.distributions import (
     normalised_entropy,
     sample_actions,
 )
-from slotformer.layers.heads import PointerHead
 from slotformer.networks import (
     ActorCriticCore,
     EvaluateActionsResult,
@@ -32,7 +31,7 @@ from slotformer.networks import (
     SlotTransformerActorCritic,
 )
 from slotformer.networks.lstm import LSTMConfig
-from slotformer.networks.transformer import TransformerConfig
+from slotformer.networks.transformer import PointerHead, TransformerConfig
 from slotformer.presets.seed_lifecycle import (
     HEAD_NAMES,
     AlphaCurve,

@@ -49,6 +49,7 @@ reseeds the trajectories (qualities, estimate noise) only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -84,7 +85,7 @@ def _flat_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def split_action_mask(
-    action_mask: torch.Tensor, head_sizes: dict[str, int] | None = None, num_slots: int = 3
+    action_mask: torch.Tensor, head_sizes: Mapping[str, int] | None = None, num_slots: int = 3
 ) -> dict[str, torch.Tensor]:
     """Split a flat ``action_mask [..., sum of sizes]`` back into slotformer's per-head masks.
 

@@ -39,8 +39,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor, nn
 
 from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
-from slotformer.layers.embedding import BlueprintEmbedding
-from slotformer.layers.encoder import SlotTransformerEncoder
+from slotformer.layers.encoder import BlueprintEmbedding, SlotTransformerEncoder
 
 __all__ = ["SlotTransformerExtractor"]
 

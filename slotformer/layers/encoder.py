@@ -1,5 +1,10 @@
 """The Slot Transformer encoder: one shared embedding per slot, self-attention between slots.
 
+Slot types (blueprint indices) are embedded with a learned null row for empty slots
+(`BlueprintEmbedding`), positions with factorised row and column embeddings
+(`SlotPositionalEncoding`): a grid shape never seen in training is made of known rows and
+columns.
+
 Every slot of every time step becomes a token: ``Linear(slot_features) + position``. A learned
 CLS token is prepended, ``num_layers`` pre-LayerNorm attention blocks mix the tokens, and the
 encoder returns the CLS token (a summary of the grid) and every slot's token.
@@ -26,8 +31,120 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from slotformer.layers.positional import SlotPositionalEncoding
 from slotformer.validation import describe_shape, validation_enabled
+
+EMPTY_SLOT_INDEX = -1
+"""Blueprint index that marks an empty slot."""
+
+
+
+class BlueprintEmbedding(nn.Module):
+    """Embed blueprint indices (``-1`` = empty slot) into ``embed_dim`` features.
+
+    The table has ``num_blueprints + 1`` rows, all initialised from N(0, 0.02); index
+    ``-1`` selects the last row (``null_index == num_blueprints``). The remap is a
+    ``torch.where`` against a non-persistent buffer, so ``forward`` has no host sync and
+    no value-dependent Python branch (it compiles with ``fullgraph=True``), and the buffer
+    follows the module across ``.to(device)``.
+
+    Indices are not checked here: the networks' boundary checks them (their range while
+    validation is on). An out-of-range index is an indexing error on CPU and a device-side
+    assert on CUDA.
+
+    Args:
+        num_blueprints: number of real blueprints (valid indices ``0 .. num_blueprints-1``).
+        embed_dim: size of each embedding vector.
+
+    Shapes:
+        blueprint_indices: ``[...]`` int64 (any leading shape, e.g. ``[B, T, N]``).
+        returns: ``[..., embed_dim]``.
+
+    Example:
+        >>> emb = BlueprintEmbedding(num_blueprints=13, embed_dim=4)
+        >>> out = emb(torch.tensor([[0, 12, -1]]))
+        >>> out.shape
+        torch.Size([1, 3, 4])
+        >>> torch.equal(out[0, 2], emb.embedding.weight[13])
+        True
+    """
+
+    null_index_buffer: Tensor
+
+    def __init__(self, num_blueprints: int = 13, embed_dim: int = 4) -> None:
+        super().__init__()
+        for name, size in (("num_blueprints", num_blueprints), ("embed_dim", embed_dim)):
+            if size < 1:
+                raise ValueError(f"{name} must be >= 1, got {size}")
+        self.num_blueprints = num_blueprints
+        self.embed_dim = embed_dim
+        self.embedding = nn.Embedding(num_blueprints + 1, embed_dim)
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=0.02)
+        # A 0-dim tensor rather than a Python int: torch.where then needs no scalar
+        # materialisation, and the buffer moves with .to(device). Non-persistent because
+        # it is derived from num_blueprints, not learned state.
+        self.register_buffer(
+            "null_index_buffer", torch.tensor(num_blueprints, dtype=torch.int64), persistent=False
+        )
+
+    @property
+    def null_index(self) -> int:
+        """Row of the embedding table used for empty slots (index ``-1``)."""
+        return self.num_blueprints
+
+    def forward(self, blueprint_indices: Tensor) -> Tensor:
+        """Look up embeddings; ``-1`` maps to the null row. ``[...] -> [..., embed_dim]``."""
+        table_indices = torch.where(
+            blueprint_indices == EMPTY_SLOT_INDEX, self.null_index_buffer, blueprint_indices
+        )  # [...]
+        return self.embedding(table_indices)  # [..., embed_dim]
+
+    def extra_repr(self) -> str:
+        return f"num_blueprints={self.num_blueprints}, embed_dim={self.embed_dim}, null_index={self.null_index}"
+
+
+class SlotPositionalEncoding(nn.Module):
+    """Learned row and column embeddings, concatenated.
+
+    Args:
+        max_rows: number of distinct row ids; valid ids are ``0 .. max_rows - 1``.
+        max_cols: number of distinct column ids; valid ids are ``0 .. max_cols - 1``.
+        embed_dim: output width; must be even (half for the row, half for the column).
+
+    Shapes:
+        ``forward(row_ids [N], col_ids [N]) -> [N, embed_dim]`` (integer ids).
+
+    Example:
+        >>> pos = SlotPositionalEncoding(max_rows=2, max_cols=3, embed_dim=8)
+        >>> pos(torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1])).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(self, max_rows: int = 8, max_cols: int = 8, embed_dim: int = 64) -> None:
+        super().__init__()
+        if embed_dim <= 0 or embed_dim % 2 != 0:
+            raise ValueError(
+                f"embed_dim must be a positive even number (half rows, half columns), "
+                f"got embed_dim={embed_dim}"
+            )
+        if max_rows < 1 or max_cols < 1:
+            raise ValueError(
+                f"max_rows and max_cols must be >= 1, got max_rows={max_rows}, max_cols={max_cols}"
+            )
+        self.max_rows = max_rows
+        self.max_cols = max_cols
+        self.embed_dim = embed_dim
+        self.row_embed = nn.Embedding(max_rows, embed_dim // 2)
+        self.col_embed = nn.Embedding(max_cols, embed_dim // 2)
+        # Small like GPT-2's position table: the encoding is added to a unit-scale slot
+        # embedding and should not drown it at initialisation.
+        nn.init.normal_(self.row_embed.weight, std=0.02)
+        nn.init.normal_(self.col_embed.weight, std=0.02)
+
+    def forward(self, row_ids: Tensor, col_ids: Tensor) -> Tensor:
+        """Positional encodings ``[N, embed_dim]`` for slots at ``(row_ids[k], col_ids[k])``,
+        int64 ids in ``[0, max_rows)`` and ``[0, max_cols)`` (not checked here: the network
+        checks a grid once, when it first runs on it)."""
+        return torch.cat([self.row_embed(row_ids), self.col_embed(col_ids)], dim=-1)  # [N, D]
 
 
 @dataclass(frozen=True)

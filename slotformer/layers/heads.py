@@ -1,4 +1,4 @@
-"""Output heads: categorical MLP heads, the four-layer value head, the slot pointer head.
+"""Output heads: categorical MLP heads, the four-layer value head, the contribution MLP.
 
 Both networks build their heads from these builders, so "a head of the baseline's shape"
 means the same code in both places. Weight init lives in one place,
@@ -7,10 +7,7 @@ means the same code in both places. Weight init lives in one place,
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 
 def categorical_head(
@@ -118,47 +115,3 @@ def contribution_mlp(
         *drop(1),
         nn.Linear(h2, out_dim),
     )
-
-
-class PointerHead(nn.Module):
-    """Scores every slot against the temporal state: scaled dot-product cross-attention.
-
-    ``query = Linear(H, D)(temporal) / sqrt(D)``, ``keys = Linear(D, D, bias=False)(slot_repr)``,
-    ``logits = query . keys``. Computed as ``(query @ W_key) . slot_repr``, the same product
-    in another order: the key projection then runs once per step instead of once per slot,
-    and no ``[B, T, N, D]`` key tensor is built or saved for backward (at N = 50 that was
-    26 MB per 32 x 64 minibatch). Scaling the query before the product keeps the logits in
-    range in fp16/bf16. No slot is masked here: which slots are valid comes from the
-    caller's masks (GERMINATE targets empty slots).
-
-    Args:
-        temporal_dim: H, the recurrent core's width.
-        slot_dim: D, the slot representation's width.
-
-    Shapes:
-        ``temporal [B, T, H]``, ``slot_repr [B, T, N, D]`` -> ``logits [B, T, N]``.
-
-    Example:
-        >>> head = PointerHead(temporal_dim=8, slot_dim=4)
-        >>> head(torch.zeros(2, 3, 8), torch.zeros(2, 3, 5, 4)).shape
-        torch.Size([2, 3, 5])
-    """
-
-    def __init__(self, temporal_dim: int, slot_dim: int) -> None:
-        super().__init__()
-        self.query = nn.Linear(temporal_dim, slot_dim)
-        # No key bias: it adds ``query . bias`` to every slot's logit alike, which the softmax
-        # cancels, so its gradient would be zero (rounding noise only) and it would never learn.
-        self.key = nn.Linear(slot_dim, slot_dim, bias=False)
-        self.scale = 1.0 / math.sqrt(slot_dim)
-
-    def forward(self, temporal: Tensor, slot_repr: Tensor) -> Tensor:
-        query = self.query(temporal) * self.scale  # [B, T, D]
-        # q . (W k_n) = (W^T q) . k_n: project the query, not every slot (no key bias).
-        query_in_slot_space = query @ self.key.weight  # [B, T, D]
-        return torch.einsum("btd,btnd->btn", query_in_slot_space, slot_repr)  # [B, T, N]
-
-    @property
-    def output_layer(self) -> nn.Linear:
-        """The layer whose init sets the initial logit scale (for small-gain init)."""
-        return self.key

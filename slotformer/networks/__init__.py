@@ -18,7 +18,11 @@ from slotformer.networks.results import (
     GetActionResult,
     TrunkIntermediates,
 )
-from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
+from slotformer.networks.transformer import (
+    PointerHead,
+    SlotTransformerActorCritic,
+    TransformerConfig,
+)
 
 __all__ = [
     "FLOOR_MODES",
@@ -32,6 +36,7 @@ __all__ = [
     "ForwardResult",
     "GetActionResult",
     "LSTMConfig",
+    "PointerHead",
     "PolicyInputs",
     "SlotContext",
     "SlotObservation",

@@ -160,7 +160,7 @@ class ActorCriticCore(nn.Module, ABC):
         return self.config.value_baseline
 
     @property
-    def head_sizes(self) -> dict[str, int]:
+    def head_sizes(self) -> Mapping[str, int]:
         """Number of choices per head name (any action space)."""
         return self.action_space.sizes
 
@@ -254,6 +254,7 @@ class ActorCriticCore(nn.Module, ABC):
             col_ids=col_ids,
             num_slot_types=self.config.num_slot_types,
             hidden_size=(self.lstm_layers, self.lstm_hidden_dim),
+            num_slots=config.num_slots,
         )
 
     def _read(self, state: object, blueprint_indices: object, **kwargs: Any) -> PolicyInputs:

@@ -98,10 +98,7 @@ class SlotContext:
     col_ids: Tensor  # [N]
     num_slot_types: int  # blueprint_indices lie in [-1, num_slot_types)
     hidden_size: tuple[int, int]  # (lstm_layers, lstm_hidden_dim): (h, c) are [L, B, H]
-
-    @property
-    def num_slots(self) -> int:
-        return self.slot_config.num_slots
+    num_slots: int  # N
 
 
 @dataclass(frozen=True)
@@ -232,8 +229,10 @@ def read_inputs(
             (flat, base, slots, blueprint, active, checked_hidden, head_masks, by_op, stored)
         )
     )
-    if flat is not None and ctx.layout is not None:
-        base, slots = ctx.layout.split(flat)  # views of the (possibly copied) flat tensor
+    if flat is not None and (layout := ctx.layout) is not None:
+        # ObservationLayout.split without its check (read_inputs checked D): views of flat.
+        base = flat[..., : layout.base_dim]  # [B, T, G]
+        slots = flat[..., layout.base_dim :].unflatten(-1, (layout.num_slots, layout.slot_dim))
     return PolicyInputs(
         ctx=ctx, flat=flat, base=base, slots=slots, blueprint_indices=blueprint,
         active=active, hidden=checked_hidden, masks=head_masks,

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from slotformer.actions import ActionSpace
 from slotformer.config import SlotConfig
-from slotformer.layers.embedding import BlueprintEmbedding
+from slotformer.layers.encoder import BlueprintEmbedding
 from slotformer.layers.heads import categorical_head, contribution_mlp, value_head
 from slotformer.layers.lstm import ResidualLSTM
 from slotformer.networks.configs import ActorCriticConfig, with_contract_arguments
