@@ -1,16 +1,10 @@
-"""The two registered bundles: ``"lstm"`` and ``"transformer"``.
+"""The two registered bundles, ``"lstm"`` and ``"transformer"``: one implementation
+(`ActorCriticBundle`) around an `ActorCriticCore` network.
 
-Both wrap an `ActorCriticCore` network and share one implementation (`ActorCriticBundle`):
-each call goes to the network's entry point of the same name (whose boundary reads the masks
-dict), and compilation keeps the compiled callables apart from the network so that
-``state_dict()`` keys never carry ``torch.compile``'s ``_orig_mod.`` prefix.
-
-Shapes: ``B`` batch, ``T`` time, ``D`` = ``state_dim``, ``N`` slots, ``H`` = ``lstm_hidden_dim``.
-
-Observations come flat (``features [B, T, D]`` with ``blueprint_indices [B, T, N]``) or
-structured (a `SlotObservation` as ``features``, ``blueprint_indices=None``), and every
-sequence call takes ``episode_starts`` (bool ``[B, T]``, ``[B]`` for one step) to zero the
-recurrent state where a new episode begins inside the sequence.
+Each call goes to the network's entry point of the same name (whose boundary reads the masks
+dict and one-step input), and compiled callables live beside the network, so that
+``state_dict()`` keys never carry ``torch.compile``'s ``_orig_mod.`` prefix. The calls' shapes
+are the `PolicyBundle` protocol's.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -28,12 +22,7 @@ from slotformer.actions import ActionSpace
 from slotformer.config import SlotConfig
 from slotformer.networks.configs import ActorCriticConfig
 from slotformer.networks.core import ActorCriticCore, without_compile_prefix
-from slotformer.networks.inputs import (
-    Hidden,
-    ProbabilityFloor,
-    SlotObservation,
-    as_autograd_input,
-)
+from slotformer.networks.inputs import Hidden, ProbabilityFloor, SlotObservation, as_autograd_input
 from slotformer.networks.lstm import FactoredRecurrentActorCritic, LSTMConfig
 from slotformer.networks.results import ActionResult, EvalResult, ForwardResult
 from slotformer.networks.transformer import SlotTransformerActorCritic, TransformerConfig
@@ -42,17 +31,14 @@ from slotformer.policy.registry import register_policy
 from slotformer.validation import check_positive_int
 
 COMPILE_MODES: tuple[str, ...] = (
-    "off",
-    "default",
-    "reduce-overhead",
-    "max-autotune",
-    "max-autotune-no-cudagraphs",
+    "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
 )
 """Valid ``compile_mode`` values: ``"off"`` plus ``torch.compile``'s modes."""
 
 _REFERENCE_NAMES = {"feature_dim": "state_dim", "hidden_dim": "lstm_hidden_dim"}
 """The reference bundle's constructor names for two config fields."""
 _COMPILED_ENTRY_POINTS = ("forward", "get_action", "evaluate_actions")
+Observation = Tensor | SlotObservation
 
 
 def check_compile_mode(mode: str) -> None:
@@ -61,24 +47,15 @@ def check_compile_mode(mode: str) -> None:
         raise ValueError(f"unknown compile mode {mode!r}; valid modes: {list(COMPILE_MODES)}")
 
 
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    # "cuda" names the current CUDA device; treat it as equal to any index of that type.
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
 class ActorCriticBundle:
     """Shared `PolicyBundle` implementation around one `ActorCriticCore` network.
 
-    A bundle holds its network's config dataclass (`TransformerConfig`, `LSTMConfig`): build
-    one with ``config=``, with the config's fields as keyword arguments, or both (keywords
-    win). ``state_dim`` None is ``base_dim + slot_dim * N`` (``slot_dim`` None: 31). The
-    reference bundle's names for two of them are taken too: ``feature_dim`` (the observation
-    width, ``state_dim``) and ``hidden_dim`` (``lstm_hidden_dim``). ``action_space`` is the
-    factored action space (an `ActionSpace`, or its `ActionSpace.to_dict` form; None = the
+    A bundle holds its network's config dataclass (`TransformerConfig`, `LSTMConfig`):
+    ``config=``, its fields as keyword arguments, or both (keywords win). ``state_dim`` None
+    is ``base_dim + slot_dim * N`` (``slot_dim`` None: 31). The reference bundle's names
+    ``feature_dim`` (the observation width) and ``hidden_dim`` (the recurrent width) are
+    taken too. ``action_space``: an `ActionSpace` or its ``to_dict()`` form (None = the
     seed-lifecycle preset for N slots); its pointer head must have N choices.
-
-    Every call goes straight to the network's entry point of the same name, whose boundary
-    reads the masks dict and one-step (``[B, D]``) observations.
     """
 
     runs_on_any_grid: ClassVar[bool] = False
@@ -97,33 +74,34 @@ class ActorCriticBundle:
     ) -> None:
         if slot_config is not None and not isinstance(slot_config, SlotConfig):
             raise TypeError(f"slot_config must be a SlotConfig, got {type(slot_config).__name__}")
+        if isinstance(action_space, Mapping):  # its plain-data form (a config file)
+            action_space = ActionSpace.from_dict(action_space)
+        elif action_space is not None and not isinstance(action_space, ActionSpace):
+            raise TypeError(f"action_space must be an ActionSpace or its to_dict() form, got "
+                            f"{type(action_space).__name__}")
         self._network = self.network_class(
             slot_config=slot_config, config=self.build_config(state_dim, config, fields_),
-            action_space=_resolve_action_space(action_space),
+            action_space=action_space,
         )
         self._compiled: dict[str, Callable[..., Any]] | None = None
         self._compile_settings: tuple[str, bool, str] | None = None
 
     @classmethod
     def accepted_arguments(cls) -> list[str]:
-        """Keyword arguments the constructor takes besides ``slot_config`` and ``config``:
-        the config's fields, the reference bundle's names and ``action_space``."""
+        """Keyword arguments besides ``slot_config`` and ``config``: the config's fields,
+        the reference bundle's names and ``action_space``."""
         names = {f.name for f in dataclasses.fields(cls.config_class)}
         return sorted(names | set(_REFERENCE_NAMES) | {"action_space"})
 
     @classmethod
     def build_config(
-        cls,
-        state_dim: int | None,
-        config: ActorCriticConfig | None,
-        overrides: Mapping[str, Any],
+        cls, state_dim: int | None, config: ActorCriticConfig | None, overrides: Mapping[str, Any]
     ) -> ActorCriticConfig:
         """``config`` (default: the config class's defaults) with ``state_dim`` and the
         keyword ``overrides`` applied."""
         if config is not None and not isinstance(config, cls.config_class):
             raise TypeError(
-                f"config must be a {cls.config_class.__name__}, got {type(config).__name__}"
-            )
+                f"config must be a {cls.config_class.__name__}, got {type(config).__name__}")
         accepted = cls.accepted_arguments()
         unknown = sorted(set(overrides) - set(accepted))
         if unknown:
@@ -133,8 +111,7 @@ class ActorCriticBundle:
             raise TypeError(
                 f"{cls.__name__} got one value under two names ({sorted(overrides)}, "
                 f"state_dim={state_dim}): feature_dim is state_dim and hidden_dim is "
-                f"lstm_hidden_dim"
-            )
+                f"lstm_hidden_dim")
         if state_dim is not None:
             values["state_dim"] = state_dim
         return dataclasses.replace(config if config is not None else cls.config_class(), **values)
@@ -142,7 +119,7 @@ class ActorCriticBundle:
     # ------------------------------------------------------------------ acting and learning
     def get_action(
         self,
-        features: Tensor | SlotObservation,
+        features: Observation,
         blueprint_indices: Tensor | None,
         masks: Masks,
         hidden: Hidden | None = None,
@@ -153,31 +130,13 @@ class ActorCriticBundle:
         generator: torch.Generator | None = None,
         episode_starts: Tensor | None = None,
     ) -> ActionResult:
-        """One rollout step for ``B`` environments, under ``torch.inference_mode``.
-
-        Args:
-            features: ``[B, D]`` or ``[B, 1, D]``; or a `SlotObservation` (``base [B, G]``,
-                ``slots [B, N, F]``, ``slot_types [B, N]``, or with the T = 1 axis).
-            blueprint_indices: int64 ``[B, N]`` or ``[B, 1, N]``, -1 = empty slot; None
-                with a `SlotObservation`.
-            masks: head name -> bool ``[B, n]`` (None or absent = all valid), optionally
-                ``"slot_by_op"`` -> bool ``[B, num_ops, N]``.
-            hidden: the previous step's recurrent state (None = zeros).
-            deterministic: take each head's most likely action.
-            probability_floor: minimum probability per valid action (float or per head).
-            return_op_logits: also return the masked op logits ``[B, num_ops]``.
-            generator: RNG for sampling (None = the global RNG).
-            episode_starts: bool ``[B]``: environments whose episode begins at this step;
-                their ``hidden`` is zeroed first (so a trainer need not reset it itself).
-
-        Returns:
-            `ActionResult` with ``[B]`` tensors.
-        """
+        """`PolicyBundle.get_action`; also ``return_op_logits`` (the masked op logits
+        ``[B, num_ops]``) and ``generator`` (the RNG for sampling)."""
         # The compiled get_action is the undecorated method (inductor cannot trace the
         # inference_mode decorator), so inference mode is entered here, around it.
         with torch.inference_mode():
             result: ActionResult = self._entry("get_action")(
-                features, blueprint_indices, hidden, masks=_checked(masks, self.action_space.head_names),
+                features, blueprint_indices, hidden, masks=_checked(masks, self.action_space),
                 deterministic=deterministic, return_op_logits=return_op_logits,
                 probability_floor=probability_floor, generator=generator,
                 **_starts(episode_starts),
@@ -186,44 +145,26 @@ class ActorCriticBundle:
 
     def forward(
         self,
-        features: Tensor | SlotObservation,
+        features: Observation,
         blueprint_indices: Tensor | None,
         masks: Masks,
         hidden: Hidden | None = None,
         *,
         episode_starts: Tensor | None = None,
     ) -> ForwardResult:
-        """Masked logits per head, the selected value and the new hidden state.
-
-        ``masks["slot_by_op"]`` is accepted and not used: it restricts the slot head only
-        once an op is chosen (`get_action`, `evaluate_actions`).
-
-        Args:
-            features: ``[B, T, D]`` or ``[B, D]``; or a `SlotObservation` (``base [B, T, G]``,
-                ``slots [B, T, N, F]``, ``slot_types [B, T, N]``, or without the T axis).
-            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``; None with a
-                `SlotObservation`.
-            masks: as in `get_action`; ``[B, T, n]`` or ``[B, n]``.
-            hidden: recurrent state at the start (None = zeros).
-            episode_starts: bool ``[B, T]`` (``[B]`` for 2-D features), True where a new
-                episode begins at that step: the recurrent state is zeroed before it.
-
-        Returns:
-            `ForwardResult`: logits ``[B, T, n]`` and value ``[B, T]`` (no T axis for 2-D
-            features).
-        """
+        """`PolicyBundle.forward` (``masks["slot_by_op"]`` is accepted and not used: it
+        applies once an op is chosen)."""
         features, blueprint_indices, hidden, masks, episode_starts = self._autograd_inputs(
-            (features, blueprint_indices, hidden, _checked(masks, self.action_space.head_names), episode_starts)
-        )
+            (features, blueprint_indices, hidden, _checked(masks, self.action_space),
+             episode_starts))
         out = self._entry("forward")(
-            features, blueprint_indices, hidden, masks=masks, **_starts(episode_starts)
-        )
+            features, blueprint_indices, hidden, masks=masks, **_starts(episode_starts))
         logits = {name: out[f"{name}_logits"] for name in self.action_space.head_names}
         return ForwardResult(logits=logits, value=out["value"], hidden=out["hidden"])
 
     def evaluate_actions(
         self,
-        features: Tensor | SlotObservation,
+        features: Observation,
         blueprint_indices: Tensor | None,
         actions: Mapping[str, Tensor],
         masks: Masks,
@@ -233,34 +174,11 @@ class ActorCriticBundle:
         *,
         episode_starts: Tensor | None = None,
     ) -> EvalResult:
-        """Differentiable log-probs, values and entropies of stored actions (PPO update).
-
-        Args:
-            features: ``[B, T, D]`` or ``[B, D]``; or a `SlotObservation` (``base [B, T, G]``,
-                ``slots [B, T, N, F]``, ``slot_types [B, T, N]``, or without the T axis).
-            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``; None with a
-                `SlotObservation`.
-            actions: every head name -> int64 ``[B, T]`` (``[B]`` for 2-D features).
-            masks: the masks stored at rollout (heads, optional ``"slot_by_op"``
-                ``[B, num_ops, N]`` or ``[B, T, num_ops, N]``).
-            hidden: recurrent state at the start of the sequences (None = zeros).
-            probability_floor: as at rollout.
-            aux_stop_gradient: keep the contribution predictor's gradient out of the trunk.
-            episode_starts: bool ``[B, T]`` (``[B]`` for 2-D features), True where a new
-                episode begins at that step: the recurrent state is zeroed before it, so a
-                stored sequence may cross episode boundaries. Log-probs, values and
-                gradients then equal those of the pieces scored as separate sequences from
-                zero state (within fp32 rounding).
-
-        Returns:
-            `EvalResult` with ``[B, T]`` tensors (``[B]`` for 2-D features);
-            ``pred_contributions`` is ``[B, T, N]`` (``[B, N]``); ``state_value`` is V(s).
-        """
+        """`PolicyBundle.evaluate_actions`; ``aux_stop_gradient`` keeps the contribution
+        predictor's gradient out of the trunk."""
         features, blueprint_indices, actions, hidden, masks, episode_starts = (
-            self._autograd_inputs(
-                (features, blueprint_indices, actions, hidden, _checked(masks, self.action_space.head_names), episode_starts)
-            )
-        )
+            self._autograd_inputs((features, blueprint_indices, actions, hidden,
+                                   _checked(masks, self.action_space), episode_starts)))
         result: EvalResult = self._entry("evaluate_actions")(
             features, blueprint_indices, actions, hidden=hidden,
             probability_floor=probability_floor, aux_stop_gradient=aux_stop_gradient,
@@ -269,89 +187,58 @@ class ActorCriticBundle:
         return result
 
     def get_q_values(
-        self,
-        features: Tensor | SlotObservation,
-        blueprint_indices: Tensor | None,
-        hidden: Hidden | None = None,
+        self, features: Observation, blueprint_indices: Tensor | None, hidden: Hidden | None = None
     ) -> Tensor:
         """Not supported: these bundles have no twin Q critics (``supports_off_policy`` is
         False). Q(s, op) of the on-policy value head is ``evaluate_actions(...).q_value``."""
         raise NotImplementedError(
             f"{type(self).__name__} ({self.network_type!r}) has no twin Q critics for "
             f"off-policy learning (supports_off_policy is False); for the on-policy Q(s, op) "
-            f"head use evaluate_actions(...).q_value"
-        )
+            f"head use evaluate_actions(...).q_value")
 
     @torch.no_grad()
     def get_value(
         self,
-        features: Tensor | SlotObservation,
+        features: Observation,
         blueprint_indices: Tensor | None,
         hidden: Hidden | None = None,
         *,
         episode_starts: Tensor | None = None,
     ) -> Tensor:
-        """V(s), the unbiased bootstrap value, without gradient.
-
-        V(s) whatever ``value_baseline`` says: a bootstrap needs a value of the state, not
-        of an op sampled for it. Use ``evaluate_actions(...).state_value`` for a
-        differentiable V(s).
-
-        Args:
-            features: ``[B, T, D]`` or ``[B, D]``; or a `SlotObservation`.
-            blueprint_indices: int64 ``[B, T, N]`` or ``[B, N]``; None with a
-                `SlotObservation`.
-            hidden: recurrent state at the start (None = zeros).
-            episode_starts: bool ``[B, T]`` (``[B]`` for 2-D features): zero the recurrent
-                state before these steps.
-
-        Returns:
-            ``[B, T]`` (``[B]`` for 2-D features).
-        """
+        """`PolicyBundle.get_value`: V(s) whatever ``value_baseline`` says (a bootstrap
+        needs the value of the state, not of an op sampled for it), without gradient."""
         state_value: Tensor = self._entry("forward")(
-            features, blueprint_indices, hidden, **_starts(episode_starts)
-        )["state_value"]
+            features, blueprint_indices, hidden, **_starts(episode_starts))["state_value"]
         return state_value
 
     def sync_from(self, source: PolicyBundle, tau: float = 0.005) -> None:
-        """Polyak-average ``source``'s weights into this (target) bundle, in place.
-
+        """Polyak-average ``source``'s weights into this (target) bundle, in place:
         ``target = tau * source + (1 - tau) * target`` for every floating parameter and
-        buffer; integer buffers are copied. ``tau=1`` copies exactly, ``tau=0`` changes
-        nothing.
+        buffer; integer buffers are copied. ``tau=1`` copies exactly, ``tau=0`` does nothing.
 
         Raises:
             TypeError: ``source`` is not a bundle of the same class.
             ValueError: ``tau`` outside [0, 1], or the two networks differ in shape.
         """
         if type(source) is not type(self):
-            raise TypeError(
-                f"sync_from needs a source of the same bundle class {type(self).__name__}, "
-                f"got {type(source).__name__}"
-            )
+            raise TypeError(f"sync_from needs a source of the same bundle class "
+                            f"{type(self).__name__}, got {type(source).__name__}")
         if not isinstance(tau, int | float) or math.isnan(tau) or not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must be a float in [0, 1], got {tau!r}")
-        target_tensors = _named_tensors(self.network)
-        source_tensors = _named_tensors(source.network)
-        if list(target_tensors) != list(source_tensors) or any(
-            target_tensors[k].shape != source_tensors[k].shape for k in target_tensors
-        ):
-            differing = sorted(
-                k for k in set(target_tensors) | set(source_tensors)
-                if k not in target_tensors or k not in source_tensors
-                or target_tensors[k].shape != source_tensors[k].shape
-            )
+        target, origin = _named_tensors(self.network), _named_tensors(source.network)
+        differing = sorted(k for k in set(target) | set(origin)
+                           if k not in target or k not in origin or target[k].shape != origin[k].shape)
+        if differing:
             raise ValueError(
                 f"sync_from: source and target networks differ in parameters {differing[:10]}"
-                f"{' ...' if len(differing) > 10 else ''}; build both with the same config"
-            )
+                f"{' ...' if len(differing) > 10 else ''}; build both with the same config")
         with torch.no_grad():
-            for name, target in target_tensors.items():
-                value = source_tensors[name].to(device=target.device, dtype=target.dtype)
-                if target.is_floating_point():
-                    target.lerp_(value, float(tau))
+            for name, tensor in target.items():
+                value = origin[name].to(device=tensor.device, dtype=tensor.dtype)
+                if tensor.is_floating_point():
+                    tensor.lerp_(value, float(tau))
                 else:
-                    target.copy_(value)
+                    tensor.copy_(value)
 
     def initial_hidden(self, batch_size: int) -> Hidden:
         """Zero ``(h, c)``, each ``[lstm_layers, batch_size, H]`` on the bundle's device."""
@@ -364,7 +251,7 @@ class ActorCriticBundle:
         return dict(self._network.state_dict())
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any:
-        """Load weights from `state_dict` (a ``_orig_mod.`` prefix on every key is stripped).
+        """Load weights (a ``_orig_mod.`` prefix on every key is stripped).
 
         Raises:
             ValueError: with ``strict``, the keys or shapes do not fit this network (a state
@@ -373,33 +260,27 @@ class ActorCriticBundle:
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
         loaded = without_compile_prefix(state_dict)
-        if strict:
-            expected = set(self._network.state_dict())
-            missing, unexpected = sorted(expected - set(loaded)), sorted(set(loaded) - expected)
-            if missing or unexpected:
-                raise ValueError(
-                    f"state_dict does not fit this {self.network_type!r} bundle "
-                    f"({type(self._network).__name__}): {len(missing)} missing keys "
-                    f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}; was "
-                    f"it saved from another network type?"
-                )
+        where = f"this {self.network_type!r} bundle ({type(self._network).__name__}, slots " \
+                f"{list(self.slot_config.slot_ids)}, state_dim={self.state_dim})"
+        expected = set(self._network.state_dict())
+        missing, unexpected = sorted(expected - set(loaded)), sorted(set(loaded) - expected)
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"state_dict does not fit {where}: {len(missing)} missing keys {missing[:5]}, "
+                f"{len(unexpected)} unexpected keys {unexpected[:5]}; was it saved from another "
+                f"network type?")
         try:
             return self._network.load_state_dict(loaded, strict=strict)
         except RuntimeError as error:
-            raise ValueError(
-                f"state_dict does not fit this {self.network_type!r} bundle "
-                f"(slots {list(self.slot_config.slot_ids)}, state_dim={self.state_dim}): "
-                f"{error}"
-            ) from error
+            raise ValueError(f"state_dict does not fit {where}: {error}") from error
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> ActorCriticBundle:
-        """Move and/or cast the network; returns the bundle.
-
-        ``bundle.to(torch.float64)`` casts. Refused once compiled: compiled graphs (and CUDA
-        graphs under ``"reduce-overhead"``) are specialised to the device, dtype and memory
-        they were built on, so move first, then compile.
+        """Move and/or cast the network (``bundle.to(torch.float64)`` casts); returns the
+        bundle. Refused once compiled: compiled graphs (and CUDA graphs under
+        ``"reduce-overhead"``) are specialised to the device, dtype and memory they were
+        built on, so move first, then compile.
 
         Raises:
             RuntimeError: the bundle is compiled and the call would move or cast it.
@@ -407,21 +288,23 @@ class ActorCriticBundle:
         """
         if isinstance(device, torch.dtype):
             device, dtype = None, device
-        target_device = torch.device(device) if device is not None else None
-        moves = target_device is not None and not _same_device(target_device, self.device)
+        target = torch.device(device) if device is not None else None
+        here = self.device
+        # "cuda" names the current CUDA device: equal to any index of that type.
+        moves = target is not None and (target.type != here.type or (None not in (
+            target.index, here.index) and target.index != here.index))
         casts = dtype is not None and dtype != self.dtype
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype, got {dtype}")
         if (moves or casts) and self.is_compiled:
             raise RuntimeError(
                 f"cannot move or cast a compiled {self.network_type!r} bundle (now on "
-                f"{self.device} as {self.dtype}, asked for device={device}, dtype={dtype}): "
-                f"its compiled graphs are specialised to the device, dtype and memory they "
-                f"were built on. Move or cast the bundle first, then compile it (create_policy "
-                f"does it in that order)."
-            )
+                f"{here} as {self.dtype}, asked for device={device}, dtype={dtype}): its "
+                f"compiled graphs are specialised to the device, dtype and memory they were "
+                f"built on. Move or cast the bundle first, then compile it (create_policy does "
+                f"it in that order).")
         if moves or casts:
-            self._network.to(device=target_device, dtype=dtype)
+            self._network.to(device=target, dtype=dtype)
         return self
 
     def train(self, mode: bool = True) -> ActorCriticBundle:
@@ -447,22 +330,17 @@ class ActorCriticBundle:
     ) -> None:
         """``torch.compile`` the network's ``forward``, ``get_action`` and ``evaluate_actions``.
 
-        The compiled callables are kept beside the network, never in place of it, so
-        `network` and `state_dict` stay uncompiled. ``mode="off"`` does nothing. Compiling
-        again with the same settings does nothing; with other settings it recompiles from
-        the uncompiled network (never a wrapper of a wrapper). Compilation itself happens
-        lazily, on the first call of each entry point. Graph breaks are allowed (not
-        ``fullgraph``): the value checks of `slotformer.validation` are skipped while
-        tracing, the rest traces.
+        The compiled callables live beside the network, so `network` and `state_dict` stay
+        uncompiled. ``mode="off"`` does nothing; the same settings again do nothing; other
+        settings recompile from the uncompiled network (never a wrapper of a wrapper).
+        Compilation happens on the first call of each entry point. Graph breaks are allowed:
+        the value checks of `slotformer.validation` are skipped while tracing.
 
         Args:
             mode: one of `COMPILE_MODES`.
             dynamic: mark batch and time sizes dynamic (one graph for every B and T).
-            backend: ``torch.compile`` backend; None = inductor. Tests use ``"eager"`` or
-                ``"aot_eager"`` for speed (``mode`` is passed to inductor only).
-
-        Raises:
-            ValueError: unknown ``mode``.
+            backend: ``torch.compile`` backend; None = inductor (``mode`` goes to inductor
+                only; tests use ``"eager"`` or ``"aot_eager"`` for speed).
         """
         check_compile_mode(mode)
         if mode == "off":
@@ -474,10 +352,8 @@ class ActorCriticBundle:
         options: dict[str, Any] = {"dynamic": bool(dynamic), "backend": backend_name}
         if backend_name == "inductor":
             options["mode"] = mode
-        self._compiled = {
-            name: torch.compile(_undecorated_method(self._network, name), **options)
-            for name in _COMPILED_ENTRY_POINTS
-        }
+        self._compiled = {name: torch.compile(_undecorated_method(self._network, name), **options)
+                          for name in _COMPILED_ENTRY_POINTS}
         self._compile_settings = settings
 
     # ------------------------------------------------------------------ properties
@@ -503,24 +379,16 @@ class ActorCriticBundle:
 
     @property
     def state_dim(self) -> int:
-        """D, the flat observation width the bundle consumes."""
+        """D, the flat observation width (the reference protocol's ``feature_dim``)."""
         return self._network.state_dim
 
     @property
     def lstm_hidden_dim(self) -> int:
-        """H, the recurrent core's width."""
+        """H, the recurrent core's width (the reference protocol's ``hidden_dim``)."""
         return self._network.lstm_hidden_dim
 
-    # The reference policy protocol's names for the two widths.
-    @property
-    def feature_dim(self) -> int:
-        """``state_dim`` under the reference policy protocol's name."""
-        return self.state_dim
-
-    @property
-    def hidden_dim(self) -> int:
-        """``lstm_hidden_dim`` under the reference policy protocol's name."""
-        return self.lstm_hidden_dim
+    feature_dim = state_dim
+    hidden_dim = lstm_hidden_dim
 
     @property
     def network(self) -> nn.Module:
@@ -543,8 +411,7 @@ class ActorCriticBundle:
 
     @property
     def action_space(self) -> ActionSpace:
-        """The factored action space (heads, op relevance, canonical actions; the pointer
-        head has N choices)."""
+        """The factored heads (the pointer head has N choices)."""
         return self._network.action_space
 
     @property
@@ -556,8 +423,7 @@ class ActorCriticBundle:
     def _entry(self, name: str) -> Callable[..., Any]:
         if self._compiled is not None:
             return self._compiled[name]
-        method: Callable[..., Any] = getattr(self._network, name)
-        return method
+        return cast(Callable[..., Any], getattr(self._network, name))
 
     def _autograd_inputs(self, value: Any) -> Any:
         """`as_autograd_input` before a compiled network, which cannot see is_inference();
@@ -566,26 +432,22 @@ class ActorCriticBundle:
 
     def __repr__(self) -> str:
         compiled = f", compiled={self.compile_mode!r}" if self.is_compiled else ""
-        return (
-            f"{type(self).__name__}(state_dim={self.state_dim}, lstm_hidden_dim={self.lstm_hidden_dim}, "
-            f"slots={list(self.slot_config.slot_ids)}, device={self.device}{compiled})"
-        )
+        return (f"{type(self).__name__}(state_dim={self.state_dim}, lstm_hidden_dim="
+                f"{self.lstm_hidden_dim}, slots={list(self.slot_config.slot_ids)}, "
+                f"device={self.device}{compiled})")
 
 
-def _checked(masks: Masks, heads: tuple[str, ...]) -> Masks:
+def _checked(masks: Masks, space: ActionSpace) -> Masks:
     """The bundle's masks dict holds every head (None = all valid): a forgotten mask is an
     error, not an unmasked head. The network's boundary checks the rest."""
     if not isinstance(masks, Mapping):
-        raise TypeError(
-            f"masks must be a dict head name -> bool mask (None = all valid), got "
-            f"{type(masks).__name__}"
-        )
-    missing = [name for name in heads if name not in masks]
+        raise TypeError(f"masks must be a dict head name -> bool mask (None = all valid), got "
+                        f"{type(masks).__name__}")
+    missing = [name for name in space.head_names if name not in masks]
     if missing:
-        raise KeyError(
-            f"masks is missing heads {missing}; expected every head {list(heads)} (a value "
-            f"may be None = all valid) plus optional 'slot_by_op'"
-        )
+        raise KeyError(f"masks is missing heads {missing}; expected every head "
+                       f"{list(space.head_names)} (a value may be None = all valid) plus "
+                       f"optional 'slot_by_op'")
     return masks
 
 
@@ -597,49 +459,21 @@ def _starts(episode_starts: Tensor | None) -> dict[str, Tensor]:
 
 def _undecorated_method(network: nn.Module, name: str) -> Callable[..., Any]:
     """``network.name`` without its decorators (``get_action``'s ``torch.inference_mode``:
-    inductor fails on it with "Cannot set version_counter for inference tensor"), bound to
-    ``network``."""
-    function = inspect.unwrap(getattr(type(network), name))
-    bound: Callable[..., Any] = function.__get__(network, type(network))
-    return bound
+    inductor fails on it with "Cannot set version_counter for inference tensor")."""
+    return cast(Callable[..., Any], inspect.unwrap(getattr(type(network), name)).__get__(network))
 
 
 def _named_tensors(network: nn.Module) -> dict[str, Tensor]:
-    tensors: dict[str, Tensor] = dict(network.named_parameters())
-    tensors.update(network.named_buffers())
-    return tensors
-
-
-def _resolve_action_space(
-    action_space: ActionSpace | Mapping[str, Any] | None,
-) -> ActionSpace | None:
-    if action_space is None or isinstance(action_space, ActionSpace):
-        return action_space
-    if isinstance(action_space, Mapping):  # its plain-data form (a config file, a checkpoint)
-        return ActionSpace.from_dict(action_space)
-    raise TypeError(
-        f"action_space must be an ActionSpace or its to_dict() form, got "
-        f"{type(action_space).__name__}"
-    )
+    return {**dict(network.named_parameters()), **dict(network.named_buffers())}
 
 
 @register_policy("lstm")
 class LSTMPolicyBundle(ActorCriticBundle):
     """The flat concatenation LSTM (`FactoredRecurrentActorCritic`) as a `PolicyBundle`.
 
-    Args:
-        state_dim: D, the flat observation width (None = ``base_dim + 31 * N``).
-        slot_config: the slots (None = 3 in one row).
-        config: an `LSTMConfig`; ``**fields`` (any of its fields by name, e.g.
-            ``num_slot_types``, ``base_dim``, ``slot_dim``) override it.
-        action_space: the factored heads (an `ActionSpace` or its ``to_dict()`` form; None =
-            the seed-lifecycle preset with N slots).
-
-    The reference bundle's ``feature_dim`` (``state_dim``) and ``hidden_dim``
-    (``lstm_hidden_dim``) are taken too. The trunk width is ``trunk_dim`` (the network's
-    constructor calls it ``feature_dim``, the reference network's name).
-
-    Gradient checkpointing is a no-op for this network (`enable_gradient_checkpointing`).
+    Constructor: see `ActorCriticBundle` (``config`` is an `LSTMConfig`; the trunk width is
+    ``trunk_dim``, which the reference network's constructor calls ``feature_dim``).
+    Gradient checkpointing is a no-op for this network.
 
     Example:
         >>> policy = LSTMPolicyBundle(lstm_hidden_dim=32, trunk_dim=32)
@@ -653,28 +487,17 @@ class LSTMPolicyBundle(ActorCriticBundle):
     config_class = LSTMConfig
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """A documented no-op: the flat network has no encoder layers worth recomputing (its
-        activation memory is dominated by the LSTM, whose steps are not checkpointed)."""
+        """A no-op: the flat network has no encoder layers worth recomputing (its activation
+        memory is the LSTM's, whose steps are not checkpointed)."""
 
 
 @register_policy("transformer")
 class TransformerPolicyBundle(ActorCriticBundle):
     """The Slot Transformer (`SlotTransformerActorCritic`) as a `PolicyBundle`.
 
-    Its weights do not depend on N, so a checkpoint loads onto another grid
-    (`slotformer.checkpoint.load_checkpoint` with ``slot_config=``).
-
-    Args:
-        state_dim: D, the flat observation width (None = ``base_dim + 31 * N``).
-        slot_config: the slots (None = 3 in one row).
-        config: a `TransformerConfig`; ``**fields`` (any of its fields by name, e.g.
-            ``num_slot_types``, ``base_dim``, ``slot_dim``) override it.
-        action_space: the factored heads (an `ActionSpace` or its ``to_dict()`` form; None =
-            the seed-lifecycle preset with N slots). A checkpoint loaded onto another grid
-            resizes its pointer head.
-
-    The reference bundle's ``feature_dim`` (``state_dim``) and ``hidden_dim``
-    (``lstm_hidden_dim``) are taken too.
+    Constructor: see `ActorCriticBundle` (``config`` is a `TransformerConfig`). Its weights
+    do not depend on N, so a checkpoint loads onto another grid
+    (`slotformer.checkpoint.load_checkpoint` with ``slot_config=``), resizing the pointer head.
 
     Example:
         >>> policy = TransformerPolicyBundle(lstm_hidden_dim=16, embed_dim=16, head_hidden=16)
@@ -688,29 +511,19 @@ class TransformerPolicyBundle(ActorCriticBundle):
     network_class = SlotTransformerActorCritic
     config_class = TransformerConfig
 
-    @property
-    def _transformer(self) -> SlotTransformerActorCritic:
-        network = self._network
-        assert isinstance(network, SlotTransformerActorCritic)
-        return network
-
     def enable_gradient_checkpointing(
         self, enabled: bool = True, chunk_tokens: int | None = None
     ) -> None:
         """The lean-memory setting: the encoder and the per-slot contribution predictor run
-        in chunks of about ``chunk_tokens`` slot tokens, each recomputed in backward instead
-        of storing its activations.
-
-        Gradients are unchanged (up to fp32 rounding); activation memory of the slot path
-        drops to one chunk's plus its inputs and outputs, at the cost of running that path
-        forward twice (`docs/benchmarks.md` measures both). Applies in train mode with grad
-        enabled. ``chunk_tokens`` None keeps the current size (default 4096).
-        """
-        encoder = self._transformer.encoder
+        in chunks of about ``chunk_tokens`` slot tokens (None keeps the current size, default
+        4096), each recomputed in backward instead of storing its activations. Gradients are
+        unchanged (up to fp32 rounding); the slot path runs forward twice
+        (`docs/benchmarks.md` measures both). Applies in train mode with grad enabled."""
+        encoder = cast(SlotTransformerActorCritic, self._network).encoder
         encoder.gradient_checkpointing = bool(enabled)
         if chunk_tokens is not None:
             encoder.checkpoint_chunk_tokens = check_positive_int("chunk_tokens", chunk_tokens)
 
     @property
     def gradient_checkpointing(self) -> bool:
-        return self._transformer.encoder.gradient_checkpointing
+        return cast(SlotTransformerActorCritic, self._network).encoder.gradient_checkpointing
