@@ -24,91 +24,55 @@ from enum import IntEnum
 from slotformer.actions import ActionSpace, HeadSpec
 
 
+# Each enum's members are its head's actions, valued by their position (load-bearing).
 class Op(IntEnum):
     """The op head's choices (what to do this step)."""
 
-    WAIT = 0
-    GERMINATE = 1
-    SET_ALPHA_TARGET = 2
-    PRUNE = 3
-    FOSSILIZE = 4
-    ADVANCE = 5
+    WAIT, GERMINATE, SET_ALPHA_TARGET, PRUNE, FOSSILIZE, ADVANCE = range(6)
 
 
 class BlueprintAction(IntEnum):
     """The blueprint head's choices (which module a GERMINATE plants)."""
 
-    NOOP = 0
-    CONV_LIGHT = 1
-    ATTENTION = 2
-    NORM = 3
-    DEPTHWISE = 4
-    BOTTLENECK = 5
-    CONV_SMALL = 6
-    CONV_HEAVY = 7
-    LORA = 8
-    LORA_LARGE = 9
-    MLP_SMALL = 10
-    MLP = 11
-    FLEX_ATTENTION = 12
+    (NOOP, CONV_LIGHT, ATTENTION, NORM, DEPTHWISE, BOTTLENECK, CONV_SMALL, CONV_HEAVY, LORA,
+     LORA_LARGE, MLP_SMALL, MLP, FLEX_ATTENTION) = range(13)
 
 
 class Style(IntEnum):
     """How a seed is blended into the host."""
 
-    LINEAR_ADD = 0
-    LINEAR_MULTIPLY = 1
-    SIGMOID_ADD = 2
-    GATED_GATE = 3
+    LINEAR_ADD, LINEAR_MULTIPLY, SIGMOID_ADD, GATED_GATE = range(4)
 
 
 class Tempo(IntEnum):
     """How long a germinated seed trains before blending."""
 
-    FAST = 0
-    STANDARD = 1
-    SLOW = 2
+    FAST, STANDARD, SLOW = range(3)
 
 
 class AlphaTarget(IntEnum):
     """The blend level a seed moves toward."""
 
-    HALF = 0
-    SEVENTY = 1
-    FULL = 2
+    HALF, SEVENTY, FULL = range(3)
 
 
 class AlphaSpeed(IntEnum):
     """How fast alpha moves toward its target."""
 
-    INSTANT = 0
-    FAST = 1
-    MEDIUM = 2
-    SLOW = 3
+    INSTANT, FAST, MEDIUM, SLOW = range(4)
 
 
 class AlphaCurve(IntEnum):
     """The shape of alpha's path toward its target."""
 
-    LINEAR = 0
-    COSINE = 1
-    SIGMOID_GENTLE = 2
-    SIGMOID = 3
-    SIGMOID_SHARP = 4
+    LINEAR, COSINE, SIGMOID_GENTLE, SIGMOID, SIGMOID_SHARP = range(5)
 
 
 NUM_OPS = len(Op)
 NUM_BLUEPRINTS = len(BlueprintAction)
 
 HEAD_NAMES: tuple[str, ...] = (
-    "slot",
-    "blueprint",
-    "style",
-    "tempo",
-    "alpha_target",
-    "alpha_speed",
-    "alpha_curve",
-    "op",
+    "slot", "blueprint", "style", "tempo", "alpha_target", "alpha_speed", "alpha_curve", "op",
 )
 """The seed-lifecycle heads, in the contract's (load-bearing) order."""
 
