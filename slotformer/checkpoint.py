@@ -9,18 +9,18 @@ pickled code::
      "action_space": {...ActionSpace.to_dict()...},
      "state_dict": {...}, "extra": {...caller data...}}
 
-``action_space`` is optional (format version 1 still): checkpoints written before it
-existed, and those of bundles without an ``action_space``, load with the default
-(seed-lifecycle) action space. The observation layout (``base_dim``, ``slot_dim``) and the
-slot-type vocabulary (``num_slot_types``) are fields of ``config``.
+``action_space`` is optional: a checkpoint without it (an older one, or a bundle's without
+an ``action_space``) loads with the default (seed-lifecycle) action space. The observation
+layout (``base_dim``, ``slot_dim``) and the slot-type vocabulary (``num_slot_types``) are
+fields of ``config``.
 
-`save_checkpoint` writes to a temporary file in the target's folder, flushes and fsyncs it,
-then renames it over the target, so an interrupted save leaves the previous checkpoint
-intact and no partial file behind.
+`save_checkpoint` writes a temporary file in the target's folder, fsyncs it and renames it
+over the target: an interrupted save leaves the previous checkpoint and no partial file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pickle
@@ -63,17 +63,11 @@ def save_checkpoint(
     """Atomically write ``policy`` (config, slot ids, action space and weights) to ``path``.
 
     Args:
-        path: the checkpoint file; its folder must exist.
-        policy: a bundle built by slotformer (it must expose ``config``).
-        extra: caller data stored alongside (plain data and tensors only, e.g. the step
-            count or an optimizer's state dict); read it back with `read_checkpoint`.
-
-    Returns:
-        The checkpoint's path.
-
-    Raises:
-        TypeError: ``policy`` exposes no ``config`` dataclass or dict (not a slotformer bundle).
-        ValueError: ``extra`` holds something other than plain data and tensors.
+        path: the checkpoint file (returned); its folder must exist.
+        policy: a bundle built by slotformer (it must expose a ``config`` dataclass or dict,
+            else ``TypeError``).
+        extra: caller data (plain data and tensors only, else ``ValueError``), e.g. the step
+            count or an optimizer's state dict; read it back with `read_checkpoint`.
 
     Example:
         >>> import tempfile, pathlib
@@ -119,8 +113,7 @@ def save_checkpoint(
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, target)
-    except BaseException:
-        # Interrupted (error, KeyboardInterrupt): the previous checkpoint is untouched.
+    except BaseException:  # an error or KeyboardInterrupt: the previous checkpoint stays
         temporary.unlink(missing_ok=True)
         raise
     _fsync_folder(target.parent)
@@ -133,9 +126,7 @@ def read_checkpoint(
     """Load and validate a checkpoint's contents without building the policy.
 
     Returns:
-        The stored dict (``format_version``, ``library_version``, ``policy_type``,
-        ``config``, ``slot_ids``, ``state_dict``, ``extra``, and ``action_space``, the
-        `ActionSpace.to_dict` form, when the checkpoint stores one).
+        The stored dict (the module's format; ``action_space`` only when stored).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -150,8 +141,8 @@ def read_checkpoint(
             source, f"is not a complete torch zip archive ({source.stat().st_size} bytes): it is "
             f"truncated, corrupt or not a checkpoint; {_EXPECTED}"
         )
-    # torch.load does not verify the archive's CRC-32s: a flipped bit inside a tensor record
-    # would load silently as a wrong weight. Check every record first.
+    # torch.load does not verify the archive's CRC-32s (a flipped bit would load as a wrong
+    # weight): check every record first.
     try:
         with zipfile.ZipFile(source) as archive:
             damaged = archive.testzip()
@@ -169,23 +160,26 @@ def read_checkpoint(
     try:
         payload = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if not _needs_arbitrary_unpickling(error):
-            raise _refused(
-                source, f"could not be read (its pickle record is corrupt: {_unsafe_reason(error)}"
-                f"); {_EXPECTED}"
-            ) from error
-        raise _refused(
-            source, "was refused: loading it needs arbitrary unpickling (torch.load(weights_only="
-            f"True) failed: {_unsafe_reason(error)}), which could run code from the file; "
-            f"{_EXPECTED}, which holds only plain data and tensors"
-        ) from error
+        # The weights-only unpickler names the global or class it refused; any other failure
+        # (an unknown opcode, a short record) is damage, not an unsafe file.
+        lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
+        reason = lines[0] if lines else str(error).splitlines()[0]
+        if any(s in str(error) for s in ("GLOBAL", "allowlisted", "add_safe_globals", "reduce")):
+            problem = (f"was refused: loading it needs arbitrary unpickling (torch.load("
+                       f"weights_only=True) failed: {reason}), which could run code from the "
+                       f"file; {_EXPECTED}, which holds only plain data and tensors")
+        else:
+            problem = f"could not be read (its pickle record is corrupt: {reason}); {_EXPECTED}"
+        raise _refused(source, problem) from error
     except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, ...
         first_line = str(error).splitlines()[0] if str(error) else "no message"
         raise _refused(
             source, f"could not be read ({type(error).__name__}: {first_line}): it is truncated "
             f"or corrupt; {_EXPECTED}"
         ) from error
-    _check_payload(payload, source)
+    problem = _payload_problem(payload)
+    if problem:
+        raise _refused(source, problem)
     return dict(payload)
 
 
@@ -209,16 +203,15 @@ def load_checkpoint(
         policy_type: the expected policy type; a checkpoint of another type is refused.
 
     Returns:
-        The bundle, uncompiled, in train mode, with the saved dtype, the saved config
-        (observation layout, slot-type vocabulary) and the saved action space (the default
-        one for a checkpoint that stores none).
+        The bundle, uncompiled, in train mode, with the saved dtype, config and action space
+        (the default one for a checkpoint that stores none).
 
     Raises:
         FileNotFoundError: no file at ``path``.
         CheckpointError: see `read_checkpoint`; also a policy type other than
             ``policy_type``, a slot-id set the policy cannot take, a malformed stored action
-            space, or weights that do not fit the policy the stored config builds (a
-            checkpoint written by an older slotformer with another parameter layout).
+            space, or weights that do not fit the policy the stored config builds (an older
+            slotformer's parameter layout).
 
     Example::
 
@@ -269,15 +262,19 @@ def load_checkpoint(
             f"policy with this slotformer: {error}"
         ) from error
     state_dict: dict[str, Any] = payload["state_dict"]
-    _refuse_retired_layout(source, stored_type, state_dict)
+    # A flat checkpoint whose contribution predictor has a Linear at index 3 has the retired
+    # head layout (a second Dropout, blueprint head H -> H/2 -> H/2 -> 13): no exact conversion.
+    if stored_type == "lstm" and "contribution_predictor.3.weight" in state_dict:
+        raise _refused(
+            source, "holds a flat ('lstm') policy saved by an earlier slotformer, before the "
+            "flat network's heads took the reference network's layout (blueprint "
+            "head H -> H -> H/2 -> 13, contribution predictor with a LayerNorm); this "
+            "slotformer cannot load it: load it with the slotformer that saved it, or retrain"
+        )
     reference = next((t for t in state_dict.values() if t.is_floating_point()), None)
     if reference is not None:
-        device = (
-            torch.device(map_location)
-            if isinstance(map_location, str | torch.device)
-            else reference.device
-        )
-        policy.to(device)
+        policy.to(torch.device(map_location) if isinstance(map_location, str | torch.device)
+                  else reference.device)
         if isinstance(policy, ActorCriticBundle):
             policy.to(dtype=reference.dtype)
     mismatch = _parameter_layout_mismatch(policy.state_dict(), state_dict)
@@ -303,8 +300,7 @@ def load_checkpoint(
 def _stored_action_space(
     payload: Mapping[str, Any], saved: SlotConfig, target: SlotConfig, source: Path
 ) -> ActionSpace | None:
-    """The stored action space, its pointer head resized to ``target``; None when the
-    checkpoint stores none (older checkpoints: the bundle's default space)."""
+    """The stored action space, its pointer head resized to ``target``; None if none is stored."""
     data = payload.get(_ACTION_SPACE_KEY)
     if data is None:
         return None
@@ -333,52 +329,27 @@ def _parameter_layout_mismatch(expected: Mapping[str, Any], stored: Mapping[str,
         if isinstance(stored[k], Tensor) and isinstance(expected[k], Tensor)
         and stored[k].shape != expected[k].shape
     ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing parameters {missing[:5]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected parameters {unexpected[:5]}")
-    if reshaped:
-        parts.append(f"{len(reshaped)} of another shape {reshaped[:5]}")
-    return "; ".join(parts)
+    found = (("missing parameters", missing), ("unexpected parameters", unexpected),
+             ("of another shape", reshaped))
+    return "; ".join(f"{len(items)} {label} {items[:5]}" for label, items in found if items)
 
 
 def _with_legacy_defaults(
     policy_type: str, config: dict[str, Any], config_class: type | None
 ) -> dict[str, Any]:
-    """A stored config as today's config fields, building *its* architecture (not today's
-    defaults) when an older slotformer wrote it.
+    """A stored config as the config fields, building the architecture it was saved with.
 
-    Checkpoints of slotformer 0.1 stored the bundles' constructor arguments (``feature_dim``
-    for the observation width, ``hidden_dim``, ``trunk_dim``): renamed to the config fields.
-    Checkpoints saved before the contribution options existed hold a contribution
-    predictor ``head_hidden`` wide with ``Dropout(0.1)``; the defaults are now 64 and 0.0.
+    slotformer 0.1 stored ``feature_dim`` and ``hidden_dim`` (now ``state_dim`` and
+    ``lstm_hidden_dim``); a transformer config without ``contribution_hidden`` has a
+    contribution predictor ``head_hidden`` wide with ``Dropout(0.1)`` (defaults: 64, 0.0).
     """
-    if config_class is not None and "hidden_dim" in config:  # written by slotformer 0.1
+    if config_class is not None and "hidden_dim" in config:
         renames = {"feature_dim": "state_dim", "hidden_dim": "lstm_hidden_dim"}
         config = {renames.get(key, key): value for key, value in config.items()}
     if policy_type == "transformer" and "contribution_hidden" not in config:
         config["contribution_hidden"] = config.get("head_hidden", 256)
         config.setdefault("contribution_dropout", 0.1)
     return config
-
-
-def _refuse_retired_layout(source: Path, policy_type: str, state_dict: Mapping[str, Any]) -> None:
-    """A flat-network checkpoint from before its heads took the reference network's widths
-    cannot be loaded: say so, rather than list mismatched keys.
-
-    That layout's contribution predictor had a second Dropout, so its middle Linear sat at
-    index 3 (now 4, after a LayerNorm at 1); its blueprint head was ``H -> H/2 -> H/2 -> 13``
-    (now ``H -> H -> H/2 -> 13``). The policy and value outputs could be carried over, the
-    LayerNorm'd contribution predictor could not, so there is no exact conversion.
-    """
-    if policy_type == "lstm" and "contribution_predictor.3.weight" in state_dict:
-        raise _refused(
-            source, "holds a flat ('lstm') policy saved by an earlier slotformer, before the "
-            "flat network's heads took the reference network's layout (blueprint "
-            "head H -> H -> H/2 -> 13, contribution predictor with a LayerNorm); this "
-            "slotformer cannot load it: load it with the slotformer that saved it, or retrain"
-        )
 
 
 def _width_for_grid(
@@ -399,8 +370,7 @@ def _is_zipfile(source: Path) -> bool:
     """``zipfile.is_zipfile``, False rather than an exception for a damaged end record."""
     try:
         return zipfile.is_zipfile(source)
-    except (zipfile.BadZipFile, NotImplementedError, ValueError):
-        # e.g. a flipped bit in the zip64 end record: "zipfiles that span multiple disks".
+    except (zipfile.BadZipFile, NotImplementedError, ValueError):  # e.g. a damaged zip64 record
         return False
 
 
@@ -409,50 +379,38 @@ def _refused(source: Path, problem: str) -> CheckpointError:
     return CheckpointError(f"{str(source)!r} {problem}")
 
 
-def _check_payload(payload: Any, source: Path) -> None:
+def _payload_problem(payload: Any) -> str:
+    """What is wrong with a loaded checkpoint's contents ("" = nothing)."""
     if not isinstance(payload, dict) or "format_version" not in payload:
         found = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
-        raise _refused(
-            source, f"is not a slotformer checkpoint: found {found}, expected a dict with keys "
-            f"{list(_REQUIRED_KEYS)}"
-        )
+        return (f"is not a slotformer checkpoint: found {found}, expected a dict with keys "
+                f"{list(_REQUIRED_KEYS)}")
     version = payload["format_version"]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise _refused(
-            source, f"has format_version={version!r}, expected a positive int "
-            f"(<= {CHECKPOINT_FORMAT_VERSION})"
-        )
+        return (f"has format_version={version!r}, expected a positive int "
+                f"(<= {CHECKPOINT_FORMAT_VERSION})")
     if version > CHECKPOINT_FORMAT_VERSION:
-        raise _refused(
-            source, f"has format version {version} (written by slotformer "
-            f"{payload.get('library_version', '?')}), newer than the newest this slotformer "
-            f"reads ({CHECKPOINT_FORMAT_VERSION}); upgrade slotformer to load it"
-        )
+        return (f"has format version {version} (written by slotformer "
+                f"{payload.get('library_version', '?')}), newer than the newest this slotformer "
+                f"reads ({CHECKPOINT_FORMAT_VERSION}); upgrade slotformer to load it")
     missing = [key for key in _REQUIRED_KEYS if key not in payload]
     if missing:
-        raise _refused(source, f"lacks entries {missing}; expected {list(_REQUIRED_KEYS)}")
+        return f"lacks entries {missing}; expected {list(_REQUIRED_KEYS)}"
     policy_type, slot_ids, config = payload["policy_type"], payload["slot_ids"], payload["config"]
+    state_dict, action_space = payload["state_dict"], payload.get(_ACTION_SPACE_KEY)
     if policy_type not in list_policies():
-        raise _refused(
-            source, f"holds policy type {policy_type!r}, which is not registered; registered "
-            f"policies: {list_policies()}"
-        )
+        return (f"holds policy type {policy_type!r}, which is not registered; registered "
+                f"policies: {list_policies()}")
     if not isinstance(slot_ids, list | tuple) or not all(isinstance(s, str) for s in slot_ids):
-        raise _refused(source, f"has slot_ids={slot_ids!r}, expected a list of str")
+        return f"has slot_ids={slot_ids!r}, expected a list of str"
     if not isinstance(config, dict):
-        raise _refused(
-            source, f"has config of type {type(config).__name__}, expected a dict of constructor "
-            "arguments"
-        )
-    state_dict = payload["state_dict"]
+        return f"has config of type {type(config).__name__}, expected a dict of constructor arguments"
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise _refused(source, "has a state_dict that is not a dict of tensors")
-    action_space = payload.get(_ACTION_SPACE_KEY)
+        return "has a state_dict that is not a dict of tensors"
     if action_space is not None and not isinstance(action_space, dict):
-        raise _refused(
-            source, f"has action_space of type {type(action_space).__name__}, expected a dict "
-            "(ActionSpace.to_dict()) or no entry"
-        )
+        return (f"has action_space of type {type(action_space).__name__}, expected a dict "
+                "(ActionSpace.to_dict()) or no entry")
+    return ""
 
 
 def _check_plain_data(value: Any, where: str) -> None:
@@ -476,30 +434,14 @@ def _check_plain_data(value: Any, where: str) -> None:
     )
 
 
-def _needs_arbitrary_unpickling(error: pickle.UnpicklingError) -> bool:
-    # The weights-only unpickler names the global or class it refused; any other failure
-    # (an unknown opcode, a short record) is damage, not an unsafe file.
-    message = str(error)
-    return any(s in message for s in ("GLOBAL", "allowlisted", "add_safe_globals", "reduce"))
-
-
-def _unsafe_reason(error: pickle.UnpicklingError) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
-    return lines[0] if lines else str(error).splitlines()[0]
-
-
 def _fsync_folder(folder: Path) -> None:
-    # Make the rename itself durable; not every platform can open a folder (Windows).
-    try:
+    """Make the rename durable; not every platform can open a folder (Windows)."""
+    with contextlib.suppress(OSError):
         descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 __all__ = [
