@@ -1,15 +1,11 @@
 """Attention telemetry as plain data: statistics, a diagnostics payload and hooks.
 
 The Slot Transformer encoder can return one attention map per layer, each
-``[B, T, heads, N+1, N+1]`` with queries as rows and keys as columns in CLS-first order
-(index 0 = CLS, 1..N = slots). Inactive slots are masked as keys (they receive exactly 0
-weight) and every query row attends to CLS plus the active slots.
-
-This module turns those maps into a small, JSON-serialisable :class:`AttentionStats`, builds
-the diagnostics dict a PPO loop ships to its own telemetry (:func:`policy_diagnostics`), and
-provides the hook plumbing the networks embed (:class:`TelemetryHooks`). Nothing here runs on
-the hot path: :func:`compute_attention_stats` is the one place that reads tensor values back to
-the host, and it is only called when the caller asked for diagnostics.
+``[B, T, heads, N+1, N+1]``: queries as rows, keys as columns, CLS first (0 = CLS, 1..N =
+slots). Inactive slots are masked as keys (exactly 0 weight). This module summarises those
+maps as a JSON-serialisable :class:`AttentionStats` (the one place that reads tensor values
+back to the host, only when asked), builds the diagnostics dict of a PPO update
+(:func:`policy_diagnostics`) and holds the hooks the networks embed (:class:`TelemetryHooks`).
 
 Example::
 
@@ -28,7 +24,6 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 import torch
@@ -36,8 +31,7 @@ from torch import Tensor
 
 from slotformer.validation import describe_shape, expect, validation_enabled
 
-# Tolerances of the (validation-gated) sanity checks on attention maps. Maps may come from
-# bf16/fp16 attention, so row sums are only checked loosely.
+# Tolerances of the validation-gated value checks (maps may come from bf16/fp16 attention).
 _MASKED_KEY_TOLERANCE = 1e-3
 _ROW_SUM_TOLERANCE = 1e-2
 
@@ -53,23 +47,16 @@ class AttentionStats:
     Attributes:
         entropy_mean: mean normalised attention entropy over batch, time, heads, layers and
             the valid query rows (CLS and active slots). Each row's entropy is divided by
-            ``ln(number of valid keys)`` (CLS + active slots), so 0 = one-hot, 1 = uniform;
-            a row with a single valid key counts 0.
-        entropy_min: the smallest of those normalised row entropies (the sharpest row).
-        slot_distribution: length N; attention mass each slot receives from the CLS query in
-            the last layer, averaged over batch, time and heads. Inactive slots get 0. The sum
-            is ``1 - mean mass CLS keeps on itself``.
+            ``ln(number of valid keys)``, so 0 = one-hot, 1 = uniform; a row with a single
+            valid key counts 0.
+        entropy_min: the smallest of those row entropies (the sharpest row).
+        slot_distribution: length N; last-layer attention mass each slot receives from the
+            CLS query, averaged over batch, time and heads (inactive slots: 0).
         slot_slot: ``[N][N]``; last-layer attention from query slot (row) to key slot (col),
-            averaged over heads and over the (batch, time) positions where the *query* slot is
-            active. A slot that is never active has an all-zero row. Rows sum to at most 1 (the
-            rest goes to CLS).
+            averaged over heads and the (batch, time) positions where the query slot is
+            active (a never-active slot's row is zeros). Rows sum to at most 1 (rest: CLS).
         slot_ids: the slot ids, in action-index order.
         network_type: always ``"transformer"`` (only attention networks produce these).
-
-    Example::
-
-        stats = compute_attention_stats(maps, active_mask, slot_config.slot_ids)
-        json.dumps(stats.to_dict())
     """
 
     entropy_mean: float
@@ -110,14 +97,14 @@ def _validate_attention_inputs(
             f"{describe_shape(slot_active_mask)}); got {slot_ids!r}"
         )
 
-    if isinstance(attention_maps, Tensor) or not isinstance(attention_maps, Sequence):
-        raise ValueError(
-            "attention_maps must be a list with one [B, T, heads, N+1, N+1] tensor per layer; "
-            f"got {type(attention_maps).__name__}"
-        )
-    maps = list(attention_maps)
+    is_list = isinstance(attention_maps, Sequence) and not isinstance(attention_maps, Tensor)
+    maps = list(attention_maps) if is_list else []
     if not maps:
-        raise ValueError("attention_maps must hold at least one layer; got an empty sequence")
+        got = "an empty sequence" if is_list else type(attention_maps).__name__
+        raise ValueError(
+            "attention_maps must be a list with one [B, T, heads, N+1, N+1] tensor per layer, "
+            f"for at least one layer; got {got}"
+        )
     for layer, layer_map in enumerate(maps):
         expect(f"attention_maps[{layer}]", layer_map, floating=True, device=slot_active_mask.device)
     first = maps[0]
@@ -138,48 +125,38 @@ def _validate_attention_inputs(
         with torch.no_grad():
             key_invalid = ~slot_active_mask  # [B, T, N]
             for layer, layer_map in enumerate(maps):
-                name = f"attention_maps[{layer}]"
                 attn = layer_map.detach().to(torch.float32)  # [B, T, H, N+1, N+1]
-                if not bool(torch.isfinite(attn).all()):
-                    raise ValueError(f"{name} contains NaN or inf")
-                if bool((attn < 0).any()):
-                    raise ValueError(f"{name} contains negative weights (min {attn.min().item():g})")
                 row_error = (attn.sum(-1) - 1).abs().max().item()
-                if row_error > _ROW_SUM_TOLERANCE:
-                    raise ValueError(
-                        f"{name} rows must sum to 1 (softmax over keys); worst row is off by "
-                        f"{row_error:g}"
-                    )
                 masked_weight = attn[..., 1:] * key_invalid[:, :, None, None, :]
                 worst = masked_weight.max().item() if masked_weight.numel() else 0.0
-                if worst > _MASKED_KEY_TOLERANCE:
-                    raise ValueError(
-                        f"{name} gives weight {worst:g} to an inactive slot key; inactive slots "
-                        "must be masked as keys (weight 0)"
-                    )
+                if not bool(torch.isfinite(attn).all()):
+                    problem = "contains NaN or inf"
+                elif bool((attn < 0).any()):
+                    problem = f"contains negative weights (min {attn.min().item():g})"
+                elif row_error > _ROW_SUM_TOLERANCE:
+                    problem = f"rows must sum to 1 (softmax over keys); worst row is off by {row_error:g}"
+                elif worst > _MASKED_KEY_TOLERANCE:
+                    problem = (f"gives weight {worst:g} to an inactive slot key; inactive slots "
+                               "must be masked as keys (weight 0)")
+                else:
+                    continue
+                raise ValueError(f"attention_maps[{layer}] {problem}")
     return maps, ids
 
 
 def compute_attention_stats(
     attention_maps: Sequence[Tensor], slot_active_mask: Tensor, slot_ids: Sequence[str]
 ) -> AttentionStats:
-    """Summarise per-layer attention maps into an :class:`AttentionStats`.
+    """Summarise per-layer attention maps into an :class:`AttentionStats` (plain floats).
 
-    Query rows counted for the entropy statistics are CLS and the *active* slots: inactive
-    slots still produce rows (their representation feeds the pointer head), but the
-    diagnostic question is how sharply the entities that exist attend, and an empty grid
-    would otherwise dominate the mean with rows that describe nothing. Keys beyond CLS and the
-    active slots carry zero weight by contract and are excluded from the entropy. Everything is
-    computed in fp32 under ``torch.no_grad()``; the results are read back with one host sync.
+    Only the rows of CLS and the *active* slots count for the entropies (an empty grid's rows
+    describe nothing). Computed in fp32 under ``torch.no_grad()``, read back in one host sync.
 
     Args:
-        attention_maps: one tensor per layer, each ``[B, T, heads, N+1, N+1]``, CLS first,
-            rows = queries, columns = keys, floating dtype, all the same shape.
+        attention_maps: one floating ``[B, T, heads, N+1, N+1]`` tensor per layer, all the
+            same shape (CLS first, rows = queries, columns = keys).
         slot_active_mask: bool ``[B, T, N]``, True = active slot.
         slot_ids: N slot ids (the action-index order).
-
-    Returns:
-        AttentionStats with plain Python floats and lists.
 
     Raises:
         ValueError: on wrong types, dtypes or shapes (always), and on non-finite or negative
@@ -229,15 +206,11 @@ def compute_attention_stats(
         packed = torch.cat(
             [all_rows.mean()[None], all_rows.min()[None], slot_distribution, slot_slot.flatten()]
         ).cpu()  # one host sync for everything
-    values = packed.tolist()
-    distribution = values[2 : 2 + num_slots]
-    matrix_flat = values[2 + num_slots :]
-    matrix = [matrix_flat[row * num_slots : (row + 1) * num_slots] for row in range(num_slots)]
+    values = [float(v) for v in packed.tolist()]
+    flat = values[2 + num_slots :]
     return AttentionStats(
-        entropy_mean=float(values[0]),
-        entropy_min=float(values[1]),
-        slot_distribution=[float(v) for v in distribution],
-        slot_slot=[[float(v) for v in row] for row in matrix],
+        entropy_mean=values[0], entropy_min=values[1], slot_distribution=values[2 : 2 + num_slots],
+        slot_slot=[flat[row * num_slots : (row + 1) * num_slots] for row in range(num_slots)],
         slot_ids=ids,
     )
 
@@ -248,21 +221,15 @@ def _resolve_network(network_or_bundle: object) -> object:
 
 
 def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
-    """Diagnostics payload for a PPO update: network type and attention statistics.
+    """Diagnostics payload for a PPO update: ``{"network_type", "attention_entropy_mean",
+    "attention_entropy_min", "slot_attention_distribution"}``, JSON-serialisable.
 
-    The result holds only str, float, list and None, so ``json.dumps`` accepts it. The
-    attention keys are None for the LSTM, and for a transformer whose
-    ``get_attention_stats()`` returns None (nothing captured yet; see :func:`capture_attention`).
+    The attention keys are None for a network without ``get_attention_stats()`` or when it
+    returns None (nothing captured yet; see :func:`capture_attention`).
 
     Args:
-        network_or_bundle: a network, or a policy bundle with a ``.network`` attribute. Its
-            ``network_type`` must be a registered policy type (`list_policies`: the built-in
-            ones and any registered with `register_policy`); a network may have a callable
-            ``get_attention_stats()`` returning :class:`AttentionStats` or None.
-
-    Returns:
-        ``{"network_type", "attention_entropy_mean", "attention_entropy_min",
-        "slot_attention_distribution"}``.
+        network_or_bundle: a network, or a policy bundle with a ``.network``; its
+            ``network_type`` must be registered (`list_policies`).
 
     Example::
 
@@ -282,16 +249,10 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
             f"network_or_bundle must expose a registered network_type {list_policies()} (on "
             f"itself or on its .network); got {network_type!r} from {type(network).__name__}"
         )
-    diagnostics: dict[str, object] = {
-        "network_type": network_type,
-        "attention_entropy_mean": None,
-        "attention_entropy_min": None,
-        "slot_attention_distribution": None,
-    }
+    diagnostics: dict[str, object] = {"network_type": network_type, **dict.fromkeys(
+        ("attention_entropy_mean", "attention_entropy_min", "slot_attention_distribution"))}
     get_stats = getattr(network, "get_attention_stats", None)
-    if not callable(get_stats):
-        return diagnostics
-    stats = get_stats()
+    stats = get_stats() if callable(get_stats) else None
     if stats is None:
         return diagnostics
     if not isinstance(stats, AttentionStats):
@@ -306,14 +267,8 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
 
 
 class TelemetryHookHandle:
-    """Handle returned by :meth:`TelemetryHooks.register`; ``remove()`` unregisters the hook.
-
-    Like ``torch.utils.hooks.RemovableHandle``: ``remove()`` is idempotent, and the handle is a
-    context manager that removes the hook on exit.
-
-    Args:
-        hooks_dict: the registry dict the hook lives in.
-        hook_id: the hook's key in that dict.
+    """Handle returned by :meth:`TelemetryHooks.register`: ``remove()`` (idempotent) or leaving
+    it as a context manager unregisters the hook, as ``torch.utils.hooks.RemovableHandle``.
 
     Example::
 
@@ -333,12 +288,7 @@ class TelemetryHookHandle:
     def __enter__(self) -> TelemetryHookHandle:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.remove()
 
 
@@ -392,17 +342,9 @@ _MISSING = object()
 
 @contextmanager
 def capture_attention(network: _NetworkT) -> Iterator[_NetworkT]:
-    """Set ``capture_attention = True`` on a network for a block, then restore the old value.
-
-    A policy bundle is accepted (its ``.network`` is switched). A network without the attribute
-    (the LSTM) gets it for the block only and loses it after, so the same code runs for both
-    network types.
-
-    Args:
-        network: a network or a policy bundle.
-
-    Yields:
-        The object passed in.
+    """Set ``capture_attention = True`` on a network (or a bundle's ``.network``) for a block,
+    then restore the old value; yield the object passed in. A network without the attribute
+    (the LSTM) has it for the block only, so the same code runs for both network types.
 
     Example::
 
