@@ -1,11 +1,8 @@
 """Plain-text views of attention for status lines and TUIs, a heatmap image tensor, and a
 labelled matplotlib figure (:func:`attention_figure`, with the ``plot`` extra).
 
-:func:`render_attention_heatmap` draws a slot-slot matrix (or a per-slot vector) with block
-characters. Cell values are used **raw**: the thresholds are attention probabilities, so a
-cell shows ``██`` when a query gives at least half its attention to that key, whatever the rest
-of the matrix looks like. Raw values keep frames comparable over training (a max-normalised
-map would look equally sharp whether the largest weight were 0.3 or 0.99).
+Every view uses the **raw** attention weights (a max-normalised map would look equally sharp
+whether the largest weight were 0.3 or 0.99), so frames stay comparable over training.
 
 Example::
 
@@ -36,54 +33,42 @@ COMPACT_GLYPHS: tuple[str, str, str, str] = ("█", "▓", "░", "·")
 """The same scale with one character per cell, for wide grids."""
 COMPACT_ABOVE_SLOTS = 16
 """Grids with more slots than this render in compact mode unless ``compact=False``."""
-MAX_READABLE_SLOTS = 64
 
 _BADGES = {"lstm": "🔄 LSTM", "transformer": "⚡ XFMR"}
 _KEY_LINE_WIDTH = 80
 
 
-def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
-    """Return the matrix as a list of float rows and whether it was 1-D.
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
-    Rejects anything but a non-empty ``[N]`` or square ``[N, N]`` of finite real numbers.
-    """
+
+def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
+    """The matrix as float rows, and whether it was 1-D: a non-empty ``[N]`` or square
+    ``[N, N]`` of finite real numbers, else ``ValueError``."""
     if isinstance(matrix, Tensor):
         if matrix.dim() not in (1, 2):
             raise ValueError(f"matrix must be [N, N] or [N]; got shape {describe_shape(matrix)}")
         if matrix.is_complex() or matrix.dtype == torch.bool:
             raise ValueError(f"matrix must hold real numbers; got dtype {matrix.dtype}")
-        values = matrix.detach().to("cpu", torch.float64).tolist()
+        items: list[Any] = matrix.detach().to("cpu", torch.float64).tolist()
         one_dim = matrix.dim() == 1
-        rows = [values] if one_dim else values
     else:
-        if isinstance(matrix, (str, bytes)) or not isinstance(matrix, Sequence):
+        is_list = isinstance(matrix, Sequence) and not isinstance(matrix, str | bytes)
+        items = list(matrix) if is_list else []
+        nested = all(isinstance(item, Sequence) and not isinstance(item, str) for item in items)
+        one_dim = not items or not nested
+        if not is_list or (one_dim and not all(_is_number(item) for item in items)):
             raise ValueError(
-                f"matrix must be a Tensor, a list of floats or a nested list; got {type(matrix).__name__}"
+                "matrix must be a Tensor, a list of numbers ([N]) or a list of lists of numbers "
+                f"([N, N]); got {repr(matrix) if is_list else type(matrix).__name__}"
             )
-        items: list[Any] = list(matrix)
-        if items and all(isinstance(item, Sequence) and not isinstance(item, str) for item in items):
-            rows = [list(row) for row in items]
-            one_dim = False
-        elif all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items):
-            rows = [list(items)]
-            one_dim = True
-        else:
-            raise ValueError(
-                "matrix must be a list of numbers ([N]) or a list of lists of numbers ([N, N]); "
-                f"got {matrix!r}"
-            )
-    for row in rows:
-        for value in row:
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value):
-                raise ValueError(f"matrix entries must be finite numbers; got {value!r}")
-    if not one_dim:
-        size = len(rows)
-        widths = sorted({len(row) for row in rows})
-        if widths != [size]:
-            raise ValueError(
-                f"a 2-D matrix must be square [N, N]; got {size} rows of lengths {widths}"
-            )
+    rows = [items] if one_dim else [list(row) for row in items]
+    for value in (value for row in rows for value in row):
+        if not _is_number(value) or not math.isfinite(value):
+            raise ValueError(f"matrix entries must be finite numbers; got {value!r}")
+    widths = sorted({len(row) for row in rows})
+    if not one_dim and widths != [len(rows)]:
+        raise ValueError(f"a 2-D matrix must be square [N, N]; got {len(rows)} rows of lengths {widths}")
     if not rows[0]:  # a 2-D matrix has rows here: zero rows failed the square check
         raise ValueError("matrix must have at least one slot; got an empty matrix")
     return [[float(value) for value in row] for row in rows], one_dim
@@ -137,29 +122,21 @@ def render_attention_heatmap(
     compact: bool | None = None,
     thresholds: Sequence[float] = (0.5, 0.25, 0.1),
 ) -> str:
-    """Render an attention matrix as a plain-text heatmap (no ANSI codes).
+    """Render an attention matrix as a plain-text heatmap (no ANSI codes, no trailing spaces
+    or newline).
 
-    Each value is compared *raw* with the thresholds (attention probabilities, not normalised
-    by the matrix max): ``>= high`` → ``██``, ``>= mid`` → ``▓▓``, ``>= low`` → ``░░``, else ``··``.
-    Rows are queries and columns keys, both labelled with slot ids; a 1-D vector (e.g.
-    ``AttentionStats.slot_distribution``) renders as one unlabelled row. Grids with more than
-    16 slots (or ``compact=True``) use one character per cell (``█ ▓ ░ ·``), a two-line column
-    ruler of indices (tens above units) and a ``key:`` line mapping indices to labels; that
-    keeps 64 slots within about 80 columns. Trailing spaces are stripped from every line.
+    Each raw value maps to ``>= high`` → ``██``, ``>= mid`` → ``▓▓``, ``>= low`` → ``░░``, else
+    ``··``. Rows are queries and columns keys, both labelled with slot ids; a 1-D vector (e.g.
+    ``AttentionStats.slot_distribution``) is one unlabelled row. Compact mode uses one character
+    per cell (``█ ▓ ░ ·``), a column ruler of indices (tens above units) and a ``key:`` line
+    mapping indices to labels: 64 slots fit about 80 columns.
 
     Args:
-        matrix: ``[N, N]`` or ``[N]`` values, as a Tensor, a list or a nested list.
-        labels: N slot ids, used for the rows and columns (or the key in compact mode).
+        matrix: ``[N, N]`` or ``[N]`` finite values, as a Tensor, a list or a nested list.
+        labels: N slot ids, for the rows and columns (or the key in compact mode).
         title: optional first line.
         compact: force compact (True) or wide (False) cells; None picks compact for N > 16.
         thresholds: ``(high, mid, low)`` non-increasing cut-offs.
-
-    Returns:
-        The heatmap as a multi-line str (no trailing newline).
-
-    Raises:
-        ValueError: on a non-square or non-1/2-D matrix, non-finite values, an empty matrix,
-            a label count different from N, or bad thresholds.
 
     Example::
 
@@ -223,18 +200,11 @@ def network_badge(network_type: str) -> str:
 
 
 def attention_heatmap_image(matrix: MatrixLike, *, cell_px: int = 8) -> Tensor:
-    """An RGB image of a matrix for TensorBoard, built directly from the values.
+    """An RGB image of an ``[N, N]`` or ``[N]`` matrix for TensorBoard: float32
+    ``[3, rows * cell_px, N * cell_px]`` (CHW) in [0, 1], on the CPU.
 
-    Raw values (clamped to [0, 1]) go through a black → red → yellow → white ramp, so brighter
-    means more attention, and each cell is upscaled by nearest neighbour to
-    ``cell_px x cell_px`` pixels. A 1-D vector becomes one row of cells.
-
-    Args:
-        matrix: ``[N, N]`` or ``[N]`` values (Tensor, list or nested list).
-        cell_px: pixels per cell side, >= 1.
-
-    Returns:
-        float32 ``[3, rows * cell_px, N * cell_px]`` (CHW) in [0, 1], on the CPU.
+    Raw values (clamped to [0, 1]) go through a black → red → yellow → white ramp (brighter =
+    more attention), each cell ``cell_px`` pixels square; a 1-D vector is one row of cells.
 
     Example::
 
@@ -245,9 +215,7 @@ def attention_heatmap_image(matrix: MatrixLike, *, cell_px: int = 8) -> Tensor:
     rows, _ = _as_rows(matrix)
     values = torch.tensor(rows, dtype=torch.float32).clamp(0.0, 1.0)  # [R, N]
     # "hot" ramp: red rises first, then green, then blue; monotone in brightness.
-    rgb = torch.stack(
-        [(3 * values).clamp(0, 1), (3 * values - 1).clamp(0, 1), (3 * values - 2).clamp(0, 1)]
-    )  # [3, R, N]
+    rgb = torch.stack([(3 * values - channel).clamp(0, 1) for channel in range(3)])  # [3, R, N]
     return rgb.repeat_interleave(cell_px, dim=1).repeat_interleave(cell_px, dim=2)
 
 
@@ -258,34 +226,26 @@ def attention_figure(
     title: str | None = None,
     annotate: bool | None = None,
 ) -> Any:
-    """A labelled slot-slot attention heatmap as a matplotlib ``Figure`` (the ``plot`` extra).
+    """A labelled slot-slot attention heatmap as a matplotlib ``Figure``, not registered with
+    pyplot (needs the ``plot`` extra, else ``ImportError``).
 
-    Rows are query slots and columns key slots, both labelled with slot ids; the colour scale
-    is the raw attention weight on a fixed 0..1 range (comparable across figures, as in the
-    text heatmap), with a colour bar. For ``TensorBoard`` pass it to
-    ``SummaryWriter.add_figure`` (or :func:`slotformer.tensorboard.log_attention`, which does
-    when matplotlib is installed); for a file, ``figure.savefig("attention.png")``.
+    Rows are query slots and columns key slots, labelled with slot ids; the colour scale is the
+    raw weight on a fixed 0..1 range, with a colour bar. Pass it to
+    ``SummaryWriter.add_figure`` (:func:`slotformer.tensorboard.log_attention` does) or save
+    it with ``figure.savefig("attention.png")``.
 
     Args:
         matrix: ``[N, N]`` values (``AttentionStats.slot_slot``), Tensor or nested list.
         labels: N slot ids (``AttentionStats.slot_ids``).
         title: optional title.
-        annotate: write each weight in its cell; None = only for N <= 12 (readable).
-
-    Returns:
-        A ``matplotlib.figure.Figure`` (not shown; close it with ``matplotlib.pyplot.close``
-        or let it be collected: it is not registered with pyplot).
-
-    Raises:
-        ImportError: without matplotlib (``pip install "slotformer[plot]"``).
-        ValueError: a matrix that is not square or does not match ``labels``.
+        annotate: write each weight in its cell; None = only for N <= 12.
 
     Example:
         >>> fig = attention_figure([[0.6, 0.3], [0.05, 0.9]], ["r0c0", "r0c1"])
         >>> [label.get_text() for label in fig.axes[0].get_yticklabels()]
         ['r0c0', 'r0c1']
     """
-    rows, one_dim = _as_rows(matrix)  # checks squareness and finiteness
+    rows, one_dim = _as_rows(matrix)
     n = len(rows[0])
     if one_dim:
         raise ValueError(f"matrix must be [N, N] (query x key slots); got a vector of {n}")
@@ -294,9 +254,7 @@ def attention_figure(
     try:
         from matplotlib.figure import Figure
     except ImportError as error:
-        raise ImportError(
-            'attention_figure needs matplotlib: pip install "slotformer[plot]"'
-        ) from error
+        raise ImportError('attention_figure needs matplotlib: pip install "slotformer[plot]"') from error
     side = min(2.0 + 0.45 * n, 12.0)
     figure = Figure(figsize=(side + 1.2, side), layout="constrained")
     axes = figure.add_subplot()
