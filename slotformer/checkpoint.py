@@ -60,14 +60,12 @@ class CheckpointError(ValueError):
 def save_checkpoint(
     path: str | os.PathLike[str], policy: PolicyBundle, extra: Mapping[str, Any] | None = None
 ) -> Path:
-    """Atomically write ``policy`` (config, slot ids, action space and weights) to ``path``.
+    """Atomically write ``policy`` (config, slot ids, action space and weights) to ``path``
+    (returned; its folder must exist).
 
-    Args:
-        path: the checkpoint file (returned); its folder must exist.
-        policy: a bundle built by slotformer (it must expose a ``config`` dataclass or dict,
-            else ``TypeError``).
-        extra: caller data (plain data and tensors only, else ``ValueError``), e.g. the step
-            count or an optimizer's state dict; read it back with `read_checkpoint`.
+    ``policy`` must expose a ``config`` dataclass or dict (``TypeError`` otherwise); ``extra``
+    is caller data of plain data and tensors only (``ValueError`` otherwise), e.g. the step
+    count or an optimizer's state dict, read back with `read_checkpoint`.
 
     Example:
         >>> import tempfile, pathlib
@@ -82,21 +80,16 @@ def save_checkpoint(
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
     if not isinstance(config, dict):
-        raise TypeError(
-            f"save_checkpoint needs a slotformer bundle exposing .config (a config dataclass "
-            f"or a dict), got {type(policy).__name__}"
-        )
+        raise TypeError(f"save_checkpoint needs a slotformer bundle exposing .config (a config "
+                        f"dataclass or a dict), got {type(policy).__name__}")
     extra_data: dict[str, Any] = dict(extra) if extra is not None else {}
     _check_plain_data(extra_data, "extra")
     from slotformer import __version__  # late: slotformer/__init__ may import this module
 
     payload: dict[str, Any] = {
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "library_version": __version__,
-        "policy_type": policy.network_type,
-        "config": config,
-        "slot_ids": list(policy.slot_config.slot_ids),
-        "state_dict": policy.state_dict(),
+        "format_version": CHECKPOINT_FORMAT_VERSION, "library_version": __version__,
+        "policy_type": policy.network_type, "config": config,
+        "slot_ids": list(policy.slot_config.slot_ids), "state_dict": policy.state_dict(),
         "extra": extra_data,
     }
     action_space = getattr(policy, "action_space", None)
@@ -116,47 +109,36 @@ def save_checkpoint(
     except BaseException:  # an error or KeyboardInterrupt: the previous checkpoint stays
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_folder(target.parent)
+    with contextlib.suppress(OSError):  # make the rename durable (Windows cannot open a folder)
+        descriptor = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
     return target
 
 
-def read_checkpoint(
-    path: str | os.PathLike[str], map_location: MapLocation = None
-) -> dict[str, Any]:
-    """Load and validate a checkpoint's contents without building the policy.
-
-    Returns:
-        The stored dict (the module's format; ``action_space`` only when stored).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: unreadable, truncated or corrupt file; a file that needs arbitrary
-            unpickling; a newer format version; missing or malformed entries.
-    """
+def read_checkpoint(path: str | os.PathLike[str], map_location: MapLocation = None) -> dict[str, Any]:
+    """Load and validate a checkpoint's contents (the module's format) without building the
+    policy; ``FileNotFoundError`` without a file, ``CheckpointError`` for an unreadable,
+    truncated, corrupt or unsafe file, a newer format or missing or malformed entries."""
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(source)!r}")
     if not _is_zipfile(source):
-        raise _refused(
-            source, f"is not a complete torch zip archive ({source.stat().st_size} bytes): it is "
-            f"truncated, corrupt or not a checkpoint; {_EXPECTED}"
-        )
+        raise _refused(source, f"is not a complete torch zip archive ({source.stat().st_size} "
+                       f"bytes): it is truncated, corrupt or not a checkpoint; {_EXPECTED}")
     # torch.load does not verify the archive's CRC-32s (a flipped bit would load as a wrong
-    # weight): check every record first.
+    # weight): check every record first. NotImplementedError: a damaged compression method.
     try:
         with zipfile.ZipFile(source) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
-        # NotImplementedError: a damaged header naming a compression method zipfile lacks.
-        raise _refused(
-            source, f"could not be read ({type(error).__name__}: {error}): it is truncated or "
-            f"corrupt; {_EXPECTED}"
-        ) from error
+        raise _refused(source, f"could not be read ({type(error).__name__}: {error}): it is "
+                       f"truncated or corrupt; {_EXPECTED}") from error
     if damaged is not None:
-        raise _refused(
-            source, f"is corrupt: its record {damaged!r} fails its CRC-32 check (damaged on disk "
-            f"or in transfer); nothing was loaded; {_EXPECTED}"
-        )
+        raise _refused(source, f"is corrupt: its record {damaged!r} fails its CRC-32 check "
+                       f"(damaged on disk or in transfer); nothing was loaded; {_EXPECTED}")
     try:
         payload = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -173,10 +155,8 @@ def read_checkpoint(
         raise _refused(source, problem) from error
     except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, ...
         first_line = str(error).splitlines()[0] if str(error) else "no message"
-        raise _refused(
-            source, f"could not be read ({type(error).__name__}: {first_line}): it is truncated "
-            f"or corrupt; {_EXPECTED}"
-        ) from error
+        raise _refused(source, f"could not be read ({type(error).__name__}: {first_line}): it "
+                       f"is truncated or corrupt; {_EXPECTED}") from error
     problem = _payload_problem(payload)
     if problem:
         raise _refused(source, problem)
@@ -196,10 +176,9 @@ def load_checkpoint(
         path: a file written by `save_checkpoint`.
         map_location: as in ``torch.load``; a device (or device string) also places the
             bundle there. None = the device the weights were saved from.
-        slot_config: the grid to load onto. None = the saved grid. Another grid is allowed
-            only for a policy whose weights do not depend on N (``"transformer"``); for
-            ``"lstm"`` it must name the saved slot ids, in order. The stored action space's
-            pointer head is resized to the grid.
+        slot_config: the grid to load onto (the stored action space's pointer head is
+            resized to it). None = the saved grid. Another grid only for a policy whose
+            weights do not depend on N (``"transformer"``).
         policy_type: the expected policy type; a checkpoint of another type is refused.
 
     Returns:
@@ -207,11 +186,9 @@ def load_checkpoint(
         (the default one for a checkpoint that stores none).
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: see `read_checkpoint`; also a policy type other than
-            ``policy_type``, a slot-id set the policy cannot take, a malformed stored action
-            space, or weights that do not fit the policy the stored config builds (an older
-            slotformer's parameter layout).
+        FileNotFoundError, CheckpointError: as `read_checkpoint`; also a CheckpointError for
+            another policy type, a slot-id set the policy cannot take, a malformed stored
+            action space, or weights that do not fit the policy the stored config builds.
 
     Example::
 
@@ -222,55 +199,53 @@ def load_checkpoint(
     payload = read_checkpoint(source, map_location=map_location)
     stored_type: str = payload["policy_type"]
     if policy_type is not None and stored_type != policy_type:
-        raise _refused(
-            source, f"holds a {stored_type!r} policy, expected a {policy_type!r} one; a "
-            f"{stored_type!r} checkpoint cannot be loaded as {policy_type!r} (their weights differ)"
-        )
+        raise _refused(source, f"holds a {stored_type!r} policy, expected a {policy_type!r} one; "
+                       f"a {stored_type!r} checkpoint cannot be loaded as {policy_type!r} (their "
+                       "weights differ)")
     cls = get_policy_class(stored_type)
     saved_slots = SlotConfig(tuple(payload["slot_ids"]))
     config_class = getattr(cls, "config_class", None)
     config = _with_legacy_defaults(stored_type, dict(payload["config"]), config_class)
-    width_key = "state_dim" if config_class is not None else "feature_dim"
     if slot_config is not None and slot_config != saved_slots:
         if not getattr(cls, "runs_on_any_grid", False):
-            raise _refused(
-                source, f"was saved for slots {list(saved_slots.slot_ids)} but slot_config has "
-                f"{list(slot_config.slot_ids)}; a {stored_type!r} policy's weights are sized by "
-                "its slots, so it loads only onto the saved slot ids (only a 'transformer' "
-                "policy loads onto another grid)"
-            )
-        config[width_key] = _width_for_grid(config, width_key, saved_slots, slot_config, source)
+            raise _refused(source, f"was saved for slots {list(saved_slots.slot_ids)} but "
+                           f"slot_config has {list(slot_config.slot_ids)}; a {stored_type!r} "
+                           "policy's weights are sized by its slots, so it loads only onto the "
+                           "saved slot ids (only a 'transformer' policy loads onto another grid)")
+        # The observation width on the new grid: the same base block and per-slot width.
+        key = "state_dim" if config_class is not None else "feature_dim"
+        base_dim = int(config.get("base_dim", DEFAULT_BASE_DIM))
+        slot_total = int(config[key]) - base_dim
+        if slot_total % saved_slots.num_slots:
+            raise _refused(source, f"holds {key}={config[key]}, which does not split into "
+                           f"base_dim={base_dim} plus {saved_slots.num_slots} equal slot blocks")
+        config[key] = base_dim + slot_config.num_slots * (slot_total // saved_slots.num_slots)
     target_slots = slot_config if slot_config is not None else saved_slots
-    space_kwargs: dict[str, Any] = {}
     action_space = _stored_action_space(payload, saved_slots, target_slots, source)
+    space_kwargs: dict[str, Any] = {}
     if action_space is not None and (
         config_class is not None or "action_space" in _accepted_arguments(cls)
     ):
         space_kwargs["action_space"] = action_space
-
     try:
         if config_class is not None:  # slotformer's bundles: they hold a config dataclass
-            policy: PolicyBundle = cls(
-                slot_config=target_slots, config=config_class(**config), **space_kwargs
-            )
+            policy: PolicyBundle = cls(slot_config=target_slots, config=config_class(**config),
+                                       **space_kwargs)
         else:  # a bundle registered by a user: its stored constructor arguments
             policy = cls(slot_config=target_slots, **config, **space_kwargs)
     except (TypeError, ValueError) as error:
         space = "" if action_space is None else f" and action space {payload[_ACTION_SPACE_KEY]}"
-        raise _refused(
-            source, f"holds a config {config}{space} that does not build a {stored_type!r} "
-            f"policy with this slotformer: {error}"
-        ) from error
+        raise _refused(source, f"holds a config {config}{space} that does not build a "
+                       f"{stored_type!r} policy with this slotformer: {error}") from error
     state_dict: dict[str, Any] = payload["state_dict"]
     # A flat checkpoint whose contribution predictor has a Linear at index 3 has the retired
     # head layout (a second Dropout, blueprint head H -> H/2 -> H/2 -> 13): no exact conversion.
     if stored_type == "lstm" and "contribution_predictor.3.weight" in state_dict:
-        raise _refused(
-            source, "holds a flat ('lstm') policy saved by an earlier slotformer, before the "
-            "flat network's heads took the reference network's layout (blueprint "
-            "head H -> H -> H/2 -> 13, contribution predictor with a LayerNorm); this "
-            "slotformer cannot load it: load it with the slotformer that saved it, or retrain"
-        )
+        raise _refused(source, "holds a flat ('lstm') policy saved by an earlier slotformer, "
+                       "before the flat network's heads took the reference network's layout "
+                       "(blueprint head H -> H -> H/2 -> 13, contribution predictor with a "
+                       "LayerNorm); this slotformer cannot load it: load it with the slotformer "
+                       "that saved it, or retrain")
     reference = next((t for t in state_dict.values() if t.is_floating_point()), None)
     if reference is not None:
         policy.to(torch.device(map_location) if isinstance(map_location, str | torch.device)
@@ -279,20 +254,16 @@ def load_checkpoint(
             policy.to(dtype=reference.dtype)
     mismatch = _parameter_layout_mismatch(policy.state_dict(), state_dict)
     if mismatch:
-        raise _refused(
-            source, f"was written by an older slotformer with a different parameter layout: "
-            f"its weights do not fit the {stored_type!r} policy its own config builds with this "
-            f"slotformer ({mismatch}). slotformer does not convert weights between parameter "
-            f"layouts; load it with the slotformer that wrote it (version "
-            f"{payload['library_version']}), or retrain"
-        )
+        raise _refused(source, f"was written by an older slotformer with a different parameter "
+                       f"layout: its weights do not fit the {stored_type!r} policy its own "
+                       f"config builds with this slotformer ({mismatch}). slotformer does not "
+                       "convert weights between parameter layouts; load it with the slotformer "
+                       f"that wrote it (version {payload['library_version']}), or retrain")
     try:
         policy.load_state_dict(state_dict, strict=True)
     except ValueError as error:
-        raise _refused(
-            source, f"holds weights that do not fit the {stored_type!r} policy built from its "
-            f"config: {error}"
-        ) from error
+        raise _refused(source, f"holds weights that do not fit the {stored_type!r} policy built "
+                       f"from its config: {error}") from error
     return policy
 
 
@@ -309,10 +280,9 @@ def _stored_action_space(
     except ValueError as error:
         raise _refused(source, f"holds a malformed action space: {error}") from error
     if space.pointer_head is not None and space.num_slots != saved.num_slots:
-        raise _refused(
-            source, f"holds an action space whose pointer head {space.pointer_head!r} has "
-            f"{space.num_slots} choices, but {saved.num_slots} slot ids {list(saved.slot_ids)}"
-        )
+        raise _refused(source, f"holds an action space whose pointer head {space.pointer_head!r} "
+                       f"has {space.num_slots} choices, but {saved.num_slots} slot ids "
+                       f"{list(saved.slot_ids)}")
     if space.pointer_head is not None and target.num_slots != saved.num_slots:
         space = space.with_num_slots(target.num_slots)
     return space
@@ -321,15 +291,14 @@ def _stored_action_space(
 def _parameter_layout_mismatch(expected: Mapping[str, Any], stored: Mapping[str, Any]) -> str:
     """What differs between two state dicts' keys and shapes ("" = they fit)."""
     stored = without_compile_prefix(stored)
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
     reshaped = [
         f"{k}: stored {list(stored[k].shape)}, expected {list(expected[k].shape)}"
         for k in sorted(set(expected) & set(stored))
         if isinstance(stored[k], Tensor) and isinstance(expected[k], Tensor)
         and stored[k].shape != expected[k].shape
     ]
-    found = (("missing parameters", missing), ("unexpected parameters", unexpected),
+    found = (("missing parameters", sorted(set(expected) - set(stored))),
+             ("unexpected parameters", sorted(set(stored) - set(expected))),
              ("of another shape", reshaped))
     return "; ".join(f"{len(items)} {label} {items[:5]}" for label, items in found if items)
 
@@ -337,12 +306,10 @@ def _parameter_layout_mismatch(expected: Mapping[str, Any], stored: Mapping[str,
 def _with_legacy_defaults(
     policy_type: str, config: dict[str, Any], config_class: type | None
 ) -> dict[str, Any]:
-    """A stored config as the config fields, building the architecture it was saved with.
-
+    """A stored config as the config fields, building the architecture it was saved with:
     slotformer 0.1 stored ``feature_dim`` and ``hidden_dim`` (now ``state_dim`` and
     ``lstm_hidden_dim``); a transformer config without ``contribution_hidden`` has a
-    contribution predictor ``head_hidden`` wide with ``Dropout(0.1)`` (defaults: 64, 0.0).
-    """
+    contribution predictor ``head_hidden`` wide with ``Dropout(0.1)`` (defaults: 64, 0.0)."""
     if config_class is not None and "hidden_dim" in config:
         renames = {"feature_dim": "state_dim", "hidden_dim": "lstm_hidden_dim"}
         config = {renames.get(key, key): value for key, value in config.items()}
@@ -350,20 +317,6 @@ def _with_legacy_defaults(
         config["contribution_hidden"] = config.get("head_hidden", 256)
         config.setdefault("contribution_dropout", 0.1)
     return config
-
-
-def _width_for_grid(
-    config: Mapping[str, Any], key: str, saved: SlotConfig, target: SlotConfig, source: Path
-) -> int:
-    """The observation width on ``target``: same base block and per-slot width as saved."""
-    base_dim = int(config.get("base_dim", DEFAULT_BASE_DIM))
-    slot_total = int(config[key]) - base_dim
-    if slot_total % saved.num_slots:
-        raise _refused(
-            source, f"holds {key}={config[key]}, which does not split into base_dim={base_dim} "
-            f"plus {saved.num_slots} equal slot blocks"
-        )
-    return base_dim + target.num_slots * (slot_total // saved.num_slots)
 
 
 def _is_zipfile(source: Path) -> bool:
@@ -423,31 +376,14 @@ def _check_plain_data(value: Any, where: str) -> None:
                 raise ValueError(f"{where} has key {key!r} of type {type(key).__name__}; "
                                  f"expected str or int keys")
             _check_plain_data(item, f"{where}[{key!r}]")
-        return
-    if isinstance(value, list | tuple):
+    elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _check_plain_data(item, f"{where}[{index}]")
-        return
-    raise ValueError(
-        f"{where} is a {type(value).__name__}; a checkpoint holds only dicts, lists, tuples, "
-        f"str, int, float, bool, None and tensors (so that it loads with weights_only=True)"
-    )
+    else:
+        raise ValueError(f"{where} is a {type(value).__name__}; a checkpoint holds only dicts, "
+                         "lists, tuples, str, int, float, bool, None and tensors (so that it "
+                         "loads with weights_only=True)")
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable; not every platform can open a folder (Windows)."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-__all__ = [
-    "CHECKPOINT_FORMAT_VERSION",
-    "CheckpointError",
-    "load_checkpoint",
-    "read_checkpoint",
-    "save_checkpoint",
-]
+__all__ = ["CHECKPOINT_FORMAT_VERSION", "CheckpointError", "load_checkpoint", "read_checkpoint",
+           "save_checkpoint"]
