@@ -43,6 +43,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from itertools import pairwise
 
 import torch
 from torch import Tensor
@@ -119,11 +120,9 @@ class ReferenceDimensions:
         indices = {int(m.group(1)) for key in state_dict if (m := _LAYER_INDEX.match(key))}
         state_dim = feature_in - num_slots * embed_dim
         if state_dim < 1:
-            raise ValueError(
-                f"reference state_dict key 'feature_net.0.weight' has {feature_in} input "
-                f"features, fewer than the {num_slots} slots' blueprint embeddings "
-                f"({num_slots} x {embed_dim}) it must include"
-            )
+            raise ValueError(f"reference state_dict key 'feature_net.0.weight' has {feature_in} "
+                             f"input features, fewer than the {num_slots} slots' blueprint "
+                             f"embeddings ({num_slots} x {embed_dim}) it must include")
         return cls(state_dim, feature_dim, hidden, max(indices) + 1, num_slots, embed_dim)
 
     def expected_shapes(self) -> dict[str, Shape]:
@@ -149,14 +148,10 @@ class ReferenceDimensions:
             for param in _LSTM_PARAMS:
                 shapes[f"lstm.layers.{i}.{param}"] = (4 * H, H) if param[0] == "w" else (4 * H,)
             layer_norm(f"lstm.layer_norms.{i}", H)
-        for name, size in space.sizes.items():
-            if name == "blueprint":
-                linear("blueprint_head.0", H, H)
-                linear("blueprint_head.2", h2, H)
-                linear("blueprint_head.4", size, h2)
-            else:
-                linear(f"{name}_head.0", h2, H)
-                linear(f"{name}_head.2", size, h2)
+        for name, size in space.sizes.items():  # blueprint: H -> H -> H/2 -> 13
+            widths = (H, H, h2, size) if name == "blueprint" else (H, h2, size)
+            for index, (in_features, out_features) in enumerate(pairwise(widths)):
+                linear(f"{name}_head.{2 * index}", out_features, in_features)
         for head, in_features in (("state_value_head", H), ("q_head", H + space.num_ops)):
             linear(f"{head}.0", h2, in_features)
             layer_norm(f"{head}.1", h2)
@@ -179,18 +174,10 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, 
     ``blueprint_embedding._null_idx``; the tensors are not copied. A ``_orig_mod.`` prefix on
     every key (a ``torch.compile``'d module's) is stripped.
 
-    Args:
-        state_dict: the reference network's ``state_dict()``, e.g. ``feature_net.0.weight
-            [F, D + N*E]``, ``lstm.layers.0.weight_ih_l0 [4H, H]``, ``lstm.layer_norms.0.weight
-            [H]``, ``blueprint_head.4.weight [13, H/2]``.
-
-    Returns:
-        A new dict, slotformer key -> the same tensor, that a `FactoredRecurrentActorCritic`
-        of those sizes loads with ``load_state_dict(strict=True)``.
-
-    Raises:
-        ValueError: naming every missing, unexpected or mis-shaped key (expected and actual
-            shape) and the sizes it inferred.
+    Returns a new dict, slotformer key -> the same tensor, that a
+    `FactoredRecurrentActorCritic` of those sizes loads with ``load_state_dict(strict=True)``;
+    ``ValueError`` names every missing, unexpected or mis-shaped key (expected and actual
+    shape) and the sizes it inferred.
 
     Example:
         >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16)
@@ -221,21 +208,20 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, 
     problems = _listed("missing keys", missing) + _listed("unexpected keys", unexpected)
     problems += _listed("shape mismatches", mismatched, quote=False)
     null_index = source.get(NULL_INDEX_KEY)
-    if null_index is not None and not _is_null_row(null_index):
-        problems.append(
-            f"{NULL_INDEX_KEY!r} is {_value_text(null_index)}, expected a 0-d integer tensor "
-            f"holding {NUM_BLUEPRINTS} (the embedding's last row, where slotformer puts the "
-            "empty-slot row)"
-        )
+    if null_index is not None and not (
+        isinstance(null_index, Tensor) and null_index.dim() == 0
+        and not null_index.is_floating_point() and int(null_index) == NUM_BLUEPRINTS
+    ):
+        problems.append(f"{NULL_INDEX_KEY!r} is {_value_text(null_index)}, expected a 0-d "
+                        f"integer tensor holding {NUM_BLUEPRINTS} (the embedding's last row, "
+                        "where slotformer puts the empty-slot row)")
     if problems:
         hint = ""
         if any(key.startswith("module.") for key in unexpected):
             hint = " (keys start with 'module.': pass the unwrapped module's state_dict)"
         sizes = ", ".join(f"{f.name}={getattr(dims, f.name)}" for f in fields(dims))
-        raise ValueError(
-            f"reference state_dict does not have the reference network's layout for the sizes "
-            f"its shapes give ({sizes}): {'; '.join(problems)}{hint}"
-        )
+        raise ValueError(f"reference state_dict does not have the reference network's layout "
+                         f"for the sizes its shapes give ({sizes}): {'; '.join(problems)}{hint}")
     return {_renamed(key, _TO_SLOTFORMER): value for key, value in given.items()}
 
 
@@ -308,12 +294,11 @@ def load_reference_state_dict(
     problems += _listed("reference keys the network has no parameter for", unexpected)
     problems += _listed("shape mismatches", mismatched, quote=False)
     if problems:
-        raise ValueError(
-            f"reference state_dict does not fit this {type(network).__name__} (state_dim="
-            f"{network.state_dim}, feature_dim={network.feature_dim}, lstm_hidden_dim="
-            f"{network.lstm_hidden_dim}, lstm_layers={network.lstm_layers}, "
-            f"{network.slot_config.num_slots} slots): {'; '.join(problems)}"
-        )
+        raise ValueError(f"reference state_dict does not fit this {type(network).__name__} "
+                         f"(state_dim={network.state_dim}, feature_dim={network.feature_dim}, "
+                         f"lstm_hidden_dim={network.lstm_hidden_dim}, lstm_layers="
+                         f"{network.lstm_layers}, {network.slot_config.num_slots} slots): "
+                         f"{'; '.join(problems)}")
     network.load_state_dict(converted, strict=True)
 
 
@@ -328,16 +313,9 @@ def network_from_reference_state_dict(
     weights loaded, in train mode, on the device and in the dtype of the state dict's first
     floating-point tensor; its outputs equal the reference network's for the same inputs.
 
-    Args:
-        state_dict: the reference network's ``state_dict()``.
-        slot_config: the slots, in action order, as many as the state dict's. None =
-            ``SlotConfig.for_grid(1, N)`` (for N = 3, ``SlotConfig.default()``).
-        value_baseline: what ``value`` holds; ``"v"`` (V(s)) is the reference's PPO value.
-        base_dim: features in the observation's base block.
-
-    Raises:
-        ValueError: the state dict is not in the reference layout, or ``slot_config`` has
-            another slot count.
+    ``slot_config`` (the slots in action order, as many as the state dict's; ``ValueError``
+    otherwise) defaults to ``SlotConfig.for_grid(1, N)``; ``value_baseline="v"`` (V(s)) is
+    the reference's PPO value; ``base_dim`` is the observation's base block width.
 
     Example:
         >>> source = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16, lstm_layers=2)
@@ -353,11 +331,9 @@ def network_from_reference_state_dict(
     if slot_config is None:
         slot_config = SlotConfig.for_grid(1, dims.num_slots)
     elif slot_config.num_slots != dims.num_slots:
-        raise ValueError(
-            f"slot_config has {slot_config.num_slots} slots {list(slot_config.slot_ids)} but "
-            f"the reference state_dict's slot head has {dims.num_slots} outputs "
-            "('slot_head.2.weight')"
-        )
+        raise ValueError(f"slot_config has {slot_config.num_slots} slots "
+                         f"{list(slot_config.slot_ids)} but the reference state_dict's slot head "
+                         f"has {dims.num_slots} outputs ('slot_head.2.weight')")
     network = FactoredRecurrentActorCritic(
         dims.state_dim, dims.feature_dim, dims.lstm_hidden_dim, dims.lstm_layers, slot_config,
         config=LSTMConfig(value_baseline=value_baseline, base_dim=base_dim,
@@ -386,14 +362,8 @@ def _unprefixed(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def _check_network(network: object) -> None:
     if not isinstance(network, FactoredRecurrentActorCritic):
         hint = " (a policy bundle: pass bundle.network)" if hasattr(network, "network") else ""
-        raise TypeError(
-            f"network must be a FactoredRecurrentActorCritic, got {type(network).__name__}{hint}"
-        )
-
-
-def _is_null_row(value: object) -> bool:
-    return (isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point()
-            and int(value) == NUM_BLUEPRINTS)
+        raise TypeError(f"network must be a FactoredRecurrentActorCritic, got "
+                        f"{type(network).__name__}{hint}")
 
 
 def _shape_text(value: object) -> str:
@@ -420,11 +390,6 @@ def _first_keys(state_dict: Mapping[str, Tensor]) -> str:
     return f"[{', '.join(repr(k) for k in keys[:8])}{more}]"
 
 
-__all__ = [
-    "NULL_INDEX_KEY",
-    "ReferenceDimensions",
-    "convert_reference_state_dict",
-    "load_reference_state_dict",
-    "network_from_reference_state_dict",
-    "to_reference_state_dict",
-]
+__all__ = ["NULL_INDEX_KEY", "ReferenceDimensions", "convert_reference_state_dict",
+           "load_reference_state_dict", "network_from_reference_state_dict",
+           "to_reference_state_dict"]
