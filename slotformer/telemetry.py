@@ -68,14 +68,9 @@ class AttentionStats:
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-serialisable copy (lists are copied, ``slot_ids`` becomes a list)."""
-        return {
-            "network_type": self.network_type,
-            "entropy_mean": self.entropy_mean,
-            "entropy_min": self.entropy_min,
-            "slot_distribution": list(self.slot_distribution),
-            "slot_slot": [list(row) for row in self.slot_slot],
-            "slot_ids": list(self.slot_ids),
-        }
+        return {"network_type": self.network_type, "entropy_mean": self.entropy_mean,
+                "entropy_min": self.entropy_min, "slot_distribution": list(self.slot_distribution),
+                "slot_slot": [list(row) for row in self.slot_slot], "slot_ids": list(self.slot_ids)}
 
 
 def _validate_attention_inputs(
@@ -84,43 +79,30 @@ def _validate_attention_inputs(
     """Metadata checks (always) and value checks (when validation is enabled)."""
     expect("slot_active_mask", slot_active_mask, dtype=torch.bool, hint=" (bool [B, T, N])")
     if slot_active_mask.dim() != 3 or 0 in slot_active_mask.shape[:2]:
-        raise ValueError(
-            "slot_active_mask must be [B, T, N] with at least one (batch, time) position; "
-            f"got shape {describe_shape(slot_active_mask)}"
-        )
+        raise ValueError("slot_active_mask must be [B, T, N] with at least one (batch, time) "
+                         f"position; got shape {describe_shape(slot_active_mask)}")
     batch, steps, num_slots = slot_active_mask.shape
-
     ids = () if isinstance(slot_ids, str) or not isinstance(slot_ids, Sequence) else tuple(slot_ids)
     if len(ids) != num_slots or not all(isinstance(slot_id, str) for slot_id in ids):
-        raise ValueError(
-            f"slot_ids must be a sequence of N = {num_slots} str (slot_active_mask is "
-            f"{describe_shape(slot_active_mask)}); got {slot_ids!r}"
-        )
-
+        raise ValueError(f"slot_ids must be a sequence of N = {num_slots} str (slot_active_mask "
+                         f"is {describe_shape(slot_active_mask)}); got {slot_ids!r}")
     is_list = isinstance(attention_maps, Sequence) and not isinstance(attention_maps, Tensor)
     maps = list(attention_maps) if is_list else []
     if not maps:
         got = "an empty sequence" if is_list else type(attention_maps).__name__
-        raise ValueError(
-            "attention_maps must be a list with one [B, T, heads, N+1, N+1] tensor per layer, "
-            f"for at least one layer; got {got}"
-        )
+        raise ValueError("attention_maps must be a list with one [B, T, heads, N+1, N+1] tensor "
+                         f"per layer, for at least one layer; got {got}")
     for layer, layer_map in enumerate(maps):
         expect(f"attention_maps[{layer}]", layer_map, floating=True, device=slot_active_mask.device)
     first = maps[0]
     heads = first.shape[2] if first.dim() == 5 else 0
     if heads == 0 or first.shape != (batch, steps, heads, num_slots + 1, num_slots + 1):
-        raise ValueError(
-            f"attention_maps[0] must be [B={batch}, T={steps}, heads, N+1={num_slots + 1}, "
-            f"N+1={num_slots + 1}] (from slot_active_mask {describe_shape(slot_active_mask)}); "
-            f"got {describe_shape(first)}"
-        )
+        raise ValueError(f"attention_maps[0] must be [B={batch}, T={steps}, heads, N+1="
+                         f"{num_slots + 1}, N+1={num_slots + 1}] (from slot_active_mask "
+                         f"{describe_shape(slot_active_mask)}); got {describe_shape(first)}")
     for layer, layer_map in enumerate(maps[1:], start=1):
-        expect(
-            f"attention_maps[{layer}]", layer_map, shape=first.shape,
-            hint=" (all attention maps must have the same shape)",
-        )
-
+        expect(f"attention_maps[{layer}]", layer_map, shape=first.shape,
+               hint=" (all attention maps must have the same shape)")
     if validation_enabled():
         with torch.no_grad():
             key_invalid = ~slot_active_mask  # [B, T, N]
@@ -174,38 +156,30 @@ def compute_attention_stats(
     num_slots = len(ids)
     with torch.no_grad():
         active = slot_active_mask.to(torch.float32)  # [B, T, N]
-        cls_column = torch.ones_like(active[..., :1])  # [B, T, 1]
-        token_valid = torch.cat([cls_column, active], dim=-1)  # [B, T, N+1], CLS never masked
-        num_valid_keys = token_valid.sum(-1)  # [B, T], >= 1
-        log_num_keys = torch.log(num_valid_keys)[:, :, None, None]  # [B, T, 1, 1]
+        token_valid = torch.cat([torch.ones_like(active[..., :1]), active], dim=-1)  # [B, T, N+1]
+        log_num_keys = torch.log(token_valid.sum(-1))[:, :, None, None]  # [B, T, 1, 1], >= ln 1
         has_choice = log_num_keys > 0  # a single valid key has no entropy to normalise
         query_valid = token_valid.bool()[:, :, None, :]  # [B, T, 1, N+1]
-
         row_entropies = []
-        for layer_map in maps:
-            attn = layer_map.detach().to(torch.float32)  # [B, T, H, N+1, N+1]
-            attn = attn * token_valid[:, :, None, None, :]  # only valid keys count
+        for layer_map in maps:  # only valid keys count: [B, T, H, N+1, N+1]
+            attn = layer_map.detach().to(torch.float32) * token_valid[:, :, None, None, :]
             entropy = -torch.special.xlogy(attn, attn).sum(-1)  # [B, T, H, N+1]
             normalised = torch.where(
                 has_choice, entropy / log_num_keys.clamp_min(1e-12), torch.zeros_like(entropy)
             ).clamp(0.0, 1.0)  # fp rounding can step just outside [0, 1]
             row_entropies.append(normalised[query_valid.expand_as(normalised)])  # [rows]
         all_rows = torch.cat(row_entropies)  # [rows over all layers], never empty (CLS rows)
-
         last = maps[-1].detach().to(torch.float32)  # [B, T, H, N+1, N+1]
         key_active = active[:, :, None, :]  # [B, T, 1, N]
-        cls_to_slots = last[:, :, :, 0, 1:] * key_active  # [B, T, H, N]
-        slot_distribution = cls_to_slots.mean(dim=(0, 1, 2))  # [N]
-
+        slot_distribution = (last[:, :, :, 0, 1:] * key_active).mean(dim=(0, 1, 2))  # [N]
         slot_to_slot = (last[:, :, :, 1:, 1:] * key_active[:, :, :, None, :]).mean(2)  # [B, T, N, N]
         query_active = active[..., None]  # [B, T, N, 1]
         row_sums = (slot_to_slot * query_active).sum(dim=(0, 1))  # [N, N]
         row_counts = query_active.sum(dim=(0, 1)).clamp_min(1.0)  # [N, 1]
         slot_slot = row_sums / row_counts  # [N, N]; never-active rows are 0 / 1 = 0
 
-        packed = torch.cat(
-            [all_rows.mean()[None], all_rows.min()[None], slot_distribution, slot_slot.flatten()]
-        ).cpu()  # one host sync for everything
+        packed = torch.cat([all_rows.mean()[None], all_rows.min()[None], slot_distribution,
+                            slot_slot.flatten()]).cpu()  # one host sync for everything
     values = [float(v) for v in packed.tolist()]
     flat = values[2 + num_slots :]
     return AttentionStats(
@@ -245,10 +219,9 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
     from slotformer.policy.registry import list_policies
 
     if network_type not in list_policies():
-        raise ValueError(
-            f"network_or_bundle must expose a registered network_type {list_policies()} (on "
-            f"itself or on its .network); got {network_type!r} from {type(network).__name__}"
-        )
+        raise ValueError(f"network_or_bundle must expose a registered network_type "
+                         f"{list_policies()} (on itself or on its .network); got "
+                         f"{network_type!r} from {type(network).__name__}")
     diagnostics: dict[str, object] = {"network_type": network_type, **dict.fromkeys(
         ("attention_entropy_mean", "attention_entropy_min", "slot_attention_distribution"))}
     get_stats = getattr(network, "get_attention_stats", None)
@@ -256,10 +229,8 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
     if stats is None:
         return diagnostics
     if not isinstance(stats, AttentionStats):
-        raise TypeError(
-            f"{type(network).__name__}.get_attention_stats() must return AttentionStats or None; "
-            f"got {type(stats).__name__}"
-        )
+        raise TypeError(f"{type(network).__name__}.get_attention_stats() must return "
+                        f"AttentionStats or None; got {type(stats).__name__}")
     diagnostics["attention_entropy_mean"] = float(stats.entropy_mean)
     diagnostics["attention_entropy_min"] = float(stats.entropy_min)
     diagnostics["slot_attention_distribution"] = [float(v) for v in stats.slot_distribution]
@@ -364,13 +335,6 @@ def capture_attention(network: _NetworkT) -> Iterator[_NetworkT]:
             setattr(target, "capture_attention", previous)  # noqa: B010
 
 
-__all__ = [
-    "AttentionStats",
-    "TelemetryHook",
-    "TelemetryHookHandle",
-    "TelemetryHooks",
-    "capture_attention",
-    "compute_attention_stats",
-    "policy_diagnostics",
-]
+__all__ = ["AttentionStats", "TelemetryHook", "TelemetryHookHandle", "TelemetryHooks",
+           "capture_attention", "compute_attention_stats", "policy_diagnostics"]
 
