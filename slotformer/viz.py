@@ -78,26 +78,13 @@ def _validate_thresholds(thresholds: Sequence[float]) -> tuple[float, float, flo
     values = tuple(float(t) for t in thresholds)
     finite = len(values) == 3 and all(math.isfinite(t) for t in values)
     if not finite or not values[0] >= values[1] >= values[2]:
-        raise ValueError(
-            "thresholds must be three finite, non-increasing numbers (high >= mid >= low); "
-            f"got {thresholds!r}"
-        )
+        raise ValueError("thresholds must be three finite, non-increasing numbers (high >= mid "
+                         f">= low); got {thresholds!r}")
     return values[0], values[1], values[2]
 
 
 def _glyph_index(value: float, thresholds: tuple[float, float, float]) -> int:
-    for index, threshold in enumerate(thresholds):
-        if value >= threshold:
-            return index
-    return 3
-
-
-def _legend(glyphs: Sequence[str], thresholds: tuple[float, float, float]) -> str:
-    high, mid, low = thresholds
-    return (
-        f"{glyphs[0]} >= {high:g}  {glyphs[1]} >= {mid:g}  {glyphs[2]} >= {low:g}  "
-        f"{glyphs[3]} < {low:g}  (raw attention weights)"
-    )
+    return next((index for index, cut in enumerate(thresholds) if value >= cut), 3)
 
 
 def _label_key(labels: Sequence[str]) -> list[str]:
@@ -148,40 +135,32 @@ def render_attention_heatmap(
     rows, one_dim = _as_rows(matrix)
     num_slots = len(rows[0])
     if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) != num_slots:
-        raise ValueError(
-            f"labels must have one entry per slot (a sequence of N = {num_slots} str); got {labels!r}"
-        )
+        raise ValueError(f"labels must have one entry per slot (a sequence of N = {num_slots} "
+                         f"str); got {labels!r}")
     label_list = [str(label) for label in labels]
-    cutoffs = _validate_thresholds(thresholds)
+    high, mid, low = cutoffs = _validate_thresholds(thresholds)
     use_compact = num_slots > COMPACT_ABOVE_SLOTS if compact is None else bool(compact)
-
     row_labels = [""] if one_dim else label_list
     label_width = max(len(label) for label in row_labels)
     lines: list[str] = [] if title is None else [title]
-    if use_compact:
+    if use_compact:  # a column ruler (tens above units), cells of one character
+        glyphs, sep, before, after = COMPACT_GLYPHS, " ", "", ""
         indent = " " * (label_width + 1)
         if num_slots > 10:
-            tens = "".join(str(i // 10) if i >= 10 else " " for i in range(num_slots))
-            lines.append(indent + tens)
+            lines.append(indent + "".join(str(i // 10) if i >= 10 else " " for i in range(num_slots)))
         lines.append(indent + "".join(str(i % 10) for i in range(num_slots)))
-        for row_label, row in zip(row_labels, rows):
-            cells = "".join(COMPACT_GLYPHS[_glyph_index(v, cutoffs)] for v in row)
-            lines.append(f"{row_label:<{label_width}} {cells}")
-        lines.append(_legend(COMPACT_GLYPHS, cutoffs))
-        lines.extend(_label_key(label_list))
-    else:
+    else:  # labelled columns, the glyph centred in its column
         cell_width = max(2, *(len(label) for label in label_list))
-        left_pad = (cell_width - 2) // 2
-        right_pad = cell_width - 2 - left_pad
-        header = " " * label_width + "".join(f" {label:^{cell_width}}" for label in label_list)
-        lines.append(header)
-        for row_label, row in zip(row_labels, rows):
-            cells = "".join(
-                " " + " " * left_pad + WIDE_GLYPHS[_glyph_index(v, cutoffs)] + " " * right_pad
-                for v in row
-            )
-            lines.append(f"{row_label:<{label_width}}{cells}")
-        lines.append(_legend(WIDE_GLYPHS, cutoffs))
+        pad = cell_width - 2
+        glyphs, sep, before, after = WIDE_GLYPHS, "", " " * (1 + pad // 2), " " * (pad - pad // 2)
+        lines.append(" " * label_width + "".join(f" {label:^{cell_width}}" for label in label_list))
+    for row_label, row in zip(row_labels, rows):
+        cells = "".join(before + glyphs[_glyph_index(v, cutoffs)] + after for v in row)
+        lines.append(f"{row_label:<{label_width}}{sep}{cells}")
+    lines.append(f"{glyphs[0]} >= {high:g}  {glyphs[1]} >= {mid:g}  {glyphs[2]} >= {low:g}  "
+                 f"{glyphs[3]} < {low:g}  (raw attention weights)")
+    if use_compact:
+        lines.extend(_label_key(label_list))
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -275,12 +254,5 @@ def attention_figure(
     return figure
 
 
-__all__ = [
-    "COMPACT_GLYPHS",
-    "WIDE_GLYPHS",
-    "MatrixLike",
-    "attention_figure",
-    "attention_heatmap_image",
-    "network_badge",
-    "render_attention_heatmap",
-]
+__all__ = ["COMPACT_GLYPHS", "WIDE_GLYPHS", "MatrixLike", "attention_figure",
+           "attention_heatmap_image", "network_badge", "render_attention_heatmap"]
