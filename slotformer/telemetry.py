@@ -42,7 +42,7 @@ TelemetryHook = Callable[[Any, "AttentionStats"], object]
 
 @dataclass(frozen=True)
 class AttentionStats:
-    """Summary of one captured set of attention maps (see :func:`compute_attention_stats`).
+    """Summary of one captured set of attention maps (:func:`compute_attention_stats`).
 
     Attributes:
         entropy_mean: mean normalised attention entropy over batch, time, heads, layers and
@@ -104,25 +104,24 @@ def _validate_attention_inputs(
         expect(f"attention_maps[{layer}]", layer_map, shape=first.shape,
                hint=" (all attention maps must have the same shape)")
     if validation_enabled():
-        with torch.no_grad():
-            key_invalid = ~slot_active_mask  # [B, T, N]
-            for layer, layer_map in enumerate(maps):
-                attn = layer_map.detach().to(torch.float32)  # [B, T, H, N+1, N+1]
-                row_error = (attn.sum(-1) - 1).abs().max().item()
-                masked_weight = attn[..., 1:] * key_invalid[:, :, None, None, :]
-                worst = masked_weight.max().item() if masked_weight.numel() else 0.0
-                if not bool(torch.isfinite(attn).all()):
-                    problem = "contains NaN or inf"
-                elif bool((attn < 0).any()):
-                    problem = f"contains negative weights (min {attn.min().item():g})"
-                elif row_error > _ROW_SUM_TOLERANCE:
-                    problem = f"rows must sum to 1 (softmax over keys); worst row is off by {row_error:g}"
-                elif worst > _MASKED_KEY_TOLERANCE:
-                    problem = (f"gives weight {worst:g} to an inactive slot key; inactive slots "
-                               "must be masked as keys (weight 0)")
-                else:
-                    continue
-                raise ValueError(f"attention_maps[{layer}] {problem}")
+        key_invalid = ~slot_active_mask  # [B, T, N]
+        for layer, layer_map in enumerate(maps):
+            attn = layer_map.detach().to(torch.float32)  # [B, T, H, N+1, N+1]
+            row_error = (attn.sum(-1) - 1).abs().max().item()
+            masked_weight = attn[..., 1:] * key_invalid[:, :, None, None, :]
+            worst = masked_weight.max().item() if masked_weight.numel() else 0.0
+            if not bool(torch.isfinite(attn).all()):
+                problem = "contains NaN or inf"
+            elif bool((attn < 0).any()):
+                problem = f"contains negative weights (min {attn.min().item():g})"
+            elif row_error > _ROW_SUM_TOLERANCE:
+                problem = f"rows must sum to 1 (softmax over keys); worst row is off by {row_error:g}"
+            elif worst > _MASKED_KEY_TOLERANCE:
+                problem = (f"gives weight {worst:g} to an inactive slot key; inactive slots "
+                           "must be masked as keys (weight 0)")
+            else:
+                continue
+            raise ValueError(f"attention_maps[{layer}] {problem}")
     return maps, ids
 
 
@@ -189,21 +188,13 @@ def compute_attention_stats(
     )
 
 
-def _resolve_network(network_or_bundle: object) -> object:
-    """A policy bundle exposes its network as ``.network``; a network is used as is."""
-    return getattr(network_or_bundle, "network", network_or_bundle)
-
-
 def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
     """Diagnostics payload for a PPO update: ``{"network_type", "attention_entropy_mean",
     "attention_entropy_min", "slot_attention_distribution"}``, JSON-serialisable.
 
-    The attention keys are None for a network without ``get_attention_stats()`` or when it
-    returns None (nothing captured yet; see :func:`capture_attention`).
-
-    Args:
-        network_or_bundle: a network, or a policy bundle with a ``.network``; its
-            ``network_type`` must be registered (`list_policies`).
+    ``network_or_bundle`` is a network or a bundle with a ``.network``, of a registered
+    ``network_type`` (`list_policies`). The attention keys are None without a
+    ``get_attention_stats()`` or when it returns None (see :func:`capture_attention`).
 
     Example::
 
@@ -211,7 +202,7 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
             policy.evaluate_actions(...)
         diagnostics.update(policy_diagnostics(policy))
     """
-    network = _resolve_network(network_or_bundle)
+    network = getattr(network_or_bundle, "network", network_or_bundle)  # a bundle's, or itself
     network_type = getattr(network, "network_type", None)
     if network_type is None:
         network_type = getattr(network_or_bundle, "network_type", None)
@@ -231,10 +222,9 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
     if not isinstance(stats, AttentionStats):
         raise TypeError(f"{type(network).__name__}.get_attention_stats() must return "
                         f"AttentionStats or None; got {type(stats).__name__}")
-    diagnostics["attention_entropy_mean"] = float(stats.entropy_mean)
-    diagnostics["attention_entropy_min"] = float(stats.entropy_min)
-    diagnostics["slot_attention_distribution"] = [float(v) for v in stats.slot_distribution]
-    return diagnostics
+    return {**diagnostics, "attention_entropy_mean": float(stats.entropy_mean),
+            "attention_entropy_min": float(stats.entropy_min),
+            "slot_attention_distribution": [float(v) for v in stats.slot_distribution]}
 
 
 class TelemetryHookHandle:
@@ -289,9 +279,9 @@ class TelemetryHooks:
         """Add ``hook``; it is called after the hooks registered before it."""
         if not callable(hook):
             raise TypeError(f"hook must be callable as hook(network, stats); got {hook!r}")
-        hook_id = next(self._next_id)
-        self._hooks[hook_id] = hook
-        return TelemetryHookHandle(self._hooks, hook_id)
+        handle = TelemetryHookHandle(self._hooks, next(self._next_id))
+        self._hooks[handle.id] = hook
+        return handle
 
     @property
     def has_hooks(self) -> bool:
@@ -303,8 +293,7 @@ class TelemetryHooks:
 
     def call(self, network: object, stats: AttentionStats) -> None:
         """Call every hook with ``(network, stats)`` in registration order; errors propagate."""
-        # A snapshot, so a hook that removes itself (or registers another) is safe.
-        for hook in list(self._hooks.values()):
+        for hook in list(self._hooks.values()):  # a snapshot: a hook may remove itself
             hook(network, stats)
 
 
@@ -323,7 +312,7 @@ def capture_attention(network: _NetworkT) -> Iterator[_NetworkT]:
             captured.evaluate_actions(...)
         stats = policy.network.get_attention_stats()
     """
-    target = _resolve_network(network)
+    target = getattr(network, "network", network)
     previous = getattr(target, "capture_attention", _MISSING)
     setattr(target, "capture_attention", True)  # noqa: B010 - mypy: target is an object
     try:
