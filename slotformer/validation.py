@@ -10,10 +10,8 @@ and never inside ``torch.compile`` tracing. Switch them off for production rollo
     with slotformer.validation(False):        # or for a block, in this thread / task only
         ...
 
-`validation` is scoped by a `contextvars.ContextVar`: it affects the thread or asyncio task
-that enters it (and tasks that task starts inside the block), never another thread or a
-concurrent task. `set_validation` sets the default that every context without its own
-`validation` block sees.
+A `validation` block is scoped by a `contextvars.ContextVar`: it affects the thread or
+asyncio task that enters it (and tasks started inside it), never another thread or task.
 """
 
 from __future__ import annotations
@@ -39,8 +37,7 @@ def set_validation(enabled: bool) -> None:
 
 def validation_enabled() -> bool:
     """True when value checks should run now: enabled in this context (the innermost
-    `validation` block, else the `set_validation` default) and not being traced by
-    torch.compile."""
+    `validation` block, else the `set_validation` default) and not traced by torch.compile."""
     if torch.compiler.is_compiling():
         return False
     scoped = _SCOPED.get()
@@ -49,8 +46,7 @@ def validation_enabled() -> bool:
 
 @contextmanager
 def validation(enabled: bool) -> Iterator[None]:
-    """Set the validation switch for a block, in this thread or asyncio task only, and
-    restore it after.
+    """Set the validation switch for a block, in this thread or asyncio task only.
 
     Example:
         >>> with validation(False):
