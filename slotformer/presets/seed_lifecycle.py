@@ -78,49 +78,27 @@ HEAD_NAMES: tuple[str, ...] = (
 
 
 def seed_lifecycle_action_space(num_slots: int = 3) -> ActionSpace:
-    """The compatibility contract's eight heads (DESIGN.md), with a slot pointer of size N.
-
-    A head irrelevant to the chosen op is forced to its canonical action: blueprint NOOP
-    (relevant for GERMINATE), style SIGMOID_ADD (GERMINATE, SET_ALPHA_TARGET), tempo STANDARD
-    (GERMINATE), alpha_target FULL (GERMINATE, SET_ALPHA_TARGET), alpha_speed INSTANT and
-    alpha_curve LINEAR (SET_ALPHA_TARGET, PRUNE); the slot pointer is relevant for every op
-    but WAIT and otherwise takes the first valid slot of its mask.
-
-    Args:
-        num_slots: N, the slot pointer's size.
-    """
-    every_op_but_wait = frozenset(o for o in Op if o != Op.WAIT)
+    """The compatibility contract's eight heads (DESIGN.md), with a slot pointer of size
+    ``num_slots``. A head irrelevant to the chosen op is forced to its canonical action (the
+    last argument of each `HeadSpec` below); the slot pointer, relevant for every op but WAIT,
+    takes the first valid slot of its mask."""
+    germinate = frozenset({Op.GERMINATE})
+    germinate_or_set = frozenset({Op.GERMINATE, Op.SET_ALPHA_TARGET})
+    set_or_prune = frozenset({Op.SET_ALPHA_TARGET, Op.PRUNE})
     return ActionSpace(
         heads=(
-            HeadSpec("slot", num_slots, every_op_but_wait, None),
-            HeadSpec("blueprint", NUM_BLUEPRINTS, frozenset({Op.GERMINATE}),
-                     BlueprintAction.NOOP),
-            HeadSpec("style", len(Style), frozenset({Op.GERMINATE, Op.SET_ALPHA_TARGET}),
-                     Style.SIGMOID_ADD),
-            HeadSpec("tempo", len(Tempo), frozenset({Op.GERMINATE}), Tempo.STANDARD),
-            HeadSpec("alpha_target", len(AlphaTarget),
-                     frozenset({Op.GERMINATE, Op.SET_ALPHA_TARGET}), AlphaTarget.FULL),
-            HeadSpec("alpha_speed", len(AlphaSpeed),
-                     frozenset({Op.SET_ALPHA_TARGET, Op.PRUNE}), AlphaSpeed.INSTANT),
-            HeadSpec("alpha_curve", len(AlphaCurve),
-                     frozenset({Op.SET_ALPHA_TARGET, Op.PRUNE}), AlphaCurve.LINEAR),
+            HeadSpec("slot", num_slots, frozenset(Op) - {Op.WAIT}, None),
+            HeadSpec("blueprint", NUM_BLUEPRINTS, germinate, BlueprintAction.NOOP),
+            HeadSpec("style", len(Style), germinate_or_set, Style.SIGMOID_ADD),
+            HeadSpec("tempo", len(Tempo), germinate, Tempo.STANDARD),
+            HeadSpec("alpha_target", len(AlphaTarget), germinate_or_set, AlphaTarget.FULL),
+            HeadSpec("alpha_speed", len(AlphaSpeed), set_or_prune, AlphaSpeed.INSTANT),
+            HeadSpec("alpha_curve", len(AlphaCurve), set_or_prune, AlphaCurve.LINEAR),
             HeadSpec("op", NUM_OPS),
         ),
-        op_head="op",
-        pointer_head="slot",
+        op_head="op", pointer_head="slot",
     )
 
 
-__all__ = [
-    "HEAD_NAMES",
-    "NUM_BLUEPRINTS",
-    "NUM_OPS",
-    "AlphaCurve",
-    "AlphaSpeed",
-    "AlphaTarget",
-    "BlueprintAction",
-    "Op",
-    "Style",
-    "Tempo",
-    "seed_lifecycle_action_space",
-]
+__all__ = ["HEAD_NAMES", "NUM_BLUEPRINTS", "NUM_OPS", "AlphaCurve", "AlphaSpeed", "AlphaTarget",
+           "BlueprintAction", "Op", "Style", "Tempo", "seed_lifecycle_action_space"]
