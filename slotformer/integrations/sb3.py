@@ -75,19 +75,14 @@ class SlotTransformerExtractor(BaseFeaturesExtractor):
         slot_config = SlotConfig.for_grid(rows, cols)
         n = slot_config.num_slots
         if not isinstance(observation_space, spaces.Dict):
-            raise ValueError(
-                "observation_space must be a gymnasium Dict with 'obs' and 'blueprint_indices', "
-                f"got {type(observation_space).__name__}"
-            )
-        expected = {"obs": (base_dim + n * slot_dim,), "blueprint_indices": (n,)}
-        for key, shape in expected.items():
+            raise ValueError("observation_space must be a gymnasium Dict with 'obs' and "
+                             f"'blueprint_indices', got {type(observation_space).__name__}")
+        for key, shape in {"obs": (base_dim + n * slot_dim,), "blueprint_indices": (n,)}.items():
             got = observation_space.spaces.get(key)
             if got is None or got.shape != shape:
-                raise ValueError(
-                    f"observation_space[{key!r}] must have shape {shape} for a {rows}x{cols} grid "
-                    f"(base_dim={base_dim}, slot_dim={slot_dim}), got "
-                    f"{None if got is None else got.shape}"
-                )
+                raise ValueError(f"observation_space[{key!r}] must have shape {shape} for a "
+                                 f"{rows}x{cols} grid (base_dim={base_dim}, slot_dim={slot_dim}), "
+                                 f"got {None if got is None else got.shape}")
         super().__init__(observation_space, features_dim=(2 + n) * embed_dim)
         self.num_slots, self.base_dim, self.slot_dim = n, base_dim, slot_dim
         self.type_embedding = BlueprintEmbedding(num_slot_types, type_embed_dim)
@@ -97,11 +92,10 @@ class SlotTransformerExtractor(BaseFeaturesExtractor):
             max_rows=max(rows, 1), max_cols=max(cols, 1),
         )
         self.base_proj = nn.Sequential(nn.Linear(base_dim, embed_dim), nn.ReLU())
-        row_ids, col_ids = slot_config.position_ids()
-        self.register_buffer("row_ids", row_ids, persistent=False)
-        self.register_buffer("col_ids", col_ids, persistent=False)
         self.row_ids: Tensor
         self.col_ids: Tensor
+        for name, ids in zip(("row_ids", "col_ids"), slot_config.position_ids()):
+            self.register_buffer(name, ids, persistent=False)
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
         obs = observations["obs"]  # [B, G + N*S]
