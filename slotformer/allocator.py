@@ -29,9 +29,7 @@ __all__ = ["DEFAULT_MALLOC_THRESHOLD", "configure_malloc"]
 DEFAULT_MALLOC_THRESHOLD = 1 << 30
 """1 GiB: no tensor of a default-sized training step is served by ``mmap`` below it."""
 
-# glibc's mallopt parameter numbers (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
 
 
 def _glibc_mallopt() -> Any:
@@ -48,8 +46,7 @@ def _glibc_mallopt() -> Any:
 
 
 def configure_malloc(
-    mmap_threshold: int = DEFAULT_MALLOC_THRESHOLD,
-    trim_threshold: int | None = None,
+    mmap_threshold: int = DEFAULT_MALLOC_THRESHOLD, trim_threshold: int | None = None
 ) -> bool:
     """Keep large CPU allocations in glibc's heap so that training steps reuse them.
 
@@ -77,6 +74,4 @@ def configure_malloc(
     if mallopt is None:
         return False
     trim = -1 if trim_threshold is None else trim_threshold  # glibc: -1 = never trim
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, trim)
-    )
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
