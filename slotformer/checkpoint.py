@@ -85,7 +85,6 @@ def save_checkpoint(
     extra_data: dict[str, Any] = dict(extra) if extra is not None else {}
     _check_plain_data(extra_data, "extra")
     from slotformer import __version__  # late: slotformer/__init__ may import this module
-
     payload: dict[str, Any] = {
         "format_version": CHECKPOINT_FORMAT_VERSION, "library_version": __version__,
         "policy_type": policy.network_type, "config": config,
@@ -97,7 +96,6 @@ def save_checkpoint(
         payload[_ACTION_SPACE_KEY] = action_space.to_dict()
     _check_plain_data(payload["config"], "policy.config")
     _check_plain_data(payload.get(_ACTION_SPACE_KEY), "policy.action_space")
-
     target = Path(path)
     temporary = target.with_name(f"{target.name}.tmp-{secrets.token_hex(8)}")
     try:
@@ -164,31 +162,22 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: MapLocation = No
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str],
-    map_location: MapLocation = None,
-    slot_config: SlotConfig | None = None,
-    *,
-    policy_type: str | None = None,
+    path: str | os.PathLike[str], map_location: MapLocation = None,
+    slot_config: SlotConfig | None = None, *, policy_type: str | None = None,
 ) -> PolicyBundle:
-    """Rebuild the policy saved at ``path`` from its stored config and load its weights.
+    """Rebuild the policy saved at ``path`` (uncompiled, in train mode, with the saved dtype,
+    config and action space or the default one) and load its weights.
 
     Args:
-        path: a file written by `save_checkpoint`.
         map_location: as in ``torch.load``; a device (or device string) also places the
             bundle there. None = the device the weights were saved from.
-        slot_config: the grid to load onto (the stored action space's pointer head is
-            resized to it). None = the saved grid. Another grid only for a policy whose
-            weights do not depend on N (``"transformer"``).
+        slot_config: the grid to load onto (the pointer head is resized to it); None = the
+            saved grid. Another grid only for a policy whose weights do not depend on N.
         policy_type: the expected policy type; a checkpoint of another type is refused.
 
-    Returns:
-        The bundle, uncompiled, in train mode, with the saved dtype, config and action space
-        (the default one for a checkpoint that stores none).
-
-    Raises:
-        FileNotFoundError, CheckpointError: as `read_checkpoint`; also a CheckpointError for
-            another policy type, a slot-id set the policy cannot take, a malformed stored
-            action space, or weights that do not fit the policy the stored config builds.
+    Raises ``FileNotFoundError`` and ``CheckpointError`` as `read_checkpoint`, and
+    ``CheckpointError`` for another policy type or grid, a malformed stored action space, or
+    weights that do not fit the policy the stored config builds.
 
     Example::
 
@@ -320,10 +309,10 @@ def _with_legacy_defaults(
 
 
 def _is_zipfile(source: Path) -> bool:
-    """``zipfile.is_zipfile``, False rather than an exception for a damaged end record."""
+    """``zipfile.is_zipfile``, False rather than an exception for a damaged (zip64) end record."""
     try:
         return zipfile.is_zipfile(source)
-    except (zipfile.BadZipFile, NotImplementedError, ValueError):  # e.g. a damaged zip64 record
+    except (zipfile.BadZipFile, NotImplementedError, ValueError):
         return False
 
 
