@@ -106,9 +106,11 @@ class ReferenceDimensions:
                 problem = (f"key {key!r} has shape {_shape_text(tensor)}, expected a {rank}-d "
                            f"tensor (it gives {needed_for})")
             else:
+                keys = sorted(state_dict)
+                more = f", ... ({len(keys)} keys)" if len(keys) > 8 else ""
                 ours = any(_TO_REFERENCE[0][0].match(k) for k in state_dict)
                 problem = (f"is missing key {key!r} (needed to infer {needed_for}); found "
-                           f"{_first_keys(state_dict)}"
+                           f"[{', '.join(repr(k) for k in keys[:8])}{more}]"
                            + ("; it already has slotformer's names (load it with "
                               "load_state_dict)" if ours else ""))
             raise ValueError(f"reference state_dict {problem}")
@@ -228,11 +230,7 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, 
 def to_reference_state_dict(network: FactoredRecurrentActorCritic) -> dict[str, Tensor]:
     """The inverse of `convert_reference_state_dict`: ``network``'s weights (detached, not
     copied) under the reference's parameter names, with its ``_null_idx`` buffer.
-
-    Raises:
-        TypeError: ``network`` is not a `FactoredRecurrentActorCritic`.
-        ValueError: the network has heads or sizes the reference network cannot have (it
-            must have the default action space).
+    ``ValueError`` if the network has heads or sizes the reference cannot have.
 
     Example:
         >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16)
@@ -256,14 +254,8 @@ def load_reference_state_dict(
     """Load a reference network's weights into ``network`` (built with its sizes; see
     `network_from_reference_state_dict`), strictly, in the network's dtype and device.
 
-    Every parameter of ``network`` must get a tensor of its shape before anything is copied,
-    so a failed load leaves ``network`` unchanged.
-
-    Raises:
-        TypeError: ``network`` is not a `FactoredRecurrentActorCritic`.
-        ValueError: the state dict is not in the reference layout (see
-            `convert_reference_state_dict`), or does not fit ``network``: the message names
-            each parameter, the network's shape and the state dict's.
+    Every parameter must get a tensor of its shape before anything is copied (a failed load
+    changes nothing); ``ValueError`` names each misfit parameter with both shapes.
 
     Example:
         >>> torch.manual_seed(0) is not None
@@ -303,11 +295,8 @@ def load_reference_state_dict(
 
 
 def network_from_reference_state_dict(
-    state_dict: Mapping[str, Tensor],
-    slot_config: SlotConfig | None = None,
-    *,
-    value_baseline: str = "v",
-    base_dim: int = DEFAULT_BASE_DIM,
+    state_dict: Mapping[str, Tensor], slot_config: SlotConfig | None = None, *,
+    value_baseline: str = "v", base_dim: int = DEFAULT_BASE_DIM,
 ) -> FactoredRecurrentActorCritic:
     """A flat network sized for a reference state dict (`ReferenceDimensions`), with its
     weights loaded, in train mode, on the device and in the dtype of the state dict's first
@@ -377,17 +366,9 @@ def _value_text(value: object) -> str:
 
 
 def _listed(label: str, items: list[str], quote: bool = True) -> list[str]:
-    if not items:
-        return []
-    shown = [repr(item) if quote else item for item in items[:_MAX_LISTED]]
+    shown = ", ".join(repr(item) if quote else item for item in items[:_MAX_LISTED])
     more = f", ... ({len(items)} in all)" if len(items) > _MAX_LISTED else ""
-    return [f"{label} [{', '.join(shown)}{more}]"]
-
-
-def _first_keys(state_dict: Mapping[str, Tensor]) -> str:
-    keys = sorted(state_dict)
-    more = f", ... ({len(keys)} keys)" if len(keys) > 8 else ""
-    return f"[{', '.join(repr(k) for k in keys[:8])}{more}]"
+    return [f"{label} [{shown}{more}]"] if items else []
 
 
 __all__ = ["NULL_INDEX_KEY", "ReferenceDimensions", "convert_reference_state_dict",
