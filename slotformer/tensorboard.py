@@ -45,13 +45,8 @@ def create_summary_writer(log_dir: str | None = None, **kwargs: Any) -> Any:
 
 
 def log_attention(
-    writer: ScalarImageWriter,
-    stats: AttentionStats,
-    step: int,
-    tag: str = "attention",
-    *,
-    cell_px: int = 8,
-    figure: bool | None = None,
+    writer: ScalarImageWriter, stats: AttentionStats, step: int, tag: str = "attention", *,
+    cell_px: int = 8, figure: bool | None = None,
 ) -> None:
     """Write ``{tag}/entropy_mean``, ``{tag}/entropy_min`` and one ``{tag}/slot_mass/{slot_id}``
     per slot (CLS → slot mass, last layer) as scalars at ``step``, and the ``[N, N]`` slot-slot

@@ -102,12 +102,8 @@ def _label_key(labels: Sequence[str]) -> list[str]:
 
 
 def render_attention_heatmap(
-    matrix: MatrixLike,
-    labels: Sequence[str],
-    *,
-    title: str | None = None,
-    compact: bool | None = None,
-    thresholds: Sequence[float] = (0.5, 0.25, 0.1),
+    matrix: MatrixLike, labels: Sequence[str], *, title: str | None = None,
+    compact: bool | None = None, thresholds: Sequence[float] = (0.5, 0.25, 0.1),
 ) -> str:
     """Render an attention matrix as a plain-text heatmap (no ANSI codes, no trailing spaces
     or newline).
@@ -199,10 +195,7 @@ def attention_heatmap_image(matrix: MatrixLike, *, cell_px: int = 8) -> Tensor:
 
 
 def attention_figure(
-    matrix: MatrixLike,
-    labels: Sequence[str],
-    *,
-    title: str | None = None,
+    matrix: MatrixLike, labels: Sequence[str], *, title: str | None = None,
     annotate: bool | None = None,
 ) -> Any:
     """A labelled slot-slot attention heatmap as a matplotlib ``Figure``, not registered with
@@ -240,14 +233,12 @@ def attention_figure(
     image = axes.imshow(rows, cmap="magma", vmin=0.0, vmax=1.0)
     axes.set_xticks(range(n), list(labels), rotation=90 if n > 6 else 0)
     axes.set_yticks(range(n), list(labels))
-    axes.set_xlabel("key slot (attended to)")
-    axes.set_ylabel("query slot")
+    axes.set(xlabel="key slot (attended to)", ylabel="query slot")
     if title:
         axes.set_title(title)
     if annotate if annotate is not None else n <= 12:
-        for r, row in enumerate(rows):
+        for r, row in enumerate(rows):  # dark text on the colour map's bright end
             for c, value in enumerate(row):
-                # dark text on the bright end of the colour map, light text elsewhere
                 axes.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
                           color="black" if value > 0.6 else "white")
     figure.colorbar(image, ax=axes, label="attention weight (raw, 0..1)")
