@@ -1,11 +1,9 @@
 """Attention telemetry as plain data: statistics, a diagnostics payload and hooks.
 
-The Slot Transformer encoder can return one attention map per layer, each
-``[B, T, heads, N+1, N+1]``: queries as rows, keys as columns, CLS first (0 = CLS, 1..N =
-slots). Inactive slots are masked as keys (exactly 0 weight). This module summarises those
-maps as a JSON-serialisable :class:`AttentionStats` (the one place that reads tensor values
-back to the host, only when asked), builds the diagnostics dict of a PPO update
-(:func:`policy_diagnostics`) and holds the hooks the networks embed (:class:`TelemetryHooks`).
+The Slot Transformer encoder can return one ``[B, T, heads, N+1, N+1]`` attention map per
+layer: queries as rows, keys as columns, CLS first, inactive slots masked as keys (exactly 0
+weight). :func:`compute_attention_stats` (the one place that reads tensor values back to the
+host, only when asked) summarises them as JSON-serialisable :class:`AttentionStats`.
 
 Example::
 
@@ -32,8 +30,7 @@ from torch import Tensor
 from slotformer.validation import describe_shape, expect, validation_enabled
 
 # Tolerances of the validation-gated value checks (maps may come from bf16/fp16 attention).
-_MASKED_KEY_TOLERANCE = 1e-3
-_ROW_SUM_TOLERANCE = 1e-2
+_MASKED_KEY_TOLERANCE, _ROW_SUM_TOLERANCE = 1e-3, 1e-2
 
 _NetworkT = TypeVar("_NetworkT")
 TelemetryHook = Callable[[Any, "AttentionStats"], object]
@@ -139,12 +136,10 @@ def compute_attention_stats(
         slot_active_mask: bool ``[B, T, N]``, True = active slot.
         slot_ids: N slot ids (the action-index order).
 
-    Raises:
-        ValueError: on wrong types, dtypes or shapes (always), and on non-finite or negative
-            weights, rows not summing to 1 or weight on inactive keys (when validation is on).
+    ``ValueError`` on wrong types, dtypes or shapes, and (with validation on) on non-finite or
+    negative weights, rows not summing to 1 or weight on inactive keys.
 
-    Example::
-
+    Example:
         >>> import torch
         >>> attn = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).expand(1, 1, 1, 2, 2)
         >>> mask = torch.ones(1, 1, 1, dtype=torch.bool)
@@ -206,8 +201,7 @@ def policy_diagnostics(network_or_bundle: object) -> dict[str, object]:
     network_type = getattr(network, "network_type", None)
     if network_type is None:
         network_type = getattr(network_or_bundle, "network_type", None)
-    # Late import: the registry lives in the policy layer, which imports this module.
-    from slotformer.policy.registry import list_policies
+    from slotformer.policy.registry import list_policies  # late: the policy layer imports us
 
     if network_type not in list_policies():
         raise ValueError(f"network_or_bundle must expose a registered network_type "
@@ -256,8 +250,7 @@ class TelemetryHookHandle:
 class TelemetryHooks:
     """An ordered registry of ``hook(network, stats)`` callables that a network embeds.
 
-    Example::
-
+    Example:
         >>> hooks = TelemetryHooks()
         >>> seen = []
         >>> handle = hooks.register(lambda network, stats: seen.append(stats))
@@ -302,9 +295,8 @@ _MISSING = object()
 
 @contextmanager
 def capture_attention(network: _NetworkT) -> Iterator[_NetworkT]:
-    """Set ``capture_attention = True`` on a network (or a bundle's ``.network``) for a block,
-    then restore the old value; yield the object passed in. A network without the attribute
-    (the LSTM) has it for the block only, so the same code runs for both network types.
+    """Set ``capture_attention = True`` on a network (or a bundle's ``.network``) for a block
+    and yield the object passed in; after it, restore the old value (or none, for the LSTM).
 
     Example::
 

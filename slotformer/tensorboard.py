@@ -1,8 +1,7 @@
 """Optional TensorBoard adapter for attention statistics (extra ``slotformer[tb]``).
 
-:func:`log_attention` works with ``torch.utils.tensorboard.SummaryWriter`` or any object with
-``add_scalar`` and ``add_image``. ``tensorboard`` is imported only by
-:func:`create_summary_writer`, when called (``import slotformer`` stays light).
+``tensorboard`` is imported only when :func:`create_summary_writer` is called (``import
+slotformer`` stays light); :func:`log_attention` takes any :class:`ScalarImageWriter`.
 
 Example::
 
@@ -38,9 +37,8 @@ def create_summary_writer(log_dir: str | None = None, **kwargs: Any) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
-        raise ImportError(
-            "slotformer.tensorboard needs the tensorboard package: pip install 'slotformer[tb]'"
-        ) from error
+        raise ImportError("slotformer.tensorboard needs the tensorboard package: "
+                          "pip install 'slotformer[tb]'") from error
     return SummaryWriter(log_dir=log_dir, **kwargs)
 
 

@@ -4,8 +4,7 @@ labelled matplotlib figure (:func:`attention_figure`, with the ``plot`` extra).
 Every view uses the **raw** attention weights (a max-normalised map would look equally sharp
 whether the largest weight were 0.3 or 0.99), so frames stay comparable over training.
 
-Example::
-
+Example:
     >>> print(render_attention_heatmap([[0.6, 0.3], [0.05, 0.9]], ["r0c0", "r0c1"]))
          r0c0 r0c1
     r0c0  ██   ▓▓
@@ -43,8 +42,7 @@ def _is_number(value: object) -> bool:
 
 
 def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
-    """The matrix as float rows, and whether it was 1-D: a non-empty ``[N]`` or square
-    ``[N, N]`` of finite real numbers, else ``ValueError``."""
+    """Float rows of a non-empty ``[N]`` or square ``[N, N]`` of finite numbers, and is it 1-D."""
     if isinstance(matrix, Tensor):
         if matrix.dim() not in (1, 2):
             raise ValueError(f"matrix must be [N, N] or [N]; got shape {describe_shape(matrix)}")
@@ -121,8 +119,7 @@ def render_attention_heatmap(
         compact: force compact (True) or wide (False) cells; None picks compact for N > 16.
         thresholds: ``(high, mid, low)`` non-increasing cut-offs.
 
-    Example::
-
+    Example:
         >>> print(render_attention_heatmap([0.7, 0.2, 0.1], ["a", "b", "c"]))
          a  b  c
          ██ ░░ ░░
@@ -163,8 +160,7 @@ def render_attention_heatmap(
 def network_badge(network_type: str) -> str:
     """Short status-line badge for a network type: ``"🔄 LSTM"`` or ``"⚡ XFMR"``.
 
-    Example::
-
+    Example:
         >>> network_badge("transformer")
         '⚡ XFMR'
     """
@@ -181,8 +177,7 @@ def attention_heatmap_image(matrix: MatrixLike, *, cell_px: int = 8) -> Tensor:
     Raw values (clamped to [0, 1]) go through a black → red → yellow → white ramp (brighter =
     more attention), each cell ``cell_px`` pixels square; a 1-D vector is one row of cells.
 
-    Example::
-
+    Example:
         >>> attention_heatmap_image([[1.0, 0.0], [0.5, 0.5]], cell_px=4).shape
         torch.Size([3, 8, 8])
     """
