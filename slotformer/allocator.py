@@ -5,9 +5,8 @@ most 32 MiB) with a fresh ``mmap`` and returns it on free. A training step's CPU
 that large (at N = 50, B = 32, T = 64 one ``[B*T*N, 256]`` fp32 activation is 105 MB), so each
 step maps them anew and the kernel zero-fills every page on first touch. `configure_malloc`
 raises the threshold and switches heap trimming off, so freed blocks are reused by the next
-step: a 100 MB matmul + ReLU went from 145 ms to 63 ms, the Slot Transformer's N = 50 update
-step ran 1.6-2x faster (`docs/benchmarks.md`). The price is resident memory: the process keeps
-its high-water mark (1.1 GB at N = 50).
+step: the Slot Transformer's N = 50 update step ran 1.6-2x faster (`docs/benchmarks.md`), at
+the price of resident memory (the process keeps its high-water mark, 1.1 GB at N = 50).
 
 Nothing runs on import: a process opts in by calling it (the example trainer and the
 benchmarks do), or sets glibc's own variables before it starts

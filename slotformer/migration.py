@@ -34,8 +34,7 @@ width, ``N`` the slots, ``E`` the blueprint embedding width (4), ``L`` the LSTM 
   Linear(H/2, H/4) -> ReLU -> Linear(H/4, N)``.
 
 A reference training checkpoint keeps the network's weights under
-``checkpoint["network_state_dict"]``; pass that dict. The reference network returns V(s) as
-its PPO value, so `network_from_reference_state_dict` builds with ``value_baseline="v"``.
+``checkpoint["network_state_dict"]``; pass that dict.
 """
 
 from __future__ import annotations
@@ -172,12 +171,9 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, 
     """A reference network's state dict under slotformer's parameter names.
 
     Checks the whole state dict against the reference layout for the sizes its shapes give
-    (`ReferenceDimensions`), renames the recurrent core's keys (the module's table) and drops
-    ``blueprint_embedding._null_idx``; the tensors are not copied. A ``_orig_mod.`` prefix on
-    every key (a ``torch.compile``'d module's) is stripped.
-
-    Returns a new dict, slotformer key -> the same tensor, that a
-    `FactoredRecurrentActorCritic` of those sizes loads with ``load_state_dict(strict=True)``;
+    (`ReferenceDimensions`), strips a ``torch.compile`` prefix, renames the recurrent core's
+    keys (the module's table) and drops ``_null_idx``: a new dict of the same tensors that a
+    `FactoredRecurrentActorCritic` of those sizes loads with ``load_state_dict(strict=True)``.
     ``ValueError`` names every missing, unexpected or mis-shaped key (expected and actual
     shape) and the sizes it inferred.
 

@@ -77,10 +77,9 @@ def expect(
 ) -> torch.Tensor:
     """State what ``value`` must be; raise ``ValueError`` naming ``name`` if it is not.
 
-    The one way the package checks a tensor argument: its type, then ``dtype`` (one or a
-    sequence of accepted ones; ``floating``: any floating dtype), ``device`` and ``shape`` (one
-    shape or a sequence of accepted ones), in that order. Metadata only: no host sync. The
-    message names the argument, what it got and what was expected, then ``hint``.
+    The one way the package checks a tensor argument, metadata only (no host sync): its type,
+    then ``dtype`` (one or several; ``floating``: any floating dtype), ``device`` and ``shape``
+    (one or several). The message names the argument, what it got and expected, then ``hint``.
 
     Example:
         >>> expect("op_mask", torch.ones(2, 6, dtype=torch.bool), dtype=torch.bool, shape=(2, 6)).shape
