@@ -3,10 +3,8 @@
 slotformer's first user manages *seeds* (modules germinated into a host network, blended in,
 then fossilised or pruned). Its action is eight factored heads, in this (load-bearing)
 order: ``slot (N), blueprint (13), style (4), tempo (3), alpha_target (3), alpha_speed (4),
-alpha_curve (5), op (6)``. This module holds that vocabulary: the enums naming each head's
-choices, `HEAD_NAMES`, and `seed_lifecycle_action_space`, which builds the space with the
-op-relevance table and canonical actions of DESIGN.md. It is the networks' default
-(`slotformer.actions.ActionSpace.default` delegates here); any other problem builds its own
+alpha_curve (5), op (6)``, the enums below naming each head's choices. It is the networks'
+default (`ActionSpace.default` delegates here); any other problem builds its own
 `ActionSpace` from `HeadSpec` objects and passes it as ``action_space=``.
 
 Example:
@@ -27,49 +25,41 @@ from slotformer.actions import ActionSpace, HeadSpec
 # Each enum's members are its head's actions, valued by their position (load-bearing).
 class Op(IntEnum):
     """The op head's choices (what to do this step)."""
-
     WAIT, GERMINATE, SET_ALPHA_TARGET, PRUNE, FOSSILIZE, ADVANCE = range(6)
 
 
 class BlueprintAction(IntEnum):
     """The blueprint head's choices (which module a GERMINATE plants)."""
-
     (NOOP, CONV_LIGHT, ATTENTION, NORM, DEPTHWISE, BOTTLENECK, CONV_SMALL, CONV_HEAVY, LORA,
      LORA_LARGE, MLP_SMALL, MLP, FLEX_ATTENTION) = range(13)
 
 
 class Style(IntEnum):
     """How a seed is blended into the host."""
-
     LINEAR_ADD, LINEAR_MULTIPLY, SIGMOID_ADD, GATED_GATE = range(4)
 
 
 class Tempo(IntEnum):
     """How long a germinated seed trains before blending."""
-
     FAST, STANDARD, SLOW = range(3)
 
 
 class AlphaTarget(IntEnum):
     """The blend level a seed moves toward."""
-
     HALF, SEVENTY, FULL = range(3)
 
 
 class AlphaSpeed(IntEnum):
     """How fast alpha moves toward its target."""
-
     INSTANT, FAST, MEDIUM, SLOW = range(4)
 
 
 class AlphaCurve(IntEnum):
     """The shape of alpha's path toward its target."""
-
     LINEAR, COSINE, SIGMOID_GENTLE, SIGMOID, SIGMOID_SHARP = range(5)
 
 
-NUM_OPS = len(Op)
-NUM_BLUEPRINTS = len(BlueprintAction)
+NUM_OPS, NUM_BLUEPRINTS = len(Op), len(BlueprintAction)
 
 HEAD_NAMES: tuple[str, ...] = (
     "slot", "blueprint", "style", "tempo", "alpha_target", "alpha_speed", "alpha_curve", "op",
