@@ -212,9 +212,8 @@ def load_checkpoint(
     target_slots = slot_config if slot_config is not None else saved_slots
     action_space = _stored_action_space(payload, saved_slots, target_slots, source)
     space_kwargs: dict[str, Any] = {}
-    if action_space is not None and (
-        config_class is not None or "action_space" in _accepted_arguments(cls)
-    ):
+    if action_space is not None and (config_class is not None
+                                     or "action_space" in _accepted_arguments(cls)):
         space_kwargs["action_space"] = action_space
     try:
         if config_class is not None:  # slotformer's bundles: they hold a config dataclass
