@@ -110,8 +110,8 @@ def expect(
 
 
 def check_positive_int(name: str, value: Any, below: int | None = None) -> int:
-    """Return ``value`` if it is an int >= 1 (not a bool) and, if given, < ``below``; else
-    raise ``ValueError`` naming it."""
+    """``value`` if it is an int >= 1 (not a bool), and < ``below`` when given; otherwise a
+    ``ValueError`` naming it."""
     upper = math.inf if below is None else below
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < upper:
         expected = "a positive int" if below is None else f"an int in [1, {below - 1}]"
