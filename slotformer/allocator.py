@@ -1,22 +1,17 @@
 """An explicit, opt-in tuning of glibc's ``malloc`` for training steps on CPU.
 
 glibc serves every allocation above its mmap threshold (128 KiB at first, adapted up to at
-most 32 MiB) with a fresh ``mmap`` and returns it with ``munmap`` on free. CPU tensors of a
-training step are that large (at N = 50 slots, B = 32, T = 64 one ``[B*T*N, 256]`` fp32
-activation is 105 MB), so each step maps them anew and the kernel zero-fills every page on
-first touch: measured here, a 100 MB matmul + ReLU took 145 ms with the default setting and
-63 ms with the threshold raised, and the Slot Transformer's N = 50 update step ran 1.6-2x
-faster (`docs/benchmarks.md` has both settings for both networks).
+most 32 MiB) with a fresh ``mmap`` and returns it on free. A training step's CPU tensors are
+that large (at N = 50, B = 32, T = 64 one ``[B*T*N, 256]`` fp32 activation is 105 MB), so each
+step maps them anew and the kernel zero-fills every page on first touch. `configure_malloc`
+raises the threshold and switches heap trimming off, so freed blocks are reused by the next
+step: the Slot Transformer's N = 50 update step ran 1.6-2x faster (`docs/benchmarks.md`), at
+the price of resident memory (the process keeps its high-water mark, 1.1 GB at N = 50).
 
-`configure_malloc` raises the mmap threshold and switches heap trimming off, so freed blocks
-stay in the heap and are reused by the next step (a finite trim threshold gives back the top
-of the heap whenever a step's peak exceeds it; at N = 50 the peak is 1.1 GB, and 1 GiB, 2 GiB
-and no trimming measured the same there, within noise). The price is resident memory: the process keeps its high-water mark instead
-of returning it to the system after each step. Nothing here runs on import: a process opts in
-by calling it (the example trainer and the benchmarks do), or sets glibc's own environment
-variables before it starts (``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=-1``),
-which do the same. On a C library without ``mallopt`` (macOS, Windows, musl) it does nothing
-and returns False.
+Nothing runs on import: a process opts in by calling it (the example trainer and the
+benchmarks do), or sets glibc's own variables before it starts
+(``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=-1``), which do the same. On a C
+library without ``mallopt`` (macOS, Windows, musl) it does nothing and returns False.
 """
 
 from __future__ import annotations
@@ -26,14 +21,14 @@ import ctypes.util
 import sys
 from typing import Any
 
+from slotformer.validation import check_positive_int
+
 __all__ = ["DEFAULT_MALLOC_THRESHOLD", "configure_malloc"]
 
 DEFAULT_MALLOC_THRESHOLD = 1 << 30
 """1 GiB: no tensor of a default-sized training step is served by ``mmap`` below it."""
 
-# glibc's mallopt parameter numbers (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
 
 
 def _glibc_mallopt() -> Any:
@@ -50,8 +45,7 @@ def _glibc_mallopt() -> Any:
 
 
 def configure_malloc(
-    mmap_threshold: int = DEFAULT_MALLOC_THRESHOLD,
-    trim_threshold: int | None = None,
+    mmap_threshold: int = DEFAULT_MALLOC_THRESHOLD, trim_threshold: int | None = None
 ) -> bool:
     """Keep large CPU allocations in glibc's heap so that training steps reuse them.
 
@@ -59,11 +53,9 @@ def configure_malloc(
     start of a training process, never from library code.
 
     Args:
-        mmap_threshold: allocations at least this large (bytes) are served by ``mmap``;
-            in ``[1, 2**31 - 1]``.
-        trim_threshold: free memory at the top of the heap above this many bytes is
-            returned to the system; in ``[1, 2**31 - 1]``, or None (the default) to never
-            return it (glibc's ``-1``).
+        mmap_threshold: bytes from which an allocation is served by ``mmap``, in ``[1, 2**31)``.
+        trim_threshold: free bytes at the heap's top above which they go back to the system,
+            in ``[1, 2**31)``; None = never (glibc's ``-1``).
 
     Returns:
         True if both settings took effect, False where glibc's ``mallopt`` is absent or
@@ -74,16 +66,11 @@ def configure_malloc(
         >>> slotformer.configure_malloc() in (True, False)   # False off glibc
         True
     """
-    for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
-        if name == "trim_threshold" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**31:
-            raise ValueError(f"{name} must be an int in [1, 2**31 - 1], got {name}={value!r}")
+    check_positive_int("mmap_threshold", mmap_threshold, below=2**31)
+    if trim_threshold is not None:
+        check_positive_int("trim_threshold", trim_threshold, below=2**31)
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return False
-    never_trim = -1  # glibc: "setting M_TRIM_THRESHOLD to -1 disables trimming completely"
-    trim = never_trim if trim_threshold is None else trim_threshold
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, trim)
-    )
+    trim = -1 if trim_threshold is None else trim_threshold  # glibc: -1 = never trim
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))

@@ -9,18 +9,18 @@ pickled code::
      "action_space": {...ActionSpace.to_dict()...},
      "state_dict": {...}, "extra": {...caller data...}}
 
-``action_space`` is optional (format version 1 still): checkpoints written before it
-existed, and those of bundles without an ``action_space``, load with the default
-(seed-lifecycle) action space. The observation layout (``base_dim``, ``slot_dim``) and the
-slot-type vocabulary (``num_slot_types``) are fields of ``config``.
+``action_space`` is optional: a checkpoint without it (an older one, or a bundle's without
+an ``action_space``) loads with the default (seed-lifecycle) action space. The observation
+layout (``base_dim``, ``slot_dim``) and the slot-type vocabulary (``num_slot_types``) are
+fields of ``config``.
 
-`save_checkpoint` writes to a temporary file in the target's folder, flushes and fsyncs it,
-then renames it over the target, so an interrupted save leaves the previous checkpoint
-intact and no partial file behind.
+`save_checkpoint` writes a temporary file in the target's folder, fsyncs it and renames it
+over the target: an interrupted save leaves the previous checkpoint and no partial file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pickle
@@ -60,20 +60,12 @@ class CheckpointError(ValueError):
 def save_checkpoint(
     path: str | os.PathLike[str], policy: PolicyBundle, extra: Mapping[str, Any] | None = None
 ) -> Path:
-    """Atomically write ``policy`` (config, slot ids, action space and weights) to ``path``.
+    """Atomically write ``policy`` (config, slot ids, action space and weights) to ``path``
+    (returned; its folder must exist).
 
-    Args:
-        path: the checkpoint file; its folder must exist.
-        policy: a bundle built by slotformer (it must expose ``config``).
-        extra: caller data stored alongside (plain data and tensors only, e.g. the step
-            count or an optimizer's state dict); read it back with `read_checkpoint`.
-
-    Returns:
-        The checkpoint's path.
-
-    Raises:
-        TypeError: ``policy`` exposes no ``config`` dataclass or dict (not a slotformer bundle).
-        ValueError: ``extra`` holds something other than plain data and tensors.
+    ``policy`` must expose a ``config`` dataclass or dict (``TypeError`` otherwise); ``extra``
+    is caller data of plain data and tensors only (``ValueError`` otherwise), e.g. the step
+    count or an optimizer's state dict, read back with `read_checkpoint`.
 
     Example:
         >>> import tempfile, pathlib
@@ -88,21 +80,15 @@ def save_checkpoint(
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
     if not isinstance(config, dict):
-        raise TypeError(
-            f"save_checkpoint needs a slotformer bundle exposing .config (a config dataclass "
-            f"or a dict), got {type(policy).__name__}"
-        )
+        raise TypeError(f"save_checkpoint needs a slotformer bundle exposing .config (a config "
+                        f"dataclass or a dict), got {type(policy).__name__}")
     extra_data: dict[str, Any] = dict(extra) if extra is not None else {}
     _check_plain_data(extra_data, "extra")
     from slotformer import __version__  # late: slotformer/__init__ may import this module
-
     payload: dict[str, Any] = {
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "library_version": __version__,
-        "policy_type": policy.network_type,
-        "config": config,
-        "slot_ids": list(policy.slot_config.slot_ids),
-        "state_dict": policy.state_dict(),
+        "format_version": CHECKPOINT_FORMAT_VERSION, "library_version": __version__,
+        "policy_type": policy.network_type, "config": config,
+        "slot_ids": list(policy.slot_config.slot_ids), "state_dict": policy.state_dict(),
         "extra": extra_data,
     }
     action_space = getattr(policy, "action_space", None)
@@ -110,7 +96,6 @@ def save_checkpoint(
         payload[_ACTION_SPACE_KEY] = action_space.to_dict()
     _check_plain_data(payload["config"], "policy.config")
     _check_plain_data(payload.get(_ACTION_SPACE_KEY), "policy.action_space")
-
     target = Path(path)
     temporary = target.with_name(f"{target.name}.tmp-{secrets.token_hex(8)}")
     try:
@@ -119,106 +104,80 @@ def save_checkpoint(
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, target)
-    except BaseException:
-        # Interrupted (error, KeyboardInterrupt): the previous checkpoint is untouched.
+    except BaseException:  # an error or KeyboardInterrupt: the previous checkpoint stays
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_folder(target.parent)
+    with contextlib.suppress(OSError):  # make the rename durable (Windows cannot open a folder)
+        descriptor = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
     return target
 
 
-def read_checkpoint(
-    path: str | os.PathLike[str], map_location: MapLocation = None
-) -> dict[str, Any]:
-    """Load and validate a checkpoint's contents without building the policy.
-
-    Returns:
-        The stored dict (``format_version``, ``library_version``, ``policy_type``,
-        ``config``, ``slot_ids``, ``state_dict``, ``extra``, and ``action_space``, the
-        `ActionSpace.to_dict` form, when the checkpoint stores one).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: unreadable, truncated or corrupt file; a file that needs arbitrary
-            unpickling; a newer format version; missing or malformed entries.
-    """
+def read_checkpoint(path: str | os.PathLike[str], map_location: MapLocation = None) -> dict[str, Any]:
+    """Load and validate a checkpoint's contents (the module's format) without building the
+    policy; ``FileNotFoundError`` without a file, ``CheckpointError`` for an unreadable,
+    truncated, corrupt or unsafe file, a newer format or missing or malformed entries."""
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(source)!r}")
     if not _is_zipfile(source):
-        raise _refused(
-            source, f"is not a complete torch zip archive ({source.stat().st_size} bytes): it is "
-            f"truncated, corrupt or not a checkpoint; {_EXPECTED}"
-        )
-    # torch.load does not verify the archive's CRC-32s: a flipped bit inside a tensor record
-    # would load silently as a wrong weight. Check every record first.
+        raise _refused(source, f"is not a complete torch zip archive ({source.stat().st_size} "
+                       f"bytes): it is truncated, corrupt or not a checkpoint; {_EXPECTED}")
+    # torch.load does not verify the archive's CRC-32s (a flipped bit would load as a wrong
+    # weight): check every record first. NotImplementedError: a damaged compression method.
     try:
         with zipfile.ZipFile(source) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
-        # NotImplementedError: a damaged header naming a compression method zipfile lacks.
-        raise _refused(
-            source, f"could not be read ({type(error).__name__}: {error}): it is truncated or "
-            f"corrupt; {_EXPECTED}"
-        ) from error
+        raise _refused(source, f"could not be read ({type(error).__name__}: {error}): it is "
+                       f"truncated or corrupt; {_EXPECTED}") from error
     if damaged is not None:
-        raise _refused(
-            source, f"is corrupt: its record {damaged!r} fails its CRC-32 check (damaged on disk "
-            f"or in transfer); nothing was loaded; {_EXPECTED}"
-        )
+        raise _refused(source, f"is corrupt: its record {damaged!r} fails its CRC-32 check "
+                       f"(damaged on disk or in transfer); nothing was loaded; {_EXPECTED}")
     try:
         payload = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if not _needs_arbitrary_unpickling(error):
-            raise _refused(
-                source, f"could not be read (its pickle record is corrupt: {_unsafe_reason(error)}"
-                f"); {_EXPECTED}"
-            ) from error
-        raise _refused(
-            source, "was refused: loading it needs arbitrary unpickling (torch.load(weights_only="
-            f"True) failed: {_unsafe_reason(error)}), which could run code from the file; "
-            f"{_EXPECTED}, which holds only plain data and tensors"
-        ) from error
+        # The weights-only unpickler names the global or class it refused; any other failure
+        # (an unknown opcode, a short record) is damage, not an unsafe file.
+        lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
+        reason = lines[0] if lines else str(error).splitlines()[0]
+        if any(s in str(error) for s in ("GLOBAL", "allowlisted", "add_safe_globals", "reduce")):
+            problem = (f"was refused: loading it needs arbitrary unpickling (torch.load("
+                       f"weights_only=True) failed: {reason}), which could run code from the "
+                       f"file; {_EXPECTED}, which holds only plain data and tensors")
+        else:
+            problem = f"could not be read (its pickle record is corrupt: {reason}); {_EXPECTED}"
+        raise _refused(source, problem) from error
     except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, ...
         first_line = str(error).splitlines()[0] if str(error) else "no message"
-        raise _refused(
-            source, f"could not be read ({type(error).__name__}: {first_line}): it is truncated "
-            f"or corrupt; {_EXPECTED}"
-        ) from error
-    _check_payload(payload, source)
+        raise _refused(source, f"could not be read ({type(error).__name__}: {first_line}): it "
+                       f"is truncated or corrupt; {_EXPECTED}") from error
+    problem = _payload_problem(payload)
+    if problem:
+        raise _refused(source, problem)
     return dict(payload)
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str],
-    map_location: MapLocation = None,
-    slot_config: SlotConfig | None = None,
-    *,
-    policy_type: str | None = None,
+    path: str | os.PathLike[str], map_location: MapLocation = None,
+    slot_config: SlotConfig | None = None, *, policy_type: str | None = None,
 ) -> PolicyBundle:
-    """Rebuild the policy saved at ``path`` from its stored config and load its weights.
+    """Rebuild the policy saved at ``path`` (uncompiled, in train mode, with the saved dtype,
+    config and action space or the default one) and load its weights.
 
     Args:
-        path: a file written by `save_checkpoint`.
         map_location: as in ``torch.load``; a device (or device string) also places the
             bundle there. None = the device the weights were saved from.
-        slot_config: the grid to load onto. None = the saved grid. Another grid is allowed
-            only for a policy whose weights do not depend on N (``"transformer"``); for
-            ``"lstm"`` it must name the saved slot ids, in order. The stored action space's
-            pointer head is resized to the grid.
+        slot_config: the grid to load onto (the pointer head is resized to it); None = the
+            saved grid. Another grid only for a policy whose weights do not depend on N.
         policy_type: the expected policy type; a checkpoint of another type is refused.
 
-    Returns:
-        The bundle, uncompiled, in train mode, with the saved dtype, the saved config
-        (observation layout, slot-type vocabulary) and the saved action space (the default
-        one for a checkpoint that stores none).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: see `read_checkpoint`; also a policy type other than
-            ``policy_type``, a slot-id set the policy cannot take, a malformed stored action
-            space, or weights that do not fit the policy the stored config builds (a
-            checkpoint written by an older slotformer with another parameter layout).
+    Raises ``FileNotFoundError`` and ``CheckpointError`` as `read_checkpoint`, and
+    ``CheckpointError`` for another policy type or grid, a malformed stored action space, or
+    weights that do not fit the policy the stored config builds.
 
     Example::
 
@@ -229,73 +188,70 @@ def load_checkpoint(
     payload = read_checkpoint(source, map_location=map_location)
     stored_type: str = payload["policy_type"]
     if policy_type is not None and stored_type != policy_type:
-        raise _refused(
-            source, f"holds a {stored_type!r} policy, expected a {policy_type!r} one; a "
-            f"{stored_type!r} checkpoint cannot be loaded as {policy_type!r} (their weights differ)"
-        )
+        raise _refused(source, f"holds a {stored_type!r} policy, expected a {policy_type!r} one; "
+                       f"a {stored_type!r} checkpoint cannot be loaded as {policy_type!r} (their "
+                       "weights differ)")
     cls = get_policy_class(stored_type)
     saved_slots = SlotConfig(tuple(payload["slot_ids"]))
     config_class = getattr(cls, "config_class", None)
     config = _with_legacy_defaults(stored_type, dict(payload["config"]), config_class)
-    width_key = "state_dim" if config_class is not None else "feature_dim"
     if slot_config is not None and slot_config != saved_slots:
         if not getattr(cls, "runs_on_any_grid", False):
-            raise _refused(
-                source, f"was saved for slots {list(saved_slots.slot_ids)} but slot_config has "
-                f"{list(slot_config.slot_ids)}; a {stored_type!r} policy's weights are sized by "
-                "its slots, so it loads only onto the saved slot ids (only a 'transformer' "
-                "policy loads onto another grid)"
-            )
-        config[width_key] = _width_for_grid(config, width_key, saved_slots, slot_config, source)
+            raise _refused(source, f"was saved for slots {list(saved_slots.slot_ids)} but "
+                           f"slot_config has {list(slot_config.slot_ids)}; a {stored_type!r} "
+                           "policy's weights are sized by its slots, so it loads only onto the "
+                           "saved slot ids (only a 'transformer' policy loads onto another grid)")
+        # The observation width on the new grid: the same base block and per-slot width.
+        key = "state_dim" if config_class is not None else "feature_dim"
+        base_dim = int(config.get("base_dim", DEFAULT_BASE_DIM))
+        slot_total = int(config[key]) - base_dim
+        if slot_total % saved_slots.num_slots:
+            raise _refused(source, f"holds {key}={config[key]}, which does not split into "
+                           f"base_dim={base_dim} plus {saved_slots.num_slots} equal slot blocks")
+        config[key] = base_dim + slot_config.num_slots * (slot_total // saved_slots.num_slots)
     target_slots = slot_config if slot_config is not None else saved_slots
-    space_kwargs: dict[str, Any] = {}
     action_space = _stored_action_space(payload, saved_slots, target_slots, source)
-    if action_space is not None and (
-        config_class is not None or "action_space" in _accepted_arguments(cls)
-    ):
+    space_kwargs: dict[str, Any] = {}
+    if action_space is not None and (config_class is not None
+                                     or "action_space" in _accepted_arguments(cls)):
         space_kwargs["action_space"] = action_space
-
     try:
         if config_class is not None:  # slotformer's bundles: they hold a config dataclass
-            policy: PolicyBundle = cls(
-                slot_config=target_slots, config=config_class(**config), **space_kwargs
-            )
+            policy: PolicyBundle = cls(slot_config=target_slots, config=config_class(**config),
+                                       **space_kwargs)
         else:  # a bundle registered by a user: its stored constructor arguments
             policy = cls(slot_config=target_slots, **config, **space_kwargs)
     except (TypeError, ValueError) as error:
         space = "" if action_space is None else f" and action space {payload[_ACTION_SPACE_KEY]}"
-        raise _refused(
-            source, f"holds a config {config}{space} that does not build a {stored_type!r} "
-            f"policy with this slotformer: {error}"
-        ) from error
+        raise _refused(source, f"holds a config {config}{space} that does not build a "
+                       f"{stored_type!r} policy with this slotformer: {error}") from error
     state_dict: dict[str, Any] = payload["state_dict"]
-    _refuse_retired_layout(source, stored_type, state_dict)
+    # A flat checkpoint whose contribution predictor has a Linear at index 3 has the retired
+    # head layout (a second Dropout, blueprint head H -> H/2 -> H/2 -> 13): no exact conversion.
+    if stored_type == "lstm" and "contribution_predictor.3.weight" in state_dict:
+        raise _refused(source, "holds a flat ('lstm') policy saved by an earlier slotformer, "
+                       "before the flat network's heads took the reference network's layout "
+                       "(blueprint head H -> H -> H/2 -> 13, contribution predictor with a "
+                       "LayerNorm); this slotformer cannot load it: load it with the slotformer "
+                       "that saved it, or retrain")
     reference = next((t for t in state_dict.values() if t.is_floating_point()), None)
     if reference is not None:
-        device = (
-            torch.device(map_location)
-            if isinstance(map_location, str | torch.device)
-            else reference.device
-        )
-        policy.to(device)
+        policy.to(torch.device(map_location) if isinstance(map_location, str | torch.device)
+                  else reference.device)
         if isinstance(policy, ActorCriticBundle):
             policy.to(dtype=reference.dtype)
     mismatch = _parameter_layout_mismatch(policy.state_dict(), state_dict)
     if mismatch:
-        raise _refused(
-            source, f"was written by an older slotformer with a different parameter layout: "
-            f"its weights do not fit the {stored_type!r} policy its own config builds with this "
-            f"slotformer ({mismatch}). slotformer does not convert weights between parameter "
-            f"layouts; load it with the slotformer that wrote it (version "
-            f"{payload['library_version']}), or retrain"
-        )
+        raise _refused(source, f"was written by an older slotformer with a different parameter "
+                       f"layout: its weights do not fit the {stored_type!r} policy its own "
+                       f"config builds with this slotformer ({mismatch}). slotformer does not "
+                       "convert weights between parameter layouts; load it with the slotformer "
+                       f"that wrote it (version {payload['library_version']}), or retrain")
     try:
         policy.load_state_dict(state_dict, strict=True)
     except ValueError as error:
-        raise _refused(
-            source, f"holds weights that do not fit the {stored_type!r} policy built from its "
-            f"config: {error}"
-        ) from error
+        raise _refused(source, f"holds weights that do not fit the {stored_type!r} policy built "
+                       f"from its config: {error}") from error
     return policy
 
 
@@ -303,8 +259,7 @@ def load_checkpoint(
 def _stored_action_space(
     payload: Mapping[str, Any], saved: SlotConfig, target: SlotConfig, source: Path
 ) -> ActionSpace | None:
-    """The stored action space, its pointer head resized to ``target``; None when the
-    checkpoint stores none (older checkpoints: the bundle's default space)."""
+    """The stored action space, its pointer head resized to ``target``; None if none is stored."""
     data = payload.get(_ACTION_SPACE_KEY)
     if data is None:
         return None
@@ -313,10 +268,9 @@ def _stored_action_space(
     except ValueError as error:
         raise _refused(source, f"holds a malformed action space: {error}") from error
     if space.pointer_head is not None and space.num_slots != saved.num_slots:
-        raise _refused(
-            source, f"holds an action space whose pointer head {space.pointer_head!r} has "
-            f"{space.num_slots} choices, but {saved.num_slots} slot ids {list(saved.slot_ids)}"
-        )
+        raise _refused(source, f"holds an action space whose pointer head {space.pointer_head!r} "
+                       f"has {space.num_slots} choices, but {saved.num_slots} slot ids "
+                       f"{list(saved.slot_ids)}")
     if space.pointer_head is not None and target.num_slots != saved.num_slots:
         space = space.with_num_slots(target.num_slots)
     return space
@@ -325,36 +279,26 @@ def _stored_action_space(
 def _parameter_layout_mismatch(expected: Mapping[str, Any], stored: Mapping[str, Any]) -> str:
     """What differs between two state dicts' keys and shapes ("" = they fit)."""
     stored = without_compile_prefix(stored)
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
     reshaped = [
         f"{k}: stored {list(stored[k].shape)}, expected {list(expected[k].shape)}"
         for k in sorted(set(expected) & set(stored))
         if isinstance(stored[k], Tensor) and isinstance(expected[k], Tensor)
         and stored[k].shape != expected[k].shape
     ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing parameters {missing[:5]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected parameters {unexpected[:5]}")
-    if reshaped:
-        parts.append(f"{len(reshaped)} of another shape {reshaped[:5]}")
-    return "; ".join(parts)
+    found = (("missing parameters", sorted(set(expected) - set(stored))),
+             ("unexpected parameters", sorted(set(stored) - set(expected))),
+             ("of another shape", reshaped))
+    return "; ".join(f"{len(items)} {label} {items[:5]}" for label, items in found if items)
 
 
 def _with_legacy_defaults(
     policy_type: str, config: dict[str, Any], config_class: type | None
 ) -> dict[str, Any]:
-    """A stored config as today's config fields, building *its* architecture (not today's
-    defaults) when an older slotformer wrote it.
-
-    Checkpoints of slotformer 0.1 stored the bundles' constructor arguments (``feature_dim``
-    for the observation width, ``hidden_dim``, ``trunk_dim``): renamed to the config fields.
-    Checkpoints saved before the contribution options existed hold a contribution
-    predictor ``head_hidden`` wide with ``Dropout(0.1)``; the defaults are now 64 and 0.0.
-    """
-    if config_class is not None and "hidden_dim" in config:  # written by slotformer 0.1
+    """A stored config as the config fields, building the architecture it was saved with:
+    slotformer 0.1 stored ``feature_dim`` and ``hidden_dim`` (now ``state_dim`` and
+    ``lstm_hidden_dim``); a transformer config without ``contribution_hidden`` has a
+    contribution predictor ``head_hidden`` wide with ``Dropout(0.1)`` (defaults: 64, 0.0)."""
+    if config_class is not None and "hidden_dim" in config:
         renames = {"feature_dim": "state_dim", "hidden_dim": "lstm_hidden_dim"}
         config = {renames.get(key, key): value for key, value in config.items()}
     if policy_type == "transformer" and "contribution_hidden" not in config:
@@ -363,44 +307,11 @@ def _with_legacy_defaults(
     return config
 
 
-def _refuse_retired_layout(source: Path, policy_type: str, state_dict: Mapping[str, Any]) -> None:
-    """A flat-network checkpoint from before its heads took the reference network's widths
-    cannot be loaded: say so, rather than list mismatched keys.
-
-    That layout's contribution predictor had a second Dropout, so its middle Linear sat at
-    index 3 (now 4, after a LayerNorm at 1); its blueprint head was ``H -> H/2 -> H/2 -> 13``
-    (now ``H -> H -> H/2 -> 13``). The policy and value outputs could be carried over, the
-    LayerNorm'd contribution predictor could not, so there is no exact conversion.
-    """
-    if policy_type == "lstm" and "contribution_predictor.3.weight" in state_dict:
-        raise _refused(
-            source, "holds a flat ('lstm') policy saved by an earlier slotformer, before the "
-            "flat network's heads took the reference network's layout (blueprint "
-            "head H -> H -> H/2 -> 13, contribution predictor with a LayerNorm); this "
-            "slotformer cannot load it: load it with the slotformer that saved it, or retrain"
-        )
-
-
-def _width_for_grid(
-    config: Mapping[str, Any], key: str, saved: SlotConfig, target: SlotConfig, source: Path
-) -> int:
-    """The observation width on ``target``: same base block and per-slot width as saved."""
-    base_dim = int(config.get("base_dim", DEFAULT_BASE_DIM))
-    slot_total = int(config[key]) - base_dim
-    if slot_total % saved.num_slots:
-        raise _refused(
-            source, f"holds {key}={config[key]}, which does not split into base_dim={base_dim} "
-            f"plus {saved.num_slots} equal slot blocks"
-        )
-    return base_dim + target.num_slots * (slot_total // saved.num_slots)
-
-
 def _is_zipfile(source: Path) -> bool:
-    """``zipfile.is_zipfile``, False rather than an exception for a damaged end record."""
+    """``zipfile.is_zipfile``, False rather than an exception for a damaged (zip64) end record."""
     try:
         return zipfile.is_zipfile(source)
     except (zipfile.BadZipFile, NotImplementedError, ValueError):
-        # e.g. a flipped bit in the zip64 end record: "zipfiles that span multiple disks".
         return False
 
 
@@ -409,50 +320,38 @@ def _refused(source: Path, problem: str) -> CheckpointError:
     return CheckpointError(f"{str(source)!r} {problem}")
 
 
-def _check_payload(payload: Any, source: Path) -> None:
+def _payload_problem(payload: Any) -> str:
+    """What is wrong with a loaded checkpoint's contents ("" = nothing)."""
     if not isinstance(payload, dict) or "format_version" not in payload:
         found = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
-        raise _refused(
-            source, f"is not a slotformer checkpoint: found {found}, expected a dict with keys "
-            f"{list(_REQUIRED_KEYS)}"
-        )
+        return (f"is not a slotformer checkpoint: found {found}, expected a dict with keys "
+                f"{list(_REQUIRED_KEYS)}")
     version = payload["format_version"]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise _refused(
-            source, f"has format_version={version!r}, expected a positive int "
-            f"(<= {CHECKPOINT_FORMAT_VERSION})"
-        )
+        return (f"has format_version={version!r}, expected a positive int "
+                f"(<= {CHECKPOINT_FORMAT_VERSION})")
     if version > CHECKPOINT_FORMAT_VERSION:
-        raise _refused(
-            source, f"has format version {version} (written by slotformer "
-            f"{payload.get('library_version', '?')}), newer than the newest this slotformer "
-            f"reads ({CHECKPOINT_FORMAT_VERSION}); upgrade slotformer to load it"
-        )
+        return (f"has format version {version} (written by slotformer "
+                f"{payload.get('library_version', '?')}), newer than the newest this slotformer "
+                f"reads ({CHECKPOINT_FORMAT_VERSION}); upgrade slotformer to load it")
     missing = [key for key in _REQUIRED_KEYS if key not in payload]
     if missing:
-        raise _refused(source, f"lacks entries {missing}; expected {list(_REQUIRED_KEYS)}")
+        return f"lacks entries {missing}; expected {list(_REQUIRED_KEYS)}"
     policy_type, slot_ids, config = payload["policy_type"], payload["slot_ids"], payload["config"]
+    state_dict, action_space = payload["state_dict"], payload.get(_ACTION_SPACE_KEY)
     if policy_type not in list_policies():
-        raise _refused(
-            source, f"holds policy type {policy_type!r}, which is not registered; registered "
-            f"policies: {list_policies()}"
-        )
+        return (f"holds policy type {policy_type!r}, which is not registered; registered "
+                f"policies: {list_policies()}")
     if not isinstance(slot_ids, list | tuple) or not all(isinstance(s, str) for s in slot_ids):
-        raise _refused(source, f"has slot_ids={slot_ids!r}, expected a list of str")
+        return f"has slot_ids={slot_ids!r}, expected a list of str"
     if not isinstance(config, dict):
-        raise _refused(
-            source, f"has config of type {type(config).__name__}, expected a dict of constructor "
-            "arguments"
-        )
-    state_dict = payload["state_dict"]
+        return f"has config of type {type(config).__name__}, expected a dict of constructor arguments"
     if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise _refused(source, "has a state_dict that is not a dict of tensors")
-    action_space = payload.get(_ACTION_SPACE_KEY)
+        return "has a state_dict that is not a dict of tensors"
     if action_space is not None and not isinstance(action_space, dict):
-        raise _refused(
-            source, f"has action_space of type {type(action_space).__name__}, expected a dict "
-            "(ActionSpace.to_dict()) or no entry"
-        )
+        return (f"has action_space of type {type(action_space).__name__}, expected a dict "
+                "(ActionSpace.to_dict()) or no entry")
+    return ""
 
 
 def _check_plain_data(value: Any, where: str) -> None:
@@ -465,47 +364,14 @@ def _check_plain_data(value: Any, where: str) -> None:
                 raise ValueError(f"{where} has key {key!r} of type {type(key).__name__}; "
                                  f"expected str or int keys")
             _check_plain_data(item, f"{where}[{key!r}]")
-        return
-    if isinstance(value, list | tuple):
+    elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             _check_plain_data(item, f"{where}[{index}]")
-        return
-    raise ValueError(
-        f"{where} is a {type(value).__name__}; a checkpoint holds only dicts, lists, tuples, "
-        f"str, int, float, bool, None and tensors (so that it loads with weights_only=True)"
-    )
+    else:
+        raise ValueError(f"{where} is a {type(value).__name__}; a checkpoint holds only dicts, "
+                         "lists, tuples, str, int, float, bool, None and tensors (so that it "
+                         "loads with weights_only=True)")
 
 
-def _needs_arbitrary_unpickling(error: pickle.UnpicklingError) -> bool:
-    # The weights-only unpickler names the global or class it refused; any other failure
-    # (an unknown opcode, a short record) is damage, not an unsafe file.
-    message = str(error)
-    return any(s in message for s in ("GLOBAL", "allowlisted", "add_safe_globals", "reduce"))
-
-
-def _unsafe_reason(error: pickle.UnpicklingError) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
-    return lines[0] if lines else str(error).splitlines()[0]
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Make the rename itself durable; not every platform can open a folder (Windows).
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-__all__ = [
-    "CHECKPOINT_FORMAT_VERSION",
-    "CheckpointError",
-    "load_checkpoint",
-    "read_checkpoint",
-    "save_checkpoint",
-]
+__all__ = ["CHECKPOINT_FORMAT_VERSION", "CheckpointError", "load_checkpoint", "read_checkpoint",
+           "save_checkpoint"]

@@ -34,15 +34,15 @@ width, ``N`` the slots, ``E`` the blueprint embedding width (4), ``L`` the LSTM 
   Linear(H/2, H/4) -> ReLU -> Linear(H/4, N)``.
 
 A reference training checkpoint keeps the network's weights under
-``checkpoint["network_state_dict"]``; pass that dict. The reference network returns V(s) as
-its PPO value, so `network_from_reference_state_dict` builds with ``value_baseline="v"``.
+``checkpoint["network_state_dict"]``; pass that dict.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from itertools import pairwise
 
 import torch
 from torch import Tensor
@@ -56,12 +56,17 @@ from slotformer.presets.seed_lifecycle import NUM_BLUEPRINTS
 NULL_INDEX_KEY = "blueprint_embedding._null_idx"
 """The reference's buffer holding the empty-slot row of the embedding (13); not loaded."""
 
-_LSTM_WEIGHT = re.compile(r"^lstm\.layers\.(\d+)\.(weight_ih_l0|weight_hh_l0|bias_ih_l0|bias_hh_l0)$")
-_LSTM_NORM = re.compile(r"^lstm\.layer_norms\.(\d+)\.(weight|bias)$")
-_OUR_LSTM_WEIGHT = re.compile(
-    r"^lstm\.layers\.(\d+)\.lstm\.(weight_ih_l0|weight_hh_l0|bias_ih_l0|bias_hh_l0)$"
+_LSTM_PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+_P = "|".join(_LSTM_PARAMS)
+# The module's table as (pattern, replacement) pairs, one tuple per direction.
+_TO_SLOTFORMER = (
+    (re.compile(rf"^lstm\.layers\.(\d+)\.({_P})$"), r"lstm.layers.\1.lstm.\2"),
+    (re.compile(r"^lstm\.layer_norms\.(\d+)\.(weight|bias)$"), r"lstm.layers.\1.norm.\2"),
 )
-_OUR_LSTM_NORM = re.compile(r"^lstm\.layers\.(\d+)\.norm\.(weight|bias)$")
+_TO_REFERENCE = (
+    (re.compile(rf"^lstm\.layers\.(\d+)\.lstm\.({_P})$"), r"lstm.layers.\1.\2"),
+    (re.compile(r"^lstm\.layers\.(\d+)\.norm\.(weight|bias)$"), r"lstm.layer_norms.\1.\2"),
+)
 _LAYER_INDEX = re.compile(r"^lstm\.(?:layers|layer_norms)\.(\d+)\.")
 _MAX_LISTED = 12  # keys named per category in an error message
 
@@ -70,15 +75,8 @@ Shape = tuple[int, ...]
 
 @dataclass(frozen=True)
 class ReferenceDimensions:
-    """The sizes of a reference network, read off its state dict's shapes.
-
-    Args:
-        state_dim: D, the flat observation width.
-        feature_dim: F, the feature layer's width before the LSTM.
-        lstm_hidden_dim: H.
-        lstm_layers: L.
-        num_slots: N.
-        blueprint_embed_dim: E, each slot's blueprint embedding width.
+    """The sizes of a reference network, read off its state dict's shapes: D, F, H, L, N and
+    E of the module's layout.
 
     Example:
         >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16, lstm_layers=2)
@@ -95,31 +93,26 @@ class ReferenceDimensions:
 
     @classmethod
     def infer(cls, state_dict: Mapping[str, Tensor]) -> ReferenceDimensions:
-        """Read the sizes off a reference state dict (reference key names).
-
-        Raises:
-            ValueError: a tensor the sizes are read from is missing or has the wrong rank.
-        """
+        """Read the sizes off a reference state dict (reference key names); ``ValueError``
+        if a tensor they are read from is missing or has the wrong rank."""
         state_dict = without_compile_prefix(state_dict)
 
         def shape_of(key: str, rank: int, needed_for: str) -> Shape:
             tensor = state_dict.get(key)
-            if tensor is None:
-                hint = (
-                    "; it already has slotformer's names (load it with load_state_dict)"
-                    if any(_OUR_LSTM_WEIGHT.match(k) for k in state_dict)
-                    else ""
-                )
-                raise ValueError(
-                    f"reference state_dict is missing key {key!r} (needed to infer "
-                    f"{needed_for}); {_found(state_dict)}{hint}"
-                )
-            if not isinstance(tensor, Tensor) or tensor.dim() != rank:
-                raise ValueError(
-                    f"reference state_dict key {key!r} has shape {_shape_text(tensor)}, "
-                    f"expected a {rank}-d tensor (it gives {needed_for})"
-                )
-            return tuple(tensor.shape)
+            if isinstance(tensor, Tensor) and tensor.dim() == rank:
+                return tuple(tensor.shape)
+            if tensor is not None:
+                problem = (f"key {key!r} has shape {_shape_text(tensor)}, expected a {rank}-d "
+                           f"tensor (it gives {needed_for})")
+            else:
+                keys = sorted(state_dict)
+                more = f", ... ({len(keys)} keys)" if len(keys) > 8 else ""
+                ours = any(_TO_REFERENCE[0][0].match(k) for k in state_dict)
+                problem = (f"is missing key {key!r} (needed to infer {needed_for}); found "
+                           f"[{', '.join(repr(k) for k in keys[:8])}{more}]"
+                           + ("; it already has slotformer's names (load it with "
+                              "load_state_dict)" if ours else ""))
+            raise ValueError(f"reference state_dict {problem}")
 
         hidden = shape_of("lstm.layers.0.weight_hh_l0", 2, "lstm_hidden_dim")[1]
         feature_dim, feature_in = shape_of("feature_net.0.weight", 2, "feature_dim and state_dim")
@@ -128,19 +121,10 @@ class ReferenceDimensions:
         indices = {int(m.group(1)) for key in state_dict if (m := _LAYER_INDEX.match(key))}
         state_dim = feature_in - num_slots * embed_dim
         if state_dim < 1:
-            raise ValueError(
-                f"reference state_dict key 'feature_net.0.weight' has {feature_in} input "
-                f"features, fewer than the {num_slots} slots' blueprint embeddings "
-                f"({num_slots} x {embed_dim}) it must include"
-            )
-        return cls(
-            state_dim=state_dim,
-            feature_dim=feature_dim,
-            lstm_hidden_dim=hidden,
-            lstm_layers=max(indices) + 1,
-            num_slots=num_slots,
-            blueprint_embed_dim=embed_dim,
-        )
+            raise ValueError(f"reference state_dict key 'feature_net.0.weight' has {feature_in} "
+                             f"input features, fewer than the {num_slots} slots' blueprint "
+                             f"embeddings ({num_slots} x {embed_dim}) it must include")
+        return cls(state_dim, feature_dim, hidden, max(indices) + 1, num_slots, embed_dim)
 
     def expected_shapes(self) -> dict[str, Shape]:
         """Every reference key and its shape for these sizes (``_null_idx`` excluded)."""
@@ -154,8 +138,7 @@ class ReferenceDimensions:
             shapes[f"{prefix}.bias"] = (out_features,)
 
         def layer_norm(prefix: str, features: int) -> None:
-            shapes[f"{prefix}.weight"] = (features,)
-            shapes[f"{prefix}.bias"] = (features,)
+            shapes[f"{prefix}.weight"] = shapes[f"{prefix}.bias"] = (features,)
 
         shapes["blueprint_embedding.embedding.weight"] = (NUM_BLUEPRINTS + 1, E)
         linear("feature_net.0", F, self.state_dim + N * E)
@@ -163,19 +146,13 @@ class ReferenceDimensions:
         if F != H:
             linear("lstm.input_proj", H, F)
         for i in range(self.lstm_layers):
-            shapes[f"lstm.layers.{i}.weight_ih_l0"] = (4 * H, H)
-            shapes[f"lstm.layers.{i}.weight_hh_l0"] = (4 * H, H)
-            shapes[f"lstm.layers.{i}.bias_ih_l0"] = (4 * H,)
-            shapes[f"lstm.layers.{i}.bias_hh_l0"] = (4 * H,)
+            for param in _LSTM_PARAMS:
+                shapes[f"lstm.layers.{i}.{param}"] = (4 * H, H) if param[0] == "w" else (4 * H,)
             layer_norm(f"lstm.layer_norms.{i}", H)
-        for name, size in space.sizes.items():
-            if name == "blueprint":
-                linear("blueprint_head.0", H, H)
-                linear("blueprint_head.2", h2, H)
-                linear("blueprint_head.4", size, h2)
-            else:
-                linear(f"{name}_head.0", h2, H)
-                linear(f"{name}_head.2", size, h2)
+        for name, size in space.sizes.items():  # blueprint: H -> H -> H/2 -> 13
+            widths = (H, H, h2, size) if name == "blueprint" else (H, h2, size)
+            for index, (in_features, out_features) in enumerate(pairwise(widths)):
+                linear(f"{name}_head.{2 * index}", out_features, in_features)
         for head, in_features in (("state_value_head", H), ("q_head", H + space.num_ops)):
             linear(f"{head}.0", h2, in_features)
             layer_norm(f"{head}.1", h2)
@@ -193,24 +170,12 @@ class ReferenceDimensions:
 def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A reference network's state dict under slotformer's parameter names.
 
-    Checks the whole state dict against the reference layout for the sizes read off its
-    shapes (`ReferenceDimensions`), renames the recurrent core's keys (see the module's
-    table) and drops ``blueprint_embedding._null_idx``. The tensors are not copied. A
-    ``_orig_mod.`` prefix on every key (a ``torch.compile``'d module's) is stripped.
-
-    Args:
-        state_dict: the reference network's ``state_dict()``: keys as in the reference,
-            e.g. ``feature_net.0.weight [F, D + N*E]``, ``lstm.layers.0.weight_ih_l0
-            [4H, H]``, ``lstm.layer_norms.0.weight [H]``, ``blueprint_head.4.weight [13, H/2]``.
-
-    Returns:
-        A new dict, slotformer key -> the same tensor, loadable into a
-        `FactoredRecurrentActorCritic` of those sizes with ``load_state_dict(strict=True)``.
-
-    Raises:
-        ValueError: keys missing from or unexpected in the reference layout, or tensors
-            whose shape is not the expected one; the message names every such key (with
-            the expected and the actual shape), and the sizes it inferred.
+    Checks the whole state dict against the reference layout for the sizes its shapes give
+    (`ReferenceDimensions`), strips a ``torch.compile`` prefix, renames the recurrent core's
+    keys (the module's table) and drops ``_null_idx``: a new dict of the same tensors that a
+    `FactoredRecurrentActorCritic` of those sizes loads with ``load_state_dict(strict=True)``.
+    ``ValueError`` names every missing, unexpected or mis-shaped key (expected and actual
+    shape) and the sizes it inferred.
 
     Example:
         >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16)
@@ -226,9 +191,7 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, 
         ...
         ValueError: reference state_dict does not have the reference network's layout ... missing keys ['op_head.2.bias']
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-    source = without_compile_prefix(state_dict)
+    source = _unprefixed(state_dict)
     dims = ReferenceDimensions.infer(source)
     expected = dims.expected_shapes()
     given = {key: value for key, value in source.items() if key != NULL_INDEX_KEY}
@@ -237,41 +200,33 @@ def convert_reference_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, 
     mismatched = [
         f"{key!r} has shape {_shape_text(given[key])}, expected {expected[key]}"
         for key in expected
-        if key in given and _shape_of(given[key]) != expected[key]
+        if key in given
+        and (not isinstance(given[key], Tensor) or tuple(given[key].shape) != expected[key])
     ]
     problems = _listed("missing keys", missing) + _listed("unexpected keys", unexpected)
     problems += _listed("shape mismatches", mismatched, quote=False)
     null_index = source.get(NULL_INDEX_KEY)
-    if null_index is not None and not _is_null_row(null_index):
-        problems.append(
-            f"{NULL_INDEX_KEY!r} is {_value_text(null_index)}, expected a 0-d integer tensor "
-            f"holding {NUM_BLUEPRINTS} (the embedding's last row, where slotformer puts the "
-            "empty-slot row)"
-        )
+    if null_index is not None and not (
+        isinstance(null_index, Tensor) and null_index.dim() == 0
+        and not null_index.is_floating_point() and int(null_index) == NUM_BLUEPRINTS
+    ):
+        problems.append(f"{NULL_INDEX_KEY!r} is {_value_text(null_index)}, expected a 0-d "
+                        f"integer tensor holding {NUM_BLUEPRINTS} (the embedding's last row, "
+                        "where slotformer puts the empty-slot row)")
     if problems:
         hint = ""
         if any(key.startswith("module.") for key in unexpected):
             hint = " (keys start with 'module.': pass the unwrapped module's state_dict)"
-        raise ValueError(
-            f"reference state_dict does not have the reference network's layout for the sizes "
-            f"its shapes give ({_dims_text(dims)}): {'; '.join(problems)}{hint}"
-        )
-    return {_slotformer_key(key): value for key, value in given.items()}
+        sizes = ", ".join(f"{f.name}={getattr(dims, f.name)}" for f in fields(dims))
+        raise ValueError(f"reference state_dict does not have the reference network's layout "
+                         f"for the sizes its shapes give ({sizes}): {'; '.join(problems)}{hint}")
+    return {_renamed(key, _TO_SLOTFORMER): value for key, value in given.items()}
 
 
 def to_reference_state_dict(network: FactoredRecurrentActorCritic) -> dict[str, Tensor]:
-    """The inverse of `convert_reference_state_dict`: ``network``'s weights under the
-    reference's parameter names, with its ``_null_idx`` buffer, for the reference network.
-
-    Args:
-        network: a flat network with the default action space.
-
-    Returns:
-        A new dict, reference key -> the network's tensor (detached, not copied).
-
-    Raises:
-        TypeError: ``network`` is not a `FactoredRecurrentActorCritic`.
-        ValueError: the network has heads or sizes the reference network cannot have.
+    """The inverse of `convert_reference_state_dict`: ``network``'s weights (detached, not
+    copied) under the reference's parameter names, with its ``_null_idx`` buffer.
+    ``ValueError`` if the network has heads or sizes the reference cannot have.
 
     Example:
         >>> net = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16)
@@ -280,7 +235,7 @@ def to_reference_state_dict(network: FactoredRecurrentActorCritic) -> dict[str, 
         (13, True)
     """
     _check_network(network)
-    reference = {_reference_key(key): value for key, value in network.state_dict().items()}
+    reference = {_renamed(key, _TO_REFERENCE): value for key, value in network.state_dict().items()}
     reference[NULL_INDEX_KEY] = torch.tensor(NUM_BLUEPRINTS, dtype=torch.int64)
     try:
         convert_reference_state_dict(reference)  # the reference layout, or a clear error
@@ -292,22 +247,11 @@ def to_reference_state_dict(network: FactoredRecurrentActorCritic) -> dict[str, 
 def load_reference_state_dict(
     network: FactoredRecurrentActorCritic, state_dict: Mapping[str, Tensor]
 ) -> None:
-    """Load a reference network's weights into ``network``, strictly.
+    """Load a reference network's weights into ``network`` (built with its sizes; see
+    `network_from_reference_state_dict`), strictly, in the network's dtype and device.
 
-    Converts them (`convert_reference_state_dict`), then checks that every parameter of
-    ``network`` gets a tensor of its shape before anything is copied, so a failed load
-    leaves ``network`` unchanged. Values are copied into the network's own dtype and device.
-
-    Args:
-        network: a flat network built with the reference network's sizes (see
-            `network_from_reference_state_dict` to build one from the state dict).
-        state_dict: the reference network's ``state_dict()``.
-
-    Raises:
-        TypeError: ``network`` is not a `FactoredRecurrentActorCritic`.
-        ValueError: the state dict is not in the reference layout, or it does not fit
-            ``network``: the message names each parameter, the network's shape and the
-            state dict's.
+    Every parameter must get a tensor of its shape before anything is copied (a failed load
+    changes nothing); ``ValueError`` names each misfit parameter with both shapes.
 
     Example:
         >>> torch.manual_seed(0) is not None
@@ -327,10 +271,10 @@ def load_reference_state_dict(
     converted = convert_reference_state_dict(state_dict)
     target = network.state_dict()
     missing = [key for key in target if key not in converted]
-    unexpected = [_reference_key(key) for key in converted if key not in target]
+    unexpected = [_renamed(key, _TO_REFERENCE) for key in converted if key not in target]
     mismatched = [
         f"{key!r}: the network's parameter has shape {tuple(target[key].shape)}, the state "
-        f"dict's (reference key {_reference_key(key)!r}) has {tuple(value.shape)}"
+        f"dict's (reference key {_renamed(key, _TO_REFERENCE)!r}) has {tuple(value.shape)}"
         for key, value in converted.items()
         if key in target and tuple(value.shape) != tuple(target[key].shape)
     ]
@@ -338,44 +282,25 @@ def load_reference_state_dict(
     problems += _listed("reference keys the network has no parameter for", unexpected)
     problems += _listed("shape mismatches", mismatched, quote=False)
     if problems:
-        raise ValueError(
-            f"reference state_dict does not fit this {type(network).__name__} (state_dim="
-            f"{network.state_dim}, feature_dim={network.feature_dim}, lstm_hidden_dim="
-            f"{network.lstm_hidden_dim}, lstm_layers={network.lstm_layers}, "
-            f"{network.slot_config.num_slots} slots): {'; '.join(problems)}"
-        )
+        raise ValueError(f"reference state_dict does not fit this {type(network).__name__} "
+                         f"(state_dim={network.state_dim}, feature_dim={network.feature_dim}, "
+                         f"lstm_hidden_dim={network.lstm_hidden_dim}, lstm_layers="
+                         f"{network.lstm_layers}, {network.slot_config.num_slots} slots): "
+                         f"{'; '.join(problems)}")
     network.load_state_dict(converted, strict=True)
 
 
 def network_from_reference_state_dict(
-    state_dict: Mapping[str, Tensor],
-    slot_config: SlotConfig | None = None,
-    *,
-    value_baseline: str = "v",
-    base_dim: int = DEFAULT_BASE_DIM,
+    state_dict: Mapping[str, Tensor], slot_config: SlotConfig | None = None, *,
+    value_baseline: str = "v", base_dim: int = DEFAULT_BASE_DIM,
 ) -> FactoredRecurrentActorCritic:
-    """A flat network sized for a reference state dict, with its weights loaded.
+    """A flat network sized for a reference state dict (`ReferenceDimensions`), with its
+    weights loaded, in train mode, on the device and in the dtype of the state dict's first
+    floating-point tensor; its outputs equal the reference network's for the same inputs.
 
-    ``state_dim``, ``feature_dim``, ``lstm_hidden_dim``, ``lstm_layers``, the number of
-    slots and the blueprint embedding width are read off the tensors' shapes
-    (`ReferenceDimensions`). The network is built in train mode, on the device and in the
-    dtype of the state dict's first floating-point tensor.
-
-    Args:
-        state_dict: the reference network's ``state_dict()``.
-        slot_config: the slots, in action order; it must have the state dict's slot count.
-            None = the inferred N slots in one row (``SlotConfig.for_grid(1, N)``; for
-            N = 3 that is ``SlotConfig.default()``).
-        value_baseline: what ``value`` holds; ``"v"`` (V(s)) is what the reference network
-            returns as its PPO value.
-        base_dim: features in the observation's base block.
-
-    Returns:
-        The network, its outputs equal to the reference network's for the same inputs.
-
-    Raises:
-        ValueError: the state dict is not in the reference layout, or ``slot_config`` has
-            another slot count.
+    ``slot_config`` (the slots in action order, as many as the state dict's; ``ValueError``
+    otherwise) defaults to ``SlotConfig.for_grid(1, N)``; ``value_baseline="v"`` (V(s)) is
+    the reference's PPO value; ``base_dim`` is the observation's base block width.
 
     Example:
         >>> source = FactoredRecurrentActorCritic(feature_dim=32, lstm_hidden_dim=16, lstm_layers=2)
@@ -386,67 +311,44 @@ def network_from_reference_state_dict(
         >>> torch.equal(net(state, blueprints)["op_logits"], source(state, blueprints)["op_logits"])
         True
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-    dims = ReferenceDimensions.infer(state_dict)
+    source = _unprefixed(state_dict)
+    dims = ReferenceDimensions.infer(source)
     if slot_config is None:
         slot_config = SlotConfig.for_grid(1, dims.num_slots)
     elif slot_config.num_slots != dims.num_slots:
-        raise ValueError(
-            f"slot_config has {slot_config.num_slots} slots {list(slot_config.slot_ids)} but "
-            f"the reference state_dict's slot head has {dims.num_slots} outputs "
-            "('slot_head.2.weight')"
-        )
+        raise ValueError(f"slot_config has {slot_config.num_slots} slots "
+                         f"{list(slot_config.slot_ids)} but the reference state_dict's slot head "
+                         f"has {dims.num_slots} outputs ('slot_head.2.weight')")
     network = FactoredRecurrentActorCritic(
         dims.state_dim, dims.feature_dim, dims.lstm_hidden_dim, dims.lstm_layers, slot_config,
         config=LSTMConfig(value_baseline=value_baseline, base_dim=base_dim,
                           blueprint_embed_dim=dims.blueprint_embed_dim),
     )
-    floating = next((t for t in state_dict.values() if t.is_floating_point()), None)
+    floating = next((t for t in source.values() if t.is_floating_point()), None)
     if floating is not None:
         network.to(device=floating.device, dtype=floating.dtype)
-    load_reference_state_dict(network, state_dict)
+    load_reference_state_dict(network, source)
     return network
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _slotformer_key(reference_key: str) -> str:
-    if match := _LSTM_WEIGHT.match(reference_key):
-        return f"lstm.layers.{match.group(1)}.lstm.{match.group(2)}"
-    if match := _LSTM_NORM.match(reference_key):
-        return f"lstm.layers.{match.group(1)}.norm.{match.group(2)}"
-    return reference_key
+def _renamed(key: str, rules: tuple[tuple[re.Pattern[str], str], ...]) -> str:
+    for pattern, replacement in rules:  # the patterns exclude each other's results
+        key = pattern.sub(replacement, key)
+    return key
 
 
-def _reference_key(slotformer_key: str) -> str:
-    if match := _OUR_LSTM_WEIGHT.match(slotformer_key):
-        return f"lstm.layers.{match.group(1)}.{match.group(2)}"
-    if match := _OUR_LSTM_NORM.match(slotformer_key):
-        return f"lstm.layer_norms.{match.group(1)}.{match.group(2)}"
-    return slotformer_key
+def _unprefixed(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    return without_compile_prefix(state_dict)
 
 
 def _check_network(network: object) -> None:
     if not isinstance(network, FactoredRecurrentActorCritic):
-        hint = (
-            " (a policy bundle: pass bundle.network)" if hasattr(network, "network") else ""
-        )
-        raise TypeError(
-            f"network must be a FactoredRecurrentActorCritic, got {type(network).__name__}{hint}"
-        )
-
-
-def _is_null_row(value: object) -> bool:
-    return (
-        isinstance(value, Tensor)
-        and value.dim() == 0
-        and not value.is_floating_point()
-        and int(value) == NUM_BLUEPRINTS
-    )
-
-
-def _shape_of(value: object) -> Shape | None:
-    return tuple(value.shape) if isinstance(value, Tensor) else None
+        hint = " (a policy bundle: pass bundle.network)" if hasattr(network, "network") else ""
+        raise TypeError(f"network must be a FactoredRecurrentActorCritic, got "
+                        f"{type(network).__name__}{hint}")
 
 
 def _shape_text(value: object) -> str:
@@ -460,33 +362,11 @@ def _value_text(value: object) -> str:
 
 
 def _listed(label: str, items: list[str], quote: bool = True) -> list[str]:
-    if not items:
-        return []
-    shown = [repr(item) if quote else item for item in items[:_MAX_LISTED]]
+    shown = ", ".join(repr(item) if quote else item for item in items[:_MAX_LISTED])
     more = f", ... ({len(items)} in all)" if len(items) > _MAX_LISTED else ""
-    return [f"{label} [{', '.join(shown)}{more}]"]
+    return [f"{label} [{shown}{more}]"] if items else []
 
 
-def _found(state_dict: Mapping[str, Tensor]) -> str:
-    keys = sorted(state_dict)
-    shown = ", ".join(repr(k) for k in keys[:8])
-    more = f", ... ({len(keys)} keys)" if len(keys) > 8 else ""
-    return f"found [{shown}{more}]"
-
-
-def _dims_text(dims: ReferenceDimensions) -> str:
-    return (
-        f"state_dim={dims.state_dim}, feature_dim={dims.feature_dim}, lstm_hidden_dim="
-        f"{dims.lstm_hidden_dim}, lstm_layers={dims.lstm_layers}, num_slots={dims.num_slots}, "
-        f"blueprint_embed_dim={dims.blueprint_embed_dim}"
-    )
-
-
-__all__ = [
-    "NULL_INDEX_KEY",
-    "ReferenceDimensions",
-    "convert_reference_state_dict",
-    "load_reference_state_dict",
-    "network_from_reference_state_dict",
-    "to_reference_state_dict",
-]
+__all__ = ["NULL_INDEX_KEY", "ReferenceDimensions", "convert_reference_state_dict",
+           "load_reference_state_dict", "network_from_reference_state_dict",
+           "to_reference_state_dict"]

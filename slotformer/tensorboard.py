@@ -1,9 +1,7 @@
 """Optional TensorBoard adapter for attention statistics (extra ``slotformer[tb]``).
 
-:func:`log_attention` only calls ``add_scalar`` / ``add_image`` on the writer it is given, so
-it works with ``torch.utils.tensorboard.SummaryWriter`` or any object with those two methods.
-This module never imports ``tensorboard`` at import time (``import slotformer`` must stay
-light); :func:`create_summary_writer` imports it when called.
+``tensorboard`` is imported only when :func:`create_summary_writer` is called (``import
+slotformer`` stays light); :func:`log_attention` takes any :class:`ScalarImageWriter`.
 
 Example::
 
@@ -34,50 +32,28 @@ class ScalarImageWriter(Protocol):
 
 
 def create_summary_writer(log_dir: str | None = None, **kwargs: Any) -> Any:
-    """Create a ``torch.utils.tensorboard.SummaryWriter``, importing TensorBoard only now.
-
-    Args:
-        log_dir: event file directory (SummaryWriter's default when None).
-        **kwargs: passed to ``SummaryWriter``.
-
-    Raises:
-        ImportError: when tensorboard is not installed (``pip install 'slotformer[tb]'``).
-    """
+    """``torch.utils.tensorboard.SummaryWriter(log_dir, **kwargs)``, importing TensorBoard only
+    now (``ImportError`` naming the ``tb`` extra without it)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError as error:  # the message names the extra to install
-        raise ImportError(
-            "slotformer.tensorboard needs the tensorboard package: pip install 'slotformer[tb]'"
-        ) from error
+    except ImportError as error:
+        raise ImportError("slotformer.tensorboard needs the tensorboard package: "
+                          "pip install 'slotformer[tb]'") from error
     return SummaryWriter(log_dir=log_dir, **kwargs)
 
 
 def log_attention(
-    writer: ScalarImageWriter,
-    stats: AttentionStats,
-    step: int,
-    tag: str = "attention",
-    *,
-    cell_px: int = 8,
-    figure: bool | None = None,
+    writer: ScalarImageWriter, stats: AttentionStats, step: int, tag: str = "attention", *,
+    cell_px: int = 8, figure: bool | None = None,
 ) -> None:
-    """Write attention statistics as TensorBoard scalars and a slot-slot heatmap image.
+    """Write ``{tag}/entropy_mean``, ``{tag}/entropy_min`` and one ``{tag}/slot_mass/{slot_id}``
+    per slot (CLS → slot mass, last layer) as scalars at ``step``, and the ``[N, N]`` slot-slot
+    matrix as the image ``{tag}/slot_slot`` (:func:`slotformer.viz.attention_heatmap_image`,
+    ``cell_px`` pixels per cell).
 
-    Writes ``{tag}/entropy_mean``, ``{tag}/entropy_min``, one ``{tag}/slot_mass/{slot_id}``
-    per slot (CLS → slot mass, last layer) and the image ``{tag}/slot_slot``: the raw
-    ``[N, N]`` slot-slot matrix (query rows, key columns) on a black → red → yellow → white
-    ramp, each cell ``cell_px`` pixels square, as float CHW in [0, 1].
-
-    Args:
-        writer: a ``SummaryWriter`` or anything with ``add_scalar`` and ``add_image``.
-        stats: from :func:`slotformer.telemetry.compute_attention_stats`.
-        step: the global step to log at.
-        tag: prefix of every tag.
-        cell_px: pixels per heatmap cell side.
-        figure: also write ``{tag}/slot_slot_labelled``, a labelled figure (slot ids on both
-            axes, a colour bar; :func:`slotformer.viz.attention_figure`) with the writer's
-            ``add_figure``; None = when matplotlib is installed and the writer has
-            ``add_figure``; True requires both.
+    ``figure`` also writes ``{tag}/slot_slot_labelled`` with the writer's ``add_figure``
+    (:func:`slotformer.viz.attention_figure`); None = when matplotlib is installed and the
+    writer has ``add_figure``; True requires both.
 
     Example::
 

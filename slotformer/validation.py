@@ -10,14 +10,13 @@ and never inside ``torch.compile`` tracing. Switch them off for production rollo
     with slotformer.validation(False):        # or for a block, in this thread / task only
         ...
 
-`validation` is scoped by a `contextvars.ContextVar`: it affects the thread or asyncio task
-that enters it (and tasks that task starts inside the block), never another thread or a
-concurrent task. `set_validation` sets the default that every context without its own
-`validation` block sees.
+A `validation` block is scoped by a `contextvars.ContextVar`: it affects the thread or
+asyncio task that enters it (and tasks started inside it), never another thread or task.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -38,8 +37,7 @@ def set_validation(enabled: bool) -> None:
 
 def validation_enabled() -> bool:
     """True when value checks should run now: enabled in this context (the innermost
-    `validation` block, else the `set_validation` default) and not being traced by
-    torch.compile."""
+    `validation` block, else the `set_validation` default) and not traced by torch.compile."""
     if torch.compiler.is_compiling():
         return False
     scoped = _SCOPED.get()
@@ -48,8 +46,7 @@ def validation_enabled() -> bool:
 
 @contextmanager
 def validation(enabled: bool) -> Iterator[None]:
-    """Set the validation switch for a block, in this thread or asyncio task only, and
-    restore it after.
+    """Set the validation switch for a block, in this thread or asyncio task only.
 
     Example:
         >>> with validation(False):
@@ -80,11 +77,9 @@ def expect(
 ) -> torch.Tensor:
     """State what ``value`` must be; raise ``ValueError`` naming ``name`` if it is not.
 
-    The one way the package checks a tensor argument: its type, then ``dtype`` (one, or a
-    sequence of accepted ones; or any floating dtype with ``floating``), ``device`` and ``shape`` (one shape, or several
-    accepted ones), in that order. Metadata only: no host sync. The message names the
-    argument, what it got and what was expected, followed by ``hint`` (e.g. which head a
-    mask belongs to).
+    The one way the package checks a tensor argument, metadata only (no host sync): its type,
+    then ``dtype`` (one or several; ``floating``: any floating dtype), ``device`` and ``shape``
+    (one or several). The message names the argument, what it got and expected, then ``hint``.
 
     Example:
         >>> expect("op_mask", torch.ones(2, 6, dtype=torch.bool), dtype=torch.bool, shape=(2, 6)).shape
@@ -94,29 +89,31 @@ def expect(
         ...
         ValueError: op_mask has shape (2, 5), expected (2, 3, 6) or (2, 6)
     """
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}{hint}")
-    if dtype is not None:
-        dtypes = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
-        if value.dtype not in dtypes:
-            expected_dtype = " or ".join(str(d) for d in dtypes)
-            raise ValueError(f"{name} has dtype {value.dtype}, expected {expected_dtype}{hint}")
-    if floating and not value.is_floating_point():
-        raise ValueError(f"{name} has dtype {value.dtype}, expected a floating dtype{hint}")
-    if device is not None and value.device != device:
-        raise ValueError(f"{name} is on device {value.device}, expected {device}{hint}")
-    if shape is not None:
-        # Several shapes are a sequence of tuples (sizes may be SymInts under compile).
+    dtypes = None if dtype is None else (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
+    shapes: list[tuple[Any, ...]] | None = None
+    if shape is not None:  # one shape or a sequence of them (sizes may be SymInts under compile)
         one = len(shape) == 0 or not isinstance(shape[0], tuple | list)
         shapes = [tuple(shape)] if one else [tuple(s) for s in shape]  # type: ignore[arg-type]
-        if tuple(value.shape) not in shapes:
-            expected = " or ".join(str(s) for s in shapes)
-            raise ValueError(f"{name} has shape {describe_shape(value)}, expected {expected}{hint}")
-    return value
+    if not isinstance(value, torch.Tensor):
+        problem = f"must be a torch.Tensor, got {type(value).__name__}"
+    elif dtypes is not None and value.dtype not in dtypes:
+        problem = f"has dtype {value.dtype}, expected {' or '.join(map(str, dtypes))}"
+    elif floating and not value.is_floating_point():
+        problem = f"has dtype {value.dtype}, expected a floating dtype"
+    elif device is not None and value.device != device:
+        problem = f"is on device {value.device}, expected {device}"
+    elif shapes is not None and tuple(value.shape) not in shapes:
+        problem = f"has shape {describe_shape(value)}, expected {' or '.join(map(str, shapes))}"
+    else:
+        return value
+    raise ValueError(f"{name} {problem}{hint}")
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 1 (not a bool), else raise ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def check_positive_int(name: str, value: Any, below: int | None = None) -> int:
+    """``value`` if it is an int >= 1 (not a bool), and < ``below`` when given; otherwise a
+    ``ValueError`` naming it."""
+    upper = math.inf if below is None else below
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < upper:
+        expected = "a positive int" if below is None else f"an int in [1, {below - 1}]"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return value

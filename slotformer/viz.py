@@ -1,14 +1,10 @@
 """Plain-text views of attention for status lines and TUIs, a heatmap image tensor, and a
 labelled matplotlib figure (:func:`attention_figure`, with the ``plot`` extra).
 
-:func:`render_attention_heatmap` draws a slot-slot matrix (or a per-slot vector) with block
-characters. Cell values are used **raw**: the thresholds are attention probabilities, so a
-cell shows ``██`` when a query gives at least half its attention to that key, whatever the rest
-of the matrix looks like. Raw values keep frames comparable over training (a max-normalised
-map would look equally sharp whether the largest weight were 0.3 or 0.99).
+Every view uses the **raw** attention weights (a max-normalised map would look equally sharp
+whether the largest weight were 0.3 or 0.99), so frames stay comparable over training.
 
-Example::
-
+Example:
     >>> print(render_attention_heatmap([[0.6, 0.3], [0.05, 0.9]], ["r0c0", "r0c1"]))
          r0c0 r0c1
     r0c0  ██   ▓▓
@@ -36,54 +32,41 @@ COMPACT_GLYPHS: tuple[str, str, str, str] = ("█", "▓", "░", "·")
 """The same scale with one character per cell, for wide grids."""
 COMPACT_ABOVE_SLOTS = 16
 """Grids with more slots than this render in compact mode unless ``compact=False``."""
-MAX_READABLE_SLOTS = 64
 
 _BADGES = {"lstm": "🔄 LSTM", "transformer": "⚡ XFMR"}
 _KEY_LINE_WIDTH = 80
 
 
-def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
-    """Return the matrix as a list of float rows and whether it was 1-D.
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
-    Rejects anything but a non-empty ``[N]`` or square ``[N, N]`` of finite real numbers.
-    """
+
+def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
+    """Float rows of a non-empty ``[N]`` or square ``[N, N]`` of finite numbers, and is it 1-D."""
     if isinstance(matrix, Tensor):
         if matrix.dim() not in (1, 2):
             raise ValueError(f"matrix must be [N, N] or [N]; got shape {describe_shape(matrix)}")
         if matrix.is_complex() or matrix.dtype == torch.bool:
             raise ValueError(f"matrix must hold real numbers; got dtype {matrix.dtype}")
-        values = matrix.detach().to("cpu", torch.float64).tolist()
+        items: list[Any] = matrix.detach().to("cpu", torch.float64).tolist()
         one_dim = matrix.dim() == 1
-        rows = [values] if one_dim else values
     else:
-        if isinstance(matrix, (str, bytes)) or not isinstance(matrix, Sequence):
+        is_list = isinstance(matrix, Sequence) and not isinstance(matrix, str | bytes)
+        items = list(matrix) if is_list else []
+        nested = all(isinstance(item, Sequence) and not isinstance(item, str) for item in items)
+        one_dim = not items or not nested
+        if not is_list or (one_dim and not all(_is_number(item) for item in items)):
             raise ValueError(
-                f"matrix must be a Tensor, a list of floats or a nested list; got {type(matrix).__name__}"
+                "matrix must be a Tensor, a list of numbers ([N]) or a list of lists of numbers "
+                f"([N, N]); got {repr(matrix) if is_list else type(matrix).__name__}"
             )
-        items: list[Any] = list(matrix)
-        if items and all(isinstance(item, Sequence) and not isinstance(item, str) for item in items):
-            rows = [list(row) for row in items]
-            one_dim = False
-        elif all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items):
-            rows = [list(items)]
-            one_dim = True
-        else:
-            raise ValueError(
-                "matrix must be a list of numbers ([N]) or a list of lists of numbers ([N, N]); "
-                f"got {matrix!r}"
-            )
-    for row in rows:
-        for value in row:
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value):
-                raise ValueError(f"matrix entries must be finite numbers; got {value!r}")
-    if not one_dim:
-        size = len(rows)
-        widths = sorted({len(row) for row in rows})
-        if widths != [size]:
-            raise ValueError(
-                f"a 2-D matrix must be square [N, N]; got {size} rows of lengths {widths}"
-            )
+    rows = [items] if one_dim else [list(row) for row in items]
+    for value in (value for row in rows for value in row):
+        if not _is_number(value) or not math.isfinite(value):
+            raise ValueError(f"matrix entries must be finite numbers; got {value!r}")
+    widths = sorted({len(row) for row in rows})
+    if not one_dim and widths != [len(rows)]:
+        raise ValueError(f"a 2-D matrix must be square [N, N]; got {len(rows)} rows of lengths {widths}")
     if not rows[0]:  # a 2-D matrix has rows here: zero rows failed the square check
         raise ValueError("matrix must have at least one slot; got an empty matrix")
     return [[float(value) for value in row] for row in rows], one_dim
@@ -93,26 +76,13 @@ def _validate_thresholds(thresholds: Sequence[float]) -> tuple[float, float, flo
     values = tuple(float(t) for t in thresholds)
     finite = len(values) == 3 and all(math.isfinite(t) for t in values)
     if not finite or not values[0] >= values[1] >= values[2]:
-        raise ValueError(
-            "thresholds must be three finite, non-increasing numbers (high >= mid >= low); "
-            f"got {thresholds!r}"
-        )
+        raise ValueError("thresholds must be three finite, non-increasing numbers (high >= mid "
+                         f">= low); got {thresholds!r}")
     return values[0], values[1], values[2]
 
 
 def _glyph_index(value: float, thresholds: tuple[float, float, float]) -> int:
-    for index, threshold in enumerate(thresholds):
-        if value >= threshold:
-            return index
-    return 3
-
-
-def _legend(glyphs: Sequence[str], thresholds: tuple[float, float, float]) -> str:
-    high, mid, low = thresholds
-    return (
-        f"{glyphs[0]} >= {high:g}  {glyphs[1]} >= {mid:g}  {glyphs[2]} >= {low:g}  "
-        f"{glyphs[3]} < {low:g}  (raw attention weights)"
-    )
+    return next((index for index, cut in enumerate(thresholds) if value >= cut), 3)
 
 
 def _label_key(labels: Sequence[str]) -> list[str]:
@@ -130,39 +100,26 @@ def _label_key(labels: Sequence[str]) -> list[str]:
 
 
 def render_attention_heatmap(
-    matrix: MatrixLike,
-    labels: Sequence[str],
-    *,
-    title: str | None = None,
-    compact: bool | None = None,
-    thresholds: Sequence[float] = (0.5, 0.25, 0.1),
+    matrix: MatrixLike, labels: Sequence[str], *, title: str | None = None,
+    compact: bool | None = None, thresholds: Sequence[float] = (0.5, 0.25, 0.1),
 ) -> str:
-    """Render an attention matrix as a plain-text heatmap (no ANSI codes).
+    """Render an attention matrix as a plain-text heatmap (no ANSI codes, no trailing spaces
+    or newline).
 
-    Each value is compared *raw* with the thresholds (attention probabilities, not normalised
-    by the matrix max): ``>= high`` → ``██``, ``>= mid`` → ``▓▓``, ``>= low`` → ``░░``, else ``··``.
-    Rows are queries and columns keys, both labelled with slot ids; a 1-D vector (e.g.
-    ``AttentionStats.slot_distribution``) renders as one unlabelled row. Grids with more than
-    16 slots (or ``compact=True``) use one character per cell (``█ ▓ ░ ·``), a two-line column
-    ruler of indices (tens above units) and a ``key:`` line mapping indices to labels; that
-    keeps 64 slots within about 80 columns. Trailing spaces are stripped from every line.
+    Each raw value maps to ``>= high`` → ``██``, ``>= mid`` → ``▓▓``, ``>= low`` → ``░░``, else
+    ``··``. Rows are queries and columns keys, both labelled with slot ids; a 1-D vector (e.g.
+    ``AttentionStats.slot_distribution``) is one unlabelled row. Compact mode uses one character
+    per cell (``█ ▓ ░ ·``), a column ruler of indices (tens above units) and a ``key:`` line
+    mapping indices to labels: 64 slots fit about 80 columns.
 
     Args:
-        matrix: ``[N, N]`` or ``[N]`` values, as a Tensor, a list or a nested list.
-        labels: N slot ids, used for the rows and columns (or the key in compact mode).
+        matrix: ``[N, N]`` or ``[N]`` finite values, as a Tensor, a list or a nested list.
+        labels: N slot ids, for the rows and columns (or the key in compact mode).
         title: optional first line.
         compact: force compact (True) or wide (False) cells; None picks compact for N > 16.
         thresholds: ``(high, mid, low)`` non-increasing cut-offs.
 
-    Returns:
-        The heatmap as a multi-line str (no trailing newline).
-
-    Raises:
-        ValueError: on a non-square or non-1/2-D matrix, non-finite values, an empty matrix,
-            a label count different from N, or bad thresholds.
-
-    Example::
-
+    Example:
         >>> print(render_attention_heatmap([0.7, 0.2, 0.1], ["a", "b", "c"]))
          a  b  c
          ██ ░░ ░░
@@ -171,48 +128,39 @@ def render_attention_heatmap(
     rows, one_dim = _as_rows(matrix)
     num_slots = len(rows[0])
     if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) != num_slots:
-        raise ValueError(
-            f"labels must have one entry per slot (a sequence of N = {num_slots} str); got {labels!r}"
-        )
+        raise ValueError(f"labels must have one entry per slot (a sequence of N = {num_slots} "
+                         f"str); got {labels!r}")
     label_list = [str(label) for label in labels]
-    cutoffs = _validate_thresholds(thresholds)
+    high, mid, low = cutoffs = _validate_thresholds(thresholds)
     use_compact = num_slots > COMPACT_ABOVE_SLOTS if compact is None else bool(compact)
-
     row_labels = [""] if one_dim else label_list
     label_width = max(len(label) for label in row_labels)
     lines: list[str] = [] if title is None else [title]
-    if use_compact:
+    if use_compact:  # a column ruler (tens above units), cells of one character
+        glyphs, sep, before, after = COMPACT_GLYPHS, " ", "", ""
         indent = " " * (label_width + 1)
         if num_slots > 10:
-            tens = "".join(str(i // 10) if i >= 10 else " " for i in range(num_slots))
-            lines.append(indent + tens)
+            lines.append(indent + "".join(str(i // 10) if i >= 10 else " " for i in range(num_slots)))
         lines.append(indent + "".join(str(i % 10) for i in range(num_slots)))
-        for row_label, row in zip(row_labels, rows):
-            cells = "".join(COMPACT_GLYPHS[_glyph_index(v, cutoffs)] for v in row)
-            lines.append(f"{row_label:<{label_width}} {cells}")
-        lines.append(_legend(COMPACT_GLYPHS, cutoffs))
-        lines.extend(_label_key(label_list))
-    else:
+    else:  # labelled columns, the glyph centred in its column
         cell_width = max(2, *(len(label) for label in label_list))
-        left_pad = (cell_width - 2) // 2
-        right_pad = cell_width - 2 - left_pad
-        header = " " * label_width + "".join(f" {label:^{cell_width}}" for label in label_list)
-        lines.append(header)
-        for row_label, row in zip(row_labels, rows):
-            cells = "".join(
-                " " + " " * left_pad + WIDE_GLYPHS[_glyph_index(v, cutoffs)] + " " * right_pad
-                for v in row
-            )
-            lines.append(f"{row_label:<{label_width}}{cells}")
-        lines.append(_legend(WIDE_GLYPHS, cutoffs))
+        pad = cell_width - 2
+        glyphs, sep, before, after = WIDE_GLYPHS, "", " " * (1 + pad // 2), " " * (pad - pad // 2)
+        lines.append(" " * label_width + "".join(f" {label:^{cell_width}}" for label in label_list))
+    for row_label, row in zip(row_labels, rows):
+        cells = "".join(before + glyphs[_glyph_index(v, cutoffs)] + after for v in row)
+        lines.append(f"{row_label:<{label_width}}{sep}{cells}")
+    lines.append(f"{glyphs[0]} >= {high:g}  {glyphs[1]} >= {mid:g}  {glyphs[2]} >= {low:g}  "
+                 f"{glyphs[3]} < {low:g}  (raw attention weights)")
+    if use_compact:
+        lines.extend(_label_key(label_list))
     return "\n".join(line.rstrip() for line in lines)
 
 
 def network_badge(network_type: str) -> str:
     """Short status-line badge for a network type: ``"🔄 LSTM"`` or ``"⚡ XFMR"``.
 
-    Example::
-
+    Example:
         >>> network_badge("transformer")
         '⚡ XFMR'
     """
@@ -223,21 +171,13 @@ def network_badge(network_type: str) -> str:
 
 
 def attention_heatmap_image(matrix: MatrixLike, *, cell_px: int = 8) -> Tensor:
-    """An RGB image of a matrix for TensorBoard, built directly from the values.
+    """An RGB image of an ``[N, N]`` or ``[N]`` matrix for TensorBoard: float32
+    ``[3, rows * cell_px, N * cell_px]`` (CHW) in [0, 1], on the CPU.
 
-    Raw values (clamped to [0, 1]) go through a black → red → yellow → white ramp, so brighter
-    means more attention, and each cell is upscaled by nearest neighbour to
-    ``cell_px x cell_px`` pixels. A 1-D vector becomes one row of cells.
+    Raw values (clamped to [0, 1]) go through a black → red → yellow → white ramp (brighter =
+    more attention), each cell ``cell_px`` pixels square; a 1-D vector is one row of cells.
 
-    Args:
-        matrix: ``[N, N]`` or ``[N]`` values (Tensor, list or nested list).
-        cell_px: pixels per cell side, >= 1.
-
-    Returns:
-        float32 ``[3, rows * cell_px, N * cell_px]`` (CHW) in [0, 1], on the CPU.
-
-    Example::
-
+    Example:
         >>> attention_heatmap_image([[1.0, 0.0], [0.5, 0.5]], cell_px=4).shape
         torch.Size([3, 8, 8])
     """
@@ -245,47 +185,34 @@ def attention_heatmap_image(matrix: MatrixLike, *, cell_px: int = 8) -> Tensor:
     rows, _ = _as_rows(matrix)
     values = torch.tensor(rows, dtype=torch.float32).clamp(0.0, 1.0)  # [R, N]
     # "hot" ramp: red rises first, then green, then blue; monotone in brightness.
-    rgb = torch.stack(
-        [(3 * values).clamp(0, 1), (3 * values - 1).clamp(0, 1), (3 * values - 2).clamp(0, 1)]
-    )  # [3, R, N]
+    rgb = torch.stack([(3 * values - channel).clamp(0, 1) for channel in range(3)])  # [3, R, N]
     return rgb.repeat_interleave(cell_px, dim=1).repeat_interleave(cell_px, dim=2)
 
 
 def attention_figure(
-    matrix: MatrixLike,
-    labels: Sequence[str],
-    *,
-    title: str | None = None,
+    matrix: MatrixLike, labels: Sequence[str], *, title: str | None = None,
     annotate: bool | None = None,
 ) -> Any:
-    """A labelled slot-slot attention heatmap as a matplotlib ``Figure`` (the ``plot`` extra).
+    """A labelled slot-slot attention heatmap as a matplotlib ``Figure``, not registered with
+    pyplot (needs the ``plot`` extra, else ``ImportError``).
 
-    Rows are query slots and columns key slots, both labelled with slot ids; the colour scale
-    is the raw attention weight on a fixed 0..1 range (comparable across figures, as in the
-    text heatmap), with a colour bar. For ``TensorBoard`` pass it to
-    ``SummaryWriter.add_figure`` (or :func:`slotformer.tensorboard.log_attention`, which does
-    when matplotlib is installed); for a file, ``figure.savefig("attention.png")``.
+    Rows are query slots and columns key slots, labelled with slot ids; the colour scale is the
+    raw weight on a fixed 0..1 range, with a colour bar. Pass it to
+    ``SummaryWriter.add_figure`` (:func:`slotformer.tensorboard.log_attention` does) or save
+    it with ``figure.savefig("attention.png")``.
 
     Args:
         matrix: ``[N, N]`` values (``AttentionStats.slot_slot``), Tensor or nested list.
         labels: N slot ids (``AttentionStats.slot_ids``).
         title: optional title.
-        annotate: write each weight in its cell; None = only for N <= 12 (readable).
-
-    Returns:
-        A ``matplotlib.figure.Figure`` (not shown; close it with ``matplotlib.pyplot.close``
-        or let it be collected: it is not registered with pyplot).
-
-    Raises:
-        ImportError: without matplotlib (``pip install "slotformer[plot]"``).
-        ValueError: a matrix that is not square or does not match ``labels``.
+        annotate: write each weight in its cell; None = only for N <= 12.
 
     Example:
         >>> fig = attention_figure([[0.6, 0.3], [0.05, 0.9]], ["r0c0", "r0c1"])
         >>> [label.get_text() for label in fig.axes[0].get_yticklabels()]
         ['r0c0', 'r0c1']
     """
-    rows, one_dim = _as_rows(matrix)  # checks squareness and finiteness
+    rows, one_dim = _as_rows(matrix)
     n = len(rows[0])
     if one_dim:
         raise ValueError(f"matrix must be [N, N] (query x key slots); got a vector of {n}")
@@ -294,35 +221,24 @@ def attention_figure(
     try:
         from matplotlib.figure import Figure
     except ImportError as error:
-        raise ImportError(
-            'attention_figure needs matplotlib: pip install "slotformer[plot]"'
-        ) from error
+        raise ImportError('attention_figure needs matplotlib: pip install "slotformer[plot]"') from error
     side = min(2.0 + 0.45 * n, 12.0)
     figure = Figure(figsize=(side + 1.2, side), layout="constrained")
     axes = figure.add_subplot()
     image = axes.imshow(rows, cmap="magma", vmin=0.0, vmax=1.0)
     axes.set_xticks(range(n), list(labels), rotation=90 if n > 6 else 0)
     axes.set_yticks(range(n), list(labels))
-    axes.set_xlabel("key slot (attended to)")
-    axes.set_ylabel("query slot")
+    axes.set(xlabel="key slot (attended to)", ylabel="query slot")
     if title:
         axes.set_title(title)
     if annotate if annotate is not None else n <= 12:
-        for r, row in enumerate(rows):
+        for r, row in enumerate(rows):  # dark text on the colour map's bright end
             for c, value in enumerate(row):
-                # dark text on the bright end of the colour map, light text elsewhere
                 axes.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
                           color="black" if value > 0.6 else "white")
     figure.colorbar(image, ax=axes, label="attention weight (raw, 0..1)")
     return figure
 
 
-__all__ = [
-    "COMPACT_GLYPHS",
-    "WIDE_GLYPHS",
-    "MatrixLike",
-    "attention_figure",
-    "attention_heatmap_image",
-    "network_badge",
-    "render_attention_heatmap",
-]
+__all__ = ["COMPACT_GLYPHS", "WIDE_GLYPHS", "MatrixLike", "attention_figure",
+           "attention_heatmap_image", "network_badge", "render_attention_heatmap"]

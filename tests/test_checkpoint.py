@@ -235,9 +235,9 @@ def test_lstm_checkpoint_loaded_as_transformer_fails_clearly(tmp_path: Path) -> 
 
 
 def test_flat_checkpoint_of_the_retired_head_layout_is_refused_clearly(tmp_path: Path) -> None:
-    # Before issue #14 the flat network's contribution predictor was Linear -> ReLU ->
-    # Dropout -> Linear -> ReLU -> Dropout -> Linear (keys .0, .3, .6, no LayerNorm) and its
-    # blueprint head H -> H/2 -> H/2 -> 13. Rewrite a checkpoint into that layout.
+    # Before its heads took the reference layout, the flat network's contribution predictor
+    # was Linear -> ReLU -> Dropout -> Linear -> ReLU -> Dropout -> Linear (keys .0, .3, .6, no
+    # LayerNorm) and its blueprint head H -> H/2 -> H/2 -> 13. Rewrite a checkpoint into that.
     path = save_checkpoint(tmp_path / "old.pt", make_bundle("lstm"))
     payload = read_checkpoint(path)
     state_dict = payload["state_dict"]

@@ -1,4 +1,4 @@
-"""Loading the reference flat network's weights (slotformer/migration.py, issue #14).
+"""Loading the reference flat network's weights (slotformer/migration.py).
 
 The reference network (esper-lite's ``FactoredRecurrentActorCritic``) is not a dependency.
 `ReferenceLayout` below rebuilds its parameter layout from plain torch modules (the names,

@@ -16,19 +16,13 @@ Needs the ``sb3`` extra (``pip install "slotformer[sb3]"``). Use it with sb3-con
     )
     model.learn(20_000)
 
-What it gives and what it does not:
-
-* The slots are encoded with self-attention (a shared per-slot embedding, the slot's type
-  embedded, a CLS summary), so relations between slots are visible to the policy; the
-  features are ``[CLS ‖ base-block projection ‖ every slot's representation]``.
-* SB3's action and value heads are linear layers on those features: there is no pointer
-  head (the slot logits come from the flattened slot representations, so a trained model is
-  tied to its grid), no op-conditional slot mask (``MaskablePPO`` masks each head on its
-  own; the gymnasium environment turns an invalid (op, slot) pair into WAIT), and no
-  recurrence. SB3 has **no maskable recurrent PPO**: sb3-contrib's ``RecurrentPPO`` takes no
-  action masks and ``MaskablePPO`` has no LSTM. For those, use slotformer's own networks
-  (:func:`slotformer.create_policy`) in a PPO loop (``docs/ppo_loop.md``) or the TorchRL
-  adapter.
+The slots are encoded with self-attention (a shared per-slot embedding with the slot's type,
+a CLS summary); SB3's heads are linear layers on the features, so there is no pointer head
+(a trained model is tied to its grid), no op-conditional slot mask (``MaskablePPO`` masks
+each head on its own; the gymnasium environment turns an invalid (op, slot) pair into WAIT)
+and no recurrence (SB3 has **no maskable recurrent PPO**). For those, use slotformer's own
+networks (:func:`slotformer.create_policy`) in a PPO loop (``docs/ppo_loop.md``) or the
+TorchRL adapter.
 """
 
 from __future__ import annotations
@@ -50,20 +44,15 @@ class SlotTransformerExtractor(BaseFeaturesExtractor):
     Args:
         observation_space: a ``Dict`` with ``"obs"`` (``Box [base_dim + N * slot_dim]``, the
             base block then one block per slot) and ``"blueprint_indices"`` (``Box [N]``,
-            -1 = empty slot, else ``0 .. num_slot_types - 1``); other keys (masks) are ignored.
-        rows, cols: the grid (``N = rows * cols``; slot ``k`` is at ``SlotConfig.for_grid``'s
-            position ``k``), for the positional encoding.
-        base_dim: width of the base block.
-        slot_dim: features per slot.
-        num_slot_types: number of slot types (blueprints) including 0.
-        embed_dim: token width D of the encoder.
-        num_heads, num_layers: the encoder's attention heads and blocks.
+            -1 = empty slot, else ``0 .. num_slot_types - 1``); other keys are ignored.
+        rows, cols: the grid (``N = rows * cols``, ``SlotConfig.for_grid``'s slot order).
+        embed_dim, num_heads, num_layers: the encoder's token width D, heads and blocks.
         type_embed_dim: width of each slot's type embedding.
 
     Shapes:
         ``forward(observations)`` with ``obs [B, base_dim + N * slot_dim]`` and
-        ``blueprint_indices [B, N]`` (SB3 hands them over as float) ->
-        ``[B, (2 + N) * embed_dim]``.
+        ``blueprint_indices [B, N]`` (as float from SB3) -> ``[B, (2 + N) * embed_dim]``:
+        ``[CLS ‖ base-block projection ‖ every slot's representation]``.
 
     Example:
         >>> space = spaces.Dict({
@@ -77,34 +66,22 @@ class SlotTransformerExtractor(BaseFeaturesExtractor):
     """
 
     def __init__(
-        self,
-        observation_space: spaces.Dict,
-        rows: int = 1,
-        cols: int = 3,
-        base_dim: int = DEFAULT_BASE_DIM,
-        slot_dim: int = DEFAULT_SLOT_DIM,
-        num_slot_types: int = 13,
-        embed_dim: int = 32,
-        num_heads: int = 4,
-        num_layers: int = 1,
+        self, observation_space: spaces.Dict, rows: int = 1, cols: int = 3,
+        base_dim: int = DEFAULT_BASE_DIM, slot_dim: int = DEFAULT_SLOT_DIM,
+        num_slot_types: int = 13, embed_dim: int = 32, num_heads: int = 4, num_layers: int = 1,
         type_embed_dim: int = 4,
     ) -> None:
         slot_config = SlotConfig.for_grid(rows, cols)
         n = slot_config.num_slots
         if not isinstance(observation_space, spaces.Dict):
-            raise ValueError(
-                "observation_space must be a gymnasium Dict with 'obs' and 'blueprint_indices', "
-                f"got {type(observation_space).__name__}"
-            )
-        expected = {"obs": (base_dim + n * slot_dim,), "blueprint_indices": (n,)}
-        for key, shape in expected.items():
+            raise ValueError("observation_space must be a gymnasium Dict with 'obs' and "
+                             f"'blueprint_indices', got {type(observation_space).__name__}")
+        for key, shape in {"obs": (base_dim + n * slot_dim,), "blueprint_indices": (n,)}.items():
             got = observation_space.spaces.get(key)
             if got is None or got.shape != shape:
-                raise ValueError(
-                    f"observation_space[{key!r}] must have shape {shape} for a {rows}x{cols} grid "
-                    f"(base_dim={base_dim}, slot_dim={slot_dim}), got "
-                    f"{None if got is None else got.shape}"
-                )
+                raise ValueError(f"observation_space[{key!r}] must have shape {shape} for a "
+                                 f"{rows}x{cols} grid (base_dim={base_dim}, slot_dim={slot_dim}), "
+                                 f"got {None if got is None else got.shape}")
         super().__init__(observation_space, features_dim=(2 + n) * embed_dim)
         self.num_slots, self.base_dim, self.slot_dim = n, base_dim, slot_dim
         self.type_embedding = BlueprintEmbedding(num_slot_types, type_embed_dim)
@@ -114,18 +91,17 @@ class SlotTransformerExtractor(BaseFeaturesExtractor):
             max_rows=max(rows, 1), max_cols=max(cols, 1),
         )
         self.base_proj = nn.Sequential(nn.Linear(base_dim, embed_dim), nn.ReLU())
-        row_ids, col_ids = slot_config.position_ids()
-        self.register_buffer("row_ids", row_ids, persistent=False)
-        self.register_buffer("col_ids", col_ids, persistent=False)
         self.row_ids: Tensor
         self.col_ids: Tensor
+        for name, ids in zip(("row_ids", "col_ids"), slot_config.position_ids()):
+            self.register_buffer(name, ids, persistent=False)
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
         obs = observations["obs"]  # [B, G + N*S]
         batch = obs.shape[0]
         base = obs[:, : self.base_dim]  # [B, G]
         slots = obs[:, self.base_dim :].reshape(batch, self.num_slots, self.slot_dim)  # [B, N, S]
-        # SB3 turns every Box into float; the indices are small integers, so rounding is exact.
+        # SB3 turns every Box into float; the indices are small integers: rounding is exact.
         types = observations["blueprint_indices"].round().long()  # [B, N]
         tokens = torch.cat([slots, self.type_embedding(types).to(slots.dtype)], dim=-1)
         position = self.encoder.pos_encoding(self.row_ids, self.col_ids)  # [N, D]

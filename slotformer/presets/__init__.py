@@ -7,30 +7,7 @@ module itself (``from slotformer.presets.seed_lifecycle import Op``) or from her
 
 from __future__ import annotations
 
-from slotformer.presets.seed_lifecycle import (
-    HEAD_NAMES,
-    NUM_BLUEPRINTS,
-    NUM_OPS,
-    AlphaCurve,
-    AlphaSpeed,
-    AlphaTarget,
-    BlueprintAction,
-    Op,
-    Style,
-    Tempo,
-    seed_lifecycle_action_space,
-)
+from slotformer.presets import seed_lifecycle
+from slotformer.presets.seed_lifecycle import *  # noqa: F403
 
-__all__ = [
-    "HEAD_NAMES",
-    "NUM_BLUEPRINTS",
-    "NUM_OPS",
-    "AlphaCurve",
-    "AlphaSpeed",
-    "AlphaTarget",
-    "BlueprintAction",
-    "Op",
-    "Style",
-    "Tempo",
-    "seed_lifecycle_action_space",
-]
+__all__ = list(seed_lifecycle.__all__)
