@@ -138,7 +138,7 @@ def test_irrelevant_heads_score_zero_whatever_was_stored(kind: str, validate: bo
     state, bp = observation()
     gen = torch.Generator().manual_seed(3)
     actions = {
-        name: torch.randint(0, size, (B, T), generator=gen) for name, size in net.head_sizes.items()
+        name: torch.randint(0, size, (B, T), generator=gen) for name, size in net.action_space.sizes.items()
     }
     actions["op"] = torch.full((B, T), WAIT)  # WAIT: every head but op is irrelevant
     with validation(validate):
@@ -203,8 +203,8 @@ def test_size_attributes_are_the_reference_networks(kind: str) -> None:
         (HeadSpec("op", 2), HeadSpec("target", N, frozenset({1}))), op_head="op", pointer_head="target"
     )
     other = make_net(kind, action_space=custom)
-    assert other.num_slots == N and other.head_sizes == {"op": 2, "target": N}
-    assert not hasattr(other, "num_blueprints")  # no such head here: see head_sizes
+    assert other.num_slots == N and dict(other.action_space.sizes) == {"op": 2, "target": N}
+    assert not hasattr(other, "num_blueprints")  # no such head here: see action_space.sizes
     state, bp = observation()
     assert other(state, bp)["target_logits"].shape == (B, T, N)
 

@@ -13,52 +13,9 @@ Needs the ``torchrl`` extra (``pip install "slotformer[torchrl]"``). The pieces:
   ``ClipPPOLoss`` takes; :func:`add_state_values`: V(s) of a batch of rollout sequences for
   ``GAE``.
 
-TensorDict keys (``E`` environments, ``N`` slots, ``D = 23 + 31 N``, ``L`` recurrent layers,
-``H`` recurrent width; a collected batch adds a time axis ``T`` after ``E``):
-
-=============================================  ============================================
-key                                            value
-=============================================  ============================================
-``"obs"``                                      float32 ``[E, D]``, slotformer's flat layout
-``"blueprint_indices"``                        int64 ``[E, N]``, -1 = empty slot
-``("masks", head)``                            bool ``[E, n_head]`` per head, True = valid
-``"slot_by_op"``                               bool ``[E, 6, N]``: the valid slots per op
-``"is_init"``                                  bool ``[E, 1]``: an episode begins at this step
-``"action"``                                   int64 ``[E, 8]`` in ``HEAD_NAMES`` order
-``"action_log_prob"``                          float32 ``[E]``: summed over heads
-``("logits", head)``                           float32 ``[E, n_head]``, unmasked
-``"state_value"``                              float32 ``[E, 1]``: V(s)
-``"recurrent_state_h"``                        float32 ``[E, L, H]``: the state entering this
-                                               step (as TorchRL's ``LSTMModule``)
-``"recurrent_state_c"``                        float32 ``[E, L, H]``: its cell state
-=============================================  ============================================
-
-Auto-reset. Slot Garden resets a finished environment inside the ``step`` that ends its
-episode. TorchRL expects the opposite split: ``step`` writes the transition into
-``("next", ...)`` (there: the finished episode's **last** state, with ``done`` True) and the
-collector then calls ``reset`` with a ``"_reset"`` mask for the new episode's first state. The
-adapter bridges the two: it runs Slot Garden with ``final_observation=True``, writes the last
-state under ``"next"``, keeps the step's output, and its ``_reset`` hands back that kept output
-(already reset) for the environments whose episode just ended, with ``is_init`` True there.
-An episode end is reported as ``terminated`` (and ``truncated`` False): the observation holds
-the episode clock (``t / T``), so the last state is a true terminal state with value 0.
-
-Recurrent state. While collecting, the policy module reads the state entering the step from
-the root (zeroed where ``is_init``: slotformer's ``episode_starts``) and writes the state after
-it to ``("next", "recurrent_state_h" / "_c")``; a ``TensorDictPrimer``
-(:meth:`SlotformerPolicyModule.make_tensordict_primer`) makes the environment carry it from
-step to step. At update, under TorchRL's ``set_recurrent_mode(True)``, the module scores whole
-``[B, T]`` sequences in one call: from the stored state at ``t = 0`` and with the stored
-``is_init`` as ``episode_starts``, so a sequence that crosses an episode end scores like its
-pieces from zero state, and the first epoch re-scores the rollout's log-probs (ratio 1 within
-fp32 rounding).
-
-Values. ``GAE(value_network=critic)`` would score the ``("next", ...)`` entries as sequences
-of their own, which a critic that zeroes its state on ``is_init`` cannot do right; instead
-:func:`add_state_values` scores each sequence and the observation after it in one call, and
-``GAE(value_network=None)`` reads those values. ``ClipPPOLoss`` runs the actor and the critic
-separately (as with TorchRL's ``ActorValueOperator``), so the shared network's forward runs
-twice per minibatch.
+The TensorDict keys, how Slot Garden's same-step auto-reset maps onto TorchRL's
+``"_reset"``, how the recurrent state is carried and re-scored, and why values come from
+:func:`add_state_values`: ``docs/torchrl.md``.
 
 Example (collect a few steps; ``examples/torchrl_ppo.py`` trains with PPO):
 
@@ -315,38 +272,24 @@ class SlotGardenTorchRLEnv(EnvBase):
 
 # ---------------------------------------------------------------------------------- distribution
 class FactoredMaskedDistribution(torch.distributions.Distribution):
-    """slotformer's masked factored action distribution over int64 actions ``[..., K]``.
-
-    The op is drawn first; every other head's mask is then canonicalised for that op (the
-    slot mask becomes ``slot_by_op[op]``; a head irrelevant to the op is forced to its
-    canonical action), so an irrelevant head adds exactly 0 to the log-prob. Sampling and
-    log-probs go through the network's own policy step (the code ``get_action`` and
-    ``evaluate_actions`` run), so ``log_prob`` equals ``evaluate_actions``' summed log-prob
-    for the same logits and masks (probability floors, the ``LOG_PROB_MIN`` of a forbidden
-    stored action with validation off and the value checks with it on included).
+    """slotformer's masked factored action distribution over int64 actions ``[..., K]``:
+    the policy step every slotformer network runs (`slotformer.policy_step`), so
+    ``log_prob`` equals ``evaluate_actions``' summed log-prob for the same logits and masks,
+    and ``entropy()`` is the analytic ``H(op) + sum_o p(o) sum_h H(h | o)``
+    (``docs/torchrl.md``).
 
     Args:
-        logits: head name -> float ``[..., n]`` **unmasked** logits (a dict or a
-            ``TensorDict``, e.g. ``("logits", head)`` as :class:`SlotformerPolicyModule`
-            writes them), for every head of the network's action space.
+        logits: head name -> **unmasked** logits ``[..., n]`` (a dict or a ``TensorDict``),
+            every head of the network's action space.
         masks: head name -> bool ``[..., n]`` (True = valid), every head.
         slot_by_op: bool ``[..., num_ops, N]`` or None: the valid slots for each op.
-        network: the `ActorCriticCore` the logits came from (its action space, floor mode
-            and policy step).
-        probability_floor: minimum probability per valid action, a float for every head or
-            head name -> float (as ``get_action``'s); the same at rollout and update.
+        network: the `ActorCriticCore` the logits came from (its action space, floor mode).
+        probability_floor: minimum probability per valid action (a float, or per head); the
+            same at rollout and update.
 
-    Shapes: ``batch_shape`` = the logits' leading shape ``[...]``; ``event_shape`` = ``[K]``
-    (K heads in the action space's order). ``sample()`` -> int64 ``[..., K]``;
-    ``log_prob(action [..., K])`` -> ``[...]``; ``entropy()`` -> ``[...]``.
-
-    ``entropy()`` is the op's normalised entropy plus the expectation over the op of the
-    other heads' normalised entropies under the op-canonicalised masks,
-    ``H(op) + sum_o p(o) sum_h H(h | o)`` (slotformer's per-head entropies are normalised by
-    ``ln(num_valid)``): analytic, so ``ClipPPOLoss`` needs no Monte-Carlo estimate. The
-    weights ``p(o)`` carry no gradient, so an entropy bonus trains each head as slotformer's
-    own PPO loop does (the summed head entropies at the stored op, in expectation) and does
-    not favour ops with more relevant heads.
+    Shapes: ``batch_shape`` = the logits' leading shape ``[...]``, ``event_shape`` = ``[K]``
+    (the heads in the action space's order); ``sample()`` -> int64 ``[..., K]``,
+    ``log_prob(action [..., K])`` and ``entropy()`` -> ``[...]``.
 
     Example:
         >>> from slotformer import create_policy
@@ -458,25 +401,18 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
 
 # ---------------------------------------------------------------------------------- modules
 class SlotformerPolicyModule(TensorDictModuleBase):
-    """A slotformer :class:`~slotformer.policy.PolicyBundle` as a TensorDict module.
+    """A slotformer `PolicyBundle` as a TensorDict module: the first module of the actor
+    (:func:`make_actor_critic`) and the critic.
 
     Reads ``"obs"``, ``"blueprint_indices"``, ``"is_init"`` and the recurrent state; writes
-    every head's unmasked logits to ``("logits", head)``, V(s) to ``"state_value"`` and (one
-    step at a time) the state after the step to ``("next", "recurrent_state_h" / "_c")``.
-    It is both the first module of the actor (:func:`make_actor_critic`) and the critic.
-
-    Two modes, as TorchRL's ``LSTMModule``:
-
-    * one step (collecting; any batch shape ``[*B]``): the state entering the step is read
-      from ``"recurrent_state_h" / "_c"`` ``[*B, L, H]`` and zeroed where ``is_init``;
-    * sequences (``recurrent_mode=True``, or TorchRL's ``set_recurrent_mode(True)``; batch
-      ``[*B, T]``, time last): the stored state at ``t = 0`` starts each sequence and
-      ``is_init [*B, T, 1]`` is slotformer's ``episode_starts`` (the state is zeroed before
-      those steps), all ``T`` steps in one call. No recurrent state is written.
+    every head's unmasked logits to ``("logits", head)`` and V(s) to ``"state_value"``. Two
+    modes, as TorchRL's ``LSTMModule`` (``docs/torchrl.md``): one step (batch ``[*B]``; the
+    state entering the step, zeroed where ``is_init``, and the state after it written to
+    ``("next", "recurrent_state_h" / "_c")``), or sequences (``recurrent_mode``; batch
+    ``[*B, T]``, from the stored state at ``t = 0`` with ``is_init`` as ``episode_starts``).
 
     Args:
-        policy: a slotformer policy bundle (``create_policy(...)``) with
-            ``value_baseline="v"`` (the critic is V(s)).
+        policy: a policy bundle with ``value_baseline="v"`` (the critic is V(s)).
         recurrent_mode: force sequence mode (True) or one-step mode (False); None follows
             ``torchrl.modules.recurrent_mode()``.
 
@@ -603,23 +539,12 @@ def make_actor_critic(
     probability_floor: ProbabilityFloor = None,
     recurrent_mode: bool | None = None,
 ) -> tuple[ProbabilisticActor, SlotformerPolicyModule]:
-    """The ``ProbabilisticActor`` and the critic (V(s)) for a slotformer policy bundle.
-
-    The actor runs :class:`SlotformerPolicyModule` and draws ``"action"`` ``[*B, 8]`` from
-    :class:`FactoredMaskedDistribution` over ``("logits", head)``, ``("masks", head)`` and
-    ``"slot_by_op"``, writing its log-prob to ``"action_log_prob"``: what ``ClipPPOLoss``
-    needs. The critic is the same module (one network: the trunk is shared), reading
-    ``"state_value"``. Pass the actor to a ``Collector`` and both to ``ClipPPOLoss``; score
-    sequences inside ``torchrl.modules.set_recurrent_mode(True)``.
-
-    Args:
-        policy: a slotformer policy bundle with ``value_baseline="v"``.
-        probability_floor: minimum probability per valid action (float, or head name ->
-            float), applied at rollout and update alike.
-        recurrent_mode: passed to :class:`SlotformerPolicyModule`.
-
-    Returns:
-        ``(actor, critic)``.
+    """``(actor, critic)`` for a policy bundle with ``value_baseline="v"``: the actor runs
+    :class:`SlotformerPolicyModule` and draws ``"action"`` ``[*B, 8]`` from
+    :class:`FactoredMaskedDistribution`, writing ``"action_log_prob"``; the critic is the same
+    module (one shared trunk), reading ``"state_value"``. Pass the actor to a ``Collector``
+    and both to ``ClipPPOLoss``; score sequences inside ``set_recurrent_mode(True)``.
+    ``probability_floor`` applies at rollout and update alike.
 
     Example:
         >>> from slotformer import create_policy
@@ -646,24 +571,12 @@ def make_actor_critic(
 
 @torch.no_grad()
 def add_state_values(batch: TensorDictBase, critic: SlotformerPolicyModule) -> TensorDictBase:
-    """Write V(s) of a batch of rollout sequences for ``GAE(value_network=None)``.
-
-    Each sequence ``[T]`` plus its last ``("next", ...)`` observation is scored as one
-    ``T + 1`` sequence in recurrent mode (from the stored state at ``t = 0``, with
-    ``is_init`` as the episode starts), so ``"state_value"`` is V of every step and
-    ``("next", "state_value")`` V of the observation after it: the next step's value, or
-    for the last step the bootstrap value. After a step that ended an episode the next
-    value belongs to the new episode; GAE multiplies it by ``1 - terminated`` = 0.
-
-    Why not ``GAE(value_network=critic)``: TorchRL scores the ``("next", ...)`` entries as
-    their own sequences, which a recurrent critic that resets on ``is_init`` cannot do.
-
-    Args:
-        batch: a collected batch ``[E, T]`` (time last) with the actor's keys.
-        critic: the module from :func:`make_actor_critic`.
-
-    Returns:
-        ``batch``, with ``"state_value"`` and ``("next", "state_value")`` ``[E, T, 1]``.
+    """Write ``"state_value"`` and ``("next", "state_value")`` ``[E, T, 1]`` into a
+    collected ``batch [E, T]`` for ``GAE(value_network=None)``: each sequence plus its last
+    ``("next", ...)`` observation scored as one ``T + 1`` sequence in recurrent mode
+    (``docs/torchrl.md`` says why not ``GAE(value_network=critic)``). After a step that ended
+    an episode the next value belongs to the new episode; GAE multiplies it by
+    ``1 - terminated`` = 0.
 
     Example:
         >>> from torchrl.collectors import Collector

@@ -7,6 +7,8 @@ means the same code in both places. Weight init lives in one place,
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 
@@ -115,3 +117,37 @@ def contribution_mlp(
         *drop(1),
         nn.Linear(h2, out_dim),
     )
+
+
+def init_weights(
+    model: nn.Module,
+    skip: tuple[nn.Module, ...],
+    action_heads: list[nn.Module],
+    value_heads: list[nn.Module],
+    contribution_head: nn.Module | None,
+) -> None:
+    """Orthogonal (gain sqrt(2), zero bias) for every Linear of ``model`` outside ``skip``
+    (modules that keep their own init: the encoder's Xavier, the LSTM's orthogonal gates);
+    gain 0.01 for the last layer of every action and value head, so that the initial policy
+    is near uniform and the initial values near 0; gain 0.1 with zero bias for the
+    contribution head's last layer."""
+    skipped = {id(p) for module in skip for p in module.parameters()}
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and id(module.weight) not in skipped:
+            nn.init.orthogonal_(module.weight, gain=math.sqrt(2))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def last_linear(module: nn.Module) -> nn.Linear:
+        output_layer = getattr(module, "output_layer", None)
+        if isinstance(output_layer, nn.Linear):
+            return output_layer
+        return [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+
+    for head in [*action_heads, *value_heads]:
+        nn.init.orthogonal_(last_linear(head).weight, gain=0.01)
+    if contribution_head is not None:
+        out = last_linear(contribution_head)
+        nn.init.orthogonal_(out.weight, gain=0.1)
+        if out.bias is not None:
+            nn.init.zeros_(out.bias)

@@ -1,11 +1,9 @@
 """The shared actor-critic core: everything right of the trunk, one implementation.
 
-A network (`SlotTransformerActorCritic`, `FactoredRecurrentActorCritic`) supplies only its
-trunk (observation -> temporal representation), its slot head and its contribution
-predictor. The boundary (`slotformer.networks.inputs`) checks a call's arguments once; the
-heads' logits go through the public policy step (`slotformer.policy_step`), the same
-function at rollout (`get_action`), at update (`evaluate_actions`) and in every adapter;
-V(s) and Q(s, op) are computed here.
+A network supplies only its trunk, slot head and contribution predictor. The boundary
+(`slotformer.networks.inputs`) checks a call's arguments once; the heads' logits go through
+the public policy step (`slotformer.policy_step`), the same function at rollout, at update
+and in every adapter; V(s) and Q(s, op) are computed here.
 
 What that guarantees for the PPO ratio at epoch 0 (tests marked ``parity``, run in CI under
 1 and 2 threads, ``ATEN_CPU_CAPABILITY=avx2`` / ``default`` and ``MKL_ENABLE_INSTRUCTIONS=AVX2``):
@@ -23,7 +21,6 @@ Shapes: ``B`` batch, ``T`` time, ``D`` state features, ``N`` slots, ``H`` recurr
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +37,7 @@ from slotformer.distributions import (
     check_logits_and_mask,
     sample_actions,
 )
+from slotformer.layers.heads import init_weights
 from slotformer.layers.lstm import ResidualLSTM
 from slotformer.networks.configs import ActorCriticConfig
 from slotformer.networks.inputs import (
@@ -54,14 +52,9 @@ from slotformer.policy_step import PackedHeads, policy_step
 from slotformer.validation import describe_shape, expect, validation_enabled
 
 # Head name -> the reference network's attribute for its size.
-_SIZE_ATTRIBUTES = {
-    "blueprint": "num_blueprints",
-    "style": "num_styles",
-    "tempo": "num_tempo",
-    "alpha_target": "num_alpha_targets",
-    "alpha_speed": "num_alpha_speeds",
-    "alpha_curve": "num_alpha_curves",
-}
+_SIZE_ATTRIBUTES = {"blueprint": "num_blueprints", "style": "num_styles", "tempo": "num_tempo",
+                    "alpha_target": "num_alpha_targets", "alpha_speed": "num_alpha_speeds",
+                    "alpha_curve": "num_alpha_curves"}
 
 
 @dataclass
@@ -91,7 +84,7 @@ class ActorCriticCore(nn.Module, ABC):
     needs_layout: ClassVar[bool] = True
     config: ActorCriticConfig
     # The reference network's size attributes; each is set when the action space has that
-    # head (`head_sizes` has every head's size under any name).
+    # head (`action_space.sizes` has every head's size under any name).
     num_slots: int
     num_ops: int
     num_blueprints: int
@@ -152,22 +145,16 @@ class ActorCriticCore(nn.Module, ABC):
 
     @property
     def lstm_layers(self) -> int:
-        return self.config.lstm_layers
+        return self.config.lstm_layers  # the reference network's attribute
 
     @property
     def value_baseline(self) -> str:
         """What ``value`` holds: ``"v"`` (V(s)) or ``"q"`` (Q(s, op))."""
         return self.config.value_baseline
 
-    @property
-    def head_sizes(self) -> Mapping[str, int]:
-        """Number of choices per head name (any action space)."""
-        return self.action_space.sizes
-
     def _layout(self, num_slots: int) -> ObservationLayout | None:
-        """Where the base block and the slots sit in the flat observation: from ``slot_dim``
-        when given, else inferred from ``state_dim``; None for a network that reads the
-        vector whole (the flat LSTM) when it is not ``base_dim + N * slot_dim``."""
+        """The flat observation's layout (from ``slot_dim``, else inferred from
+        ``state_dim``); None for the flat LSTM when ``state_dim`` has none."""
         c = self.config
         if c.slot_dim is not None:
             layout = ObservationLayout(num_slots, c.slot_dim, c.base_dim)
@@ -187,17 +174,15 @@ class ActorCriticCore(nn.Module, ABC):
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
     def _trunk(self, inputs: PolicyInputs, return_intermediates: bool = False) -> TrunkOutput:
-        """Observation ``inputs.state [B, T, D]`` -> temporal representation and recurrent
-        state (and `TrunkIntermediates` when asked)."""
+        """``inputs`` -> temporal representation ``[B, T, H]`` and recurrent state."""
 
     @abstractmethod
     def _slot_logits(self, trunk: TrunkOutput) -> Tensor:
-        """Raw pointer logits ``[B, T, N]`` (no masking)."""
+        """Raw pointer logits ``[B, T, N]``."""
 
     @abstractmethod
     def _contributions(self, trunk: TrunkOutput, stop_gradient: bool) -> Tensor:
-        """Per-slot contribution predictions ``[B, T, N]`` (only called when the network
-        has a contribution predictor)."""
+        """Per-slot contribution predictions ``[B, T, N]``."""
 
     def head_module(self, name: str) -> nn.Module:
         """The module producing head ``name``'s logits (attribute ``{name}_head``)."""
@@ -207,15 +192,11 @@ class ActorCriticCore(nn.Module, ABC):
         return module
 
     # ------------------------------------------------------------------ public API
-    def get_initial_hidden(
-        self, batch_size: int, device: torch.device | str | None = None
-    ) -> Hidden:
+    def get_initial_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
         """Zero recurrent state ``(h, c)``, each ``[lstm_layers, batch_size, H]``."""
         parameter = next(self.parameters())
-        return self.lstm.initial_hidden(
-            batch_size, device=parameter.device if device is None else device,
-            dtype=parameter.dtype,
-        )
+        return self.lstm.initial_hidden(batch_size, device=device or parameter.device,
+                                        dtype=parameter.dtype)
 
     def slot_context(self, slot_config: SlotConfig | None = None) -> SlotContext:
         """The grid for a call: the constructor's, or another one where the network allows
@@ -257,10 +238,21 @@ class ActorCriticCore(nn.Module, ABC):
             num_slots=config.num_slots,
         )
 
-    def _read(self, state: object, blueprint_indices: object, **kwargs: Any) -> PolicyInputs:
-        """The boundary: this call's arguments checked and normalised (`read_inputs`)."""
-        ctx = self.slot_context(kwargs.pop("slot_config", None))
-        return read_inputs(ctx, next(self.parameters()), state, blueprint_indices, **kwargs)
+    def _read(
+        self, state: object, blueprint_indices: object, contract: Mapping[str, Any], **kwargs: Any
+    ) -> PolicyInputs:
+        """The boundary: this call's arguments checked and normalised (`read_inputs`);
+        ``contract`` is the entry point's ``locals()``, whose ``{head}_mask`` arguments (the
+        reference network's) join the ``masks`` dict."""
+        ctx = self.slot_context(contract.get("slot_config"))
+        named = {k[: -len("_mask")]: v for k, v in contract.items()
+                 if k.endswith("_mask") and k not in ("slot_by_op_mask", "active_mask")}
+        return read_inputs(
+            ctx, next(self.parameters()), state, blueprint_indices, named_masks=named,
+            hidden=contract.get("hidden"), active_mask=contract.get("active_mask"),
+            probability_floor=contract.get("probability_floor"),
+            episode_starts=contract.get("episode_starts"), **kwargs,
+        )
 
     def forward(
         self,
@@ -288,45 +280,30 @@ class ActorCriticCore(nn.Module, ABC):
         """Run the network over a sequence.
 
         Args:
-            state: flat observations ``[B, T, D]`` (or one step ``[B, D]``: every output
-                then drops its T axis), or a `SlotObservation`.
-            blueprint_indices: int64 ``[B, T, N]``, -1 for an empty slot (None only with
+            state: ``[B, T, D]`` (one step ``[B, D]``: the outputs drop their T axis), or a
+                `SlotObservation`.
+            blueprint_indices: int64 ``[B, T, N]``, -1 = empty slot (None with
                 ``active_mask`` or a `SlotObservation`).
-            hidden: recurrent state ``(h, c)`` each ``[layers, B, H]``; None = zeros.
-            slot_mask ... op_mask: bool masks (True = valid) ``[B, T, n]`` or ``[B, n]``
-                (broadcast over T); None = all valid.
-            probability_floor: a minimum probability per valid action, one float for every
-                head or a mapping head name -> float.
-            masks: masks by head name (any action space's heads); a missing head = all
-                valid. ``"slot_by_op"`` is accepted and not used here.
+            hidden: ``(h, c)`` each ``[layers, B, H]``; None = zeros.
+            slot_mask ... op_mask: bool (True = valid) ``[B, T, n]`` or ``[B, n]``; None = all
+                valid. ``masks``: the same by head name (any action space's heads).
+            probability_floor: a minimum probability per valid action, a float or per head.
             slot_config: run on another grid (transformer only).
-            active_mask: explicit slot activity ``[B, T, N]`` for callers without blueprint
-                indices.
-            sample_op: draw ``sampled_op`` from the floored op distribution (with
-                ``generator``, or the global RNG). By default it is the most likely op and
-                forward consumes no randomness.
-            generator: RNG for ``sample_op``.
-            return_intermediates: also return what the trunk computed on the way (the
-                transformer's attention maps) as ``"intermediates"``, a `TrunkIntermediates`.
-            episode_starts: bool ``[B, T]``, True where a new episode begins at that step:
-                the recurrent state is zeroed before it.
+            active_mask: explicit slot activity ``[B, T, N]`` (without blueprint indices).
+            sample_op: draw ``sampled_op`` from the floored op distribution (``generator``
+                or the global RNG); by default it is the most likely op.
+            return_intermediates: also return the trunk's `TrunkIntermediates` (the
+                transformer's attention maps) as ``"intermediates"``.
+            episode_starts: bool ``[B, T]``: zero the recurrent state before these steps.
 
         Returns:
             dict with ``"{head}_logits"`` ``[B, T, n]`` (base masks applied with
             ``MASKED_LOGIT_VALUE``), ``value``, ``state_value``, ``q_value`` ``[B, T]``,
             ``lstm_out`` ``[B, T, H]``, ``sampled_op`` ``[B, T]`` (the op Q is evaluated
-            at) and ``hidden`` (and ``intermediates`` when asked).
+            at) and ``hidden``.
         """
-        inputs = self._read(
-            state, blueprint_indices, hidden=hidden, masks=_without_slot_by_op(masks),
-            slot_config=slot_config, active_mask=active_mask,
-            probability_floor=probability_floor, episode_starts=episode_starts,
-            named_masks=dict(
-                slot=slot_mask, blueprint=blueprint_mask, style=style_mask, tempo=tempo_mask,
-                alpha_target=alpha_target_mask, alpha_speed=alpha_speed_mask,
-                alpha_curve=alpha_curve_mask, op=op_mask,
-            ),
-        )
+        masks = None if masks is None else {k: v for k, v in masks.items() if k != "slot_by_op"}
+        inputs = self._read(state, blueprint_indices, locals(), masks=masks)
         trunk, logits = self._trunk_and_logits(inputs, return_intermediates)
         op_name = inputs.ctx.action_space.op_head
         if validation_enabled():  # finite op logits, a valid op in every row
@@ -378,35 +355,22 @@ class ActorCriticCore(nn.Module, ABC):
     ) -> ActionResult:
         """Choose one action per environment (one rollout step), under inference mode.
 
-        Args:
-            state: ``[B, D]`` or ``[B, 1, D]`` (T must be 1), or a `SlotObservation`.
-            blueprint_indices: ``[B, N]`` or ``[B, 1, N]`` int64 or int32, -1 = empty slot.
-            hidden: recurrent state from the previous step (None = zeros).
-            slot_mask ... op_mask: bool ``[B, n]`` or ``[B, 1, n]``; None = all valid.
-            slot_by_op_mask: bool ``[B, num_ops, N]``: the slot mask to use for each op
-                (it replaces ``slot_mask`` for the chosen op). Fifth, as in the reference.
+        Args (as `forward`'s, for one step):
+            state: ``[B, D]`` or ``[B, 1, D]``, or a `SlotObservation`.
+            blueprint_indices: ``[B, N]`` or ``[B, 1, N]`` int64 or int32.
+            slot_by_op_mask: bool ``[B, num_ops, N]``: the slot mask to use for each op (it
+                replaces ``slot_mask`` for the chosen op); fifth, as in the reference.
+                ``masks["slot_by_op"]`` holds it too (a policy bundle's masks dict).
             deterministic: take each head's most likely action instead of sampling.
             return_op_logits: also return the masked op logits ``[B, num_ops]``.
-            probability_floor: as in `forward`.
-            masks: masks by head name, optionally with ``"slot_by_op"`` (a policy bundle's
-                masks dict).
-            generator: optional RNG for sampling.
-            episode_starts: bool ``[B]``: environments whose episode begins at this step
-                (their ``hidden`` is zeroed first).
+            generator: RNG for sampling.
+            episode_starts: bool ``[B]``: environments whose episode begins at this step.
 
         Returns:
             `ActionResult` (also known as ``GetActionResult``); every tensor is ``[B]``.
         """
-        inputs = self._read(
-            state, blueprint_indices, one_step=True, hidden=hidden, masks=masks,
-            slot_config=slot_config, active_mask=active_mask, slot_by_op=slot_by_op_mask,
-            probability_floor=probability_floor, episode_starts=episode_starts,
-            named_masks=dict(
-                slot=slot_mask, blueprint=blueprint_mask, style=style_mask, tempo=tempo_mask,
-                alpha_target=alpha_target_mask, alpha_speed=alpha_speed_mask,
-                alpha_curve=alpha_curve_mask, op=op_mask,
-            ),
-        )
+        inputs = self._read(state, blueprint_indices, locals(), one_step=True, masks=masks,
+                            slot_by_op=slot_by_op_mask)
         trunk, logits = self._trunk_and_logits(inputs)
         step = self._policy_step(logits, inputs, deterministic=deterministic, generator=generator)
         op_name = inputs.ctx.action_space.op_head
@@ -454,45 +418,29 @@ class ActorCriticCore(nn.Module, ABC):
     ) -> EvalResult:
         """Log-probs, values and entropies of stored actions (differentiable; PPO update).
 
-        Uses the stored op for canonicalisation and for Q(s, op). Deterministic in train
-        mode on the policy and value path: only the auxiliary contribution predictor may
-        have dropout (and the transformer's encoder, if built with ``encoder_dropout > 0``).
+        The stored op canonicalises the other heads and is the op of Q(s, op). Deterministic
+        in train mode on the policy and value path (only the auxiliary contribution
+        predictor may have dropout, and the encoder with ``encoder_dropout > 0``).
 
-        Args:
-            states: ``[B, T, D]`` (or one step ``[B, D]``: every per-step argument and
-                result then has no T axis).
-            blueprint_indices: int64 ``[B, T, N]``.
+        Args (as `forward`'s and `get_action`'s):
+            states: ``[B, T, D]`` (one step ``[B, D]``: the results drop their T axis).
             actions: int64 ``[B, T]`` per head name (every head).
-            slot_mask ... op_mask: bool ``[B, T, n]`` or ``[B, n]``; the masks stored at
-                rollout. None = all valid.
+            slot_mask ... op_mask, slot_by_op_mask, masks: the masks stored at rollout
+                (``slot_by_op_mask`` ``[B, num_ops, N]`` or ``[B, T, num_ops, N]``).
             hidden: the recurrent state at the start of the sequences (None = zeros).
-            probability_floor: as at rollout.
-            aux_stop_gradient: detach the contribution predictor's input so the auxiliary
+            aux_stop_gradient: detach the contribution predictor's input, so the auxiliary
                 task does not shape the shared representation.
-            slot_by_op_mask: ``[B, num_ops, N]`` or ``[B, T, num_ops, N]`` if the rollout
-                used one.
-            masks: masks by head name, optionally with ``"slot_by_op"``.
-            episode_starts: bool ``[B, T]``, True where a new episode begins at that step:
-                the recurrent state is zeroed before it, so a sequence may cross episode
-                boundaries (SB3's ``episode_starts``, CleanRL's ``done``, TorchRL's
-                ``is_init``). Log-probs, values and gradients then equal those of the parts
-                scored as separate sequences from zero state (within fp32 rounding).
+            episode_starts: bool ``[B, T]``: the state is zeroed before these steps, so a
+                sequence may cross episode ends (SB3's ``episode_starts``, CleanRL's ``done``,
+                TorchRL's ``is_init``); it then scores like its pieces scored apart.
 
         Returns:
             `EvalResult` (also known as ``EvaluateActionsResult``); it unpacks as the
             contract's ``log_probs, value, entropies, hidden, pred_contributions,
             q_value`` (`EvalResult.to_tuple`), and ``.state_value`` is V(s).
         """
-        inputs = self._read(
-            states, blueprint_indices, name="states", hidden=hidden, masks=masks,
-            slot_config=slot_config, active_mask=active_mask, slot_by_op=slot_by_op_mask,
-            actions=actions, probability_floor=probability_floor, episode_starts=episode_starts,
-            named_masks=dict(
-                slot=slot_mask, blueprint=blueprint_mask, style=style_mask, tempo=tempo_mask,
-                alpha_target=alpha_target_mask, alpha_speed=alpha_speed_mask,
-                alpha_curve=alpha_curve_mask, op=op_mask,
-            ),
-        )
+        inputs = self._read(states, blueprint_indices, locals(), name="states", masks=masks,
+                            slot_by_op=slot_by_op_mask, actions=actions)
         assert inputs.actions is not None
         trunk, logits = self._trunk_and_logits(inputs)
         step = self._policy_step(logits, inputs)
@@ -503,13 +451,12 @@ class ActorCriticCore(nn.Module, ABC):
             else self._contributions(trunk, stop_gradient=aux_stop_gradient)
         )
         if not inputs.squeeze:
-            return EvalResult(step.log_probs, value, step.entropies, trunk.hidden,
-                              contributions, q_value, state_value)
+            return EvalResult(step.log_probs, value, step.entropies, trunk.hidden, contributions,
+                              q_value, state_value)
 
-        def first(x: Any) -> Any:
-            if isinstance(x, dict):
-                return {name: t[:, 0] for name, t in x.items()}
-            return None if x is None else x[:, 0]
+        def first(x: Any) -> Any:  # one step without its T axis: the results drop it too
+            return {k: t[:, 0] for k, t in x.items()} if isinstance(x, dict) else (
+                None if x is None else x[:, 0])
 
         return EvalResult(first(step.log_probs), first(value), first(step.entropies),
                           trunk.hidden, first(contributions), first(q_value), first(state_value))
@@ -527,14 +474,9 @@ class ActorCriticCore(nn.Module, ABC):
         """Predicted per-slot contributions: ``[B, N]`` for ``state [B, D]``, ``[B, T, N]``
         for ``state [B, T, D]``."""
         if self.contribution_predictor is None:
-            raise ValueError(
-                f"{type(self).__name__} was built with use_contribution_head=False: it has no "
-                "contribution predictor"
-            )
-        inputs = self._read(
-            state, blueprint_indices, hidden=hidden, with_masks=False, slot_config=slot_config,
-            active_mask=active_mask,
-        )
+            raise ValueError(f"{type(self).__name__} was built with use_contribution_head="
+                             f"False: it has no contribution predictor")
+        inputs = self._read(state, blueprint_indices, locals(), with_masks=False)
         contributions = self._contributions(self._trunk(inputs), stop_gradient=stop_gradient)
         return contributions[:, 0] if inputs.squeeze else contributions
 
@@ -576,9 +518,7 @@ class ActorCriticCore(nn.Module, ABC):
         return value, state_value, q_value
 
     def _q(self, lstm_out: Tensor, op: Tensor) -> Tensor:
-        """Q(s, op) ``[...]`` from ``lstm_out [..., H]``, detached from the trunk: Q is an
-        auxiliary head, so its loss trains the Q head's own parameters only (as the
-        reference network's ``_compute_q``)."""
+        """Q(s, op) ``[...]`` from ``lstm_out [..., H]``, detached from the trunk."""
         assert self.q_head is not None
         lstm_out = lstm_out.detach()
         # A comparison, not F.one_hot: one_hot range-checks its input (a host sync on GPU).
@@ -601,15 +541,9 @@ class ActorCriticCore(nn.Module, ABC):
         return self.state_value_head(lstm_out).squeeze(-1)
 
     def compute_q(self, lstm_out: Tensor, op: Tensor) -> Tensor:
-        """Q(s, op) ``[...]`` for any op, from the recurrent output ``lstm_out [..., H]``
-        (``forward``'s ``"lstm_out"``) and int64 ``op [...]``.
-
-        ``lstm_out`` is detached: Q is an auxiliary (telemetry) head whose loss trains only
-        its own parameters, as in the reference network. Q of every op at once:
-        ``compute_q(lstm_out.expand(O, ...), arange(O)...)``.
-
-        Raises:
-            ValueError: the network was built with ``use_q_head=False``, or bad shapes.
+        """Q(s, op) ``[...]`` for any int64 ``op [...]``, from ``lstm_out [..., H]``
+        (detached: Q is an auxiliary head whose loss trains only its own parameters, as in
+        the reference network). Raises ``ValueError`` without a Q head, or for bad shapes.
 
         Example:
             >>> from slotformer import FactoredRecurrentActorCritic
@@ -620,9 +554,8 @@ class ActorCriticCore(nn.Module, ABC):
             torch.Size([6, 1])
         """
         if self.q_head is None:
-            raise ValueError(
-                f"{type(self).__name__} was built with use_q_head=False: it has no Q head"
-            )
+            raise ValueError(f"{type(self).__name__} was built with use_q_head=False: it has "
+                             f"no Q head")
         self._check_lstm_out(lstm_out)
         expect(
             "op", op, dtype=torch.long, device=lstm_out.device, shape=tuple(lstm_out.shape[:-1]),
@@ -643,46 +576,14 @@ class ActorCriticCore(nn.Module, ABC):
     _compute_q = compute_q
 
 
-def _without_slot_by_op(masks: Mapping[str, Tensor | None] | None) -> dict[str, Tensor | None]:
-    """A masks dict without its ``"slot_by_op"`` entry (`forward` chooses no op)."""
-    return {} if masks is None else {k: v for k, v in masks.items() if k != "slot_by_op"}
-
-
 def init_actor_critic_weights(network: ActorCriticCore, skip: tuple[nn.Module, ...] = ()) -> None:
-    """The one place the networks' weights are initialised.
-
-    Orthogonal (gain sqrt(2), zero bias) for every Linear outside ``skip``. Modules in
-    ``skip`` keep their own init: the encoder (Xavier in its attention blocks, PyTorch's
-    default for its slot projection) and the LSTM (orthogonal gates; PyTorch's default for
-    its input projection, when it has one). Gain 0.01 for the last
-    layer of every action head and both value heads, so the initial policy is near uniform
-    and initial values near 0; gain 0.1 with zero bias for the contribution predictor's
-    last layer.
-    """
-    skipped = {id(p) for module in skip for p in module.parameters()}
-    for module in network.modules():
-        if isinstance(module, nn.Linear) and id(module.weight) not in skipped:
-            nn.init.orthogonal_(module.weight, gain=math.sqrt(2))
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-    def last_linear(module: nn.Module) -> nn.Linear:
-        output_layer = getattr(module, "output_layer", None)
-        if isinstance(output_layer, nn.Linear):
-            return output_layer
-        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-        return linears[-1]
-
-    for name in network.action_space.head_names:
-        nn.init.orthogonal_(last_linear(network.head_module(name)).weight, gain=0.01)
-    for value_module in (network.state_value_head, network.q_head):
-        if value_module is not None:
-            nn.init.orthogonal_(last_linear(value_module).weight, gain=0.01)
-    if network.contribution_predictor is not None:
-        contribution_out = last_linear(network.contribution_predictor)
-        nn.init.orthogonal_(contribution_out.weight, gain=0.1)
-        if contribution_out.bias is not None:
-            nn.init.zeros_(contribution_out.bias)
+    """The one place the networks' weights are initialised (`slotformer.layers.heads.init_weights`
+    on its heads, value heads and contribution predictor)."""
+    init_weights(
+        network, skip, [network.head_module(n) for n in network.action_space.head_names],
+        [m for m in (network.state_value_head, network.q_head) if m is not None],
+        network.contribution_predictor,
+    )
 
 
 COMPILE_PREFIX = "_orig_mod."
