@@ -143,14 +143,19 @@ class Args:
     # ------------------------------------------------------------------ run and output
     eval_episodes: int = 2
     """evaluation episodes per environment after training (learned, random, heuristic)"""
-    threads: int | None = None
-    """torch.set_num_threads; None = PyTorch's default"""
+    threads: int | None = 1
+    """torch.set_num_threads: 1 by default, on purpose: this trainer's batches are small
+    (32 environments a step), and a second intra-op thread costs more in synchronisation
+    than it gains, up to 10x on a machine shared with other work (docs/benchmarks.md);
+    None = PyTorch's default (one per core)"""
     tensorboard: str | None = None
     """TensorBoard log folder (losses, KL, clip fraction, entropies, attention); None = off"""
     attention_every: int = 10
     """transformer only: log attention statistics every this many updates; 0 = never"""
-    log_every: int = 5
-    """print a progress line every this many updates"""
+    log_every: int = 4
+    """print a progress line every this many updates, with the means of their statistics (an
+    even number: with 48-step episodes and 24-step rollouts, consecutive updates see
+    alternate halves of the episodes)"""
     progress: Literal["auto", "bar", "lines"] = "auto"
     """auto: a progress bar on a terminal, plain lines otherwise (logs, pipes)"""
     checkpoint: str | None = "runs/slot_garden.pt"
@@ -526,7 +531,7 @@ def train(
     hidden = policy.initial_hidden(E)
     starts = torch.ones(E, dtype=torch.bool)  # every environment begins an episode at reset
     num_updates = max(1, args.total_steps // (E * T))
-    eval_steps = 3 * args.eval_episodes * args.episode_length  # learned, random, heuristic
+    eval_steps = args.eval_episodes * args.episode_length  # the learned policy's
     recent_returns: list[float] = []
     stats: dict[str, float] = {}
     attention: dict[str, float] = {}
@@ -542,7 +547,10 @@ def train(
     with report:
         train_task = report.task("training", num_updates)
         start = time.perf_counter()
-        first_update_s = 0.0  # set after update 1; the time estimate starts at update 2
+        first_update_s = 0.0  # set after update 1; the time estimates leave it out
+        estimate_at = min(num_updates, max(3, num_updates // 20))  # the first estimate's update
+        window: dict[str, float] = {}  # statistics summed since the last progress line
+        window_updates, rollout_total_s = 0, 0.0
         for update in range(1, num_updates + 1):
             ent_coefs = head_entropy_coefficients(args, update, num_updates)  # [H]
             if args.anneal_lr:
@@ -621,6 +629,13 @@ def train(
             stats = dict(zip(LOSS_NAMES, read))
             stats.update({f"entropy/{h}": v for h, v in zip(HEAD_NAMES, read[len(LOSS_NAMES):])})
             stats["explained_variance"] = read[-1]
+            # The progress lines show means over the updates since the previous line: with
+            # equal episodes all environments are in the same phase, and consecutive updates
+            # can see different halves of the episodes (an entropy near 0 at the end of
+            # episodes, 1.4 at their start), so one update's statistics swing line to line.
+            window = {k: window.get(k, 0.0) + v for k, v in stats.items()}
+            window_updates += 1
+            rollout_total_s += rollout_s
             env_steps = update * E * T
             elapsed = time.perf_counter() - start
             sps = env_steps / elapsed
@@ -647,30 +662,35 @@ def train(
                     writer.add_scalar(f"{group}{k}", v, env_steps)
             if update == 1:
                 first_update_s = elapsed
-            elif update == 2:
+            elif update == estimate_at:
                 # Update 1 includes warm-up (allocator, kernel selection: it was 25x slower
-                # than update 2 in one run here), so the estimate starts from update 2;
-                # evaluation steps cost about what a rollout step costs.
-                per_update = elapsed - first_update_s
-                train_eta = per_update * (num_updates - 2)
-                eval_eta = rollout_s / T * eval_steps
-                report.line(f"update 2 took {per_update:.1f} s (update 1, with warm-up, "
-                            f"{first_update_s:.1f} s): estimated {duration(train_eta)} more "
-                            f"training, then ~{duration(eval_eta)} of evaluation")
-            remaining = elapsed / update * (num_updates - update)
+                # than update 2 in one run here), so the estimate leaves it out, and it waits a
+                # few updates: on a shared machine one update's time is noise. The learned
+                # policy's evaluation steps cost what a rollout step costs; the reference
+                # policies' cost little.
+                per_update = (elapsed - first_update_s) / (update - 1)
+                eval_eta = rollout_total_s / (update * T) * eval_steps
+                report.line(f"updates 2-{update} took {per_update:.2f} s each (update 1, with "
+                            f"warm-up, {first_update_s:.1f} s): estimated "
+                            f"{duration(per_update * (num_updates - update))} more training, "
+                            f"then ~{duration(eval_eta)} of evaluation")
+            per_update = (elapsed - first_update_s) / max(update - 1, 1)
+            remaining = per_update * (num_updates - update)
             report.advance(train_task, status=f"return {mean_return:.3f}  "
                            f"kl {stats['approx_kl']:.4f}  clip {stats['clip_fraction']:.3f}")
             if update % args.log_every == 0 or update == num_updates:
                 attention_note = "".join(
                     f"  attn{k[5:-8]} {v:.2f}" for k, v in attention.items()
                     if k.endswith("/entropy"))
+                mean = {k: v / window_updates for k, v in window.items()}
                 report.line(
                     f"update {update:4d}/{num_updates}  steps {env_steps:7d}  sps {sps:6.0f}  "
-                    f"return {mean_return:7.3f}  entropy {stats['entropy']:.3f}  "
-                    f"v_loss {stats['v_loss']:.4f}  kl {stats['approx_kl']:.4f}  "
-                    f"clip {stats['clip_fraction']:.3f}  ev {stats['explained_variance']:.2f}"
+                    f"return {mean_return:7.3f}  entropy {mean['entropy']:.3f}  "
+                    f"v_loss {mean['v_loss']:.4f}  kl {mean['approx_kl']:.4f}  "
+                    f"clip {mean['clip_fraction']:.3f}  ev {mean['explained_variance']:.2f}"
                     f"{attention_note}  eta {duration(remaining)}"
                 )
+                window, window_updates = {}, 0
 
         wall = time.perf_counter() - start
         # ------------------------------------------------------------ evaluation

@@ -123,6 +123,14 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: MapLocation = No
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(source)!r}")
+    if isinstance(map_location, str | torch.device):
+        device_type = torch.device(map_location).type
+        backend = getattr(torch, device_type, None)
+        if device_type not in ("cpu", "meta") and not (backend and backend.is_available()):
+            raise ValueError(
+                f"map_location={map_location!r}, but this PyTorch has no usable "
+                f"{device_type!r} device (torch.{device_type}.is_available() is False); load "
+                f"with map_location='cpu' (the file {str(source)!r} was not read)")
     if not _is_zipfile(source):
         raise _refused(source, f"is not a complete torch zip archive ({source.stat().st_size} "
                        f"bytes): it is truncated, corrupt or not a checkpoint; {_EXPECTED}")

@@ -24,6 +24,7 @@ Shapes: ``[...]`` any leading shape (``[B]``, ``[B, T]``), ``n`` a head's size, 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -297,7 +298,7 @@ def policy_step(
     entropy = _normalised_entropy(log_probs, canonical)  # [..., K]
     op_score = gather_log_prob(op_log_probs, op)
     if check:
-        _check_values(action_space, logits, full, slot_by_op is not None, canonical, packed,
+        _check_values(action_space, logits, full, slot_by_op, canonical, packed,
                       op_score, scores, given is not None, floors)
     empty_rows = None
     if not check and not torch.compiler.is_compiling():
@@ -351,7 +352,7 @@ def _check_values(
     space: ActionSpace,
     logits: Mapping[str, Tensor],
     masks: Mapping[str, Tensor],
-    slot_by_op: bool,
+    slot_by_op: Tensor | None,
     canonical: Tensor,
     packed: PackedHeads,
     op_score: Tensor,
@@ -369,7 +370,23 @@ def _check_values(
     floor_counts = [
         (masks[n].sum(-1) * floor > 1.0).sum() for n, floor in floors.items() if floor > 0
     ]
+    ambiguous = slot_by_op is not None and space.num_ops == space.num_slots
+    if slot_by_op is not None and ambiguous:
+        # As many slots as ops: a [B, N, num_ops] tensor passes every shape check. Rows of
+        # ops the op mask forbids that still allow slots betray it (in Slot Garden, and
+        # wherever an op is allowed exactly when it has a target).
+        pointer_relevant = packed.relevance[:, packed.names.index(space.pointer_head)]
+        floor_counts.append(
+            (~masks[space.op_head] & pointer_relevant & slot_by_op.any(-1)).sum())
     counts = torch.stack([*bad_logits, *empty, *forbidden, *floor_counts]).tolist()
+    betrayed = counts.pop() if ambiguous else 0
+    if betrayed:
+        assert slot_by_op is not None
+        warnings.warn(
+            f"slot_by_op has shape {describe_shape(slot_by_op)}: with as many slots as ops "
+            f"({space.num_ops}) its layout cannot be told from its shape, and {betrayed} of its "
+            f"rows for ops the op mask forbids allow slots. Check that it is [B, num_ops, N] "
+            f"(op first), not [B, N, num_ops].", stacklevel=4)
     bad = {n: c for n, c in zip(names, counts) if c}
     if bad:
         raise ValueError(f"logits must be finite; non-finite values per head: {bad}")
@@ -378,7 +395,8 @@ def _check_values(
         found = [(n, r) for n, r in zip(packed.names, rows) if r]
         if counts[len(names)]:
             found.append((space.op_head, int(counts[len(names)])))
-        where = "; ".join(f"{r} row(s) of {_mask_label(space, n, slot_by_op)}" for n, r in found)
+        where = "; ".join(f"{r} row(s) of {_mask_label(space, n, slot_by_op is not None)}"
+                          for n, r in found)
         raise InvalidStateMachineError(
             f"mask rows with no valid action (for the chosen op): {where}; every row needs at "
             f"least one True entry"

@@ -525,3 +525,16 @@ def test_an_older_parameter_layout_is_a_clear_checkpoint_error(kind: str, tmp_pa
     assert "1 unexpected parameters ['old_head.weight']" in message
     assert f"state_value_head.0.weight: stored [{weight.shape[0]}, {weight.shape[1] + 32}]" in message
     assert "Error(s) in loading state_dict" not in message  # not torch's raw error
+
+
+def test_map_location_on_a_device_this_torch_lacks_names_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It used to say the (intact) file "is truncated or corrupt".
+    path = save_checkpoint(tmp_path / "policy.pt", create_policy("lstm", lstm_hidden_dim=16, trunk_dim=16))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for location in ("cuda", torch.device("cuda", 1)):
+        with pytest.raises(ValueError, match=r"no usable 'cuda' device .*map_location='cpu'") as info:
+            load_checkpoint(path, map_location=location)
+        assert "corrupt" not in str(info.value)
+    assert load_checkpoint(path, map_location="cpu").network_type == "lstm"

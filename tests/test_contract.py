@@ -365,3 +365,31 @@ def test_slot_vocabulary_is_configurable() -> None:
     with pytest.raises(ValueError, match=r"blueprint_indices.*\[5\]"):
         net(state, torch.full((B, T, N), 5))
     assert SlotConfig.for_grid(1, 3).num_slots == N
+
+
+def test_a_transposed_slot_by_op_is_detected_when_slots_and_ops_are_as_many() -> None:
+    """On a 2x3 grid (6 slots, 6 ops, the README's grid) a [B, N, num_ops] slot_by_op passes
+    every shape check; with validation on, its rows for forbidden ops betray it."""
+    import warnings
+
+    from slotformer import SlotConfig, create_policy
+    from slotformer.envs import SlotGardenEnv, random_valid_policy
+    from slotformer.validation import validation
+
+    slots = SlotConfig.for_grid(2, 3)
+    env = SlotGardenEnv(8, slots, episode_length=12, seed=0)
+    policy = create_policy("transformer", slot_config=slots, lstm_hidden_dim=16, embed_dim=16,
+                           head_hidden=16)
+    out, generator = env.reset(), torch.Generator().manual_seed(0)
+    for _ in range(6):
+        right = {**out.masks, "slot_by_op": out.slot_by_op}
+        wrong = {**out.masks, "slot_by_op": out.slot_by_op.transpose(1, 2)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            policy.get_action(out.obs, out.blueprint_indices, right)  # no warning
+        with pytest.warns(UserWarning, match=r"\[B, num_ops, N\] \(op first\), not \[B, N, num_ops\]"):
+            policy.get_action(out.obs, out.blueprint_indices, wrong)
+        with validation(False), warnings.catch_warnings():
+            warnings.simplefilter("error")  # no value checks, no warning, no host sync
+            policy.get_action(out.obs, out.blueprint_indices, wrong)
+        out = env.step(random_valid_policy(out, generator))

@@ -244,8 +244,10 @@ def test_piped_output_has_start_line_progress_and_tensorboard_scalars(tmp_path: 
     assert re.match(r"training transformer \([\d,]+ parameters\) on a 1x3 grid: 4 envs x "
                     r"6-step rollouts, 4 updates = 96 env steps .* 1 thread, device cpu, seed 0",
                     lines[0]), lines[0]
-    assert re.match(r"update 2 took [\d.]+ s \(update 1, with warm-up, [\d.]+ s\): estimated ",
-                    lines[1]), lines[1]
+    estimates = [line for line in lines if line.startswith("updates 2-3 took")]
+    assert len(estimates) == 1 and re.match(
+        r"updates 2-3 took [\d.]+ s each \(update 1, with warm-up, [\d.]+ s\): estimated ",
+        estimates[0]), out
     progress = [line for line in lines if re.match(r"update +\d+/4 ", line)]
     assert len(progress) == 2, out  # updates 2 and 4
     for line in progress:
@@ -266,6 +268,11 @@ def test_piped_output_has_start_line_progress_and_tensorboard_scalars(tmp_path: 
                 "attention/entropy_mean", "eval/learned"}
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("losses/approx_kl")) == 4  # every update
+    # A progress line shows the means over the updates since the previous one (2 here).
+    entropies = [e.value for e in events.Scalars("losses/entropy")]
+    for line, window in zip(progress, (entropies[:2], entropies[2:])):
+        shown = float(re.search(r" entropy ([\d.]+) ", line).group(1))  # type: ignore[union-attr]
+        assert abs(shown - sum(window) / 2) < 1e-3, (line, window)
     assert len(events.Scalars("attention/layer0/entropy")) == 3  # updates 1, 2 and 4
     # --anneal-lr: a straight line from the learning rate toward 0, one step per update.
     rates = [e.value for e in events.Scalars("charts/learning_rate")]
