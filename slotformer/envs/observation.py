@@ -76,25 +76,12 @@ if TYPE_CHECKING:
     from slotformer.envs.dynamics import SlotGardenEnv
 
 # Indices into the observation blocks (see the module docstring), for policies and tests.
-BASE_PROGRESS = 0
-BASE_LAST_REWARD = 10
-SLOT_ACTIVE = 0
-SLOT_STAGE = 1  # 6-wide one-hot starts here
-SLOT_ALPHA = 7
-SLOT_ALPHA_TARGET = 8
-SLOT_ESTIMATE = 9
-SLOT_CONFIDENCE = 10
-SLOT_AGE = 11
-SLOT_TRAINING_PROGRESS = 12
-SLOT_BLEND_PROGRESS = 13
-SLOT_NEIGHBOUR_ESTIMATE = 14
-SLOT_NEIGHBOUR_LIVE = 15
-SLOT_NEIGHBOUR_FOSSILIZED = 16
-SLOT_ROW = 17
-SLOT_COL = 18
-SLOT_STYLE = 19  # 4-wide one-hot
-SLOT_TEMPO = 23  # 3-wide one-hot
-SLOT_CURVE = 26  # 5-wide one-hot
+BASE_PROGRESS, BASE_LAST_REWARD = 0, 10
+SLOT_ACTIVE, SLOT_STAGE = 0, 1  # the stage one-hot is 6 wide
+(SLOT_ALPHA, SLOT_ALPHA_TARGET, SLOT_ESTIMATE, SLOT_CONFIDENCE, SLOT_AGE, SLOT_TRAINING_PROGRESS,
+ SLOT_BLEND_PROGRESS, SLOT_NEIGHBOUR_ESTIMATE, SLOT_NEIGHBOUR_LIVE, SLOT_NEIGHBOUR_FOSSILIZED,
+ SLOT_ROW, SLOT_COL) = range(7, 19)
+SLOT_STYLE, SLOT_TEMPO, SLOT_CURVE = 19, 23, 26  # one-hots 4, 3 and 5 wide
 
 
 @dataclass
@@ -102,29 +89,22 @@ class StepOutput:
     """What ``reset`` and ``step`` return (E = number of environments, N = slots).
 
     Attributes:
-        obs: float32 ``[E, 23 + 31 N]``; for an environment that just finished, the first
-            observation of its new episode.
+        obs: float32 ``[E, 23 + 31 N]``; where an episode just ended, the new one's first.
         blueprint_indices: int64 ``[E, N]``, -1 for an empty slot, else 1..12.
-        masks: bool masks keyed exactly by ``ActionSpace.default(N).head_names``:
+        masks: bool masks (True = valid) keyed exactly by ``ActionSpace.default(N).head_names``:
             ``slot [E, N]``, ``blueprint [E, 13]``, ``style [E, 4]``, ``tempo [E, 3]``,
-            ``alpha_target [E, 3]``, ``alpha_speed [E, 4]``, ``alpha_curve [E, 5]``,
-            ``op [E, 6]``; True = valid.
+            ``alpha_target [E, 3]``, ``alpha_speed [E, 4]``, ``alpha_curve [E, 5]``, ``op [E, 6]``.
         slot_by_op: bool ``[E, 6, N]``, the slots valid for each op (WAIT's row all True).
         reward: float32 ``[E]`` (0 after ``reset``).
-        done: bool ``[E]``, True where the episode ended at this step (and was reset). With
-            equal episode lengths (the default) the environments share one clock, so it is all
-            True or all False; with ``min_episode_length`` each environment ends on its own.
-        episode_return: float32 ``[E]``, the return of the episode that just ended where
-            ``done``, NaN elsewhere.
-        info: ``host_score [E]`` (score at the end of this step, before any auto-reset),
-            ``num_live [E]`` (live seeds, before any auto-reset),
+        done: bool ``[E]``, True where the episode ended at this step (and was reset); all True
+            or all False with equal episode lengths (the default).
+        episode_return: float32 ``[E]``, the finished episode's return where ``done``, else NaN.
+        info: ``host_score [E]`` and ``num_live [E]`` (before any auto-reset),
             ``contributions_before_reset [E, N]`` (the true contributions that the estimates
-            are noisy views of: ``c`` for live seeds, the locked contribution for fossilized
-            ones, 0 for empty slots; before any auto-reset, a target for a contribution
-            predictor) and ``contributions [E, N]`` (the same for the returned ``obs``);
-            with ``final_observation=True``, on steps that end episodes, also ``final_obs``,
-            ``final_blueprint_indices`` and ``final_slot_by_op`` (the last state before the
-            auto-reset).
+            are noisy views of: ``c`` for live seeds, the locked one for fossilized, 0 when
+            empty; a target for a contribution predictor) and ``contributions [E, N]`` (the
+            same for the returned ``obs``); with ``final_observation=True``, on steps that end
+            episodes, ``final_obs``, ``final_blueprint_indices`` and ``final_slot_by_op``.
     """
 
     obs: Tensor
@@ -141,18 +121,14 @@ def grid_neighbours(slot_config: SlotConfig) -> tuple[Tensor, Tensor, Tensor]:
     """4-neighbour table ``[N, 4]`` (index N = no neighbour) and normalised rows/cols ``[N]``."""
     positions = slot_config.positions
     index_of = {pos: k for k, pos in enumerate(positions)}
-    num_slots = len(positions)
-    table = []
-    for row, col in positions:
-        table.append([
-            index_of.get((row + dr, col + dc), num_slots)
-            for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))
-        ])
-    rows = torch.tensor([r for r, _ in positions], dtype=torch.float32)
-    cols = torch.tensor([c for _, c in positions], dtype=torch.float32)
-    rows = rows / max(1.0, float(rows.max()))
-    cols = cols / max(1.0, float(cols.max()))
-    return torch.tensor(table, dtype=torch.long), rows, cols
+    table = [
+        [index_of.get((row + dr, col + dc), len(positions))
+         for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+        for row, col in positions
+    ]
+    grid = torch.tensor(positions, dtype=torch.float32)  # [N, 2]: row, col
+    grid = grid / grid.max(0).values.clamp(min=1.0)
+    return torch.tensor(table, dtype=torch.long), grid[:, 0], grid[:, 1]
 
 
 def slot_by_op(env: SlotGardenEnv) -> Tensor:
