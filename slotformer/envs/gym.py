@@ -1,50 +1,36 @@
 """Slot Garden as a gymnasium environment: a single environment and a native vector one.
 
 Needs the ``gym`` extra (``pip install "slotformer[gym]"``). Importing :mod:`slotformer.envs`
-registers both under :data:`~slotformer.envs.GYM_ENV_ID` (``"slotformer/SlotGarden-v0"``). A
-process that never imports slotformer (a Ray worker, a subprocess) names the module in front
-of the id, and gymnasium imports it before looking the id up (gymnasium 1.x reads no plugin
-entry points, so nothing can register the bare id without that import)::
+registers both under :data:`~slotformer.envs.GYM_ENV_ID`. A process that never imports
+slotformer (a Ray worker, a subprocess) puts the module in front of the id so that gymnasium
+imports it first (gymnasium 1.x reads no plugin entry points)::
 
     import gymnasium as gym
     env = gym.make("slotformer.envs:slotformer/SlotGarden-v0", rows=1, cols=3)
     envs = gym.make_vec("slotformer.envs:slotformer/SlotGarden-v0", num_envs=16,
                         vectorization_mode="vector_entry_point")
 
-Both step a :class:`~slotformer.envs.SlotGardenEnv` (torch, on the CPU) and hand numpy arrays
-to gymnasium.
+Both step a :class:`~slotformer.envs.SlotGardenEnv` (torch, on the CPU) and return numpy
+arrays. Spaces (``N`` slots, ``D = 23 + 31 N``; the vector environment adds a leading ``E``):
 
-Spaces (``N`` slots, ``D = 23 + 31 N``; the vector environment adds a leading ``E``):
+* observation, a ``Dict``: ``"obs"``, ``Box`` float32 ``[D]``; ``"blueprint_indices"``,
+  ``Box`` int64 ``[N]`` in ``-1 .. 12`` (-1 = empty slot); ``"action_mask"``, ``MultiBinary``
+  ``[sum of head sizes]`` (int8, 1 = valid): the head masks concatenated in head order, the
+  flat mask sb3-contrib's ``MaskablePPO`` expects (also ``action_masks()``); ``"slot_by_op"``,
+  ``MultiBinary`` ``[6, N]`` (int8): the slots valid for each op.
+* action: ``MultiDiscrete([N, 13, 4, 3, 3, 4, 5, 6])`` in head order (slot, blueprint, style,
+  tempo, alpha_target, alpha_speed, alpha_curve, op).
 
-* observation, a ``Dict``:
+**Masks and dependent heads.** Which slot is valid depends on the op. slotformer's networks
+sample the op first, then a slot valid for it; a ``MultiDiscrete`` policy with independent
+per-head masks (``MaskablePPO``) can pick an invalid pair, as its slot mask is the union over
+ops. ``invalid_action="wait"`` (the default) turns such an action into WAIT (the reward is what
+WAIT earns, ``info["invalid_action"]`` is True); ``"raise"`` raises ``ValueError`` instead.
 
-  - ``"obs"``: ``Box`` float32 ``[D]``, the flat observation (slotformer's default layout);
-  - ``"blueprint_indices"``: ``Box`` int64 ``[N]`` in ``-1 .. 12`` (-1 = empty slot);
-  - ``"action_mask"``: ``MultiBinary`` ``[sum of head sizes]`` (int8, 1 = valid): the head
-    masks concatenated in head order (slot, blueprint, style, tempo, alpha_target,
-    alpha_speed, alpha_curve, op), the flat mask that sb3-contrib's ``MaskablePPO``
-    expects for a ``MultiDiscrete`` action space (also returned by ``action_masks()``);
-  - ``"slot_by_op"``: ``MultiBinary`` ``[6, N]`` (int8): the slots valid for each op.
-
-* action: ``MultiDiscrete([N, 13, 4, 3, 3, 4, 5, 6])`` in the same head order.
-
-**Masks and dependent heads.** Which slot is valid depends on the op (GERMINATE needs an
-empty slot, FOSSILIZE a holding seed). slotformer's networks take ``slot_by_op`` and sample
-the op first, then a slot valid for it, so they never pick an invalid pair. A ``MultiDiscrete``
-policy with independent per-head masks (``MaskablePPO``) can: its slot mask is the union over
-ops. ``invalid_action="wait"`` (the default) turns such an action into WAIT (the step goes on,
-the reward is what WAIT earns, ``info["invalid_action"]`` is True); ``"raise"`` raises
-``ValueError`` instead.
-
-**Episodes.** Episodes have a fixed length (``episode_length``, with the time left in the
-observation), so the end of one is ``terminated`` (a true end of the task, nothing to
-bootstrap), never ``truncated``. The vector environment restarts a finished environment in
-gymnasium's ``AutoresetMode.NEXT_STEP`` (the default) or ``SAME_STEP``: its
-``autoreset_mode`` argument, advertised in ``metadata["autoreset_mode"]``.
-
-**Seeding.** ``table_seed`` fixes the world (the neighbour-affinity and style tables that
-make some placements better than others), so a policy can learn it; ``reset(seed=...)``
-reseeds the trajectories (qualities, estimate noise) only.
+**Episodes** have a fixed length, with the time left in the observation, so an episode's end
+is ``terminated`` (nothing to bootstrap), never ``truncated``. **Seeding:** ``table_seed``
+fixes the world (the affinity and style tables), so a policy can learn it;
+``reset(seed=...)`` reseeds the trajectories (qualities, estimate noise) only.
 """
 
 from __future__ import annotations
@@ -63,6 +49,7 @@ from slotformer.envs.dynamics import SlotGardenEnv
 from slotformer.envs.observation import StepOutput
 from slotformer.envs.rules import DEFAULT_RENT, MAX_SLOTS
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, NUM_BLUEPRINTS, NUM_OPS, Op
+from slotformer.validation import check_positive_int
 
 __all__ = [
     "AUTORESET_MODES",
@@ -74,6 +61,7 @@ __all__ = [
 
 InvalidAction = Literal["wait", "raise"]
 _OP_COLUMN = HEAD_NAMES.index("op")
+_NO_STATE = "action_masks() needs a current state: call reset() first"
 AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
 """The autoreset modes :class:`SlotGardenVectorEnv` supports (the first is its default)."""
 
@@ -86,17 +74,11 @@ def _flat_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:
 def split_action_mask(
     action_mask: torch.Tensor, head_sizes: dict[str, int] | None = None, num_slots: int = 3
 ) -> dict[str, torch.Tensor]:
-    """Split a flat ``action_mask [..., sum of sizes]`` back into slotformer's per-head masks.
+    """Split a flat ``action_mask [..., S]`` (any dtype, nonzero = valid; ``S`` the sum of the
+    head sizes) into slotformer's per-head bool masks ``[..., n]`` for ``get_action(masks=...)``.
 
-    Args:
-        action_mask: the observation's ``"action_mask"`` (any dtype; nonzero = valid),
-            ``[..., S]`` with ``S`` the sum of the head sizes.
-        head_sizes: head name -> size in head order (default: Slot Garden's heads for
-            ``num_slots`` slots, ``ActionSpace.default(num_slots).sizes``).
-        num_slots: N, used when ``head_sizes`` is None.
-
-    Returns:
-        head name -> bool ``[..., n]``, ready for ``get_action(masks=...)``.
+    ``head_sizes`` (head name -> size, in head order) defaults to
+    ``ActionSpace.default(num_slots).sizes``, Slot Garden's heads.
 
     Example:
         >>> mask = torch.ones(2, 3 + 13 + 4 + 3 + 3 + 4 + 5 + 6)
@@ -161,24 +143,29 @@ def _checked_actions(
 
 
 class _GardenWrapper:
-    """What both wrappers share: the torch environment, seeding and the current masks."""
+    """What both wrappers share: their arguments, the torch environment, seeding and the
+    current state."""
 
+    metadata: dict[str, Any]
     _garden: SlotGardenEnv
     _last: StepOutput | None  # the state behind the last observation returned (None: reset)
 
     def _setup(
-        self, num_envs: int, rows: int, cols: int, invalid_action: str, **garden_kwargs: Any
+        self, num_envs: int, rows: int, cols: int, invalid_action: str, render_mode: str | None,
+        **garden_kwargs: Any,
     ) -> tuple[spaces.Dict, spaces.MultiDiscrete]:
         """Build the torch environment; return one environment's observation and action space."""
+        modes = (None, *self.metadata["render_modes"])
+        if render_mode not in modes:
+            expected = " or ".join(repr(mode) for mode in modes)
+            raise ValueError(f"render_mode must be {expected}, got {render_mode!r}")
         if invalid_action not in ("wait", "raise"):
             raise ValueError(f"invalid_action must be 'wait' or 'raise', got {invalid_action!r}")
-        for name, value in (("rows", rows), ("cols", cols)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if rows * cols > MAX_SLOTS:
+        if check_positive_int("rows", rows) * check_positive_int("cols", cols) > MAX_SLOTS:
             raise ValueError(
                 f"rows x cols = {rows} x {cols} = {rows * cols} slots, expected at most {MAX_SLOTS}"
             )
+        self.render_mode = render_mode
         self.invalid_action: InvalidAction = invalid_action  # type: ignore[assignment]
         self._garden = garden = SlotGardenEnv(
             num_envs, SlotConfig.for_grid(rows, cols), final_observation=True, **garden_kwargs
@@ -204,10 +191,11 @@ class _GardenWrapper:
         self._last = self._garden.reset()
         return self._last
 
-    def _current_masks(self) -> np.ndarray:
+    def _current(self, error: str) -> StepOutput:
+        """The state behind the last observation returned, or ``RuntimeError(error)``."""
         if self._last is None:
-            raise RuntimeError("action_masks() needs a current state: call reset() first")
-        return _flat_mask(self._last.masks).numpy()
+            raise RuntimeError(error)
+        return self._last
 
 
 class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray]):
@@ -218,8 +206,7 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
         episode_length: steps per episode.
         rent: reward charged per live seed per step.
         table_seed: fixes the world (affinity and style tables); the same for every reset.
-        invalid_action: ``"wait"`` (an invalid action becomes WAIT and
-            ``info["invalid_action"]`` is True) or ``"raise"``.
+        invalid_action: ``"wait"`` (an invalid action becomes WAIT) or ``"raise"``.
         render_mode: None or ``"ansi"`` (a text picture of the grid).
 
     Example:
@@ -244,11 +231,8 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
         invalid_action: InvalidAction = "wait",
         render_mode: str | None = None,
     ) -> None:
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        self.render_mode = render_mode
         observation_space, self.action_space = self._setup(
-            1, rows, cols, invalid_action, episode_length=episode_length, rent=rent,
+            1, rows, cols, invalid_action, render_mode, episode_length=episode_length, rent=rent,
             table_seed=table_seed,
         )
         self.observation_space = observation_space  # type: ignore[assignment]
@@ -262,8 +246,7 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
     def step(
         self, action: np.ndarray
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        if self._last is None:
-            raise RuntimeError("SlotGardenGymEnv.step called before reset()")
+        self._current("SlotGardenGymEnv.step called before reset()")
         actions, invalid = _checked_actions(
             self._garden, _as_action_tensor(action, 1), self.invalid_action
         )
@@ -273,20 +256,17 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
             "invalid_action": bool(invalid[0]),
             "host_score": float(out.info["host_score"][0]),
         }
+        self._last = out
         if terminated:
-            # Gymnasium's single env stops at the end: report the final state, and make the
+            # gymnasium's single env stops at the end: report the final state and make the
             # caller reset (the torch environment has already started the next episode).
-            obs = _numpy_observation(self._garden.final_state(out), 0)
             info["episode_return"] = float(out.episode_return[0])
-            self._last = None
-        else:
-            obs = _numpy_observation(out, 0)
-            self._last = out
-        return obs, float(out.reward[0]), terminated, False, info
+            out, self._last = self._garden.final_state(out), None
+        return _numpy_observation(out, 0), float(out.reward[0]), terminated, False, info
 
     def action_masks(self) -> np.ndarray:
         """Bool ``[sum of head sizes]``: the flat per-head mask (sb3-contrib's hook)."""
-        return self._current_masks()[0]
+        return _flat_mask(self._current(_NO_STATE).masks)[0].numpy()
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
@@ -307,34 +287,29 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
 class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
     """``num_envs`` Slot Garden environments stepped as one batch (gymnasium ``VectorEnv``).
 
-    One :class:`~slotformer.envs.SlotGardenEnv` steps all of them in torch, so this is much
-    faster than a ``SyncVectorEnv`` of single environments. Arguments as
-    :class:`SlotGardenGymEnv`, plus:
+    One :class:`~slotformer.envs.SlotGardenEnv` steps all of them in torch, much faster than a
+    ``SyncVectorEnv`` of single environments. Arguments as :class:`SlotGardenGymEnv`, plus:
 
     Args:
         num_envs: E.
         min_episode_length: None (all episodes last ``episode_length`` and end together) or
             the shortest episode (lengths drawn per episode, so environments end apart).
-        autoreset_mode: how a finished environment restarts, a gymnasium ``AutoresetMode``
-            (or its value, ``"NextStep"`` / ``"SameStep"``), advertised in
-            ``metadata["autoreset_mode"]``:
+        autoreset_mode: how a finished environment restarts, an ``AutoresetMode`` or its value
+            (``"NextStep"`` / ``"SameStep"``), advertised in ``metadata["autoreset_mode"]``:
 
-            * ``NEXT_STEP`` (the default): the step that ends an episode returns its last
+            * ``NEXT_STEP`` (the default, gymnasium's own, which its vector wrappers assume
+              when a vector env does not say): the step that ends an episode returns its last
               observation, ``terminated`` and ``info["episode_return"]``; the next step
-              restarts that environment, ignoring its action: it returns the new episode's
-              first observation, reward 0 and ``terminated``/``truncated`` False. The
-              default because it is gymnasium's (its own vector envs use it, and its vector
-              wrappers assume it when a vector env does not say): a consumer that ignores
-              the metadata counts episodes correctly.
-            * ``SAME_STEP``: the step that ends an episode already returns the new episode's
-              first observation; the finished one's last is ``info["final_obs"]``, its last
-              step's info ``info["final_info"]`` (``info["_final_obs"]`` and
-              ``info["_final_info"]`` mark the environments). No step is spent restarting,
-              but a consumer that assumes NEXT_STEP loses a step of every episode.
+              ignores that environment's action and returns the new episode's first
+              observation, reward 0 and ``terminated``/``truncated`` False.
+            * ``SAME_STEP``: the step that ends an episode returns the new episode's first
+              observation; the last one is ``info["final_obs"]``, the last step's info
+              ``info["final_info"]`` (``info["_final_obs"]`` / ``["_final_info"]`` mark the
+              environments).
 
-            Through ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")`` it
-            is a keyword argument like the others (gymnasium passes ``vector_kwargs`` only
-            to its own ``SyncVectorEnv`` / ``AsyncVectorEnv``).
+            With ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")`` it is a
+            keyword argument like the others (``vector_kwargs`` go to gymnasium's own vector
+            envs only).
 
     Example:
         >>> envs = SlotGardenVectorEnv(num_envs=4, rows=2, cols=2, episode_length=8)
@@ -348,6 +323,7 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
 
     # gymnasium's class attribute (the default mode); an instance gets a copy with its own.
     metadata = {"render_modes": [], "autoreset_mode": AUTORESET_MODES[0]}  # noqa: RUF012
+    _out: StepOutput  # the torch environment's latest output (set by reset)
 
     def __init__(
         self,
@@ -362,12 +338,9 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
         render_mode: str | None = None,
         autoreset_mode: AutoresetMode | str = AUTORESET_MODES[0],
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode must be None for the vector env, got {render_mode!r}")
-        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else None
-        if mode is None and isinstance(autoreset_mode, str):
-            mode = next((m for m in AutoresetMode if autoreset_mode == m.value), None)
-        if mode not in AUTORESET_MODES:
+        mode = next((m for m in AUTORESET_MODES if autoreset_mode is m or (
+            isinstance(autoreset_mode, str) and autoreset_mode == m.value)), None)
+        if mode is None:
             raise ValueError(
                 f"autoreset_mode must be one of {', '.join(str(m) for m in AUTORESET_MODES)} "
                 f"(or their values {', '.join(repr(m.value) for m in AUTORESET_MODES)}), got "
@@ -376,16 +349,14 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
         self.autoreset_mode: AutoresetMode = mode
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.single_observation_space, self.single_action_space = self._setup(
-            num_envs, rows, cols, invalid_action, episode_length=episode_length, rent=rent,
-            table_seed=table_seed, min_episode_length=min_episode_length,
+            num_envs, rows, cols, invalid_action, render_mode, episode_length=episode_length,
+            rent=rent, table_seed=table_seed, min_episode_length=min_episode_length,
         )
         self.num_envs = num_envs
-        self.render_mode = render_mode
         self.observation_space = gym.vector.utils.batch_space(
             self.single_observation_space, num_envs
         )
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self._out: StepOutput | None = None  # the torch environment's latest output
         self._restarting = np.zeros(num_envs, dtype=bool)  # NEXT_STEP: restart at the next step
 
     def reset(
@@ -404,8 +375,7 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
     def step(
         self, actions: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if self._out is None:
-            raise RuntimeError("SlotGardenVectorEnv.step called before reset()")
+        self._current("SlotGardenVectorEnv.step called before reset()")
         action_tensor = _as_action_tensor(actions, self.num_envs)
         restarting, no = self._restarting, np.zeros(self.num_envs, dtype=bool)
         if restarting.all():
@@ -438,7 +408,7 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
 
     def action_masks(self) -> np.ndarray:
         """Bool ``[E, sum of head sizes]``: the flat per-head masks of the last observation."""
-        return self._current_masks()
+        return _flat_mask(self._current(_NO_STATE).masks).numpy()
 
 
 def register_envs() -> None:
