@@ -24,12 +24,7 @@ if TYPE_CHECKING:
 
 
 class ActionChecker:
-    """The validity tables of one action space, on one device.
-
-    Args:
-        action_space: ``ActionSpace.default(N)`` of the environment.
-        device: where the environment's tensors live.
-    """
+    """The validity tables of the environment's ``ActionSpace.default(N)``, on its device."""
 
     def __init__(self, action_space: ActionSpace, device: torch.device) -> None:
         self.sizes = action_space.sizes
@@ -49,9 +44,8 @@ class ActionChecker:
             if head.relevant_ops is not None and head.name != "slot":
                 relevance[sorted(head.relevant_ops), position] = True
         self.relevance = relevance.to(device)  # [6, 8]
-        low = torch.zeros(len(HEAD_NAMES), dtype=torch.long)
-        low[HEAD_NAMES.index("blueprint")] = 1  # NOOP is not plantable
-        self.low = low.to(device)  # [8]
+        # Each head's valid range low..high - 1 [8] (blueprint NOOP 0 is not plantable).
+        self.low = torch.tensor([int(name == "blueprint") for name in HEAD_NAMES], device=device)
         self.high = torch.tensor([self.sizes[name] for name in HEAD_NAMES], device=device)
 
     def check(self, env: SlotGardenEnv, heads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
