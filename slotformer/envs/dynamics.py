@@ -34,23 +34,17 @@ class SlotGardenEnv(GardenState):
     """``num_envs`` Slot Garden environments stepped together on one grid.
 
     Args:
-        num_envs: E, environments stepped at once.
-        slot_config: the grid (default ``SlotConfig.default()``, 3 slots in a row), at most
-            64 slots; neighbours are the 4-neighbours of ``slot_config.positions``.
+        num_envs: E.
+        slot_config: the grid, at most 64 slots (default ``SlotConfig.default()``, 1x3).
         episode_length: T, steps per episode (the longest, with ``min_episode_length``).
-        seed: seeds the environment's own ``torch.Generator`` (tables and every draw): same
-            seed and same actions, same trajectory.
+        seed: seeds the environment's ``torch.Generator``, the tables and every draw.
         device: where all tensors live.
         rent: reward charged per live seed per step.
-        table_seed: when given, seeds the affinity and style tables instead of ``seed`` (the
-            same world with fresh trajectories).
-        min_episode_length: None (every episode lasts ``episode_length``), or an int in
-            ``1 .. episode_length``: each episode's length is drawn per environment (see
-            :mod:`slotformer.envs.rules`).
-        final_observation: a ``step`` that ends episodes also reports their last state in
-            ``info`` (``final_obs``, ``final_blueprint_indices``, ``final_slot_by_op``; rows of
-            environments that did not finish hold their current state). Off by default: it
-            costs a second observation on those steps.
+        table_seed: seeds the affinity and style tables instead of ``seed`` when given.
+        min_episode_length: None, or the shortest of the per-environment episode lengths.
+        final_observation: a ``step`` that ends episodes also puts their last state in
+            ``info`` (``final_obs``, ``final_blueprint_indices``, ``final_slot_by_op``; the
+            other rows hold the current state). Off by default: it costs an observation.
 
     Example:
         >>> env = SlotGardenEnv(num_envs=4, slot_config=SlotConfig.for_grid(2, 2), seed=0)
@@ -251,14 +245,12 @@ class SlotGardenEnv(GardenState):
             actions: ``dict`` head name -> int64 ``[E]``, or int64 ``[E, 8]`` in head order
                 slot, blueprint, style, tempo, alpha_target, alpha_speed, alpha_curve, op.
             hold: None, or bool ``[E]`` (needs ``min_episode_length``): environments that sit
-                this step out: their action is ignored (never validated), their state, clock
-                and observation stay, their reward is 0 and ``done`` False. The step's random
-                draws are the same with or without it.
+                this step out (action ignored, state kept, reward 0, ``done`` False); the
+                step's random draws are the same with or without it.
 
         Raises:
-            ValueError: an action is invalid (naming the first such environment and its
-                action). With ``slotformer.validation`` off the check is skipped (no host
-                sync) and an invalid action is replaced by WAIT.
+            ValueError: an action is invalid (naming the first such environment). With
+                ``slotformer.validation`` off it is not checked and becomes WAIT.
         """
         heads = split_actions(actions, self.num_envs, self.device)
         valid, reason = self._checker.check(self, heads)

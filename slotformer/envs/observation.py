@@ -3,51 +3,33 @@
 Observation ``[E, 23 + 31 N]`` float32 (base block, then slot ``k`` at ``23 + 31 k``), all
 features finite and O(1).
 
-Base block (23 features):
+Base block (23 features; 0, 10 and 14-19 are 0 on the first observation)::
 
-====  ==============================================================
-idx   feature
-====  ==============================================================
-0     episode progress ``t / T`` (0 on the first observation; T is this episode's length)
-1     steps remaining ``1 - t / T``
-2     host score / N
-3     fraction of slots with a live seed (germinated..holding)
-4     fraction of empty slots
-5     fraction of fossilized slots
-6-9   fraction of slots GERMINATED, TRAINING, BLENDING, HOLDING
-10    last reward (0 on the first observation)
-11    rent per live seed x 100
-12    rent paid at the last step (rent x live seeds)
-13    return of the episode so far / N
-14-19 one-hot of the last op (all 0 on the first observation)
-20    mean contribution estimate over live seeds (0 if none)
-21    locked value of the fossilized seeds / N
-22    N / 64 (grid size)
-====  ==============================================================
+    0      episode progress t / T (T: this episode's length)
+    1      steps remaining 1 - t / T
+    2      host score / N
+    3-5    fraction of slots with a live seed (germinated..holding), empty, fossilized
+    6-9    fraction of slots GERMINATED, TRAINING, BLENDING, HOLDING
+    10-13  last reward, rent per live seed x 100, rent paid at the last step (rent x live
+           seeds), return of the episode so far / N
+    14-19  one-hot of the last op
+    20     mean contribution estimate over live seeds (0 if none)
+    21-22  locked value of the fossilized seeds / N, N / 64 (grid size)
 
-Slot block (31 features; the blueprint itself is passed separately as ``blueprint_indices``):
+Slot block (31 features; the blueprint itself is passed separately as ``blueprint_indices``)::
 
-====  ==============================================================
-idx   feature
-====  ==============================================================
-0     active flag (1 iff ``blueprint_indices >= 0``)
-1-6   stage one-hot: EMPTY, GERMINATED, TRAINING, BLENDING, HOLDING, FOSSILIZED
-7     alpha
-8     alpha target (0 when empty)
-9     contribution estimate (noisy; exact locked value for fossilized; 0 when empty)
-10    estimate confidence ``1 - 1 / sqrt(1 + age)`` (1 for fossilized, 0 when empty)
-11    age / ``episode_length``
-12    training progress ``min(1, age / TEMPO_TRAINING_STEPS[tempo])`` (1 = may ADVANCE)
-13    blend progress (0..1; 1 when holding or fossilized)
-14    mean contribution estimate of the occupied 4-neighbours (0 if none)
-15    fraction of the 4 neighbour positions holding a live seed
-16    fraction of the 4 neighbour positions holding a fossilized seed
-17    row / max(1, rows - 1)
-18    col / max(1, cols - 1)
-19-22 style one-hot (0 when empty)
-23-25 tempo one-hot (0 when empty)
-26-30 alpha curve one-hot (0 when empty)
-====  ==============================================================
+    0      active flag (1 iff blueprint_indices >= 0)
+    1-6    stage one-hot: EMPTY, GERMINATED, TRAINING, BLENDING, HOLDING, FOSSILIZED
+    7-8    alpha, alpha target (0 when empty)
+    9      contribution estimate (noisy; exact locked value for fossilized; 0 when empty)
+    10     estimate confidence 1 - 1 / sqrt(1 + age) (1 for fossilized, 0 when empty)
+    11     age / episode_length
+    12     training progress min(1, age / TEMPO_TRAINING_STEPS[tempo]) (1 = may ADVANCE)
+    13     blend progress (0..1; 1 when holding or fossilized)
+    14     mean contribution estimate of the occupied 4-neighbours (0 if none)
+    15-16  fraction of the 4 neighbour positions holding a live, a fossilized seed
+    17-18  row / max(1, rows - 1), col / max(1, cols - 1)
+    19-30  one-hots of style (4), tempo (3) and alpha curve (5), 0 when empty
 
 Masks (bool, True = valid): one per head of ``ActionSpace.default(N)`` plus ``slot_by_op``
 ``[E, 6, N]``. ``slot_by_op[:, WAIT]`` is all True (WAIT's slot is irrelevant; an all-True row
