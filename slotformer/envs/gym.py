@@ -52,10 +52,7 @@ from slotformer.presets.seed_lifecycle import HEAD_NAMES, NUM_BLUEPRINTS, NUM_OP
 from slotformer.validation import check_positive_int
 
 __all__ = [
-    "AUTORESET_MODES",
-    "SlotGardenGymEnv",
-    "SlotGardenVectorEnv",
-    "register_envs",
+    "AUTORESET_MODES", "SlotGardenGymEnv", "SlotGardenVectorEnv", "register_envs",
     "split_action_mask",
 ]
 
@@ -104,42 +101,6 @@ def _numpy_observation(out: StepOutput, index: slice | int = slice(None)) -> dic
         "action_mask": _flat_mask(out.masks)[index].numpy().astype(np.int8),
         "slot_by_op": out.slot_by_op[index].numpy().astype(np.int8),
     }
-
-
-def _as_action_tensor(action: Any, num_envs: int) -> torch.Tensor:
-    """A ``MultiDiscrete`` action (one env: ``[8]``; vector: ``[E, 8]``) as int64 ``[E, 8]``."""
-    array = np.asarray(action)
-    expected = (num_envs, len(HEAD_NAMES))
-    if array.shape == expected[1:] and num_envs == 1:
-        array = array[None]
-    if array.shape != expected or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(
-            f"action must be integers of shape {expected if num_envs > 1 else expected[1:]} "
-            f"(heads {', '.join(HEAD_NAMES)}), got shape {array.shape} and dtype {array.dtype}"
-        )
-    return torch.as_tensor(array, dtype=torch.long)
-
-
-def _checked_actions(
-    garden: SlotGardenEnv, actions: torch.Tensor, invalid_action: InvalidAction,
-    ignored: np.ndarray | None = None,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Actions with invalid ones turned into WAIT (or a ``ValueError``), and the invalid flags
-    ``[E]``; the actions of the ``ignored [E]`` environments count as valid."""
-    invalid = (~garden.action_validity(actions)).numpy()
-    if ignored is not None:
-        invalid &= ~ignored
-    if invalid.any():
-        if invalid_action == "raise":
-            env = int(np.flatnonzero(invalid)[0])
-            raise ValueError(
-                f"invalid action {actions[env].tolist()} for environment {env} (heads "
-                f"{', '.join(HEAD_NAMES)}); pass invalid_action='wait' to turn invalid "
-                "actions into WAIT"
-            )
-        actions = actions.clone()
-        actions[torch.as_tensor(invalid), _OP_COLUMN] = int(Op.WAIT)
-    return actions, invalid
 
 
 class _GardenWrapper:
@@ -191,6 +152,37 @@ class _GardenWrapper:
         self._last = self._garden.reset()
         return self._last
 
+    def _actions(
+        self, action: Any, ignored: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """A ``MultiDiscrete`` action (one env: ``[8]``; vector: ``[E, 8]``) as int64 ``[E, 8]``
+        with invalid ones turned into WAIT (or a ``ValueError``), and the invalid flags ``[E]``;
+        the actions of the ``ignored [E]`` environments count as valid."""
+        e, k = self._garden.num_envs, len(HEAD_NAMES)
+        array = np.asarray(action)
+        if array.shape == (k,) and e == 1:
+            array = array[None]
+        if array.shape != (e, k) or not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"action must be integers of shape {(e, k) if e > 1 else (k,)} (heads "
+                f"{', '.join(HEAD_NAMES)}), got shape {array.shape} and dtype {array.dtype}"
+            )
+        actions = torch.as_tensor(array, dtype=torch.long)
+        invalid = (~self._garden.action_validity(actions)).numpy()
+        if ignored is not None:
+            invalid &= ~ignored
+        if invalid.any():
+            if self.invalid_action == "raise":
+                env = int(np.flatnonzero(invalid)[0])
+                raise ValueError(
+                    f"invalid action {actions[env].tolist()} for environment {env} (heads "
+                    f"{', '.join(HEAD_NAMES)}); pass invalid_action='wait' to turn invalid "
+                    "actions into WAIT"
+                )
+            actions = actions.clone()
+            actions[torch.as_tensor(invalid), _OP_COLUMN] = int(Op.WAIT)
+        return actions, invalid
+
     def _current(self, error: str) -> StepOutput:
         """The state behind the last observation returned, or ``RuntimeError(error)``."""
         if self._last is None:
@@ -201,13 +193,9 @@ class _GardenWrapper:
 class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray]):
     """One Slot Garden environment behind gymnasium's ``Env`` API.
 
-    Args:
-        rows, cols: the grid (``rows * cols`` slots, at most 64).
-        episode_length: steps per episode.
-        rent: reward charged per live seed per step.
-        table_seed: fixes the world (affinity and style tables); the same for every reset.
-        invalid_action: ``"wait"`` (an invalid action becomes WAIT) or ``"raise"``.
-        render_mode: None or ``"ansi"`` (a text picture of the grid).
+    ``rows * cols`` slots (at most 64), ``episode_length`` and ``rent`` as
+    :class:`~slotformer.envs.SlotGardenEnv`'s; ``table_seed`` fixes the world for every
+    reset; ``invalid_action`` is ``"wait"`` or ``"raise"``; ``render_mode`` None or ``"ansi"``.
 
     Example:
         >>> env = SlotGardenGymEnv(rows=1, cols=3, episode_length=8)
@@ -222,14 +210,8 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 (gymnasium's class attribute)
 
     def __init__(
-        self,
-        rows: int = 1,
-        cols: int = 3,
-        episode_length: int = 48,
-        rent: float = DEFAULT_RENT,
-        table_seed: int = 0,
-        invalid_action: InvalidAction = "wait",
-        render_mode: str | None = None,
+        self, rows: int = 1, cols: int = 3, episode_length: int = 48, rent: float = DEFAULT_RENT,
+        table_seed: int = 0, invalid_action: InvalidAction = "wait", render_mode: str | None = None,
     ) -> None:
         observation_space, self.action_space = self._setup(
             1, rows, cols, invalid_action, render_mode, episode_length=episode_length, rent=rent,
@@ -247,19 +229,12 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
         self, action: np.ndarray
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         self._current("SlotGardenGymEnv.step called before reset()")
-        actions, invalid = _checked_actions(
-            self._garden, _as_action_tensor(action, 1), self.invalid_action
-        )
-        out = self._garden.step(actions)
+        actions, invalid = self._actions(action)
+        out = self._last = self._garden.step(actions)
         terminated = bool(out.done[0])
-        info: dict[str, Any] = {
-            "invalid_action": bool(invalid[0]),
-            "host_score": float(out.info["host_score"][0]),
-        }
-        self._last = out
-        if terminated:
-            # gymnasium's single env stops at the end: report the final state and make the
-            # caller reset (the torch environment has already started the next episode).
+        info: dict[str, Any] = {"invalid_action": bool(invalid[0]),
+                                "host_score": float(out.info["host_score"][0])}
+        if terminated:  # gymnasium's single env stops: the final state, then the caller resets
             info["episode_return"] = float(out.episode_return[0])
             out, self._last = self._garden.final_state(out), None
         return _numpy_observation(out, 0), float(out.reward[0]), terminated, False, info
@@ -271,14 +246,11 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
-        garden = self._garden
-        cells = []
-        for k, (row, col) in enumerate(garden.slot_config.positions):
-            bp = int(garden.blueprint[0, k])
-            cells.append((row, col, "." if bp < 0 else f"{bp}:{int(garden.stage[0, k])}"))
-        width = max(len(text) for *_, text in cells)
-        lines: dict[int, list[str]] = {}
-        for row, _, text in sorted(cells):
+        garden, lines = self._garden, dict[int, list[str]]()
+        cells = {pos: "." if bp < 0 else f"{bp}:{stage}" for pos, bp, stage in zip(
+            garden.slot_config.positions, garden.blueprint[0].tolist(), garden.stage[0].tolist())}
+        width = max(map(len, cells.values()))
+        for (row, _), text in sorted(cells.items()):
             lines.setdefault(row, []).append(text.rjust(width))
         body = "\n".join(" ".join(line) for _, line in sorted(lines.items()))
         return f"t={int(garden.t[0])} score={float(garden.score[0]):.3f}\n{body}"
@@ -287,29 +259,17 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
 class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
     """``num_envs`` Slot Garden environments stepped as one batch (gymnasium ``VectorEnv``).
 
-    One :class:`~slotformer.envs.SlotGardenEnv` steps all of them in torch, much faster than a
-    ``SyncVectorEnv`` of single environments. Arguments as :class:`SlotGardenGymEnv`, plus:
+    One :class:`~slotformer.envs.SlotGardenEnv` steps them all in torch. Arguments as
+    :class:`SlotGardenGymEnv`, plus ``num_envs`` (E), ``min_episode_length`` (as
+    ``SlotGardenEnv``'s) and ``autoreset_mode`` (an ``AutoresetMode`` or its value, also a
+    keyword of ``gymnasium.make_vec``), advertised in ``metadata["autoreset_mode"]``:
 
-    Args:
-        num_envs: E.
-        min_episode_length: None (all episodes last ``episode_length`` and end together) or
-            the shortest episode (lengths drawn per episode, so environments end apart).
-        autoreset_mode: how a finished environment restarts, an ``AutoresetMode`` or its value
-            (``"NextStep"`` / ``"SameStep"``), advertised in ``metadata["autoreset_mode"]``:
-
-            * ``NEXT_STEP`` (the default, gymnasium's own, which its vector wrappers assume
-              when a vector env does not say): the step that ends an episode returns its last
-              observation, ``terminated`` and ``info["episode_return"]``; the next step
-              ignores that environment's action and returns the new episode's first
-              observation, reward 0 and ``terminated``/``truncated`` False.
-            * ``SAME_STEP``: the step that ends an episode returns the new episode's first
-              observation; the last one is ``info["final_obs"]``, the last step's info
-              ``info["final_info"]`` (``info["_final_obs"]`` / ``["_final_info"]`` mark the
-              environments).
-
-            With ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")`` it is a
-            keyword argument like the others (``vector_kwargs`` go to gymnasium's own vector
-            envs only).
+    * ``NEXT_STEP`` (the default, gymnasium's own): the step that ends an episode returns its
+      last observation, ``terminated`` and ``info["episode_return"]``; the next step ignores
+      that environment's action and returns the new episode's first observation, reward 0.
+    * ``SAME_STEP``: the step that ends an episode returns the new episode's first
+      observation; the last one is ``info["final_obs"]``, the last step's info
+      ``info["final_info"]`` (``info["_final_obs"]`` / ``["_final_info"]`` mark them).
 
     Example:
         >>> envs = SlotGardenVectorEnv(num_envs=4, rows=2, cols=2, episode_length=8)
@@ -326,16 +286,9 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
     _out: StepOutput  # the torch environment's latest output (set by reset)
 
     def __init__(
-        self,
-        num_envs: int,
-        rows: int = 1,
-        cols: int = 3,
-        episode_length: int = 48,
-        rent: float = DEFAULT_RENT,
-        table_seed: int = 0,
-        invalid_action: InvalidAction = "wait",
-        min_episode_length: int | None = None,
-        render_mode: str | None = None,
+        self, num_envs: int, rows: int = 1, cols: int = 3, episode_length: int = 48,
+        rent: float = DEFAULT_RENT, table_seed: int = 0, invalid_action: InvalidAction = "wait",
+        min_episode_length: int | None = None, render_mode: str | None = None,
         autoreset_mode: AutoresetMode | str = AUTORESET_MODES[0],
     ) -> None:
         mode = next((m for m in AUTORESET_MODES if autoreset_mode is m or (
@@ -376,17 +329,14 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
         self, actions: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         self._current("SlotGardenVectorEnv.step called before reset()")
-        action_tensor = _as_action_tensor(actions, self.num_envs)
         restarting, no = self._restarting, np.zeros(self.num_envs, dtype=bool)
+        checked, invalid = self._actions(actions, ignored=restarting)  # raises before any change
         if restarting.all():
             # Every environment restarts (with equal episode lengths, all of them always do):
             # the torch environment began their new episodes when the last ones ended.
             self._last, self._restarting = self._out, no
             obs, reward = _numpy_observation(self._out), np.zeros(self.num_envs, np.float32)
             return obs, reward, no.copy(), no.copy(), {"invalid_action": no.copy()}
-        checked, invalid = _checked_actions(  # raises before anything changes
-            self._garden, action_tensor, self.invalid_action, ignored=restarting
-        )
         self._restarting = no
         # The restarting environments sit the step out on their new episode's first state.
         hold = torch.as_tensor(restarting) if restarting.any() else None
