@@ -58,15 +58,9 @@ class SlotGardenEnv(GardenState):
     """
 
     def __init__(
-        self,
-        num_envs: int,
-        slot_config: SlotConfig | None = None,
-        episode_length: int = 100,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        rent: float = DEFAULT_RENT,
-        table_seed: int | None = None,
-        min_episode_length: int | None = None,
+        self, num_envs: int, slot_config: SlotConfig | None = None, episode_length: int = 100,
+        seed: int = 0, device: torch.device | str = "cpu", rent: float = DEFAULT_RENT,
+        table_seed: int | None = None, min_episode_length: int | None = None,
         final_observation: bool = False,
     ) -> None:
         for name, ok, expected, got in (
@@ -92,8 +86,8 @@ class SlotGardenEnv(GardenState):
             )
         if not math.isfinite(rent) or rent < 0:
             raise ValueError(f"rent must be a finite non-negative float, got {rent!r}")
-        self.num_envs, self.slot_config, self.num_slots = num_envs, slot_config, slot_config.num_slots
-        self.episode_length, self.min_episode_length = episode_length, min_episode_length
+        self.num_envs, self.slot_config, self.episode_length = num_envs, slot_config, episode_length
+        self.num_slots, self.min_episode_length = slot_config.num_slots, min_episode_length
         self.seed, self.table_seed, self.rent = seed, table_seed, float(rent)
         self.device = dev = torch.device(device)
         self.final_observation = bool(final_observation)
@@ -255,7 +249,16 @@ class SlotGardenEnv(GardenState):
         heads = split_actions(actions, self.num_envs, self.device)
         valid, reason = self._checker.check(self, heads)
         if hold is not None:
-            self._check_hold(hold)
+            if not self._staggered:
+                raise ValueError(
+                    "hold needs min_episode_length: with equal episode lengths every environment "
+                    "shares one clock, so none can sit a step out"
+                )
+            if (hold.shape, hold.dtype, hold.device) != ((self.num_envs,), torch.bool, self.device):
+                raise ValueError(
+                    f"hold has shape {describe_shape(hold)}, dtype {hold.dtype} and device "
+                    f"{hold.device}, expected bool [{self.num_envs}] on {self.device}"
+                )
             kept = self._snapshot()
             valid = valid | hold  # ignored: whatever it does is undone below
         if validation_enabled() and not bool(valid.all()):
@@ -278,11 +281,9 @@ class SlotGardenEnv(GardenState):
         # A fixed number of draws per step (a quality per environment, used only where a seed
         # is planted, and the estimate noise) keeps the generator stream independent of the
         # actions taken.
-        draws = torch.randn(
-            self.num_envs, 1 + self.num_slots, generator=self.generator, device=self.device
-        )
+        draws = torch.randn(self.num_envs, 1 + self.num_slots, generator=self.generator,
+                            device=self.device)
         draw, noise = draws[:, :1], draws[:, 1:]  # [E, 1], [E, N]
-
         germinate = at(Op.GERMINATE)
         bp, style = col("blueprint", NUM_BLUEPRINTS), col("style", len(Style))
         target = self._target_values[col("alpha_target", len(AlphaTarget))]  # [E, 1]
@@ -309,7 +310,6 @@ class SlotGardenEnv(GardenState):
              "blend_steps", "blend_progress", "quality"), 0,
         ))
         self._tick(~germinate)
-
         self.contribution = contribution = self._contribution()
         live_count = self._live().sum(-1).float()  # [E]
         score = self._host_score(contribution)
@@ -357,18 +357,6 @@ class SlotGardenEnv(GardenState):
         """Set each named state tensor to its value where ``where [E, N]``."""
         for name, value in values.items():
             setattr(self, name, torch.where(where, value, getattr(self, name)))
-
-    def _check_hold(self, hold: Tensor) -> None:
-        if not self._staggered:
-            raise ValueError(
-                "hold needs min_episode_length: with equal episode lengths every environment "
-                "shares one clock, so none can sit a step out"
-            )
-        if hold.shape != (self.num_envs,) or hold.dtype != torch.bool or hold.device != self.device:
-            raise ValueError(
-                f"hold has shape {describe_shape(hold)}, dtype {hold.dtype} and device "
-                f"{hold.device}, expected bool [{self.num_envs}] on {self.device}"
-            )
 
     def _tick(self, ticking: Tensor) -> None:
         """Age every seed in ``ticking [E, N]`` by one step (stage changes, alpha moves)."""

@@ -152,29 +152,16 @@ def observe(env: SlotGardenEnv) -> Tensor:
     mean_estimate = (env.estimate * live).sum(-1) / live.sum(-1).clamp(min=1)
     last_op = eye[NUM_OPS][env.last_op.clamp(min=0)] * (env.last_op >= 0).unsqueeze(-1)
     base = torch.cat([
-        torch.stack([
-            progress,
-            1.0 - progress,
-            env.score / n,
-            live.float().mean(-1),
-            stage_fraction[:, SeedStage.EMPTY],
-            stage_fraction[:, SeedStage.FOSSILIZED],
-        ], dim=-1),
-        stage_fraction[:, SeedStage.GERMINATED : SeedStage.HOLDING + 1],
-        torch.stack([
-            env.last_reward,
-            torch.full_like(progress, env.rent * 100.0),
-            env.last_rent,
-            env.running_return / n,
-        ], dim=-1),
-        last_op,  # [E, 6]
-        torch.stack([
-            mean_estimate,
-            (env.locked_value * fossil).sum(-1) / n,
-            torch.full_like(progress, n / MAX_SLOTS),
-        ], dim=-1),
+        torch.stack([progress, 1.0 - progress, env.score / n, live.float().mean(-1),
+                     stage_fraction[:, SeedStage.EMPTY], stage_fraction[:, SeedStage.FOSSILIZED]],
+                    dim=-1),  # 0-5
+        stage_fraction[:, SeedStage.GERMINATED : SeedStage.HOLDING + 1],  # 6-9
+        torch.stack([env.last_reward, torch.full_like(progress, env.rent * 100.0), env.last_rent,
+                     env.running_return / n], dim=-1),  # 10-13
+        last_op,  # 14-19
+        torch.stack([mean_estimate, (env.locked_value * fossil).sum(-1) / n,
+                     torch.full_like(progress, n / MAX_SLOTS)], dim=-1),  # 20-22
     ], dim=-1)  # [E, 23]
-
     occupied_f = occupied.float()
     age = env.age.float()
     confidence = torch.where(fossil, 1.0, 1.0 - torch.rsqrt(1.0 + age)) * occupied_f
@@ -188,43 +175,24 @@ def observe(env: SlotGardenEnv) -> Tensor:
     neighbour_count = around[..., 0].sum(-1).clamp(min=1.0)
     occupied_col = occupied_f.unsqueeze(-1)  # [E, N, 1]
     slots = torch.cat([
-        occupied_col,
-        stage_one_hot,
+        occupied_col, stage_one_hot,  # 0, 1-6
         torch.stack([
-            env.alpha,
-            env.alpha_target,
-            env.estimate,
-            confidence,
-            age / env.episode_length,
-            training,
-            blend * occupied_f,
-            around[..., 1].sum(-1) / neighbour_count,  # neighbours' mean estimate
-            around[..., 2].mean(-1),  # live neighbours
-            around[..., 3].mean(-1),  # fossilized neighbours
-            env._row_feature.expand(e, n),
-            env._col_feature.expand(e, n),
+            env.alpha, env.alpha_target, env.estimate, confidence, age / env.episode_length,
+            training, blend * occupied_f,  # 7-13
+            around[..., 1].sum(-1) / neighbour_count,  # 14: the neighbours' mean estimate
+            around[..., 2].mean(-1), around[..., 3].mean(-1),  # 15-16: live, fossilized
+            env._row_feature.expand(e, n), env._col_feature.expand(e, n),  # 17-18
         ], dim=-1),
-        eye[len(Style)][env.style] * occupied_col,
-        eye[len(Tempo)][env.tempo] * occupied_col,
-        eye[len(AlphaCurve)][env.curve] * occupied_col,
+        eye[len(Style)][env.style] * occupied_col, eye[len(Tempo)][env.tempo] * occupied_col,
+        eye[len(AlphaCurve)][env.curve] * occupied_col,  # 19-30
     ], dim=-1)  # [E, N, 31]
     return torch.cat([base, slots.flatten(1)], dim=-1)
 
 
-def output(
-    env: SlotGardenEnv, reward: Tensor, done: Tensor, episode_return: Tensor,
-    info: dict[str, Tensor],
-) -> StepOutput:
+def output(env: SlotGardenEnv, reward: Tensor, done: Tensor, episode_return: Tensor,
+           info: dict[str, Tensor]) -> StepOutput:
     """``env``'s current state as a :class:`StepOutput`, with the step's reward ``[E]``,
     ``done [E]``, ``episode_return [E]`` and ``info``."""
     sbo = slot_by_op(env)
-    return StepOutput(
-        obs=observe(env),
-        blueprint_indices=env.blueprint.clone(),
-        masks=masks(env, sbo),
-        slot_by_op=sbo,
-        reward=reward.float(),
-        done=done,
-        episode_return=episode_return.float(),
-        info=info,
-    )
+    return StepOutput(observe(env), env.blueprint.clone(), masks(env, sbo), sbo, reward.float(),
+                      done, episode_return.float(), info)

@@ -42,7 +42,8 @@ class GardenState:
             (True, None, 0.0),
         ),
         "t": (False, torch.long, 0),
-        **dict.fromkeys(("score", "running_return", "last_reward", "last_rent"), (False, None, 0.0)),
+        **dict.fromkeys(("score", "running_return", "last_reward", "last_rent"),
+                        (False, None, 0.0)),
         "last_op": (False, torch.long, -1),
     }
     blueprint: Tensor
