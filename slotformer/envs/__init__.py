@@ -22,18 +22,13 @@ from slotformer.envs.policies import evaluate_policy, heuristic_policy, random_v
 from slotformer.envs.rules import SeedStage
 
 __all__ = [
-    "GYM_ENV_ID",
-    "SeedStage",
-    "SlotGardenEnv",
-    "StepOutput",
-    "evaluate_policy",
-    "heuristic_policy",
-    "random_valid_policy",
+    "GYM_ENV_ID", "SeedStage", "SlotGardenEnv", "StepOutput", "evaluate_policy",
+    "heuristic_policy", "random_valid_policy",
 ]
 
+# Slot Garden's gymnasium id, registered by importing this package (or, in a process that has
+# not, by the id "slotformer.envs:" + GYM_ENV_ID) when gymnasium is installed.
 GYM_ENV_ID = "slotformer/SlotGarden-v0"
-"""Slot Garden's gymnasium id, registered by importing this package (or, in a process that has
-not, ``"slotformer.envs:" + GYM_ENV_ID``) when gymnasium is installed."""
 
 if importlib.util.find_spec("gymnasium") is not None:
     from slotformer.envs.gym import register_envs

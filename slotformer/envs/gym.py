@@ -59,8 +59,8 @@ __all__ = [
 InvalidAction = Literal["wait", "raise"]
 _OP_COLUMN = HEAD_NAMES.index("op")
 _NO_STATE = "action_masks() needs a current state: call reset() first"
+# The autoreset modes SlotGardenVectorEnv supports (the first is its default).
 AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
-"""The autoreset modes :class:`SlotGardenVectorEnv` supports (the first is its default)."""
 
 
 def _flat_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:

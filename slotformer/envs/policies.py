@@ -23,10 +23,9 @@ from slotformer.presets.seed_lifecycle import AlphaCurve, AlphaSpeed, AlphaTarge
 
 PolicyFn = Callable[[StepOutput], Tensor]
 
-GOOD_BLUEPRINTS: tuple[int, ...] = tuple(
+GOOD_BLUEPRINTS: tuple[int, ...] = tuple(  # the three best mean qualities, best first
     sorted(range(1, len(BLUEPRINT_MEAN_QUALITY)), key=lambda b: -BLUEPRINT_MEAN_QUALITY[b])[:3]
 )
-"""The three blueprints with the best documented mean quality, best first."""
 
 
 def random_valid_policy(step_output: StepOutput, generator: torch.Generator | None = None) -> Tensor:
@@ -83,11 +82,9 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
         scored = torch.where(candidates, score, -far)
         return scored.argmax(-1), candidates.any(-1)
 
-    live = slot_by_op[:, Op.PRUNE]
-    prune_slot, prune = pick(live & (estimate + 0.5 * noise_std < 0.0), -estimate)
-    fossil_slot, fossilize = pick(
-        slot_by_op[:, Op.FOSSILIZE] & (estimate - 0.5 * noise_std > 0.0), estimate
-    )
+    prune_slot, prune = pick(slot_by_op[:, Op.PRUNE] & (estimate + 0.5 * noise_std < 0), -estimate)
+    fossil_slot, fossilize = pick(slot_by_op[:, Op.FOSSILIZE] & (estimate - 0.5 * noise_std > 0),
+                                  estimate)
     advance_slot, advance = pick(slot_by_op[:, Op.ADVANCE] & (estimate > 0.0), estimate)
     neighbour = slots[..., SLOT_NEIGHBOUR_ESTIMATE]
     germ_slot, germinate = pick(slot_by_op[:, Op.GERMINATE] & (neighbour > -0.2), neighbour)
@@ -103,10 +100,8 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
     slot = torch.zeros(num_envs, dtype=torch.long, device=obs.device)
     # Lowest priority first, so each later assignment overrides the earlier ones.
     for chosen, where, target_op in (
-        (germ_slot, germinate, Op.GERMINATE),
-        (advance_slot, advance, Op.ADVANCE),
-        (fossil_slot, fossilize, Op.FOSSILIZE),
-        (prune_slot, prune, Op.PRUNE),
+        (germ_slot, germinate, Op.GERMINATE), (advance_slot, advance, Op.ADVANCE),
+        (fossil_slot, fossilize, Op.FOSSILIZE), (prune_slot, prune, Op.PRUNE),
     ):
         op = torch.where(where, int(target_op), op)
         slot = torch.where(where, chosen, slot)
@@ -120,9 +115,7 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
 
 
 def evaluate_policy(
-    env: SlotGardenEnv | Callable[[], SlotGardenEnv],
-    policy_fn: PolicyFn,
-    num_episodes: int = 1,
+    env: SlotGardenEnv | Callable[[], SlotGardenEnv], policy_fn: PolicyFn, num_episodes: int = 1
 ) -> float:
     """Mean return of ``policy_fn`` over ``num_episodes`` episodes of every environment.
 

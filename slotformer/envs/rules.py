@@ -54,8 +54,7 @@ from enum import IntEnum
 
 from slotformer.presets.seed_lifecycle import AlphaCurve
 
-MAX_SLOTS = 64
-"""The largest grid the environment accepts (8x8)."""
+MAX_SLOTS = 64  # the largest grid the environment accepts (8x8)
 
 
 class SeedStage(IntEnum):
@@ -72,49 +71,31 @@ class SeedStage(IntEnum):
 NUM_STAGES = len(SeedStage)
 LIVE_STAGES = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING)
 
-BLUEPRINT_MEAN_QUALITY: tuple[float, ...] = (  # in BlueprintAction order, NOOP first
+# Per blueprint (BlueprintAction order, NOOP first), the hidden quality's mean (a few reliably
+# positive, most negative: the uniform mean is < 0) and standard deviation (FLEX_ATTENTION is
+# a gamble).
+BLUEPRINT_MEAN_QUALITY: tuple[float, ...] = (
     0.0, 0.35, 0.50, 0.15, -0.10, -0.30, 0.25, -0.40, -0.10, -0.50, -0.20, -0.35, 0.10,
 )
-"""Mean hidden quality per blueprint: a few reliably positive, most negative (uniform mean < 0)."""
-
 BLUEPRINT_QUALITY_STD: tuple[float, ...] = (
     0.0, 0.15, 0.25, 0.10, 0.20, 0.20, 0.15, 0.30, 0.20, 0.30, 0.15, 0.20, 0.45,
 )
-"""Standard deviation of the hidden quality per blueprint (FLEX_ATTENTION is a gamble)."""
-
-ALPHA_TARGET_VALUES: tuple[float, ...] = (0.5, 0.7, 1.0)
-"""Blend level for AlphaTarget HALF, SEVENTY, FULL."""
-
-ALPHA_SPEED_STEPS: tuple[int, ...] = (0, 2, 4, 8)
-"""Steps to reach the target for AlphaSpeed INSTANT, FAST, MEDIUM, SLOW."""
-
-ADVANCE_BLEND_STEPS = 4
-"""Steps an ADVANCE-d seed takes to blend from 0 to its target (MEDIUM speed)."""
-
+ALPHA_TARGET_VALUES: tuple[float, ...] = (0.5, 0.7, 1.0)  # AlphaTarget HALF, SEVENTY, FULL
+ALPHA_SPEED_STEPS: tuple[int, ...] = (0, 2, 4, 8)  # steps to the target, AlphaSpeed INSTANT..SLOW
+ADVANCE_BLEND_STEPS = 4  # steps an ADVANCE-d seed takes to blend from 0 to its target (MEDIUM)
+# Per Tempo FAST, STANDARD, SLOW: the age ADVANCE needs, and the bonus added to the seed's
+# contribution (patience pays a little).
 TEMPO_TRAINING_STEPS: tuple[int, ...] = (2, 4, 7)
-"""Minimum age before ADVANCE is allowed, for Tempo FAST, STANDARD, SLOW."""
-
 TEMPO_QUALITY_BONUS: tuple[float, ...] = (-0.05, 0.0, 0.05)
-"""Added to a seed's contribution for Tempo FAST, STANDARD, SLOW (patience pays a little)."""
-
+# Per Style, the blend curve of a germinated seed when ADVANCE-d (SET_ALPHA_TARGET picks its own).
 STYLE_DEFAULT_CURVE: tuple[int, ...] = (
     AlphaCurve.LINEAR, AlphaCurve.COSINE, AlphaCurve.SIGMOID, AlphaCurve.SIGMOID_SHARP,
 )
-"""Per Style (in order), the blend curve of a germinated seed when ADVANCE-d (SET_ALPHA_TARGET
-picks its own)."""
-
+# Steepness of AlphaCurve SIGMOID_GENTLE, SIGMOID, SIGMOID_SHARP (rescaled: f(0) = 0, f(1) = 1).
 SIGMOID_STEEPNESS: tuple[float, ...] = (4.0, 8.0, 16.0)
-"""Steepness of AlphaCurve SIGMOID_GENTLE, SIGMOID, SIGMOID_SHARP (rescaled so f(0) = 0, f(1) = 1)."""
-
-ESTIMATE_NOISE_STD = 0.5
-"""Noise of the contribution estimate at age 0; it shrinks as ``1 / sqrt(1 + age)``."""
-
-AFFINITY_STD = 0.15
-"""Scale of the per-seed blueprint-by-blueprint neighbour affinity table."""
-
-STYLE_BONUS_STD = 0.05
-"""Scale of the per-seed blueprint-by-style bonus table."""
-
+ESTIMATE_NOISE_STD = 0.5  # of the contribution estimate at age 0
+AFFINITY_STD = 0.15  # scale of the blueprint-by-blueprint neighbour affinity table
+STYLE_BONUS_STD = 0.05  # scale of the blueprint-by-style bonus table
+# Reward charged per live seed per step (with a higher rent a small PPO settles on never
+# planting before it finds the plant-advance-fossilize sequence).
 DEFAULT_RENT = 0.005
-"""Reward charged per live seed per step (with a higher rent a small PPO settles on never
-planting before it finds the plant-advance-fossilize sequence)."""

@@ -83,10 +83,8 @@ class ActionChecker:
             stage = SeedStage(int(env.stage[index, slot])).name
             age, tempo = int(env.age[index, slot]), int(env.tempo[index, slot])
             if op == Op.ADVANCE and stage == SeedStage.TRAINING.name:
-                stage += (
-                    f" (age {age} < {TEMPO_TRAINING_STEPS[tempo]} steps of "
-                    f"{Tempo(tempo).name} training)"
-                )
+                stage += (f" (age {age} < {TEMPO_TRAINING_STEPS[tempo]} steps of "
+                          f"{Tempo(tempo).name} training)")
             valid = env.slot_by_op()[index, op].nonzero().flatten().tolist()
             why = (
                 f"slot {slot} ({env.slot_config.slot_ids[slot]}) is {stage}, which "
@@ -96,12 +94,9 @@ class ActionChecker:
             why = f"slot={slot} is outside 0..{env.num_slots - 1}"
         else:
             name = self.heads[reason - 3].name
-            low = 1 if name == "blueprint" else 0
-            why = (
-                f"{name}={values[name]} is not a valid choice for {op_name} (expected "
-                f"{low}..{self.sizes[name] - 1}"
-                + (", NOOP 0 cannot be planted)" if name == "blueprint" else ")")
-            )
+            noop = ", NOOP 0 cannot be planted" if name == "blueprint" else ""
+            why = (f"{name}={values[name]} is not a valid choice for {op_name} (expected "
+                   f"{int(bool(noop))}..{self.sizes[name] - 1}{noop})")
         return f"invalid action for environment {index} (op {op_name}): {described}; {why}"
 
 
@@ -138,7 +133,6 @@ def split_actions(
         )
     for name, value in heads.items():
         if value.device != device:
-            raise ValueError(
-                f"actions[{name!r}] is on {value.device}, expected the env's device {device}"
-            )
+            raise ValueError(f"actions[{name!r}] is on {value.device}, expected the env's device "
+                             f"{device}")
     return heads
