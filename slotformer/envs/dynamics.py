@@ -17,16 +17,7 @@ from slotformer.envs.observation import StepOutput
 from slotformer.envs.rules import DEFAULT_RENT, MAX_SLOTS, NUM_STAGES, SeedStage
 from slotformer.envs.state import GardenState
 from slotformer.envs.validity import ActionChecker, split_actions
-from slotformer.presets.seed_lifecycle import (
-    NUM_BLUEPRINTS,
-    NUM_OPS,
-    AlphaCurve,
-    AlphaSpeed,
-    AlphaTarget,
-    Op,
-    Style,
-    Tempo,
-)
+from slotformer.presets.seed_lifecycle import NUM_BLUEPRINTS, NUM_OPS, AlphaCurve, Op, Style
 from slotformer.validation import describe_shape, validation_enabled
 
 
@@ -158,24 +149,11 @@ class SlotGardenEnv(GardenState):
         total = self.quality + self._tempo_bonus[self.tempo] + style + affinity.sum(-1)
         return total * occupied
 
-    def _host_score(self, contribution: Tensor) -> Tensor:
-        live_value = self.alpha * contribution * self._live()
-        fossil_value = self.locked_value * (self.stage == SeedStage.FOSSILIZED)
-        return (live_value + fossil_value).sum(-1)  # [E]
-
     def _true_contributions(self) -> Tensor:
         """What the estimates are noisy views of, ``[E, N]``: ``c`` for live seeds, the locked
         contribution for fossilized ones, 0 for empty slots."""
         fossil = self.stage == SeedStage.FOSSILIZED
         return torch.where(fossil, self.locked_contribution, self.contribution)
-
-    def _refresh_estimates(self, noise: Tensor) -> None:
-        """Draw the observed contribution estimates from ``noise [E, N]`` (standard normal)."""
-        std = rules.ESTIMATE_NOISE_STD * torch.rsqrt(1.0 + self.age.float())
-        estimate = self.contribution + noise * std
-        estimate = torch.where(self.stage == SeedStage.FOSSILIZED, self.locked_contribution,
-                               estimate)
-        self.estimate = torch.where(self.blueprint >= 0, estimate, 0.0)
 
     def slot_by_op(self) -> Tensor:
         """Bool ``[E, 6, N]``: the slots valid for each op in the current state."""
@@ -274,8 +252,8 @@ class SlotGardenEnv(GardenState):
         def at(target_op: Op) -> Tensor:
             return chosen & (op == target_op).unsqueeze(-1)  # [E, N]
 
-        def col(name: str, num_choices: int) -> Tensor:
-            return heads[name].clamp(0, num_choices - 1).unsqueeze(-1)  # [E, 1]
+        def col(name: str) -> Tensor:  # a head's choice, in range
+            return heads[name].clamp(0, self.action_space.sizes[name] - 1).unsqueeze(-1)  # [E, 1]
 
         contribution, score_before = self.contribution, self.score  # before the action
         # A fixed number of draws per step (a quality per environment, used only where a seed
@@ -285,18 +263,17 @@ class SlotGardenEnv(GardenState):
                             device=self.device)
         draw, noise = draws[:, :1], draws[:, 1:]  # [E, 1], [E, N]
         germinate = at(Op.GERMINATE)
-        bp, style = col("blueprint", NUM_BLUEPRINTS), col("style", len(Style))
-        target = self._target_values[col("alpha_target", len(AlphaTarget))]  # [E, 1]
+        bp, style, target = col("blueprint"), col("style"), self._target_values[col("alpha_target")]
         self._put(
             germinate, blueprint=bp, stage=SeedStage.GERMINATED, style=style,
-            tempo=col("tempo", len(Tempo)), curve=self._style_curve[style], alpha_target=target,
+            tempo=col("tempo"), curve=self._style_curve[style], alpha_target=target,
             quality=self._bp_mean[bp] + self._bp_std[bp] * draw,
             age=0, alpha=0, alpha_start=0, blend_steps=0, blend_progress=0,
         )
         retarget = at(Op.SET_ALPHA_TARGET)
-        steps = self._speed_steps[col("alpha_speed", len(AlphaSpeed))]  # [E, 1]
+        steps = self._speed_steps[col("alpha_speed")]  # [E, 1]
         self._put(
-            retarget, style=style, curve=col("alpha_curve", len(AlphaCurve)), alpha_target=target,
+            retarget, style=style, curve=col("alpha_curve"), alpha_target=target,
             alpha_start=self.alpha, blend_steps=steps, blend_progress=0, stage=SeedStage.BLENDING,
         )
         self._put(retarget & (steps == 0), alpha=self.alpha_target, blend_progress=1.0,
@@ -311,8 +288,10 @@ class SlotGardenEnv(GardenState):
         ))
         self._tick(~germinate)
         self.contribution = contribution = self._contribution()
-        live_count = self._live().sum(-1).float()  # [E]
-        score = self._host_score(contribution)
+        live = self._live()
+        live_count = live.sum(-1).float()  # [E]
+        fossil_value = self.locked_value * (self.stage == SeedStage.FOSSILIZED)
+        score = (self.alpha * contribution * live + fossil_value).sum(-1)  # the host score [E]
         rent = self.rent * live_count
         reward = score - score_before - rent  # [E]
         self.score, self.t, self.running_return = score, self.t + 1, self.running_return + reward
@@ -323,7 +302,10 @@ class SlotGardenEnv(GardenState):
             score, live_count = self.score, self._live().sum(-1).float()
 
         def refresh_estimates() -> None:
-            self._refresh_estimates(noise)
+            std = rules.ESTIMATE_NOISE_STD * torch.rsqrt(1.0 + self.age.float())
+            noisy = torch.where(self.stage == SeedStage.FOSSILIZED, self.locked_contribution,
+                                self.contribution + noise * std)
+            self.estimate = torch.where(self.blueprint >= 0, noisy, 0.0)
             if hold is not None:  # a held environment's estimates keep their old noise
                 self.estimate = torch.where(hold.unsqueeze(-1), kept["estimate"], self.estimate)
 
