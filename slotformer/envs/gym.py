@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 InvalidAction = Literal["wait", "raise"]
+_Obs = dict[str, np.ndarray]
+_Info = dict[str, Any]
 _OP_COLUMN = HEAD_NAMES.index("op")
 _NO_STATE = "action_masks() needs a current state: call reset() first"
 # The autoreset modes SlotGardenVectorEnv supports (the first is its default).
@@ -94,7 +96,7 @@ def split_action_mask(
     return dict(zip(head_sizes, parts))
 
 
-def _numpy_observation(out: StepOutput, index: slice | int = slice(None)) -> dict[str, np.ndarray]:
+def _numpy_observation(out: StepOutput, index: slice | int = slice(None)) -> _Obs:
     return {
         "obs": out.obs[index].numpy(),
         "blueprint_indices": out.blueprint_indices[index].numpy(),
@@ -190,7 +192,7 @@ class _GardenWrapper:
         return self._last
 
 
-class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray]):
+class SlotGardenGymEnv(_GardenWrapper, gym.Env[_Obs, np.ndarray]):
     """One Slot Garden environment behind gymnasium's ``Env`` API.
 
     ``rows * cols`` slots (at most 64), ``episode_length`` and ``rent`` as
@@ -219,21 +221,17 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
         )
         self.observation_space = observation_space  # type: ignore[assignment]
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def reset(self, *, seed: int | None = None, options: _Info | None = None) -> tuple[_Obs, _Info]:
         super().reset(seed=seed)
         return _numpy_observation(self._reset_garden(seed), 0), {}
 
-    def step(
-        self, action: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray) -> tuple[_Obs, float, bool, bool, _Info]:
         self._current("SlotGardenGymEnv.step called before reset()")
         actions, invalid = self._actions(action)
         out = self._last = self._garden.step(actions)
         terminated = bool(out.done[0])
-        info: dict[str, Any] = {"invalid_action": bool(invalid[0]),
-                                "host_score": float(out.info["host_score"][0])}
+        info: _Info = {"invalid_action": bool(invalid[0]),
+                       "host_score": float(out.info["host_score"][0])}
         if terminated:  # gymnasium's single env stops: the final state, then the caller resets
             info["episode_return"] = float(out.episode_return[0])
             out, self._last = self._garden.final_state(out), None
@@ -256,7 +254,7 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
         return f"t={int(garden.t[0])} score={float(garden.score[0]):.3f}\n{body}"
 
 
-class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
+class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[_Obs, np.ndarray, np.ndarray]):
     """``num_envs`` Slot Garden environments stepped as one batch (gymnasium ``VectorEnv``).
 
     One :class:`~slotformer.envs.SlotGardenEnv` steps them all in torch. Arguments as
@@ -306,28 +304,23 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
             rent=rent, table_seed=table_seed, min_episode_length=min_episode_length,
         )
         self.num_envs = num_envs
-        self.observation_space = gym.vector.utils.batch_space(
-            self.single_observation_space, num_envs
-        )
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        batch = gym.vector.utils.batch_space
+        self.observation_space = batch(self.single_observation_space, num_envs)
+        self.action_space = batch(self.single_action_space, num_envs)
         self._restarting = np.zeros(num_envs, dtype=bool)  # NEXT_STEP: restart at the next step
 
     def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self, *, seed: int | list[int] | None = None, options: _Info | None = None
+    ) -> tuple[_Obs, _Info]:
         if isinstance(seed, list):
-            raise ValueError(
-                "seed must be an int or None (the environments share one generator), got a "
-                f"list of {len(seed)}"
-            )
+            raise ValueError("seed must be an int or None (the environments share one generator), "
+                             f"got a list of {len(seed)}")
         super().reset(seed=seed)
         self._out = self._reset_garden(seed)
         self._restarting = np.zeros(self.num_envs, dtype=bool)
         return _numpy_observation(self._out), {}
 
-    def step(
-        self, actions: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(self, actions: np.ndarray) -> tuple[_Obs, np.ndarray, np.ndarray, np.ndarray, _Info]:
         self._current("SlotGardenVectorEnv.step called before reset()")
         restarting, no = self._restarting, np.zeros(self.num_envs, dtype=bool)
         checked, invalid = self._actions(actions, ignored=restarting)  # raises before any change
@@ -342,7 +335,7 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
         hold = torch.as_tensor(restarting) if restarting.any() else None
         out = self._out = self._last = self._garden.step(checked, hold=hold)
         terminated = out.done.numpy().copy()
-        info: dict[str, Any] = {"invalid_action": invalid}
+        info: _Info = {"invalid_action": invalid}
         if terminated.any():
             episode_return = np.where(terminated, out.episode_return.numpy(), np.nan)
             ended = {"episode_return": episode_return, "_episode_return": terminated.copy()}
