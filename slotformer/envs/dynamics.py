@@ -111,16 +111,14 @@ class SlotGardenEnv(GardenState):
         self._tempo_steps = const(rules.TEMPO_TRAINING_STEPS, torch.long)
         self._tempo_bonus = const(rules.TEMPO_QUALITY_BONUS, torch.float32)
         self._style_curve = const(tuple(int(c) for c in rules.STYLE_DEFAULT_CURVE), torch.long)
-        neighbours, rows, cols = observation.grid_neighbours(slot_config)
-        # [N, 4] (index N: no neighbour), [N], [N]
-        self._neighbours, self._row_feature, self._col_feature = (
-            neighbours.to(dev), rows.to(dev), cols.to(dev)
+        self._neighbours, self._row_feature, self._col_feature = (  # [N, 4] (N: none), [N], [N]
+            tensor.to(dev) for tensor in observation.grid_neighbours(slot_config)
         )
         self._checker = ActionChecker(self.action_space, dev)
         self._eye = {size: torch.eye(size, device=dev) for size in (NUM_STAGES, NUM_OPS, 3, 4, 5)}
         # Per AlphaCurve (LINEAR and COSINE do not use theirs).
-        steepness = torch.tensor((1.0, 1.0, *rules.SIGMOID_STEEPNESS), device=dev)
-        self._curve_steepness = steepness
+        self._curve_steepness = steepness = torch.tensor((1.0, 1.0, *rules.SIGMOID_STEEPNESS),
+                                                         device=dev)
         self._curve_low = torch.sigmoid(-steepness / 2)
         self._curve_span = torch.sigmoid(steepness / 2) - self._curve_low
         self._allocate_state()
@@ -166,10 +164,9 @@ class SlotGardenEnv(GardenState):
     def final_state(self, out: StepOutput) -> StepOutput:
         """``out`` as seen at the end of its step, before any auto-reset.
 
-        Where an episode ended at this step: its last observation, blueprint indices,
-        ``slot_by_op`` and masks (from ``info["final_*"]``, which needs
-        ``final_observation=True``); elsewhere ``out``'s own. Reward, ``done``, the return and
-        ``info`` are ``out``'s. A step that ended no episode returns ``out`` itself.
+        Where an episode ended: its last observation, blueprint indices, ``slot_by_op`` and masks
+        (``info["final_*"]``, which needs ``final_observation=True``); the rest is ``out``'s. A
+        step that ended no episode returns ``out`` itself.
 
         Example:
             >>> env = SlotGardenEnv(num_envs=2, episode_length=1, final_observation=True)
@@ -191,12 +188,8 @@ class SlotGardenEnv(GardenState):
         )
 
     def action_validity(self, actions: Mapping[str, Tensor] | Tensor) -> Tensor:
-        """Bool ``[E]``: is each environment's action valid in the current state.
-
-        Checked from the state, rule by rule (independently of ``slot_by_op``): the op is in
-        0..5, the slot suits the op (ignored for WAIT), and every head relevant to the op is
-        in range (blueprint also not NOOP). Irrelevant heads are ignored.
-        """
+        """Bool ``[E]``: is each environment's action valid in the current state (checked from
+        the state, rule by rule, independently of ``slot_by_op``)."""
         return self._checker.check(self, split_actions(actions, self.num_envs, self.device))[0]
 
     def reset(self) -> StepOutput:

@@ -81,12 +81,11 @@ class StepOutput:
         done: bool ``[E]``, True where the episode ended at this step (and was reset); all True
             or all False with equal episode lengths (the default).
         episode_return: float32 ``[E]``, the finished episode's return where ``done``, else NaN.
-        info: ``host_score [E]`` and ``num_live [E]`` (before any auto-reset),
-            ``contributions_before_reset [E, N]`` (the true contributions that the estimates
-            are noisy views of: ``c`` for live seeds, the locked one for fossilized, 0 when
-            empty; a target for a contribution predictor) and ``contributions [E, N]`` (the
-            same for the returned ``obs``); with ``final_observation=True``, on steps that end
-            episodes, ``final_obs``, ``final_blueprint_indices`` and ``final_slot_by_op``.
+        info: ``host_score [E]``, ``num_live [E]`` and ``contributions_before_reset [E, N]``
+            (what the estimates are noisy views of: ``c``, the locked one when fossilized, 0
+            when empty) before any auto-reset, ``contributions [E, N]`` for the returned
+            ``obs``; with ``final_observation=True``, on steps that end episodes,
+            ``final_obs``, ``final_blueprint_indices`` and ``final_slot_by_op``.
     """
 
     obs: Tensor

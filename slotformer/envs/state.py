@@ -1,9 +1,5 @@
 """Slot Garden's per-environment state: the tensors an episode starts from, fresh episodes
-for all or some environments, and snapshots (``get_state`` / ``set_state``).
-
-:class:`GardenState` is the base of :class:`~slotformer.envs.dynamics.SlotGardenEnv`, which
-sets the attributes it declares and computes the contributions.
-"""
+for all or some environments, and snapshots (``get_state`` / ``set_state``)."""
 
 from __future__ import annotations
 
@@ -17,8 +13,8 @@ from slotformer.validation import describe_shape
 
 
 class GardenState:
-    """The state tensors of ``num_envs`` environments (``[E, N]`` per slot, ``[E]`` per
-    environment) and their lifecycle."""
+    """The state tensors (``[E, N]`` per slot, ``[E]`` per environment) and their lifecycle;
+    the base of :class:`~slotformer.envs.dynamics.SlotGardenEnv`, which sets the rest."""
 
     num_envs: int
     num_slots: int
@@ -71,8 +67,7 @@ class GardenState:
     episode_lengths: Tensor  # int64 [E], the current episode's length in each environment
 
     def _allocate_state(self) -> None:
-        """A fresh episode in every environment: empty grids at t = 0 (with unequal lengths,
-        each with a newly drawn length)."""
+        """A fresh episode (empty grid, t = 0, a new length if drawn) in every environment."""
         for name, (per_slot, dtype, fill) in self._FRESH_STATE.items():
             shape = (self.num_envs, self.num_slots) if per_slot else (self.num_envs,)
             setattr(self, name, torch.full(shape, fill, dtype=dtype, device=self.device))
@@ -80,16 +75,14 @@ class GardenState:
         self._episode_step = 0
 
     def _reset_where(self, done: Tensor) -> None:
-        """A fresh episode (and a newly drawn length) in the environments where ``done [E]``;
-        the others keep their state. No host sync: every tensor is updated under the mask."""
+        """A fresh episode where ``done [E]``, with no host sync (updates under the mask)."""
         for name, (per_slot, _, fill) in self._FRESH_STATE.items():
             mask = done.unsqueeze(-1) if per_slot else done
             setattr(self, name, getattr(self, name).masked_fill(mask, fill))
         self.episode_lengths = torch.where(done, self._draw_episode_lengths(), self.episode_lengths)
 
     def _snapshot(self) -> dict[str, Tensor]:
-        """The state tensors themselves, for ``_restore_where`` (no copies: every update
-        replaces a state tensor, none writes into one)."""
+        """The state tensors, uncopied: every update replaces a state tensor, none writes in one."""
         return {name: getattr(self, name) for name in self._FRESH_STATE}
 
     def _restore_where(self, mask: Tensor, snapshot: Mapping[str, Tensor]) -> None:
@@ -99,9 +92,8 @@ class GardenState:
             setattr(self, name, torch.where(where, before, getattr(self, name)))
 
     def _draw_episode_lengths(self) -> Tensor:
-        """int64 ``[E]``: ``episode_length`` everywhere, or with ``min_episode_length`` one
-        draw per environment (E draws every time, used or not, so the generator stream does
-        not depend on which environments finished)."""
+        """int64 ``[E]``: ``episode_length``, or one draw per environment (E draws each time, used
+        or not, so the generator's stream does not depend on which environments finished)."""
         if self.min_episode_length is None:
             return torch.full(
                 (self.num_envs,), self.episode_length, dtype=torch.long, device=self.device
