@@ -1,9 +1,8 @@
 """Environments that speak slotformer's default contract.
 
-:class:`SlotGardenEnv` is a batched torch environment (``E`` environments stepped as
-``[E, ...]`` tensors, on any device): the fastest way to train slotformer's networks. With the
-``gym`` extra it is also a gymnasium environment, ``slotformer/SlotGarden-v0``, single and
-vector (:mod:`slotformer.envs.gym`).
+:class:`SlotGardenEnv` steps ``E`` environments as ``[E, ...]`` torch tensors on any device;
+with the ``gym`` extra it is also gymnasium's ``slotformer/SlotGarden-v0``, single and vector
+(:mod:`slotformer.envs.gym`).
 
 Example:
     >>> import torch

@@ -10,8 +10,8 @@ imports it first (gymnasium 1.x reads no plugin entry points)::
     envs = gym.make_vec("slotformer.envs:slotformer/SlotGarden-v0", num_envs=16,
                         vectorization_mode="vector_entry_point")
 
-Both step a :class:`~slotformer.envs.SlotGardenEnv` (torch, on the CPU) and return numpy
-arrays. Spaces (``N`` slots, ``D = 23 + 31 N``; the vector environment adds a leading ``E``):
+Both step a :class:`~slotformer.envs.SlotGardenEnv` on the CPU and return numpy arrays.
+Spaces (``N`` slots, ``D = 23 + 31 N``; the vector environment adds a leading ``E``):
 
 * observation, a ``Dict``: ``"obs"``, ``Box`` float32 ``[D]``; ``"blueprint_indices"``,
   ``Box`` int64 ``[N]`` in ``-1 .. 12`` (-1 = empty slot); ``"action_mask"``, ``MultiBinary``
@@ -21,16 +21,12 @@ arrays. Spaces (``N`` slots, ``D = 23 + 31 N``; the vector environment adds a le
 * action: ``MultiDiscrete([N, 13, 4, 3, 3, 4, 5, 6])`` in head order (slot, blueprint, style,
   tempo, alpha_target, alpha_speed, alpha_curve, op).
 
-**Masks and dependent heads.** Which slot is valid depends on the op. slotformer's networks
-sample the op first, then a slot valid for it; a ``MultiDiscrete`` policy with independent
-per-head masks (``MaskablePPO``) can pick an invalid pair, as its slot mask is the union over
-ops. ``invalid_action="wait"`` (the default) turns such an action into WAIT (the reward is what
-WAIT earns, ``info["invalid_action"]`` is True); ``"raise"`` raises ``ValueError`` instead.
-
-**Episodes** have a fixed length, with the time left in the observation, so an episode's end
-is ``terminated`` (nothing to bootstrap), never ``truncated``. **Seeding:** ``table_seed``
-fixes the world (the affinity and style tables), so a policy can learn it;
-``reset(seed=...)`` reseeds the trajectories (qualities, estimate noise) only.
+A ``MultiDiscrete`` policy with independent per-head masks (``MaskablePPO``) can pair an op
+with a slot invalid for it (its slot mask is the union over ops): ``invalid_action="wait"``
+(the default) turns such an action into WAIT (``info["invalid_action"]`` True), ``"raise"``
+raises ``ValueError``. The time left is in the observation, so an episode's end is
+``terminated``, never ``truncated``. ``table_seed`` fixes the world (the affinity and style
+tables); ``reset(seed=...)`` reseeds the trajectories only.
 """
 
 from __future__ import annotations
@@ -73,11 +69,9 @@ def _flat_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:
 def split_action_mask(
     action_mask: torch.Tensor, head_sizes: dict[str, int] | None = None, num_slots: int = 3
 ) -> dict[str, torch.Tensor]:
-    """Split a flat ``action_mask [..., S]`` (any dtype, nonzero = valid; ``S`` the sum of the
-    head sizes) into slotformer's per-head bool masks ``[..., n]`` for ``get_action(masks=...)``.
-
-    ``head_sizes`` (head name -> size, in head order) defaults to
-    ``ActionSpace.default(num_slots).sizes``, Slot Garden's heads.
+    """Split a flat ``action_mask [..., S]`` (nonzero = valid; ``S`` the sum of ``head_sizes``,
+    head name -> size in head order, by default Slot Garden's for ``num_slots``) into
+    slotformer's per-head bool masks ``[..., n]`` for ``get_action(masks=...)``.
 
     Example:
         >>> mask = torch.ones(2, 3 + 13 + 4 + 3 + 3 + 4 + 5 + 6)
@@ -87,11 +81,9 @@ def split_action_mask(
     head_sizes = ActionSpace.default(num_slots).sizes if head_sizes is None else head_sizes
     total = sum(head_sizes.values())
     if action_mask.shape[-1] != total:
-        raise ValueError(
-            f"action_mask has {action_mask.shape[-1]} columns (shape "
-            f"{tuple(action_mask.shape)}), expected the sum of the head sizes {total} "
-            f"({dict(head_sizes)})"
-        )
+        raise ValueError(f"action_mask has {action_mask.shape[-1]} columns (shape "
+                         f"{tuple(action_mask.shape)}), expected the sum of the head sizes "
+                         f"{total} ({dict(head_sizes)})")
     parts = torch.split(action_mask.bool(), list(head_sizes.values()), dim=-1)
     return dict(zip(head_sizes, parts))
 
@@ -106,8 +98,7 @@ def _numpy_observation(out: StepOutput, index: slice | int = slice(None)) -> _Ob
 
 
 class _GardenWrapper:
-    """What both wrappers share: their arguments, the torch environment, seeding and the
-    current state."""
+    """What both wrappers share: arguments, the torch environment, seeding, the current state."""
 
     metadata: dict[str, Any]
     _garden: SlotGardenEnv
@@ -165,10 +156,9 @@ class _GardenWrapper:
         if array.shape == (k,) and e == 1:
             array = array[None]
         if array.shape != (e, k) or not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(
-                f"action must be integers of shape {(e, k) if e > 1 else (k,)} (heads "
-                f"{', '.join(HEAD_NAMES)}), got shape {array.shape} and dtype {array.dtype}"
-            )
+            raise ValueError(f"action must be integers of shape {(e, k) if e > 1 else (k,)} (heads "
+                             f"{', '.join(HEAD_NAMES)}), got shape {array.shape} and dtype "
+                             f"{array.dtype}")
         actions = torch.as_tensor(array, dtype=torch.long)
         invalid = (~self._garden.action_validity(actions)).numpy()
         if ignored is not None:
@@ -176,11 +166,9 @@ class _GardenWrapper:
         if invalid.any():
             if self.invalid_action == "raise":
                 env = int(np.flatnonzero(invalid)[0])
-                raise ValueError(
-                    f"invalid action {actions[env].tolist()} for environment {env} (heads "
-                    f"{', '.join(HEAD_NAMES)}); pass invalid_action='wait' to turn invalid "
-                    "actions into WAIT"
-                )
+                raise ValueError(f"invalid action {actions[env].tolist()} for environment {env} "
+                                 f"(heads {', '.join(HEAD_NAMES)}); pass invalid_action='wait' to "
+                                 "turn invalid actions into WAIT")
             actions = actions.clone()
             actions[torch.as_tensor(invalid), _OP_COLUMN] = int(Op.WAIT)
         return actions, invalid
@@ -292,11 +280,10 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[_Obs, np.ndarray, np.ndarray
         mode = next((m for m in AUTORESET_MODES if autoreset_mode is m or (
             isinstance(autoreset_mode, str) and autoreset_mode == m.value)), None)
         if mode is None:
-            raise ValueError(
-                f"autoreset_mode must be one of {', '.join(str(m) for m in AUTORESET_MODES)} "
-                f"(or their values {', '.join(repr(m.value) for m in AUTORESET_MODES)}), got "
-                f"{autoreset_mode!r}"
-            )
+            names, values = (", ".join(map(str, AUTORESET_MODES)),
+                             ", ".join(repr(m.value) for m in AUTORESET_MODES))
+            raise ValueError(f"autoreset_mode must be one of {names} (or their values {values}), "
+                             f"got {autoreset_mode!r}")
         self.autoreset_mode: AutoresetMode = mode
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.single_observation_space, self.single_action_space = self._setup(

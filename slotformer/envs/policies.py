@@ -29,11 +29,9 @@ GOOD_BLUEPRINTS: tuple[int, ...] = tuple(  # the three best mean qualities, best
 
 
 def random_valid_policy(step_output: StepOutput, generator: torch.Generator | None = None) -> Tensor:
-    """A uniformly random valid action per environment, int64 ``[E, 8]``.
-
-    The op is uniform among the valid ops, the slot among ``slot_by_op[op]``, every head
-    relevant to the op among its valid choices; irrelevant heads take their canonical action
-    (``canonicalize_masks``, as the networks do). ``generator`` is on the masks' device.
+    """A uniformly random valid action per environment, int64 ``[E, 8]``: the op among the
+    valid ops, the slot among ``slot_by_op[op]``, every head relevant to the op among its valid
+    choices; the others take their canonical action (``canonicalize_masks``, as the networks).
 
     Example:
         >>> env = SlotGardenEnv(num_envs=2, seed=0)
@@ -71,8 +69,7 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
     """
     obs, slot_by_op = step_output.obs, step_output.slot_by_op
     num_envs, num_slots = step_output.blueprint_indices.shape
-    layout = ObservationLayout.infer(obs.shape[-1], num_slots)
-    base, slots = layout.split(obs)  # [E, 23], [E, N, 31]
+    base, slots = ObservationLayout.infer(obs.shape[-1], num_slots).split(obs)  # [E,23] [E,N,31]
     estimate = slots[..., SLOT_ESTIMATE]
     noise_std = ESTIMATE_NOISE_STD * (1.0 - slots[..., SLOT_CONFIDENCE])  # [E, N]
     far = torch.finfo(obs.dtype).max
@@ -117,13 +114,9 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
 def evaluate_policy(
     env: SlotGardenEnv | Callable[[], SlotGardenEnv], policy_fn: PolicyFn, num_episodes: int = 1
 ) -> float:
-    """Mean return of ``policy_fn`` over ``num_episodes`` episodes of every environment.
-
-    ``env`` is reset first (or is a factory of a fresh one); ``policy_fn`` maps a
-    ``StepOutput`` to int64 actions ``[E, 8]`` (bind a generator with
-    ``functools.partial(random_valid_policy, generator=g)``). ``num_episodes *
-    episode_length`` steps run; with ``min_episode_length`` the mean is over every episode
-    that ends in them.
+    """Mean return of ``policy_fn`` (``StepOutput`` -> int64 actions ``[E, 8]``, e.g.
+    ``functools.partial(random_valid_policy, generator=g)``) over the episodes that end in
+    ``num_episodes * episode_length`` steps of ``env`` (reset first) or of a fresh one from it.
 
     Example:
         >>> env = SlotGardenEnv(num_envs=4, episode_length=16, seed=0)

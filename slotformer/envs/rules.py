@@ -1,9 +1,8 @@
 """Slot Garden's rules: the seed lifecycle, what a step does, the reward, and their parameters.
 
-``E`` environments step at once as ``[E, ...]`` tensors on any
-:class:`~slotformer.config.SlotConfig` grid of up to 64 slots (8x8). Each slot is empty or
-holds a **seed**: a blueprint (1..12), a lifecycle stage, a blend level alpha moving toward its
-target, and a hidden quality drawn from its blueprint's distribution.
+Each slot of a :class:`~slotformer.config.SlotConfig` grid (up to 8x8) is empty or holds a
+**seed**: a blueprint (1..12), a lifecycle stage, a blend level alpha moving toward its target,
+and a hidden quality drawn from its blueprint's distribution.
 
 Lifecycle (``SeedStage``)::
 
@@ -44,8 +43,7 @@ curve); the reward is the change in the host score minus the rent.
 Reference scores (mean episode return, T = 100, 64 environments x 2 episodes, seeds 0/1/2,
 ``DEFAULT_RENT``): 1x3 grid: random valid policy -0.61/-0.66/-0.62, heuristic
 +2.75/+1.64/+1.86; 2x5: random -1.36/-1.46/-1.58, heuristic +11.78/+5.49/+6.30; doing nothing
-scores exactly 0. A small MLP PPO on 1x3 goes from about -0.4 to about +2 in 13k environment
-steps.
+scores exactly 0. A small MLP PPO on 1x3 reaches about +2 in 13k environment steps.
 """
 
 from __future__ import annotations

@@ -103,10 +103,8 @@ class GardenState:
             generator=self.generator, device=self.device,
         )
 
-    _STATE_NAMES = (
-        *(name for name in _FRESH_STATE if name != "contribution"),  # contribution is derived
-        "episode_lengths",
-    )
+    # What get_state / set_state carry: `contribution` is derived, episode_lengths drawn.
+    _STATE_NAMES = (*(name for name in _FRESH_STATE if name != "contribution"), "episode_lengths")
 
     def get_state(self) -> dict[str, Tensor]:
         """A copy of the full state (including the generator), for ``set_state``."""

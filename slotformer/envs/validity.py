@@ -121,10 +121,8 @@ def split_actions(
         heads = dict(actions)
         for name, value in heads.items():
             if not isinstance(value, Tensor) or value.shape != (e,) or value.dtype != torch.long:
-                got = (
-                    f"shape {describe_shape(value)} and dtype {value.dtype}"
-                    if isinstance(value, Tensor) else type(value).__name__
-                )
+                got = (f"shape {describe_shape(value)} and dtype {value.dtype}"
+                       if isinstance(value, Tensor) else type(value).__name__)
                 raise ValueError(f"actions[{name!r}] has {got}, expected int64 [{e}]")
     else:
         raise ValueError(
