@@ -116,10 +116,8 @@ class SlotGardenEnv(GardenState):
         )
         self._checker = ActionChecker(self.action_space, dev)
         self._eye = {size: torch.eye(size, device=dev) for size in (NUM_STAGES, NUM_OPS, 3, 4, 5)}
-        # Per AlphaCurve (LINEAR and COSINE do not use theirs).
-        self._curve_steepness = steepness = torch.tensor((1.0, 1.0, *rules.SIGMOID_STEEPNESS),
-                                                         device=dev)
-        self._curve_low = torch.sigmoid(-steepness / 2)
+        steepness = torch.tensor((1.0, 1.0, *rules.SIGMOID_STEEPNESS), device=dev)  # per AlphaCurve
+        self._curve_steepness, self._curve_low = steepness, torch.sigmoid(-steepness / 2)
         self._curve_span = torch.sigmoid(steepness / 2) - self._curve_low
         self._allocate_state()
 
@@ -137,7 +135,6 @@ class SlotGardenEnv(GardenState):
 
     def _contribution(self) -> Tensor:
         """True contribution at alpha = 1 of every occupied slot, ``[E, N]`` (0 when empty)."""
-        occupied = self.blueprint >= 0  # [E, N]
         bp = self.blueprint.clamp(min=0)  # [E, N]
         padded = torch.cat([self.blueprint, self.blueprint.new_full((self.num_envs, 1), -1)], 1)
         neighbour_bp = padded[:, self._neighbours]  # [E, N, 4], -1 off-grid or empty
@@ -145,11 +142,10 @@ class SlotGardenEnv(GardenState):
         affinity = self.affinity.flatten()[pair] * (neighbour_bp >= 0)  # [E, N, 4]
         style = self.style_bonus.flatten()[bp * len(Style) + self.style]  # [E, N]
         total = self.quality + self._tempo_bonus[self.tempo] + style + affinity.sum(-1)
-        return total * occupied
+        return total * (self.blueprint >= 0)  # 0 where empty
 
     def _true_contributions(self) -> Tensor:
-        """What the estimates are noisy views of, ``[E, N]``: ``c`` for live seeds, the locked
-        contribution for fossilized ones, 0 for empty slots."""
+        """What the estimates are noisy views of, ``[E, N]`` (see ``StepOutput.info``)."""
         fossil = self.stage == SeedStage.FOSSILIZED
         return torch.where(fossil, self.locked_contribution, self.contribution)
 

@@ -1,10 +1,6 @@
-"""Which Slot Garden actions are valid: parsing an action, checking it rule by rule, and
-explaining a rejected one.
-
-The check reads the state directly (the op's accepted stages, ADVANCE's training time, each
-relevant head's range), independently of the masks in :mod:`slotformer.envs.observation`,
-so a test can hold one against the other.
-"""
+"""Which Slot Garden actions are valid: parsing an action, checking it rule by rule against the
+state (independently of the masks of :mod:`slotformer.envs.observation`, so that a test can
+hold one against the other), and explaining a rejected one."""
 
 from __future__ import annotations
 
