@@ -189,8 +189,7 @@ class SlotGardenEnv(GardenState):
         return self._checker.check(self, split_actions(actions, self.num_envs, self.device))[0]
 
     def reset(self) -> StepOutput:
-        """Start a new episode in every environment (empty grids at t = 0, newly drawn lengths
-        with ``min_episode_length``) and return the first observation."""
+        """Start a new episode in every environment and return its first observation."""
         self._allocate_state()
         zeros, empty = torch.zeros(self.num_envs, device=self.device), self.contribution
         info = {"host_score": zeros.clone(), "num_live": zeros.clone(),

@@ -116,23 +116,20 @@ def slot_by_op(env: SlotGardenEnv) -> Tensor:
     """Bool ``[E, 6, N]``: the slots valid for each op in ``env``'s current state."""
     stage = env.stage
     ready = env.age >= env._tempo_steps[env.tempo]
-    rows = [
+    return torch.stack([
         torch.ones_like(stage, dtype=torch.bool),  # WAIT: slot irrelevant
         stage == SeedStage.EMPTY,  # GERMINATE
         (stage == SeedStage.BLENDING) | (stage == SeedStage.HOLDING),  # SET_ALPHA_TARGET
         env._live(),  # PRUNE
         stage == SeedStage.HOLDING,  # FOSSILIZE
         (stage == SeedStage.TRAINING) & ready,  # ADVANCE
-    ]
-    return torch.stack(rows, dim=1)
+    ], dim=1)
 
 
 def masks(env: SlotGardenEnv, slot_by_op: Tensor) -> dict[str, Tensor]:
     """The per-head masks (head name -> bool ``[E, n]``) that ``slot_by_op [E, 6, N]`` implies."""
-    result = {
-        name: torch.ones(env.num_envs, size, dtype=torch.bool, device=env.device)
-        for name, size in env.action_space.sizes.items()
-    }
+    result = {name: torch.ones(env.num_envs, size, dtype=torch.bool, device=env.device)
+              for name, size in env.action_space.sizes.items()}
     result["slot"] = slot_by_op.any(dim=1)  # [E, N]
     result["op"] = slot_by_op.any(dim=2)  # [E, 6]
     result["blueprint"][:, BlueprintAction.NOOP] = False

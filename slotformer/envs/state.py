@@ -25,10 +25,9 @@ class GardenState:
     _episode_step: int  # host-side copy of t (equal lengths: one shared clock)
     _contribution: Callable[[], Tensor]  # true contribution at alpha = 1, [E, N]
 
-    # Every per-environment state tensor: name -> (per slot, dtype (None: the default float
-    # dtype), its value in a fresh episode). `_allocate_state` (every environment) and
-    # `_reset_where` (the finished ones) both start episodes from this one table.
-    # `contribution` is derived from the state, cached: each step needs it before and after.
+    # Every per-environment state tensor: name -> (per slot, dtype (None: the default float),
+    # value in a fresh episode); the one table `_allocate_state` and `_reset_where` start
+    # episodes from. `contribution` is derived, cached: each step needs it before and after.
     _FRESH_STATE: ClassVar[dict[str, tuple[bool, torch.dtype | None, int | float]]] = {
         "blueprint": (True, torch.long, -1),
         **dict.fromkeys(("stage", "style", "tempo", "curve", "age"), (True, torch.long, 0)),
