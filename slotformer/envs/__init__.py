@@ -1,12 +1,8 @@
 """Environments that speak slotformer's default contract.
 
-:class:`SlotGardenEnv` is a batched torch environment (``E`` environments stepped as
-``[E, ...]`` tensors, on any device, no dependency beyond torch): the fastest way to train
-slotformer's networks. With the ``gym`` extra (``pip install "slotformer[gym]"``) it is also a
-gymnasium environment, registered as ``slotformer/SlotGarden-v0`` (a single environment,
-``gymnasium.make``) with a native vector environment (``gymnasium.make_vec``); see
-:mod:`slotformer.envs.gym`. In a process that has not imported slotformer, the id
-``"slotformer.envs:slotformer/SlotGarden-v0"`` makes gymnasium import this package first.
+:class:`SlotGardenEnv` steps ``E`` environments as ``[E, ...]`` torch tensors on any device;
+with the ``gym`` extra it is also gymnasium's ``slotformer/SlotGarden-v0``, single and vector
+(:mod:`slotformer.envs.gym`).
 
 Example:
     >>> import torch
@@ -25,18 +21,13 @@ from slotformer.envs.policies import evaluate_policy, heuristic_policy, random_v
 from slotformer.envs.rules import SeedStage
 
 __all__ = [
-    "GYM_ENV_ID",
-    "SeedStage",
-    "SlotGardenEnv",
-    "StepOutput",
-    "evaluate_policy",
-    "heuristic_policy",
-    "random_valid_policy",
+    "GYM_ENV_ID", "SeedStage", "SlotGardenEnv", "StepOutput", "evaluate_policy",
+    "heuristic_policy", "random_valid_policy",
 ]
 
+# Slot Garden's gymnasium id, registered by importing this package (or, in a process that has
+# not, by the id "slotformer.envs:" + GYM_ENV_ID) when gymnasium is installed.
 GYM_ENV_ID = "slotformer/SlotGarden-v0"
-"""The gymnasium id of Slot Garden, registered by importing this package when gymnasium is
-installed (``"slotformer.envs:" + GYM_ENV_ID`` has gymnasium do the import)."""
 
 if importlib.util.find_spec("gymnasium") is not None:
     from slotformer.envs.gym import register_envs

@@ -1,9 +1,5 @@
-"""The Slot Garden simulation: state tensors, ``reset``, ``step`` (actions, ageing, rewards,
-contributions, auto-resets) and the environment's state API.
-
-The rules it implements are :mod:`slotformer.envs.rules`; what it shows the agent is
-:mod:`slotformer.envs.observation`; which actions it accepts is :mod:`slotformer.envs.validity`.
-"""
+"""The Slot Garden simulation: ``reset`` and ``step`` (actions, ageing, rewards, auto-resets)
+of the rules in :mod:`slotformer.envs.rules`."""
 
 from __future__ import annotations
 
@@ -21,16 +17,7 @@ from slotformer.envs.observation import StepOutput
 from slotformer.envs.rules import DEFAULT_RENT, MAX_SLOTS, NUM_STAGES, SeedStage
 from slotformer.envs.state import GardenState
 from slotformer.envs.validity import ActionChecker, split_actions
-from slotformer.presets.seed_lifecycle import (
-    NUM_BLUEPRINTS,
-    NUM_OPS,
-    AlphaCurve,
-    AlphaSpeed,
-    AlphaTarget,
-    Op,
-    Style,
-    Tempo,
-)
+from slotformer.presets.seed_lifecycle import NUM_BLUEPRINTS, NUM_OPS, AlphaCurve, Op, Style
 from slotformer.validation import describe_shape, validation_enabled
 
 
@@ -38,31 +25,17 @@ class SlotGardenEnv(GardenState):
     """``num_envs`` Slot Garden environments stepped together on one grid.
 
     Args:
-        num_envs: E, environments stepped at once.
-        slot_config: the grid (default ``SlotConfig.default()``, 3 slots in a row); at most
-            64 slots. Neighbourhoods are the 4-neighbours of ``slot_config.positions``.
-        episode_length: T, steps per episode (environments auto-reset); with
-            ``min_episode_length``, the longest episode.
-        seed: seeds the environment's own ``torch.Generator``: the affinity and style tables
-            and every draw (qualities, estimate noise, episode lengths). Same seed and same
-            actions give identical trajectories.
+        num_envs: E.
+        slot_config: the grid, at most 64 slots (default ``SlotConfig.default()``, 1x3).
+        episode_length: T, steps per episode (the longest, with ``min_episode_length``).
+        seed: seeds the environment's ``torch.Generator``, the tables and every draw.
         device: where all tensors live.
         rent: reward charged per live seed per step.
-        table_seed: when given, the affinity and style tables come from this seed instead of
-            ``seed`` (evaluate on fresh trajectories of the same world: same ``table_seed``,
-            another ``seed``).
-        min_episode_length: None (the default): every episode lasts ``episode_length`` steps
-            and all environments end together. An int in ``1 .. episode_length``: each
-            environment draws each episode's length uniformly from ``min_episode_length ..
-            episode_length``, so episodes end at different steps in different environments
-            (``episode_lengths`` holds the current lengths, ``t`` the per-environment clocks).
-        final_observation: when True, a ``step`` that ends episodes also reports the last
-            state of each finished episode (before the auto-reset) in its ``info``:
-            ``final_obs [E, 23 + 31 N]``, ``final_blueprint_indices [E, N]`` and
-            ``final_slot_by_op [E, 6, N]`` (rows of environments that did not finish hold
-            their current state). Off by default: it costs a second observation on those
-            steps, and a trainer that does not bootstrap across episode ends never needs it.
-            The gymnasium wrappers turn it on.
+        table_seed: seeds the affinity and style tables instead of ``seed`` when given.
+        min_episode_length: None, or the shortest of the per-environment episode lengths.
+        final_observation: a ``step`` that ends episodes also puts their last state in
+            ``info`` (``final_obs``, ``final_blueprint_indices``, ``final_slot_by_op``; the
+            other rows hold the current state). Off by default: it costs an observation.
 
     Example:
         >>> env = SlotGardenEnv(num_envs=4, slot_config=SlotConfig.for_grid(2, 2), seed=0)
@@ -76,33 +49,25 @@ class SlotGardenEnv(GardenState):
     """
 
     def __init__(
-        self,
-        num_envs: int,
-        slot_config: SlotConfig | None = None,
-        episode_length: int = 100,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        rent: float = DEFAULT_RENT,
-        table_seed: int | None = None,
-        min_episode_length: int | None = None,
+        self, num_envs: int, slot_config: SlotConfig | None = None, episode_length: int = 100,
+        seed: int = 0, device: torch.device | str = "cpu", rent: float = DEFAULT_RENT,
+        table_seed: int | None = None, min_episode_length: int | None = None,
         final_observation: bool = False,
     ) -> None:
-        if not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        if not isinstance(episode_length, int) or episode_length < 1:
-            raise ValueError(f"episode_length must be a positive int, got {episode_length!r}")
-        if min_episode_length is not None and (
-            not isinstance(min_episode_length, int)
-            or not 1 <= min_episode_length <= episode_length
+        for name, ok, expected, got in (
+            ("num_envs", isinstance(num_envs, int) and num_envs >= 1, "a positive int", num_envs),
+            ("episode_length", isinstance(episode_length, int) and episode_length >= 1,
+             "a positive int", episode_length),
+            ("min_episode_length", min_episode_length is None or (
+                isinstance(min_episode_length, int) and isinstance(episode_length, int)
+                and 1 <= min_episode_length <= episode_length
+            ), f"None or an int in 1..episode_length={episode_length}", min_episode_length),
+            ("seed", isinstance(seed, int), "an int", seed),
+            ("table_seed", table_seed is None or isinstance(table_seed, int), "an int or None",
+             table_seed),
         ):
-            raise ValueError(
-                f"min_episode_length must be None or an int in 1..episode_length="
-                f"{episode_length}, got {min_episode_length!r}"
-            )
-        if not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        if table_seed is not None and not isinstance(table_seed, int):
-            raise ValueError(f"table_seed must be an int or None, got {table_seed!r}")
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {got!r}")
         slot_config = SlotConfig.default() if slot_config is None else slot_config
         if not isinstance(slot_config, SlotConfig):
             raise ValueError(f"slot_config must be a SlotConfig, got {type(slot_config).__name__}")
@@ -112,15 +77,10 @@ class SlotGardenEnv(GardenState):
             )
         if not math.isfinite(rent) or rent < 0:
             raise ValueError(f"rent must be a finite non-negative float, got {rent!r}")
-        self.num_envs = num_envs
-        self.slot_config = slot_config
-        self.num_slots = slot_config.num_slots
-        self.episode_length = episode_length
-        self.seed = seed
-        self.device = torch.device(device)
-        self.rent = float(rent)
-        self.table_seed = table_seed
-        self.min_episode_length = min_episode_length
+        self.num_envs, self.slot_config, self.episode_length = num_envs, slot_config, episode_length
+        self.num_slots, self.min_episode_length = slot_config.num_slots, min_episode_length
+        self.seed, self.table_seed, self.rent = seed, table_seed, float(rent)
+        self.device = dev = torch.device(device)
         self.final_observation = bool(final_observation)
         # Equal lengths: one shared clock, tracked on the host (no reset work between ends).
         # Unequal: per-environment clocks and lengths on the device, masked resets.
@@ -129,18 +89,13 @@ class SlotGardenEnv(GardenState):
         self.observation_layout = ObservationLayout(
             num_slots=self.num_slots, slot_dim=DEFAULT_SLOT_DIM, base_dim=DEFAULT_BASE_DIM
         )
-
-        dev = self.device
-        self.generator = torch.Generator(device=dev)
-        self.generator.manual_seed(seed)
+        self.generator = torch.Generator(device=dev).manual_seed(seed)
         tables = self.generator
         if table_seed is not None:
-            tables = torch.Generator(device=dev)
-            tables.manual_seed(table_seed)
+            tables = torch.Generator(device=dev).manual_seed(table_seed)
         affinity = torch.randn(NUM_BLUEPRINTS, NUM_BLUEPRINTS, generator=tables, device=dev)
         affinity = (affinity + affinity.T) * (rules.AFFINITY_STD / math.sqrt(2.0))
-        affinity[0] = 0.0
-        affinity[:, 0] = 0.0
+        affinity[0] = affinity[:, 0] = 0.0
         self.affinity = affinity  # [13, 13], symmetric, NOOP row/col 0
         self.style_bonus = rules.STYLE_BONUS_STD * torch.randn(
             NUM_BLUEPRINTS, len(Style), generator=tables, device=dev
@@ -156,18 +111,13 @@ class SlotGardenEnv(GardenState):
         self._tempo_steps = const(rules.TEMPO_TRAINING_STEPS, torch.long)
         self._tempo_bonus = const(rules.TEMPO_QUALITY_BONUS, torch.float32)
         self._style_curve = const(tuple(int(c) for c in rules.STYLE_DEFAULT_CURVE), torch.long)
-        neighbours, rows, cols = observation.grid_neighbours(slot_config)
-        self._neighbours = neighbours.to(dev)  # [N, 4], N = padding
-        self._row_feature = rows.to(dev)  # [N]
-        self._col_feature = cols.to(dev)  # [N]
+        self._neighbours, self._row_feature, self._col_feature = (  # [N, 4] (N: none), [N], [N]
+            tensor.to(dev) for tensor in observation.grid_neighbours(slot_config)
+        )
         self._checker = ActionChecker(self.action_space, dev)
-        self._eye = {
-            size: torch.eye(size, device=dev) for size in (NUM_STAGES, NUM_OPS, 3, 4, 5)
-        }
-        # Per AlphaCurve (LINEAR and COSINE do not use theirs).
-        steepness = torch.tensor((1.0, 1.0, *rules.SIGMOID_STEEPNESS), device=dev)
-        self._curve_steepness = steepness
-        self._curve_low = torch.sigmoid(-steepness / 2)
+        self._eye = {size: torch.eye(size, device=dev) for size in (NUM_STAGES, NUM_OPS, 3, 4, 5)}
+        steepness = torch.tensor((1.0, 1.0, *rules.SIGMOID_STEEPNESS), device=dev)  # per AlphaCurve
+        self._curve_steepness, self._curve_low = steepness, torch.sigmoid(-steepness / 2)
         self._curve_span = torch.sigmoid(steepness / 2) - self._curve_low
         self._allocate_state()
 
@@ -180,13 +130,11 @@ class SlotGardenEnv(GardenState):
         twin.set_state(self.get_state())
         return twin
 
-    # ------------------------------------------------------------- dynamics
     def _live(self) -> Tensor:
         return (self.stage >= SeedStage.GERMINATED) & (self.stage <= SeedStage.HOLDING)
 
     def _contribution(self) -> Tensor:
         """True contribution at alpha = 1 of every occupied slot, ``[E, N]`` (0 when empty)."""
-        occupied = self.blueprint >= 0  # [E, N]
         bp = self.blueprint.clamp(min=0)  # [E, N]
         padded = torch.cat([self.blueprint, self.blueprint.new_full((self.num_envs, 1), -1)], 1)
         neighbour_bp = padded[:, self._neighbours]  # [E, N, 4], -1 off-grid or empty
@@ -194,22 +142,13 @@ class SlotGardenEnv(GardenState):
         affinity = self.affinity.flatten()[pair] * (neighbour_bp >= 0)  # [E, N, 4]
         style = self.style_bonus.flatten()[bp * len(Style) + self.style]  # [E, N]
         total = self.quality + self._tempo_bonus[self.tempo] + style + affinity.sum(-1)
-        return total * occupied
+        return total * (self.blueprint >= 0)  # 0 where empty
 
-    def _host_score(self, contribution: Tensor) -> Tensor:
-        live_value = self.alpha * contribution * self._live()
-        fossil_value = self.locked_value * (self.stage == SeedStage.FOSSILIZED)
-        return (live_value + fossil_value).sum(-1)  # [E]
+    def _true_contributions(self) -> Tensor:
+        """What the estimates are noisy views of, ``[E, N]`` (see ``StepOutput.info``)."""
+        fossil = self.stage == SeedStage.FOSSILIZED
+        return torch.where(fossil, self.locked_contribution, self.contribution)
 
-    def _refresh_estimates(self, noise: Tensor) -> None:
-        """Draw the observed contribution estimates from ``noise [E, N]`` (standard normal)."""
-        std = rules.ESTIMATE_NOISE_STD * torch.rsqrt(1.0 + self.age.float())
-        estimate = self.contribution + noise * std
-        estimate = torch.where(self.stage == SeedStage.FOSSILIZED, self.locked_contribution,
-                               estimate)
-        self.estimate = torch.where(self.blueprint >= 0, estimate, 0.0)
-
-    # ---------------------------------------------------------------- masks
     def slot_by_op(self) -> Tensor:
         """Bool ``[E, 6, N]``: the slots valid for each op in the current state."""
         return observation.slot_by_op(self)
@@ -221,11 +160,9 @@ class SlotGardenEnv(GardenState):
     def final_state(self, out: StepOutput) -> StepOutput:
         """``out`` as seen at the end of its step, before any auto-reset.
 
-        For an environment whose episode ended at this step: that episode's last
-        observation, blueprint indices, ``slot_by_op`` and masks (from ``info["final_*"]``,
-        which ``final_observation=True`` reports); for the others, ``out``'s own (their rows
-        of ``info["final_*"]`` hold the current state). Reward, ``done``, the return and
-        ``info`` are ``out``'s. A step that ended no episode returns ``out`` itself.
+        Where an episode ended: its last observation, blueprint indices, ``slot_by_op`` and masks
+        (``info["final_*"]``, which needs ``final_observation=True``); the rest is ``out``'s. A
+        step that ended no episode returns ``out`` itself.
 
         Example:
             >>> env = SlotGardenEnv(num_envs=2, episode_length=1, final_observation=True)
@@ -242,27 +179,17 @@ class SlotGardenEnv(GardenState):
             return out
         slot_by_op = out.info["final_slot_by_op"]
         return replace(
-            out,
-            obs=out.info["final_obs"],
-            blueprint_indices=out.info["final_blueprint_indices"],
-            slot_by_op=slot_by_op,
-            masks=self.masks(slot_by_op),  # the masks are a function of slot_by_op
+            out, obs=out.info["final_obs"], blueprint_indices=out.info["final_blueprint_indices"],
+            slot_by_op=slot_by_op, masks=self.masks(slot_by_op),
         )
 
     def action_validity(self, actions: Mapping[str, Tensor] | Tensor) -> Tensor:
-        """Bool ``[E]``: is each environment's action valid in the current state.
+        """Bool ``[E]``: is each environment's action valid in the current state (checked from
+        the state, rule by rule, independently of ``slot_by_op``)."""
+        return self._checker.check(self, split_actions(actions, self.num_envs, self.device))[0]
 
-        Checked directly from the state, rule by rule (independently of ``slot_by_op``):
-        the op is in 0..5, the slot suits the op (ignored for WAIT), and every head relevant
-        to the op is in range (blueprint also not NOOP). Irrelevant heads are ignored.
-        """
-        heads = split_actions(actions, self.num_envs, self.device)
-        return self._checker.check(self, heads)[0]
-
-    # ------------------------------------------------------------------ api
     def reset(self) -> StepOutput:
-        """Reset every environment to an empty grid at t = 0 (drawing new episode lengths with
-        ``min_episode_length``) and return the first observation."""
+        """Start a new episode in every environment and return its first observation."""
         self._allocate_state()
         zeros, empty = torch.zeros(self.num_envs, device=self.device), self.contribution
         info = {"host_score": zeros.clone(), "num_live": zeros.clone(),
@@ -277,21 +204,27 @@ class SlotGardenEnv(GardenState):
         Args:
             actions: ``dict`` head name -> int64 ``[E]``, or int64 ``[E, 8]`` in head order
                 slot, blueprint, style, tempo, alpha_target, alpha_speed, alpha_curve, op.
-            hold: None, or bool ``[E]`` (needs ``min_episode_length``): the environments that
-                sit this step out. Their action is ignored (never validated), their state,
-                clock and observation stay as they were, their reward is 0 and ``done``
-                False. The step's random draws are the same with or without it. The
-                gymnasium vector env's NEXT_STEP autoreset holds the environments it resets.
+            hold: None, or bool ``[E]`` (needs ``min_episode_length``): environments that sit
+                this step out (action ignored, state kept, reward 0, ``done`` False); the
+                step's random draws are the same with or without it.
 
         Raises:
-            ValueError: an action is invalid (naming the first such environment and its
-                action). With ``slotformer.validation`` off the check is skipped (no host
-                sync) and an invalid action is replaced by WAIT.
+            ValueError: an action is invalid (naming the first such environment). With
+                ``slotformer.validation`` off it is not checked and becomes WAIT.
         """
         heads = split_actions(actions, self.num_envs, self.device)
         valid, reason = self._checker.check(self, heads)
         if hold is not None:
-            self._check_hold(hold)
+            if not self._staggered:
+                raise ValueError(
+                    "hold needs min_episode_length: with equal episode lengths every environment "
+                    "shares one clock, so none can sit a step out"
+                )
+            if (hold.shape, hold.dtype, hold.device) != ((self.num_envs,), torch.bool, self.device):
+                raise ValueError(
+                    f"hold has shape {describe_shape(hold)}, dtype {hold.dtype} and device "
+                    f"{hold.device}, expected bool [{self.num_envs}] on {self.device}"
+                )
             kept = self._snapshot()
             valid = valid | hold  # ignored: whatever it does is undone below
         if validation_enabled() and not bool(valid.all()):
@@ -300,115 +233,79 @@ class SlotGardenEnv(GardenState):
                 "SlotGardenEnv.step: " + self._checker.explain(self, heads, env, int(reason[env]))
             )
         op = torch.where(valid, heads["op"], int(Op.WAIT))  # [E]
-        slot = heads["slot"].clamp(0, self.num_slots - 1)
-        chosen = torch.nn.functional.one_hot(slot, self.num_slots).bool()  # [E, N]
+        chosen = torch.nn.functional.one_hot(
+            heads["slot"].clamp(0, self.num_slots - 1), self.num_slots
+        ).bool()  # [E, N]
 
         def at(target_op: Op) -> Tensor:
             return chosen & (op == target_op).unsqueeze(-1)  # [E, N]
 
-        def col(name: str, num_choices: int) -> Tensor:
-            return heads[name].clamp(0, num_choices - 1).unsqueeze(-1)  # [E, 1]
+        def col(name: str) -> Tensor:  # a head's choice, in range
+            return heads[name].clamp(0, self.action_space.sizes[name] - 1).unsqueeze(-1)  # [E, 1]
 
-        contribution = self.contribution  # [E, N], before the action
-        score_before = self.score
-
+        contribution, score_before = self.contribution, self.score  # before the action
         # A fixed number of draws per step (a quality per environment, used only where a seed
         # is planted, and the estimate noise) keeps the generator stream independent of the
         # actions taken.
-        draws = torch.randn(
-            self.num_envs, 1 + self.num_slots, generator=self.generator, device=self.device
-        )
+        draws = torch.randn(self.num_envs, 1 + self.num_slots, generator=self.generator,
+                            device=self.device)
         draw, noise = draws[:, :1], draws[:, 1:]  # [E, 1], [E, N]
-
         germinate = at(Op.GERMINATE)
-        bp = col("blueprint", NUM_BLUEPRINTS)
-        style = col("style", len(Style))
-        self.blueprint = torch.where(germinate, bp, self.blueprint)
-        self.stage = torch.where(germinate, int(SeedStage.GERMINATED), self.stage)
-        self.style = torch.where(germinate, style, self.style)
-        self.tempo = torch.where(germinate, col("tempo", len(Tempo)), self.tempo)
-        self.curve = torch.where(germinate, self._style_curve[style], self.curve)
-        self.alpha_target = torch.where(
-            germinate, self._target_values[col("alpha_target", len(AlphaTarget))],
-            self.alpha_target,
+        bp, style, target = col("blueprint"), col("style"), self._target_values[col("alpha_target")]
+        self._put(
+            germinate, blueprint=bp, stage=SeedStage.GERMINATED, style=style,
+            tempo=col("tempo"), curve=self._style_curve[style], alpha_target=target,
+            quality=self._bp_mean[bp] + self._bp_std[bp] * draw,
+            age=0, alpha=0, alpha_start=0, blend_steps=0, blend_progress=0,
         )
-        quality = self._bp_mean[bp] + self._bp_std[bp] * draw  # [E, 1]
-        self.quality = torch.where(germinate, quality, self.quality)
-        for name in ("age", "alpha", "alpha_start", "blend_steps", "blend_progress"):
-            setattr(self, name, getattr(self, name).masked_fill(germinate, 0))
-
         retarget = at(Op.SET_ALPHA_TARGET)
-        steps = self._speed_steps[col("alpha_speed", len(AlphaSpeed))]  # [E, 1]
-        new_target = self._target_values[col("alpha_target", len(AlphaTarget))]
-        instant = retarget & (steps == 0)
-        self.style = torch.where(retarget, style, self.style)
-        self.curve = torch.where(retarget, col("alpha_curve", len(AlphaCurve)), self.curve)
-        self.alpha_target = torch.where(retarget, new_target, self.alpha_target)
-        self.alpha_start = torch.where(retarget, self.alpha, self.alpha_start)
-        self.blend_steps = torch.where(retarget, steps, self.blend_steps)
-        self.blend_progress = self.blend_progress.masked_fill(retarget, 0.0)
-        self.stage = torch.where(retarget, int(SeedStage.BLENDING), self.stage)
-        self.alpha = torch.where(instant, self.alpha_target, self.alpha)
-        self.blend_progress = self.blend_progress.masked_fill(instant, 1.0)
-        self.stage = torch.where(instant, int(SeedStage.HOLDING), self.stage)
-
-        advance = at(Op.ADVANCE)
-        self.stage = torch.where(advance, int(SeedStage.BLENDING), self.stage)
-        self.alpha_start = self.alpha_start.masked_fill(advance, 0.0)
-        self.blend_steps = self.blend_steps.masked_fill(advance, float(rules.ADVANCE_BLEND_STEPS))
-        self.blend_progress = self.blend_progress.masked_fill(advance, 0.0)
-
-        fossilize = at(Op.FOSSILIZE)
-        self.stage = torch.where(fossilize, int(SeedStage.FOSSILIZED), self.stage)
-        self.locked_contribution = torch.where(fossilize, contribution, self.locked_contribution)
-        self.locked_value = torch.where(fossilize, self.alpha * contribution, self.locked_value)
-
-        prune = at(Op.PRUNE)
-        self.blueprint = self.blueprint.masked_fill(prune, -1)
-        for name in ("stage", "style", "tempo", "curve", "age", "alpha", "alpha_start",
-                     "alpha_target", "blend_steps", "blend_progress", "quality"):
-            setattr(self, name, getattr(self, name).masked_fill(prune, 0))
-
+        steps = self._speed_steps[col("alpha_speed")]  # [E, 1]
+        self._put(
+            retarget, style=style, curve=col("alpha_curve"), alpha_target=target,
+            alpha_start=self.alpha, blend_steps=steps, blend_progress=0, stage=SeedStage.BLENDING,
+        )
+        self._put(retarget & (steps == 0), alpha=self.alpha_target, blend_progress=1.0,
+                  stage=SeedStage.HOLDING)  # INSTANT speed
+        self._put(at(Op.ADVANCE), stage=SeedStage.BLENDING, alpha_start=0,
+                  blend_steps=float(rules.ADVANCE_BLEND_STEPS), blend_progress=0)
+        self._put(at(Op.FOSSILIZE), stage=SeedStage.FOSSILIZED, locked_contribution=contribution,
+                  locked_value=self.alpha * contribution)
+        self._put(at(Op.PRUNE), blueprint=-1, **dict.fromkeys(
+            ("stage", "style", "tempo", "curve", "age", "alpha", "alpha_start", "alpha_target",
+             "blend_steps", "blend_progress", "quality"), 0,
+        ))
         self._tick(~germinate)
-
         self.contribution = contribution = self._contribution()
-        live_count = self._live().sum(-1).float()  # [E]
-        score = self._host_score(contribution)
+        live = self._live()
+        live_count = live.sum(-1).float()  # [E]
+        fossil_value = self.locked_value * (self.stage == SeedStage.FOSSILIZED)
+        score = (self.alpha * contribution * live + fossil_value).sum(-1)  # the host score [E]
         rent = self.rent * live_count
         reward = score - score_before - rent  # [E]
-        self.score = score
-        self.t = self.t + 1
-        self.running_return = self.running_return + reward
-        self.last_reward = reward
-        self.last_rent = rent
-        self.last_op = op
+        self.score, self.t, self.running_return = score, self.t + 1, self.running_return + reward
+        self.last_reward, self.last_rent, self.last_op = reward, rent, op
         if hold is not None:  # the held environments go back to where they started the step
             self._restore_where(hold, kept)
             reward = reward.masked_fill(hold, 0.0)
             score, live_count = self.score, self._live().sum(-1).float()
 
         def refresh_estimates() -> None:
-            self._refresh_estimates(noise)
+            std = rules.ESTIMATE_NOISE_STD * torch.rsqrt(1.0 + self.age.float())
+            noisy = torch.where(self.stage == SeedStage.FOSSILIZED, self.locked_contribution,
+                                self.contribution + noise * std)
+            self.estimate = torch.where(self.blueprint >= 0, noisy, 0.0)
             if hold is not None:  # a held environment's estimates keep their old noise
                 self.estimate = torch.where(hold.unsqueeze(-1), kept["estimate"], self.estimate)
 
-        if self._staggered:
-            # Each environment on its own clock: decided on the device, no host sync.
+        if self._staggered:  # each environment on its own clock, decided on the device
             episode_over = False
             done = self.t >= self.episode_lengths  # [E]
-        else:
-            # Every environment starts together and episodes have a fixed length, so they all
-            # end together: a host-side counter decides, with no device sync and no reset work
-            # on the other steps.
+        else:  # one shared clock: a host-side counter decides, no device sync
             self._episode_step += 1
             episode_over = self._episode_step >= self.episode_length
             done = torch.full((self.num_envs,), episode_over, dtype=torch.bool, device=self.device)
-        episode_return = torch.where(done, self.running_return, math.nan)
-        info = {
-            "host_score": score,
-            "num_live": live_count,
-            "contributions_before_reset": self._true_contributions(),
-        }
+        info = {"host_score": score, "num_live": live_count,
+                "contributions_before_reset": self._true_contributions()}
         if self.final_observation and (self._staggered or episode_over):
             # The finished episodes' last state, observed as it would be without the reset.
             # The estimates only read `noise`, so refreshing them twice leaves the
@@ -417,6 +314,7 @@ class SlotGardenEnv(GardenState):
             info["final_obs"] = observation.observe(self)
             info["final_blueprint_indices"] = self.blueprint.clone()
             info["final_slot_by_op"] = self.slot_by_op()
+        episode_return = torch.where(done, self.running_return, math.nan)
         if self._staggered:
             self._reset_where(done)
         elif episode_over:
@@ -425,45 +323,29 @@ class SlotGardenEnv(GardenState):
         info["contributions"] = self._true_contributions()
         return observation.output(self, reward, done, episode_return, info)
 
-    def _check_hold(self, hold: Tensor) -> None:
-        if not self._staggered:
-            raise ValueError(
-                "hold needs min_episode_length: with equal episode lengths every environment "
-                "shares one clock, so none can sit a step out"
-            )
-        if hold.shape != (self.num_envs,) or hold.dtype != torch.bool or hold.device != self.device:
-            raise ValueError(
-                f"hold has shape {describe_shape(hold)}, dtype {hold.dtype} and device "
-                f"{hold.device}, expected bool [{self.num_envs}] on {self.device}"
-            )
-
-    def _true_contributions(self) -> Tensor:
-        """What the observed estimates are noisy views of, ``[E, N]``: ``c`` for live seeds,
-        the locked contribution for fossilized ones, 0 for empty slots."""
-        return torch.where(
-            self.stage == SeedStage.FOSSILIZED, self.locked_contribution, self.contribution
-        )
+    def _put(self, where: Tensor, **values: Tensor | float) -> None:
+        """Set each named state tensor to its value where ``where [E, N]``."""
+        for name, value in values.items():
+            setattr(self, name, torch.where(where, value, getattr(self, name)))
 
     def _tick(self, ticking: Tensor) -> None:
         """Age every seed in ``ticking [E, N]`` by one step (stage changes, alpha moves)."""
-        live = self._live() & ticking
-        self.age = self.age + live.long()
+        self.age = self.age + (self._live() & ticking).long()
         self.stage = torch.where(
             ticking & (self.stage == SeedStage.GERMINATED), int(SeedStage.TRAINING), self.stage
         )
         blending = ticking & (self.stage == SeedStage.BLENDING)
         progress = (self.blend_progress + 1.0 / self.blend_steps.clamp(min=1.0)).clamp(max=1.0)
         progress = torch.where(blending, progress, self.blend_progress)
-        shaped = self._curve(progress, self.curve)
-        alpha = self.alpha_start + (self.alpha_target - self.alpha_start) * shaped
+        alpha = self.alpha_start + (self.alpha_target - self.alpha_start) * self._curve(progress)
         self.alpha = torch.where(blending, alpha, self.alpha)
         self.blend_progress = progress
         reached = blending & (progress >= 1.0)
-        self.alpha = torch.where(reached, self.alpha_target, self.alpha)
-        self.stage = torch.where(reached, int(SeedStage.HOLDING), self.stage)
+        self._put(reached, alpha=self.alpha_target, stage=SeedStage.HOLDING)
 
-    def _curve(self, progress: Tensor, curve: Tensor) -> Tensor:
-        """Blend shape ``f(progress)`` per AlphaCurve, with f(0) = 0 and f(1) = 1."""
+    def _curve(self, progress: Tensor) -> Tensor:
+        """Blend shape ``f(progress)`` per seed's AlphaCurve, with f(0) = 0 and f(1) = 1."""
+        curve = self.curve
         steepness = self._curve_steepness[curve]
         sigmoid = (torch.sigmoid(steepness * (progress - 0.5)) - self._curve_low[curve])
         sigmoid = sigmoid / self._curve_span[curve]

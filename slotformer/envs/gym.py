@@ -1,50 +1,32 @@
 """Slot Garden as a gymnasium environment: a single environment and a native vector one.
 
 Needs the ``gym`` extra (``pip install "slotformer[gym]"``). Importing :mod:`slotformer.envs`
-registers both under :data:`~slotformer.envs.GYM_ENV_ID` (``"slotformer/SlotGarden-v0"``). A
-process that never imports slotformer (a Ray worker, a subprocess) names the module in front
-of the id, and gymnasium imports it before looking the id up (gymnasium 1.x reads no plugin
-entry points, so nothing can register the bare id without that import)::
+registers both under :data:`~slotformer.envs.GYM_ENV_ID`. A process that never imports
+slotformer (a Ray worker, a subprocess) puts the module in front of the id so that gymnasium
+imports it first (gymnasium 1.x reads no plugin entry points)::
 
     import gymnasium as gym
     env = gym.make("slotformer.envs:slotformer/SlotGarden-v0", rows=1, cols=3)
     envs = gym.make_vec("slotformer.envs:slotformer/SlotGarden-v0", num_envs=16,
                         vectorization_mode="vector_entry_point")
 
-Both step a :class:`~slotformer.envs.SlotGardenEnv` (torch, on the CPU) and hand numpy arrays
-to gymnasium.
-
+Both step a :class:`~slotformer.envs.SlotGardenEnv` on the CPU and return numpy arrays.
 Spaces (``N`` slots, ``D = 23 + 31 N``; the vector environment adds a leading ``E``):
 
-* observation, a ``Dict``:
+* observation, a ``Dict``: ``"obs"``, ``Box`` float32 ``[D]``; ``"blueprint_indices"``,
+  ``Box`` int64 ``[N]`` in ``-1 .. 12`` (-1 = empty slot); ``"action_mask"``, ``MultiBinary``
+  ``[sum of head sizes]`` (int8, 1 = valid): the head masks concatenated in head order, the
+  flat mask sb3-contrib's ``MaskablePPO`` expects (also ``action_masks()``); ``"slot_by_op"``,
+  ``MultiBinary`` ``[6, N]`` (int8): the slots valid for each op.
+* action: ``MultiDiscrete([N, 13, 4, 3, 3, 4, 5, 6])`` in head order (slot, blueprint, style,
+  tempo, alpha_target, alpha_speed, alpha_curve, op).
 
-  - ``"obs"``: ``Box`` float32 ``[D]``, the flat observation (slotformer's default layout);
-  - ``"blueprint_indices"``: ``Box`` int64 ``[N]`` in ``-1 .. 12`` (-1 = empty slot);
-  - ``"action_mask"``: ``MultiBinary`` ``[sum of head sizes]`` (int8, 1 = valid): the head
-    masks concatenated in head order (slot, blueprint, style, tempo, alpha_target,
-    alpha_speed, alpha_curve, op), the flat mask that sb3-contrib's ``MaskablePPO``
-    expects for a ``MultiDiscrete`` action space (also returned by ``action_masks()``);
-  - ``"slot_by_op"``: ``MultiBinary`` ``[6, N]`` (int8): the slots valid for each op.
-
-* action: ``MultiDiscrete([N, 13, 4, 3, 3, 4, 5, 6])`` in the same head order.
-
-**Masks and dependent heads.** Which slot is valid depends on the op (GERMINATE needs an
-empty slot, FOSSILIZE a holding seed). slotformer's networks take ``slot_by_op`` and sample
-the op first, then a slot valid for it, so they never pick an invalid pair. A ``MultiDiscrete``
-policy with independent per-head masks (``MaskablePPO``) can: its slot mask is the union over
-ops. ``invalid_action="wait"`` (the default) turns such an action into WAIT (the step goes on,
-the reward is what WAIT earns, ``info["invalid_action"]`` is True); ``"raise"`` raises
-``ValueError`` instead.
-
-**Episodes.** Episodes have a fixed length (``episode_length``, with the time left in the
-observation), so the end of one is ``terminated`` (a true end of the task, nothing to
-bootstrap), never ``truncated``. The vector environment restarts a finished environment in
-gymnasium's ``AutoresetMode.NEXT_STEP`` (the default) or ``SAME_STEP``: its
-``autoreset_mode`` argument, advertised in ``metadata["autoreset_mode"]``.
-
-**Seeding.** ``table_seed`` fixes the world (the neighbour-affinity and style tables that
-make some placements better than others), so a policy can learn it; ``reset(seed=...)``
-reseeds the trajectories (qualities, estimate noise) only.
+A ``MultiDiscrete`` policy with independent per-head masks (``MaskablePPO``) can pair an op
+with a slot invalid for it (its slot mask is the union over ops): ``invalid_action="wait"``
+(the default) turns such an action into WAIT (``info["invalid_action"]`` True), ``"raise"``
+raises ``ValueError``. The time left is in the observation, so an episode's end is
+``terminated``, never ``truncated``. ``table_seed`` fixes the world (the affinity and style
+tables); ``reset(seed=...)`` reseeds the trajectories only.
 """
 
 from __future__ import annotations
@@ -64,19 +46,20 @@ from slotformer.envs.dynamics import SlotGardenEnv
 from slotformer.envs.observation import StepOutput
 from slotformer.envs.rules import DEFAULT_RENT, MAX_SLOTS
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, NUM_BLUEPRINTS, NUM_OPS, Op
+from slotformer.validation import check_positive_int
 
 __all__ = [
-    "AUTORESET_MODES",
-    "SlotGardenGymEnv",
-    "SlotGardenVectorEnv",
-    "register_envs",
+    "AUTORESET_MODES", "SlotGardenGymEnv", "SlotGardenVectorEnv", "register_envs",
     "split_action_mask",
 ]
 
 InvalidAction = Literal["wait", "raise"]
+_Obs = dict[str, np.ndarray]
+_Info = dict[str, Any]
 _OP_COLUMN = HEAD_NAMES.index("op")
+_NO_STATE = "action_masks() needs a current state: call reset() first"
+# The autoreset modes SlotGardenVectorEnv supports (the first is its default).
 AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
-"""The autoreset modes :class:`SlotGardenVectorEnv` supports (the first is its default)."""
 
 
 def _flat_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -87,17 +70,9 @@ def _flat_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:
 def split_action_mask(
     action_mask: torch.Tensor, head_sizes: Mapping[str, int] | None = None, num_slots: int = 3
 ) -> dict[str, torch.Tensor]:
-    """Split a flat ``action_mask [..., sum of sizes]`` back into slotformer's per-head masks.
-
-    Args:
-        action_mask: the observation's ``"action_mask"`` (any dtype; nonzero = valid),
-            ``[..., S]`` with ``S`` the sum of the head sizes.
-        head_sizes: head name -> size in head order (default: Slot Garden's heads for
-            ``num_slots`` slots, ``ActionSpace.default(num_slots).sizes``).
-        num_slots: N, used when ``head_sizes`` is None.
-
-    Returns:
-        head name -> bool ``[..., n]``, ready for ``get_action(masks=...)``.
+    """Split a flat ``action_mask [..., S]`` (nonzero = valid; ``S`` the sum of ``head_sizes``,
+    head name -> size in head order, by default Slot Garden's for ``num_slots``) into
+    slotformer's per-head bool masks ``[..., n]`` for ``get_action(masks=...)``.
 
     Example:
         >>> mask = torch.ones(2, 3 + 13 + 4 + 3 + 3 + 4 + 5 + 6)
@@ -107,16 +82,14 @@ def split_action_mask(
     head_sizes = ActionSpace.default(num_slots).sizes if head_sizes is None else head_sizes
     total = sum(head_sizes.values())
     if action_mask.shape[-1] != total:
-        raise ValueError(
-            f"action_mask has {action_mask.shape[-1]} columns (shape "
-            f"{tuple(action_mask.shape)}), expected the sum of the head sizes {total} "
-            f"({dict(head_sizes)})"
-        )
+        raise ValueError(f"action_mask has {action_mask.shape[-1]} columns (shape "
+                         f"{tuple(action_mask.shape)}), expected the sum of the head sizes "
+                         f"{total} ({dict(head_sizes)})")
     parts = torch.split(action_mask.bool(), list(head_sizes.values()), dim=-1)
     return dict(zip(head_sizes, parts))
 
 
-def _numpy_observation(out: StepOutput, index: slice | int = slice(None)) -> dict[str, np.ndarray]:
+def _numpy_observation(out: StepOutput, index: slice | int = slice(None)) -> _Obs:
     return {
         "obs": out.obs[index].numpy(),
         "blueprint_indices": out.blueprint_indices[index].numpy(),
@@ -125,61 +98,29 @@ def _numpy_observation(out: StepOutput, index: slice | int = slice(None)) -> dic
     }
 
 
-def _as_action_tensor(action: Any, num_envs: int) -> torch.Tensor:
-    """A ``MultiDiscrete`` action (one env: ``[8]``; vector: ``[E, 8]``) as int64 ``[E, 8]``."""
-    array = np.asarray(action)
-    expected = (num_envs, len(HEAD_NAMES))
-    if array.shape == expected[1:] and num_envs == 1:
-        array = array[None]
-    if array.shape != expected or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(
-            f"action must be integers of shape {expected if num_envs > 1 else expected[1:]} "
-            f"(heads {', '.join(HEAD_NAMES)}), got shape {array.shape} and dtype {array.dtype}"
-        )
-    return torch.as_tensor(array, dtype=torch.long)
-
-
-def _checked_actions(
-    garden: SlotGardenEnv, actions: torch.Tensor, invalid_action: InvalidAction,
-    ignored: np.ndarray | None = None,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Actions with invalid ones turned into WAIT (or a ``ValueError``), and the invalid flags
-    ``[E]``; the actions of the ``ignored [E]`` environments count as valid."""
-    invalid = (~garden.action_validity(actions)).numpy()
-    if ignored is not None:
-        invalid &= ~ignored
-    if invalid.any():
-        if invalid_action == "raise":
-            env = int(np.flatnonzero(invalid)[0])
-            raise ValueError(
-                f"invalid action {actions[env].tolist()} for environment {env} (heads "
-                f"{', '.join(HEAD_NAMES)}); pass invalid_action='wait' to turn invalid "
-                "actions into WAIT"
-            )
-        actions = actions.clone()
-        actions[torch.as_tensor(invalid), _OP_COLUMN] = int(Op.WAIT)
-    return actions, invalid
-
-
 class _GardenWrapper:
-    """What both wrappers share: the torch environment, seeding and the current masks."""
+    """What both wrappers share: arguments, the torch environment, seeding, the current state."""
 
+    metadata: dict[str, Any]
     _garden: SlotGardenEnv
     _last: StepOutput | None  # the state behind the last observation returned (None: reset)
 
     def _setup(
-        self, num_envs: int, rows: int, cols: int, invalid_action: str, **garden_kwargs: Any
+        self, num_envs: int, rows: int, cols: int, invalid_action: str, render_mode: str | None,
+        **garden_kwargs: Any,
     ) -> tuple[spaces.Dict, spaces.MultiDiscrete]:
         """Build the torch environment; return one environment's observation and action space."""
+        modes = (None, *self.metadata["render_modes"])
+        if render_mode not in modes:
+            expected = " or ".join(repr(mode) for mode in modes)
+            raise ValueError(f"render_mode must be {expected}, got {render_mode!r}")
         if invalid_action not in ("wait", "raise"):
             raise ValueError(f"invalid_action must be 'wait' or 'raise', got {invalid_action!r}")
-        for name, value in (("rows", rows), ("cols", cols)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if rows * cols > MAX_SLOTS:
+        if check_positive_int("rows", rows) * check_positive_int("cols", cols) > MAX_SLOTS:
             raise ValueError(
                 f"rows x cols = {rows} x {cols} = {rows * cols} slots, expected at most {MAX_SLOTS}"
             )
+        self.render_mode = render_mode
         self.invalid_action: InvalidAction = invalid_action  # type: ignore[assignment]
         self._garden = garden = SlotGardenEnv(
             num_envs, SlotConfig.for_grid(rows, cols), final_observation=True, **garden_kwargs
@@ -205,23 +146,47 @@ class _GardenWrapper:
         self._last = self._garden.reset()
         return self._last
 
-    def _current_masks(self) -> np.ndarray:
+    def _actions(
+        self, action: Any, ignored: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """A ``MultiDiscrete`` action (one env: ``[8]``; vector: ``[E, 8]``) as int64 ``[E, 8]``
+        with invalid ones turned into WAIT (or a ``ValueError``), and the invalid flags ``[E]``;
+        the actions of the ``ignored [E]`` environments count as valid."""
+        e, k = self._garden.num_envs, len(HEAD_NAMES)
+        array = np.asarray(action)
+        if array.shape == (k,) and e == 1:
+            array = array[None]
+        if array.shape != (e, k) or not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"action must be integers of shape {(e, k) if e > 1 else (k,)} (heads "
+                             f"{', '.join(HEAD_NAMES)}), got shape {array.shape} and dtype "
+                             f"{array.dtype}")
+        actions = torch.as_tensor(array, dtype=torch.long)
+        invalid = (~self._garden.action_validity(actions)).numpy()
+        if ignored is not None:
+            invalid &= ~ignored
+        if invalid.any():
+            if self.invalid_action == "raise":
+                env = int(np.flatnonzero(invalid)[0])
+                raise ValueError(f"invalid action {actions[env].tolist()} for environment {env} "
+                                 f"(heads {', '.join(HEAD_NAMES)}); pass invalid_action='wait' to "
+                                 "turn invalid actions into WAIT")
+            actions = actions.clone()
+            actions[torch.as_tensor(invalid), _OP_COLUMN] = int(Op.WAIT)
+        return actions, invalid
+
+    def _current(self, error: str) -> StepOutput:
+        """The state behind the last observation returned, or ``RuntimeError(error)``."""
         if self._last is None:
-            raise RuntimeError("action_masks() needs a current state: call reset() first")
-        return _flat_mask(self._last.masks).numpy()
+            raise RuntimeError(error)
+        return self._last
 
 
-class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray]):
+class SlotGardenGymEnv(_GardenWrapper, gym.Env[_Obs, np.ndarray]):
     """One Slot Garden environment behind gymnasium's ``Env`` API.
 
-    Args:
-        rows, cols: the grid (``rows * cols`` slots, at most 64).
-        episode_length: steps per episode.
-        rent: reward charged per live seed per step.
-        table_seed: fixes the world (affinity and style tables); the same for every reset.
-        invalid_action: ``"wait"`` (an invalid action becomes WAIT and
-            ``info["invalid_action"]`` is True) or ``"raise"``.
-        render_mode: None or ``"ansi"`` (a text picture of the grid).
+    ``rows * cols`` slots (at most 64), ``episode_length`` and ``rent`` as
+    :class:`~slotformer.envs.SlotGardenEnv`'s; ``table_seed`` fixes the world for every
+    reset; ``invalid_action`` is ``"wait"`` or ``"raise"``; ``render_mode`` None or ``"ansi"``.
 
     Example:
         >>> env = SlotGardenGymEnv(rows=1, cols=3, episode_length=8)
@@ -236,106 +201,62 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 (gymnasium's class attribute)
 
     def __init__(
-        self,
-        rows: int = 1,
-        cols: int = 3,
-        episode_length: int = 48,
-        rent: float = DEFAULT_RENT,
-        table_seed: int = 0,
-        invalid_action: InvalidAction = "wait",
-        render_mode: str | None = None,
+        self, rows: int = 1, cols: int = 3, episode_length: int = 48, rent: float = DEFAULT_RENT,
+        table_seed: int = 0, invalid_action: InvalidAction = "wait", render_mode: str | None = None,
     ) -> None:
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
-        self.render_mode = render_mode
         observation_space, self.action_space = self._setup(
-            1, rows, cols, invalid_action, episode_length=episode_length, rent=rent,
+            1, rows, cols, invalid_action, render_mode, episode_length=episode_length, rent=rent,
             table_seed=table_seed,
         )
         self.observation_space = observation_space  # type: ignore[assignment]
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def reset(self, *, seed: int | None = None, options: _Info | None = None) -> tuple[_Obs, _Info]:
         super().reset(seed=seed)
         return _numpy_observation(self._reset_garden(seed), 0), {}
 
-    def step(
-        self, action: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        if self._last is None:
-            raise RuntimeError("SlotGardenGymEnv.step called before reset()")
-        actions, invalid = _checked_actions(
-            self._garden, _as_action_tensor(action, 1), self.invalid_action
-        )
-        out = self._garden.step(actions)
+    def step(self, action: np.ndarray) -> tuple[_Obs, float, bool, bool, _Info]:
+        self._current("SlotGardenGymEnv.step called before reset()")
+        actions, invalid = self._actions(action)
+        out = self._last = self._garden.step(actions)
         terminated = bool(out.done[0])
-        info: dict[str, Any] = {
-            "invalid_action": bool(invalid[0]),
-            "host_score": float(out.info["host_score"][0]),
-        }
-        if terminated:
-            # Gymnasium's single env stops at the end: report the final state, and make the
-            # caller reset (the torch environment has already started the next episode).
-            obs = _numpy_observation(self._garden.final_state(out), 0)
+        info: _Info = {"invalid_action": bool(invalid[0]),
+                       "host_score": float(out.info["host_score"][0])}
+        if terminated:  # gymnasium's single env stops: the final state, then the caller resets
             info["episode_return"] = float(out.episode_return[0])
-            self._last = None
-        else:
-            obs = _numpy_observation(out, 0)
-            self._last = out
-        return obs, float(out.reward[0]), terminated, False, info
+            out, self._last = self._garden.final_state(out), None
+        return _numpy_observation(out, 0), float(out.reward[0]), terminated, False, info
 
     def action_masks(self) -> np.ndarray:
         """Bool ``[sum of head sizes]``: the flat per-head mask (sb3-contrib's hook)."""
-        return self._current_masks()[0]
+        return _flat_mask(self._current(_NO_STATE).masks)[0].numpy()
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
-        garden = self._garden
-        cells = []
-        for k, (row, col) in enumerate(garden.slot_config.positions):
-            bp = int(garden.blueprint[0, k])
-            cells.append((row, col, "." if bp < 0 else f"{bp}:{int(garden.stage[0, k])}"))
-        width = max(len(text) for *_, text in cells)
-        lines: dict[int, list[str]] = {}
-        for row, _, text in sorted(cells):
+        garden, lines = self._garden, dict[int, list[str]]()
+        cells = {pos: "." if bp < 0 else f"{bp}:{stage}" for pos, bp, stage in zip(
+            garden.slot_config.positions, garden.blueprint[0].tolist(), garden.stage[0].tolist())}
+        width = max(map(len, cells.values()))
+        for (row, _), text in sorted(cells.items()):
             lines.setdefault(row, []).append(text.rjust(width))
         body = "\n".join(" ".join(line) for _, line in sorted(lines.items()))
         return f"t={int(garden.t[0])} score={float(garden.score[0]):.3f}\n{body}"
 
 
-class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.ndarray, np.ndarray]):
+class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[_Obs, np.ndarray, np.ndarray]):
     """``num_envs`` Slot Garden environments stepped as one batch (gymnasium ``VectorEnv``).
 
-    One :class:`~slotformer.envs.SlotGardenEnv` steps all of them in torch, so this is much
-    faster than a ``SyncVectorEnv`` of single environments. Arguments as
-    :class:`SlotGardenGymEnv`, plus:
+    One :class:`~slotformer.envs.SlotGardenEnv` steps them all in torch. Arguments as
+    :class:`SlotGardenGymEnv`, plus ``num_envs`` (E), ``min_episode_length`` (as
+    ``SlotGardenEnv``'s) and ``autoreset_mode`` (an ``AutoresetMode`` or its value, also a
+    keyword of ``gymnasium.make_vec``), advertised in ``metadata["autoreset_mode"]``:
 
-    Args:
-        num_envs: E.
-        min_episode_length: None (all episodes last ``episode_length`` and end together) or
-            the shortest episode (lengths drawn per episode, so environments end apart).
-        autoreset_mode: how a finished environment restarts, a gymnasium ``AutoresetMode``
-            (or its value, ``"NextStep"`` / ``"SameStep"``), advertised in
-            ``metadata["autoreset_mode"]``:
-
-            * ``NEXT_STEP`` (the default): the step that ends an episode returns its last
-              observation, ``terminated`` and ``info["episode_return"]``; the next step
-              restarts that environment, ignoring its action: it returns the new episode's
-              first observation, reward 0 and ``terminated``/``truncated`` False. The
-              default because it is gymnasium's (its own vector envs use it, and its vector
-              wrappers assume it when a vector env does not say): a consumer that ignores
-              the metadata counts episodes correctly.
-            * ``SAME_STEP``: the step that ends an episode already returns the new episode's
-              first observation; the finished one's last is ``info["final_obs"]``, its last
-              step's info ``info["final_info"]`` (``info["_final_obs"]`` and
-              ``info["_final_info"]`` mark the environments). No step is spent restarting,
-              but a consumer that assumes NEXT_STEP loses a step of every episode.
-
-            Through ``gymnasium.make_vec(..., vectorization_mode="vector_entry_point")`` it
-            is a keyword argument like the others (gymnasium passes ``vector_kwargs`` only
-            to its own ``SyncVectorEnv`` / ``AsyncVectorEnv``).
+    * ``NEXT_STEP`` (the default, gymnasium's own): the step that ends an episode returns its
+      last observation, ``terminated`` and ``info["episode_return"]``; the next step ignores
+      that environment's action and returns the new episode's first observation, reward 0.
+    * ``SAME_STEP``: the step that ends an episode returns the new episode's first
+      observation; the last one is ``info["final_obs"]``, the last step's info
+      ``info["final_info"]`` (``info["_final_obs"]`` / ``["_final_info"]`` mark them).
 
     Example:
         >>> envs = SlotGardenVectorEnv(num_envs=4, rows=2, cols=2, episode_length=8)
@@ -349,81 +270,60 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
 
     # gymnasium's class attribute (the default mode); an instance gets a copy with its own.
     metadata = {"render_modes": [], "autoreset_mode": AUTORESET_MODES[0]}  # noqa: RUF012
+    _out: StepOutput  # the torch environment's latest output (set by reset)
 
     def __init__(
-        self,
-        num_envs: int,
-        rows: int = 1,
-        cols: int = 3,
-        episode_length: int = 48,
-        rent: float = DEFAULT_RENT,
-        table_seed: int = 0,
-        invalid_action: InvalidAction = "wait",
-        min_episode_length: int | None = None,
-        render_mode: str | None = None,
+        self, num_envs: int, rows: int = 1, cols: int = 3, episode_length: int = 48,
+        rent: float = DEFAULT_RENT, table_seed: int = 0, invalid_action: InvalidAction = "wait",
+        min_episode_length: int | None = None, render_mode: str | None = None,
         autoreset_mode: AutoresetMode | str = AUTORESET_MODES[0],
     ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode must be None for the vector env, got {render_mode!r}")
-        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else None
-        if mode is None and isinstance(autoreset_mode, str):
-            mode = next((m for m in AutoresetMode if autoreset_mode == m.value), None)
-        if mode not in AUTORESET_MODES:
-            raise ValueError(
-                f"autoreset_mode must be one of {', '.join(str(m) for m in AUTORESET_MODES)} "
-                f"(or their values {', '.join(repr(m.value) for m in AUTORESET_MODES)}), got "
-                f"{autoreset_mode!r}"
-            )
+        mode = next((m for m in AUTORESET_MODES if autoreset_mode is m or (
+            isinstance(autoreset_mode, str) and autoreset_mode == m.value)), None)
+        if mode is None:
+            names, values = (", ".join(map(str, AUTORESET_MODES)),
+                             ", ".join(repr(m.value) for m in AUTORESET_MODES))
+            raise ValueError(f"autoreset_mode must be one of {names} (or their values {values}), "
+                             f"got {autoreset_mode!r}")
         self.autoreset_mode: AutoresetMode = mode
         self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.single_observation_space, self.single_action_space = self._setup(
-            num_envs, rows, cols, invalid_action, episode_length=episode_length, rent=rent,
-            table_seed=table_seed, min_episode_length=min_episode_length,
+            num_envs, rows, cols, invalid_action, render_mode, episode_length=episode_length,
+            rent=rent, table_seed=table_seed, min_episode_length=min_episode_length,
         )
         self.num_envs = num_envs
-        self.render_mode = render_mode
-        self.observation_space = gym.vector.utils.batch_space(
-            self.single_observation_space, num_envs
-        )
-        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
-        self._out: StepOutput | None = None  # the torch environment's latest output
+        batch = gym.vector.utils.batch_space
+        self.observation_space = batch(self.single_observation_space, num_envs)
+        self.action_space = batch(self.single_action_space, num_envs)
         self._restarting = np.zeros(num_envs, dtype=bool)  # NEXT_STEP: restart at the next step
 
     def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self, *, seed: int | list[int] | None = None, options: _Info | None = None
+    ) -> tuple[_Obs, _Info]:
         if isinstance(seed, list):
-            raise ValueError(
-                "seed must be an int or None (the environments share one generator), got a "
-                f"list of {len(seed)}"
-            )
+            raise ValueError("seed must be an int or None (the environments share one generator), "
+                             f"got a list of {len(seed)}")
         super().reset(seed=seed)
         self._out = self._reset_garden(seed)
         self._restarting = np.zeros(self.num_envs, dtype=bool)
         return _numpy_observation(self._out), {}
 
-    def step(
-        self, actions: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if self._out is None:
-            raise RuntimeError("SlotGardenVectorEnv.step called before reset()")
-        action_tensor = _as_action_tensor(actions, self.num_envs)
+    def step(self, actions: np.ndarray) -> tuple[_Obs, np.ndarray, np.ndarray, np.ndarray, _Info]:
+        self._current("SlotGardenVectorEnv.step called before reset()")
         restarting, no = self._restarting, np.zeros(self.num_envs, dtype=bool)
+        checked, invalid = self._actions(actions, ignored=restarting)  # raises before any change
         if restarting.all():
             # Every environment restarts (with equal episode lengths, all of them always do):
             # the torch environment began their new episodes when the last ones ended.
             self._last, self._restarting = self._out, no
             obs, reward = _numpy_observation(self._out), np.zeros(self.num_envs, np.float32)
             return obs, reward, no.copy(), no.copy(), {"invalid_action": no.copy()}
-        checked, invalid = _checked_actions(  # raises before anything changes
-            self._garden, action_tensor, self.invalid_action, ignored=restarting
-        )
         self._restarting = no
         # The restarting environments sit the step out on their new episode's first state.
         hold = torch.as_tensor(restarting) if restarting.any() else None
         out = self._out = self._last = self._garden.step(checked, hold=hold)
         terminated = out.done.numpy().copy()
-        info: dict[str, Any] = {"invalid_action": invalid}
+        info: _Info = {"invalid_action": invalid}
         if terminated.any():
             episode_return = np.where(terminated, out.episode_return.numpy(), np.nan)
             ended = {"episode_return": episode_return, "_episode_return": terminated.copy()}
@@ -439,7 +339,7 @@ class SlotGardenVectorEnv(_GardenWrapper, VectorEnv[dict[str, np.ndarray], np.nd
 
     def action_masks(self) -> np.ndarray:
         """Bool ``[E, sum of head sizes]``: the flat per-head masks of the last observation."""
-        return self._current_masks()
+        return _flat_mask(self._current(_NO_STATE).masks).numpy()
 
 
 def register_envs() -> None:

@@ -3,51 +3,33 @@
 Observation ``[E, 23 + 31 N]`` float32 (base block, then slot ``k`` at ``23 + 31 k``), all
 features finite and O(1).
 
-Base block (23 features):
+Base block (23 features; 0, 10 and 14-19 are 0 on the first observation)::
 
-====  ==============================================================
-idx   feature
-====  ==============================================================
-0     episode progress ``t / T`` (0 on the first observation; T is this episode's length)
-1     steps remaining ``1 - t / T``
-2     host score / N
-3     fraction of slots with a live seed (germinated..holding)
-4     fraction of empty slots
-5     fraction of fossilized slots
-6-9   fraction of slots GERMINATED, TRAINING, BLENDING, HOLDING
-10    last reward (0 on the first observation)
-11    rent per live seed x 100
-12    rent paid at the last step (rent x live seeds)
-13    return of the episode so far / N
-14-19 one-hot of the last op (all 0 on the first observation)
-20    mean contribution estimate over live seeds (0 if none)
-21    locked value of the fossilized seeds / N
-22    N / 64 (grid size)
-====  ==============================================================
+    0      episode progress t / T (T: this episode's length)
+    1      steps remaining 1 - t / T
+    2      host score / N
+    3-5    fraction of slots with a live seed (germinated..holding), empty, fossilized
+    6-9    fraction of slots GERMINATED, TRAINING, BLENDING, HOLDING
+    10-13  last reward, rent per live seed x 100, rent paid at the last step (rent x live
+           seeds), return of the episode so far / N
+    14-19  one-hot of the last op
+    20     mean contribution estimate over live seeds (0 if none)
+    21-22  locked value of the fossilized seeds / N, N / 64 (grid size)
 
-Slot block (31 features; the blueprint itself is passed separately as ``blueprint_indices``):
+Slot block (31 features; the blueprint itself is passed separately as ``blueprint_indices``)::
 
-====  ==============================================================
-idx   feature
-====  ==============================================================
-0     active flag (1 iff ``blueprint_indices >= 0``)
-1-6   stage one-hot: EMPTY, GERMINATED, TRAINING, BLENDING, HOLDING, FOSSILIZED
-7     alpha
-8     alpha target (0 when empty)
-9     contribution estimate (noisy; exact locked value for fossilized; 0 when empty)
-10    estimate confidence ``1 - 1 / sqrt(1 + age)`` (1 for fossilized, 0 when empty)
-11    age / ``episode_length``
-12    training progress ``min(1, age / TEMPO_TRAINING_STEPS[tempo])`` (1 = may ADVANCE)
-13    blend progress (0..1; 1 when holding or fossilized)
-14    mean contribution estimate of the occupied 4-neighbours (0 if none)
-15    fraction of the 4 neighbour positions holding a live seed
-16    fraction of the 4 neighbour positions holding a fossilized seed
-17    row / max(1, rows - 1)
-18    col / max(1, cols - 1)
-19-22 style one-hot (0 when empty)
-23-25 tempo one-hot (0 when empty)
-26-30 alpha curve one-hot (0 when empty)
-====  ==============================================================
+    0      active flag (1 iff blueprint_indices >= 0)
+    1-6    stage one-hot: EMPTY, GERMINATED, TRAINING, BLENDING, HOLDING, FOSSILIZED
+    7-8    alpha, alpha target (0 when empty)
+    9      contribution estimate (noisy; exact locked value for fossilized; 0 when empty)
+    10     estimate confidence 1 - 1 / sqrt(1 + age) (1 for fossilized, 0 when empty)
+    11     age / episode_length
+    12     training progress min(1, age / TEMPO_TRAINING_STEPS[tempo]) (1 = may ADVANCE)
+    13     blend progress (0..1; 1 when holding or fossilized)
+    14     mean contribution estimate of the occupied 4-neighbours (0 if none)
+    15-16  fraction of the 4 neighbour positions holding a live, a fossilized seed
+    17-18  row / max(1, rows - 1), col / max(1, cols - 1)
+    19-30  one-hots of style (4), tempo (3) and alpha curve (5), 0 when empty
 
 Masks (bool, True = valid): one per head of ``ActionSpace.default(N)`` plus ``slot_by_op``
 ``[E, 6, N]``. ``slot_by_op[:, WAIT]`` is all True (WAIT's slot is irrelevant; an all-True row
@@ -76,25 +58,12 @@ if TYPE_CHECKING:
     from slotformer.envs.dynamics import SlotGardenEnv
 
 # Indices into the observation blocks (see the module docstring), for policies and tests.
-BASE_PROGRESS = 0
-BASE_LAST_REWARD = 10
-SLOT_ACTIVE = 0
-SLOT_STAGE = 1  # 6-wide one-hot starts here
-SLOT_ALPHA = 7
-SLOT_ALPHA_TARGET = 8
-SLOT_ESTIMATE = 9
-SLOT_CONFIDENCE = 10
-SLOT_AGE = 11
-SLOT_TRAINING_PROGRESS = 12
-SLOT_BLEND_PROGRESS = 13
-SLOT_NEIGHBOUR_ESTIMATE = 14
-SLOT_NEIGHBOUR_LIVE = 15
-SLOT_NEIGHBOUR_FOSSILIZED = 16
-SLOT_ROW = 17
-SLOT_COL = 18
-SLOT_STYLE = 19  # 4-wide one-hot
-SLOT_TEMPO = 23  # 3-wide one-hot
-SLOT_CURVE = 26  # 5-wide one-hot
+BASE_PROGRESS, BASE_LAST_REWARD = 0, 10
+SLOT_ACTIVE, SLOT_STAGE = 0, 1  # the stage one-hot is 6 wide
+(SLOT_ALPHA, SLOT_ALPHA_TARGET, SLOT_ESTIMATE, SLOT_CONFIDENCE, SLOT_AGE, SLOT_TRAINING_PROGRESS,
+ SLOT_BLEND_PROGRESS, SLOT_NEIGHBOUR_ESTIMATE, SLOT_NEIGHBOUR_LIVE, SLOT_NEIGHBOUR_FOSSILIZED,
+ SLOT_ROW, SLOT_COL) = range(7, 19)
+SLOT_STYLE, SLOT_TEMPO, SLOT_CURVE = 19, 23, 26  # one-hots 4, 3 and 5 wide
 
 
 @dataclass
@@ -102,29 +71,21 @@ class StepOutput:
     """What ``reset`` and ``step`` return (E = number of environments, N = slots).
 
     Attributes:
-        obs: float32 ``[E, 23 + 31 N]``; for an environment that just finished, the first
-            observation of its new episode.
+        obs: float32 ``[E, 23 + 31 N]``; where an episode just ended, the new one's first.
         blueprint_indices: int64 ``[E, N]``, -1 for an empty slot, else 1..12.
-        masks: bool masks keyed exactly by ``ActionSpace.default(N).head_names``:
+        masks: bool masks (True = valid) keyed exactly by ``ActionSpace.default(N).head_names``:
             ``slot [E, N]``, ``blueprint [E, 13]``, ``style [E, 4]``, ``tempo [E, 3]``,
-            ``alpha_target [E, 3]``, ``alpha_speed [E, 4]``, ``alpha_curve [E, 5]``,
-            ``op [E, 6]``; True = valid.
+            ``alpha_target [E, 3]``, ``alpha_speed [E, 4]``, ``alpha_curve [E, 5]``, ``op [E, 6]``.
         slot_by_op: bool ``[E, 6, N]``, the slots valid for each op (WAIT's row all True).
         reward: float32 ``[E]`` (0 after ``reset``).
-        done: bool ``[E]``, True where the episode ended at this step (and was reset). With
-            equal episode lengths (the default) the environments share one clock, so it is all
-            True or all False; with ``min_episode_length`` each environment ends on its own.
-        episode_return: float32 ``[E]``, the return of the episode that just ended where
-            ``done``, NaN elsewhere.
-        info: ``host_score [E]`` (score at the end of this step, before any auto-reset),
-            ``num_live [E]`` (live seeds, before any auto-reset),
-            ``contributions_before_reset [E, N]`` (the true contributions that the estimates
-            are noisy views of: ``c`` for live seeds, the locked contribution for fossilized
-            ones, 0 for empty slots; before any auto-reset, a target for a contribution
-            predictor) and ``contributions [E, N]`` (the same for the returned ``obs``);
-            with ``final_observation=True``, on steps that end episodes, also ``final_obs``,
-            ``final_blueprint_indices`` and ``final_slot_by_op`` (the last state before the
-            auto-reset).
+        done: bool ``[E]``, True where the episode ended at this step (and was reset); all True
+            or all False with equal episode lengths (the default).
+        episode_return: float32 ``[E]``, the finished episode's return where ``done``, else NaN.
+        info: ``host_score [E]``, ``num_live [E]`` and ``contributions_before_reset [E, N]``
+            (what the estimates are noisy views of: ``c``, the locked one when fossilized, 0
+            when empty) before any auto-reset, ``contributions [E, N]`` for the returned
+            ``obs``; with ``final_observation=True``, on steps that end episodes,
+            ``final_obs``, ``final_blueprint_indices`` and ``final_slot_by_op``.
     """
 
     obs: Tensor
@@ -141,41 +102,34 @@ def grid_neighbours(slot_config: SlotConfig) -> tuple[Tensor, Tensor, Tensor]:
     """4-neighbour table ``[N, 4]`` (index N = no neighbour) and normalised rows/cols ``[N]``."""
     positions = slot_config.positions
     index_of = {pos: k for k, pos in enumerate(positions)}
-    num_slots = len(positions)
-    table = []
-    for row, col in positions:
-        table.append([
-            index_of.get((row + dr, col + dc), num_slots)
-            for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))
-        ])
-    rows = torch.tensor([r for r, _ in positions], dtype=torch.float32)
-    cols = torch.tensor([c for _, c in positions], dtype=torch.float32)
-    rows = rows / max(1.0, float(rows.max()))
-    cols = cols / max(1.0, float(cols.max()))
-    return torch.tensor(table, dtype=torch.long), rows, cols
+    table = [
+        [index_of.get((row + dr, col + dc), len(positions))
+         for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+        for row, col in positions
+    ]
+    grid = torch.tensor(positions, dtype=torch.float32)  # [N, 2]: row, col
+    grid = grid / grid.max(0).values.clamp(min=1.0)
+    return torch.tensor(table, dtype=torch.long), grid[:, 0], grid[:, 1]
 
 
 def slot_by_op(env: SlotGardenEnv) -> Tensor:
     """Bool ``[E, 6, N]``: the slots valid for each op in ``env``'s current state."""
     stage = env.stage
     ready = env.age >= env._tempo_steps[env.tempo]
-    rows = [
+    return torch.stack([
         torch.ones_like(stage, dtype=torch.bool),  # WAIT: slot irrelevant
         stage == SeedStage.EMPTY,  # GERMINATE
         (stage == SeedStage.BLENDING) | (stage == SeedStage.HOLDING),  # SET_ALPHA_TARGET
         env._live(),  # PRUNE
         stage == SeedStage.HOLDING,  # FOSSILIZE
         (stage == SeedStage.TRAINING) & ready,  # ADVANCE
-    ]
-    return torch.stack(rows, dim=1)
+    ], dim=1)
 
 
 def masks(env: SlotGardenEnv, slot_by_op: Tensor) -> dict[str, Tensor]:
     """The per-head masks (head name -> bool ``[E, n]``) that ``slot_by_op [E, 6, N]`` implies."""
-    result = {
-        name: torch.ones(env.num_envs, size, dtype=torch.bool, device=env.device)
-        for name, size in env.action_space.sizes.items()
-    }
+    result = {name: torch.ones(env.num_envs, size, dtype=torch.bool, device=env.device)
+              for name, size in env.action_space.sizes.items()}
     result["slot"] = slot_by_op.any(dim=1)  # [E, N]
     result["op"] = slot_by_op.any(dim=2)  # [E, 6]
     result["blueprint"][:, BlueprintAction.NOOP] = False
@@ -194,29 +148,16 @@ def observe(env: SlotGardenEnv) -> Tensor:
     mean_estimate = (env.estimate * live).sum(-1) / live.sum(-1).clamp(min=1)
     last_op = eye[NUM_OPS][env.last_op.clamp(min=0)] * (env.last_op >= 0).unsqueeze(-1)
     base = torch.cat([
-        torch.stack([
-            progress,
-            1.0 - progress,
-            env.score / n,
-            live.float().mean(-1),
-            stage_fraction[:, SeedStage.EMPTY],
-            stage_fraction[:, SeedStage.FOSSILIZED],
-        ], dim=-1),
-        stage_fraction[:, SeedStage.GERMINATED : SeedStage.HOLDING + 1],
-        torch.stack([
-            env.last_reward,
-            torch.full_like(progress, env.rent * 100.0),
-            env.last_rent,
-            env.running_return / n,
-        ], dim=-1),
-        last_op,  # [E, 6]
-        torch.stack([
-            mean_estimate,
-            (env.locked_value * fossil).sum(-1) / n,
-            torch.full_like(progress, n / MAX_SLOTS),
-        ], dim=-1),
+        torch.stack([progress, 1.0 - progress, env.score / n, live.float().mean(-1),
+                     stage_fraction[:, SeedStage.EMPTY], stage_fraction[:, SeedStage.FOSSILIZED]],
+                    dim=-1),  # 0-5
+        stage_fraction[:, SeedStage.GERMINATED : SeedStage.HOLDING + 1],  # 6-9
+        torch.stack([env.last_reward, torch.full_like(progress, env.rent * 100.0), env.last_rent,
+                     env.running_return / n], dim=-1),  # 10-13
+        last_op,  # 14-19
+        torch.stack([mean_estimate, (env.locked_value * fossil).sum(-1) / n,
+                     torch.full_like(progress, n / MAX_SLOTS)], dim=-1),  # 20-22
     ], dim=-1)  # [E, 23]
-
     occupied_f = occupied.float()
     age = env.age.float()
     confidence = torch.where(fossil, 1.0, 1.0 - torch.rsqrt(1.0 + age)) * occupied_f
@@ -230,43 +171,24 @@ def observe(env: SlotGardenEnv) -> Tensor:
     neighbour_count = around[..., 0].sum(-1).clamp(min=1.0)
     occupied_col = occupied_f.unsqueeze(-1)  # [E, N, 1]
     slots = torch.cat([
-        occupied_col,
-        stage_one_hot,
+        occupied_col, stage_one_hot,  # 0, 1-6
         torch.stack([
-            env.alpha,
-            env.alpha_target,
-            env.estimate,
-            confidence,
-            age / env.episode_length,
-            training,
-            blend * occupied_f,
-            around[..., 1].sum(-1) / neighbour_count,  # neighbours' mean estimate
-            around[..., 2].mean(-1),  # live neighbours
-            around[..., 3].mean(-1),  # fossilized neighbours
-            env._row_feature.expand(e, n),
-            env._col_feature.expand(e, n),
+            env.alpha, env.alpha_target, env.estimate, confidence, age / env.episode_length,
+            training, blend * occupied_f,  # 7-13
+            around[..., 1].sum(-1) / neighbour_count,  # 14: the neighbours' mean estimate
+            around[..., 2].mean(-1), around[..., 3].mean(-1),  # 15-16: live, fossilized
+            env._row_feature.expand(e, n), env._col_feature.expand(e, n),  # 17-18
         ], dim=-1),
-        eye[len(Style)][env.style] * occupied_col,
-        eye[len(Tempo)][env.tempo] * occupied_col,
-        eye[len(AlphaCurve)][env.curve] * occupied_col,
+        eye[len(Style)][env.style] * occupied_col, eye[len(Tempo)][env.tempo] * occupied_col,
+        eye[len(AlphaCurve)][env.curve] * occupied_col,  # 19-30
     ], dim=-1)  # [E, N, 31]
     return torch.cat([base, slots.flatten(1)], dim=-1)
 
 
-def output(
-    env: SlotGardenEnv, reward: Tensor, done: Tensor, episode_return: Tensor,
-    info: dict[str, Tensor],
-) -> StepOutput:
+def output(env: SlotGardenEnv, reward: Tensor, done: Tensor, episode_return: Tensor,
+           info: dict[str, Tensor]) -> StepOutput:
     """``env``'s current state as a :class:`StepOutput`, with the step's reward ``[E]``,
     ``done [E]``, ``episode_return [E]`` and ``info``."""
     sbo = slot_by_op(env)
-    return StepOutput(
-        obs=observe(env),
-        blueprint_indices=env.blueprint.clone(),
-        masks=masks(env, sbo),
-        slot_by_op=sbo,
-        reward=reward.float(),
-        done=done,
-        episode_return=episode_return.float(),
-        info=info,
-    )
+    return StepOutput(observe(env), env.blueprint.clone(), masks(env, sbo), sbo, reward.float(),
+                      done, episode_return.float(), info)

@@ -1,9 +1,5 @@
-"""Reference policies for Slot Garden: a random valid policy, a scripted heuristic, an evaluator.
-
-Both policies return an int64 action tensor ``[E, 8]`` in the contract's head order (slot,
-blueprint, style, tempo, alpha_target, alpha_speed, alpha_curve, op) that ``SlotGardenEnv.step``
-accepts. Their mean episode returns are the reference scores a learned policy should beat.
-"""
+"""Reference policies for Slot Garden (int64 actions ``[E, 8]`` in head order, as
+``SlotGardenEnv.step`` takes them), whose returns a learned policy should beat, and an evaluator."""
 
 from __future__ import annotations
 
@@ -27,22 +23,15 @@ from slotformer.presets.seed_lifecycle import AlphaCurve, AlphaSpeed, AlphaTarge
 
 PolicyFn = Callable[[StepOutput], Tensor]
 
-GOOD_BLUEPRINTS: tuple[int, ...] = tuple(
+GOOD_BLUEPRINTS: tuple[int, ...] = tuple(  # the three best mean qualities, best first
     sorted(range(1, len(BLUEPRINT_MEAN_QUALITY)), key=lambda b: -BLUEPRINT_MEAN_QUALITY[b])[:3]
 )
-"""The three blueprints with the best documented mean quality, best first."""
 
 
 def random_valid_policy(step_output: StepOutput, generator: torch.Generator | None = None) -> Tensor:
-    """A uniformly random valid action per environment, int64 ``[E, 8]``.
-
-    The op is uniform among the valid ops, the slot uniform among ``slot_by_op[op]``, and every
-    head relevant to the op uniform among its valid choices; irrelevant heads take their
-    canonical action (via ``canonicalize_masks``, exactly as the networks do).
-
-    Args:
-        step_output: the environment's latest output (masks and ``slot_by_op`` are used).
-        generator: optional ``torch.Generator`` (on the masks' device) for reproducibility.
+    """A uniformly random valid action per environment, int64 ``[E, 8]``: the op among the
+    valid ops, the slot among ``slot_by_op[op]``, every head relevant to the op among its valid
+    choices; the others take their canonical action (``canonicalize_masks``, as the networks).
 
     Example:
         >>> env = SlotGardenEnv(num_envs=2, seed=0)
@@ -54,26 +43,23 @@ def random_valid_policy(step_output: StepOutput, generator: torch.Generator | No
     space = ActionSpace.default(step_output.slot_by_op.shape[-1])
     ops = torch.multinomial(masks["op"].float(), 1, generator=generator).squeeze(-1)  # [E]
     canonical = canonicalize_masks(space, masks, ops, step_output.slot_by_op)
-    columns = []
-    for name in space.head_names:
-        if name == space.op_head:
-            columns.append(ops)
-        else:
-            choice = torch.multinomial(canonical[name].float(), 1, generator=generator)
-            columns.append(choice.squeeze(-1))
+    columns = [  # one draw per head, in head order
+        ops if name == space.op_head
+        else torch.multinomial(canonical[name].float(), 1, generator=generator).squeeze(-1)
+        for name in space.head_names
+    ]
     return torch.stack(columns, dim=-1)  # [E, 8]
 
 
 def heuristic_policy(step_output: StepOutput) -> Tensor:
     """A scripted policy that reads only the observation and the masks, int64 ``[E, 8]``.
 
-    Priorities, per environment: PRUNE the live seed whose estimate is most negative, if it
-    is below 0 by half a noise standard deviation; else FOSSILIZE a holding seed whose
-    estimate is above 0 by half a noise standard deviation; else ADVANCE a ready training seed
-    with a positive estimate; else GERMINATE (STANDARD tempo, FULL target) in the empty slot
-    whose neighbours' mean estimate is best, unless it is below -0.2: the best of
-    ``GOOD_BLUEPRINTS``, or, next to neighbours that look bad, one of them rotated by time;
-    else WAIT. It does not know the hidden affinity table, so a learned policy can beat it.
+    Per environment, the first that applies: PRUNE the live seed with the most negative
+    estimate, if below 0 by half a noise standard deviation; FOSSILIZE a holding seed whose
+    estimate is above 0 by as much; ADVANCE a ready training seed with a positive estimate;
+    GERMINATE (STANDARD tempo, FULL target) in the empty slot whose neighbours' mean estimate
+    is best, unless below -0.2: the best of ``GOOD_BLUEPRINTS`` (next to neighbours that look
+    bad, one of them rotated by time); else WAIT. It does not know the affinity table.
 
     Example:
         >>> env = SlotGardenEnv(num_envs=2, seed=0)
@@ -83,8 +69,7 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
     """
     obs, slot_by_op = step_output.obs, step_output.slot_by_op
     num_envs, num_slots = step_output.blueprint_indices.shape
-    layout = ObservationLayout.infer(obs.shape[-1], num_slots)
-    base, slots = layout.split(obs)  # [E, 23], [E, N, 31]
+    base, slots = ObservationLayout.infer(obs.shape[-1], num_slots).split(obs)  # [E,23] [E,N,31]
     estimate = slots[..., SLOT_ESTIMATE]
     noise_std = ESTIMATE_NOISE_STD * (1.0 - slots[..., SLOT_CONFIDENCE])  # [E, N]
     far = torch.finfo(obs.dtype).max
@@ -94,11 +79,9 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
         scored = torch.where(candidates, score, -far)
         return scored.argmax(-1), candidates.any(-1)
 
-    live = slot_by_op[:, Op.PRUNE]
-    prune_slot, prune = pick(live & (estimate + 0.5 * noise_std < 0.0), -estimate)
-    fossil_slot, fossilize = pick(
-        slot_by_op[:, Op.FOSSILIZE] & (estimate - 0.5 * noise_std > 0.0), estimate
-    )
+    prune_slot, prune = pick(slot_by_op[:, Op.PRUNE] & (estimate + 0.5 * noise_std < 0), -estimate)
+    fossil_slot, fossilize = pick(slot_by_op[:, Op.FOSSILIZE] & (estimate - 0.5 * noise_std > 0),
+                                  estimate)
     advance_slot, advance = pick(slot_by_op[:, Op.ADVANCE] & (estimate > 0.0), estimate)
     neighbour = slots[..., SLOT_NEIGHBOUR_ESTIMATE]
     germ_slot, germinate = pick(slot_by_op[:, Op.GERMINATE] & (neighbour > -0.2), neighbour)
@@ -114,10 +97,8 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
     slot = torch.zeros(num_envs, dtype=torch.long, device=obs.device)
     # Lowest priority first, so each later assignment overrides the earlier ones.
     for chosen, where, target_op in (
-        (germ_slot, germinate, Op.GERMINATE),
-        (advance_slot, advance, Op.ADVANCE),
-        (fossil_slot, fossilize, Op.FOSSILIZE),
-        (prune_slot, prune, Op.PRUNE),
+        (germ_slot, germinate, Op.GERMINATE), (advance_slot, advance, Op.ADVANCE),
+        (fossil_slot, fossilize, Op.FOSSILIZE), (prune_slot, prune, Op.PRUNE),
     ):
         op = torch.where(where, int(target_op), op)
         slot = torch.where(where, chosen, slot)
@@ -131,21 +112,11 @@ def heuristic_policy(step_output: StepOutput) -> Tensor:
 
 
 def evaluate_policy(
-    env: SlotGardenEnv | Callable[[], SlotGardenEnv],
-    policy_fn: PolicyFn,
-    num_episodes: int = 1,
+    env: SlotGardenEnv | Callable[[], SlotGardenEnv], policy_fn: PolicyFn, num_episodes: int = 1
 ) -> float:
-    """Mean return of ``policy_fn`` over ``num_episodes`` episodes of every environment.
-
-    Args:
-        env: an environment (it is reset first) or a factory returning a fresh one.
-        policy_fn: maps a ``StepOutput`` to int64 actions ``[E, 8]`` (bind a generator with
-            ``functools.partial(random_valid_policy, generator=g)``).
-        num_episodes: episodes per environment; ``num_episodes * episode_length`` steps run.
-
-    Returns:
-        The mean over all ``E * num_episodes`` completed episode returns (with unequal
-        episode lengths, ``min_episode_length``: over every episode that ends in those steps).
+    """Mean return of ``policy_fn`` (``StepOutput`` -> int64 actions ``[E, 8]``, e.g.
+    ``functools.partial(random_valid_policy, generator=g)``) over the episodes that end in
+    ``num_episodes * episode_length`` steps of ``env`` (reset first) or of a fresh one from it.
 
     Example:
         >>> env = SlotGardenEnv(num_envs=4, episode_length=16, seed=0)

@@ -1,9 +1,8 @@
 """Slot Garden's rules: the seed lifecycle, what a step does, the reward, and their parameters.
 
-``E`` environments are stepped at once as ``[E, ...]`` tensors (no Python loop over
-environments) on any :class:`~slotformer.config.SlotConfig` grid of up to 64 slots (8x8).
-Each slot is empty or holds a **seed**: a blueprint (1..12), a lifecycle stage, a blend level
-alpha moving toward its target, and a hidden quality drawn from its blueprint's distribution.
+Each slot of a :class:`~slotformer.config.SlotConfig` grid (up to 8x8) is empty or holds a
+**seed**: a blueprint (1..12), a lifecycle stage, a blend level alpha moving toward its target,
+and a hidden quality drawn from its blueprint's distribution.
 
 Lifecycle (``SeedStage``)::
 
@@ -12,10 +11,9 @@ Lifecycle (``SeedStage``)::
     any live stage (GERMINATED, TRAINING, BLENDING, HOLDING) --PRUNE--> EMPTY
     BLENDING / HOLDING --SET_ALPHA_TARGET--> BLENDING (or HOLDING at once for INSTANT speed)
 
-Dynamics of one ``step``: the chosen action is validated against the state the masks were
-computed from and applied; then every seed that was not germinated this step ages by one
-(GERMINATED becomes TRAINING, BLENDING alpha moves along its curve); then the reward is the
-change in the host score minus the rent.
+One ``step``: the action is validated against the current state and applied; every seed not
+germinated this step ages by one (GERMINATED becomes TRAINING, BLENDING alpha moves along its
+curve); the reward is the change in the host score minus the rent.
 
 * True contribution of a seed ``i`` (what it adds at alpha = 1)::
 
@@ -23,37 +21,29 @@ change in the host score minus the rent.
             + sum over occupied 4-neighbours j of affinity[bp_i, bp_j]
 
   ``quality_i ~ Normal(BLUEPRINT_MEAN_QUALITY[bp], BLUEPRINT_QUALITY_STD[bp])`` is drawn at
-  germination. ``affinity`` ``[13, 13]`` (symmetric) and ``style_bonus`` ``[13, 4]`` are fixed
-  per environment seed (drawn once at construction, shared by the ``E`` environments), so what
-  to plant where depends on the neighbours.
-* Host score = sum over live seeds of ``alpha * c`` + sum over fossilized seeds of their
-  value locked at fossilization (``alpha * c`` at that moment; it never changes again).
-* Reward = host score(t+1) - host score(t) - ``rent`` x (number of live seeds after the
-  action). Fossilized seeds pay no rent. PRUNE removes a seed at once (its ``alpha * c``
-  leaves the score); the PRUNE action's alpha_speed and alpha_curve are validated but have no
-  further effect in this toy.
-* Observed contribution estimate = ``c + noise``, fresh noise every step with standard
-  deviation ``ESTIMATE_NOISE_STD / sqrt(1 + age)``: it gets less noisy as the seed ages.
-* Episodes last ``episode_length`` steps. All environments start together (``reset``) and
-  so end together; the ``step`` that ends an episode resets them (auto-reset) and returns the
-  new episode's first observation, with ``done`` True and the finished ``episode_return``.
-* Unequal episode lengths (``min_episode_length``): each environment draws the length of each
-  of its episodes uniformly from ``min_episode_length .. episode_length`` (at ``reset`` and at
-  every auto-reset), so environments end episodes at different steps. Each environment keeps
-  its own clock ``t`` and length (``episode_lengths [E]``) on the device; ``done`` is computed
-  there (no host sync) and only the finished environments' state is reset. A recurrent
-  trainer must then zero its state per environment (``episode_starts``), not all at once.
+  germination; ``affinity [13, 13]`` (symmetric) and ``style_bonus [13, 4]`` once per
+  environment seed (shared by the ``E`` environments), so what to plant where depends on the
+  neighbours.
+* Host score = sum over live seeds of ``alpha * c`` + sum over fossilized seeds of the value
+  locked at fossilization (``alpha * c`` then).
+* Reward = host score(t+1) - host score(t) - ``rent`` x (live seeds after the action);
+  fossilized seeds pay no rent. PRUNE removes a seed at once (its ``alpha * c`` leaves the
+  score); its alpha_speed and alpha_curve are validated but have no effect.
+* Observed contribution estimate = ``c + noise``, fresh every step, with standard deviation
+  ``ESTIMATE_NOISE_STD / sqrt(1 + age)``.
+* Episodes last ``episode_length`` steps and all environments start (``reset``) and end
+  together: the ``step`` that ends them auto-resets them and returns the new episode's first
+  observation, with ``done`` True and the finished ``episode_return``.
+* With ``min_episode_length`` each environment draws each episode's length uniformly from
+  ``min_episode_length .. episode_length`` (at ``reset`` and every auto-reset) and keeps its
+  own clock ``t`` and length (``episode_lengths [E]``) on the device; ``done`` is computed
+  there (no host sync) and only the finished environments reset, so a recurrent trainer must
+  zero its state per environment (``episode_starts``).
 
-Reference scores (mean episode return, T = 100, 64 environments x 2 episodes, seeds 0/1/2;
-``DEFAULT_RENT`` = 0.005): 1x3 grid: random valid policy -0.61/-0.66/-0.62, heuristic
-+2.75/+1.64/+1.86; 2x5 grid: random -1.36/-1.46/-1.58, heuristic +11.78/+5.49/+6.30; doing
-nothing scores exactly 0. A higher rent makes the random policy worse still, but also makes
-"never plant" an optimum a small PPO falls into before it finds the plant-advance-fossilize
-sequence. At 0.005 a small MLP PPO (32 environments, rollouts of 25 steps) on 1x3 goes from
-about -0.4 in its first episode to about +2 after 13k environment steps (+2.5 after 19k).
-
-What the agent sees (the observation and the masks) is :mod:`slotformer.envs.observation`;
-the simulation is :class:`slotformer.envs.dynamics.SlotGardenEnv`.
+Reference scores (mean episode return, T = 100, 64 environments x 2 episodes, seeds 0/1/2,
+``DEFAULT_RENT``): 1x3 grid: random valid policy -0.61/-0.66/-0.62, heuristic
++2.75/+1.64/+1.86; 2x5: random -1.36/-1.46/-1.58, heuristic +11.78/+5.49/+6.30; doing nothing
+scores exactly 0. A small MLP PPO on 1x3 reaches about +2 in 13k environment steps.
 """
 
 from __future__ import annotations
@@ -62,8 +52,7 @@ from enum import IntEnum
 
 from slotformer.presets.seed_lifecycle import AlphaCurve
 
-MAX_SLOTS = 64
-"""The largest grid the environment accepts (8x8)."""
+MAX_SLOTS = 64  # the largest grid the environment accepts (8x8)
 
 
 class SeedStage(IntEnum):
@@ -80,62 +69,31 @@ class SeedStage(IntEnum):
 NUM_STAGES = len(SeedStage)
 LIVE_STAGES = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING)
 
+# Per blueprint (BlueprintAction order, NOOP first), the hidden quality's mean (a few reliably
+# positive, most negative: the uniform mean is < 0) and standard deviation (FLEX_ATTENTION is
+# a gamble).
 BLUEPRINT_MEAN_QUALITY: tuple[float, ...] = (
-    0.0,  # NOOP (never planted)
-    0.35,  # CONV_LIGHT
-    0.50,  # ATTENTION
-    0.15,  # NORM
-    -0.10,  # DEPTHWISE
-    -0.30,  # BOTTLENECK
-    0.25,  # CONV_SMALL
-    -0.40,  # CONV_HEAVY
-    -0.10,  # LORA
-    -0.50,  # LORA_LARGE
-    -0.20,  # MLP_SMALL
-    -0.35,  # MLP
-    0.10,  # FLEX_ATTENTION
+    0.0, 0.35, 0.50, 0.15, -0.10, -0.30, 0.25, -0.40, -0.10, -0.50, -0.20, -0.35, 0.10,
 )
-"""Mean hidden quality per blueprint: a few reliably positive, most negative (uniform mean < 0)."""
-
 BLUEPRINT_QUALITY_STD: tuple[float, ...] = (
     0.0, 0.15, 0.25, 0.10, 0.20, 0.20, 0.15, 0.30, 0.20, 0.30, 0.15, 0.20, 0.45,
 )
-"""Standard deviation of the hidden quality per blueprint (FLEX_ATTENTION is a gamble)."""
-
-ALPHA_TARGET_VALUES: tuple[float, ...] = (0.5, 0.7, 1.0)
-"""Blend level for AlphaTarget HALF, SEVENTY, FULL."""
-
-ALPHA_SPEED_STEPS: tuple[int, ...] = (0, 2, 4, 8)
-"""Steps to reach the target for AlphaSpeed INSTANT, FAST, MEDIUM, SLOW."""
-
-ADVANCE_BLEND_STEPS = 4
-"""Steps an ADVANCE-d seed takes to blend from 0 to its target (MEDIUM speed)."""
-
+ALPHA_TARGET_VALUES: tuple[float, ...] = (0.5, 0.7, 1.0)  # AlphaTarget HALF, SEVENTY, FULL
+ALPHA_SPEED_STEPS: tuple[int, ...] = (0, 2, 4, 8)  # steps to the target, AlphaSpeed INSTANT..SLOW
+ADVANCE_BLEND_STEPS = 4  # steps an ADVANCE-d seed takes to blend from 0 to its target (MEDIUM)
+# Per Tempo FAST, STANDARD, SLOW: the age ADVANCE needs, and the bonus added to the seed's
+# contribution (patience pays a little).
 TEMPO_TRAINING_STEPS: tuple[int, ...] = (2, 4, 7)
-"""Minimum age before ADVANCE is allowed, for Tempo FAST, STANDARD, SLOW."""
-
 TEMPO_QUALITY_BONUS: tuple[float, ...] = (-0.05, 0.0, 0.05)
-"""Added to a seed's contribution for Tempo FAST, STANDARD, SLOW (patience pays a little)."""
-
+# Per Style, the blend curve of a germinated seed when ADVANCE-d (SET_ALPHA_TARGET picks its own).
 STYLE_DEFAULT_CURVE: tuple[int, ...] = (
-    AlphaCurve.LINEAR,  # LINEAR_ADD
-    AlphaCurve.COSINE,  # LINEAR_MULTIPLY
-    AlphaCurve.SIGMOID,  # SIGMOID_ADD
-    AlphaCurve.SIGMOID_SHARP,  # GATED_GATE
+    AlphaCurve.LINEAR, AlphaCurve.COSINE, AlphaCurve.SIGMOID, AlphaCurve.SIGMOID_SHARP,
 )
-"""The blend curve a germinated seed uses when ADVANCE-d (SET_ALPHA_TARGET picks its own)."""
-
+# Steepness of AlphaCurve SIGMOID_GENTLE, SIGMOID, SIGMOID_SHARP (rescaled: f(0) = 0, f(1) = 1).
 SIGMOID_STEEPNESS: tuple[float, ...] = (4.0, 8.0, 16.0)
-"""Steepness of AlphaCurve SIGMOID_GENTLE, SIGMOID, SIGMOID_SHARP (rescaled so f(0) = 0, f(1) = 1)."""
-
-ESTIMATE_NOISE_STD = 0.5
-"""Noise of the contribution estimate at age 0; it shrinks as ``1 / sqrt(1 + age)``."""
-
-AFFINITY_STD = 0.15
-"""Scale of the per-seed blueprint-by-blueprint neighbour affinity table."""
-
-STYLE_BONUS_STD = 0.05
-"""Scale of the per-seed blueprint-by-style bonus table."""
-
+ESTIMATE_NOISE_STD = 0.5  # of the contribution estimate at age 0
+AFFINITY_STD = 0.15  # scale of the blueprint-by-blueprint neighbour affinity table
+STYLE_BONUS_STD = 0.05  # scale of the blueprint-by-style bonus table
+# Reward charged per live seed per step (with a higher rent a small PPO settles on never
+# planting before it finds the plant-advance-fossilize sequence).
 DEFAULT_RENT = 0.005
-"""Reward charged per live seed per step."""

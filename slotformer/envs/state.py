@@ -1,13 +1,9 @@
 """Slot Garden's per-environment state: the tensors an episode starts from, fresh episodes
-for all or some environments, and snapshots (``get_state`` / ``set_state``).
-
-:class:`GardenState` is the base of :class:`~slotformer.envs.dynamics.SlotGardenEnv`, which
-sets the attributes it declares and computes the contributions.
-"""
+for all or some environments, and snapshots (``get_state`` / ``set_state``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
@@ -17,8 +13,8 @@ from slotformer.validation import describe_shape
 
 
 class GardenState:
-    """The state tensors of ``num_envs`` environments (``[E, N]`` per slot, ``[E]`` per
-    environment) and their lifecycle."""
+    """The state tensors (``[E, N]`` per slot, ``[E]`` per environment) and their lifecycle;
+    the base of :class:`~slotformer.envs.dynamics.SlotGardenEnv`, which sets the rest."""
 
     num_envs: int
     num_slots: int
@@ -27,34 +23,22 @@ class GardenState:
     device: torch.device
     generator: torch.Generator
     _episode_step: int  # host-side copy of t (equal lengths: one shared clock)
+    _contribution: Callable[[], Tensor]  # true contribution at alpha = 1, [E, N]
 
-    # Every per-environment state tensor, as name -> (per slot, dtype, its value in a fresh
-    # episode); dtype None is the default float dtype. `_allocate_state` (every environment)
-    # and `_reset_where` (the finished ones) both start episodes from this table, so a new
-    # state tensor cannot be reset by one and forgotten by the other.
+    # Every per-environment state tensor: name -> (per slot, dtype (None: the default float),
+    # value in a fresh episode); the one table `_allocate_state` and `_reset_where` start
+    # episodes from. `contribution` is derived, cached: each step needs it before and after.
     _FRESH_STATE: ClassVar[dict[str, tuple[bool, torch.dtype | None, int | float]]] = {
         "blueprint": (True, torch.long, -1),
-        "stage": (True, torch.long, 0),
-        "style": (True, torch.long, 0),
-        "tempo": (True, torch.long, 0),
-        "curve": (True, torch.long, 0),
-        "age": (True, torch.long, 0),
-        "alpha": (True, None, 0.0),
-        "alpha_start": (True, None, 0.0),
-        "alpha_target": (True, None, 0.0),
-        "blend_steps": (True, None, 0.0),
-        "blend_progress": (True, None, 0.0),
-        "quality": (True, None, 0.0),
-        "locked_contribution": (True, None, 0.0),
-        "locked_value": (True, None, 0.0),
-        "estimate": (True, None, 0.0),
-        # Derived from the state, cached: every step needs it before and after the action.
-        "contribution": (True, None, 0.0),
+        **dict.fromkeys(("stage", "style", "tempo", "curve", "age"), (True, torch.long, 0)),
+        **dict.fromkeys(
+            ("alpha", "alpha_start", "alpha_target", "blend_steps", "blend_progress", "quality",
+             "locked_contribution", "locked_value", "estimate", "contribution"),
+            (True, None, 0.0),
+        ),
         "t": (False, torch.long, 0),
-        "score": (False, None, 0.0),
-        "running_return": (False, None, 0.0),
-        "last_reward": (False, None, 0.0),
-        "last_rent": (False, None, 0.0),
+        **dict.fromkeys(("score", "running_return", "last_reward", "last_rent"),
+                        (False, None, 0.0)),
         "last_op": (False, torch.long, -1),
     }
     blueprint: Tensor
@@ -82,25 +66,22 @@ class GardenState:
     episode_lengths: Tensor  # int64 [E], the current episode's length in each environment
 
     def _allocate_state(self) -> None:
-        """A fresh episode in every environment: empty grids at t = 0 (with unequal lengths,
-        each with a newly drawn length)."""
+        """A fresh episode (empty grid, t = 0, a new length if drawn) in every environment."""
         for name, (per_slot, dtype, fill) in self._FRESH_STATE.items():
             shape = (self.num_envs, self.num_slots) if per_slot else (self.num_envs,)
             setattr(self, name, torch.full(shape, fill, dtype=dtype, device=self.device))
-        self.episode_lengths = self._draw_episode_lengths()  # int64 [E]
-        self._episode_step = 0  # host-side copy of t (equal lengths: one shared clock)
+        self.episode_lengths = self._draw_episode_lengths()
+        self._episode_step = 0
 
     def _reset_where(self, done: Tensor) -> None:
-        """A fresh episode (and a newly drawn length) in the environments where ``done [E]``;
-        the others keep their state. No host sync: every tensor is updated under the mask."""
+        """A fresh episode where ``done [E]``, with no host sync (updates under the mask)."""
         for name, (per_slot, _, fill) in self._FRESH_STATE.items():
             mask = done.unsqueeze(-1) if per_slot else done
             setattr(self, name, getattr(self, name).masked_fill(mask, fill))
         self.episode_lengths = torch.where(done, self._draw_episode_lengths(), self.episode_lengths)
 
     def _snapshot(self) -> dict[str, Tensor]:
-        """The state tensors themselves, for ``_restore_where`` (no copies: every update
-        replaces a state tensor, none writes into one)."""
+        """The state tensors, uncopied: every update replaces a state tensor, none writes in one."""
         return {name: getattr(self, name) for name in self._FRESH_STATE}
 
     def _restore_where(self, mask: Tensor, snapshot: Mapping[str, Tensor]) -> None:
@@ -110,9 +91,8 @@ class GardenState:
             setattr(self, name, torch.where(where, before, getattr(self, name)))
 
     def _draw_episode_lengths(self) -> Tensor:
-        """int64 ``[E]``: ``episode_length`` everywhere, or with ``min_episode_length`` one
-        draw per environment (E draws every time, used or not, so the generator stream does
-        not depend on which environments finished)."""
+        """int64 ``[E]``: ``episode_length``, or one draw per environment (E draws each time, used
+        or not, so the generator's stream does not depend on which environments finished)."""
         if self.min_episode_length is None:
             return torch.full(
                 (self.num_envs,), self.episode_length, dtype=torch.long, device=self.device
@@ -122,10 +102,8 @@ class GardenState:
             generator=self.generator, device=self.device,
         )
 
-    _STATE_NAMES = (
-        *(name for name in _FRESH_STATE if name != "contribution"),  # contribution is derived
-        "episode_lengths",
-    )
+    # What get_state / set_state carry: `contribution` is derived, episode_lengths drawn.
+    _STATE_NAMES = (*(name for name in _FRESH_STATE if name != "contribution"), "episode_lengths")
 
     def get_state(self) -> dict[str, Tensor]:
         """A copy of the full state (including the generator), for ``set_state``."""
@@ -138,8 +116,7 @@ class GardenState:
         setting). A rejected state leaves the environment as it was."""
         values = {}
         for name in self._STATE_NAMES:
-            current = getattr(self, name)
-            value = state[name]
+            current, value = getattr(self, name), state[name]
             if value.shape != current.shape or value.dtype != current.dtype:
                 raise ValueError(
                     f"state[{name!r}] has shape {describe_shape(value)} and dtype {value.dtype}, "
@@ -148,25 +125,19 @@ class GardenState:
             values[name] = value.clone().to(self.device)
         t, lengths = values["t"], values["episode_lengths"]
         low = self.episode_length if self.min_episode_length is None else self.min_episode_length
-        if not bool(((lengths >= low) & (lengths <= self.episode_length)).all()):
-            raise ValueError(
-                f"state['episode_lengths'] must be in {low}..{self.episode_length}, got "
-                f"{lengths.tolist()}"
-            )
-        if not bool(((t >= 0) & (t < lengths)).all()):
-            raise ValueError(
-                f"state['t'] must be in 0..episode_lengths - 1 ({lengths.tolist()}), got "
-                f"{t.tolist()}"
-            )
         steps = t.unique()
-        if self.min_episode_length is None and steps.numel() != 1:
-            raise ValueError(f"state['t'] must be the same in every environment, got {steps.tolist()}")
+        for name, ok, expected, got in (
+            ("episode_lengths", ((lengths >= low) & (lengths <= self.episode_length)).all(),
+             f"in {low}..{self.episode_length}", lengths),
+            ("t", ((t >= 0) & (t < lengths)).all(),
+             f"in 0..episode_lengths - 1 ({lengths.tolist()})", t),
+            ("t", self.min_episode_length is not None or steps.numel() == 1,
+             "the same in every environment", steps),
+        ):
+            if not bool(ok):
+                raise ValueError(f"state[{name!r}] must be {expected}, got {got.tolist()}")
         for name, value in values.items():
             setattr(self, name, value)
         self.generator.set_state(state["generator"])
         self.contribution = self._contribution()
         self._episode_step = int(steps[0]) if self.min_episode_length is None else 0
-
-    def _contribution(self) -> Tensor:
-        """True contribution at alpha = 1 of every occupied slot, ``[E, N]`` (the subclass)."""
-        raise NotImplementedError

@@ -1,10 +1,6 @@
-"""Which Slot Garden actions are valid: parsing an action, checking it rule by rule, and
-explaining a rejected one.
-
-The check reads the state directly (the op's accepted stages, ADVANCE's training time, each
-relevant head's range), independently of the masks in :mod:`slotformer.envs.observation`,
-so a test can hold one against the other.
-"""
+"""Which Slot Garden actions are valid: parsing an action, checking it rule by rule against the
+state (independently of the masks of :mod:`slotformer.envs.observation`, so that a test can
+hold one against the other), and explaining a rejected one."""
 
 from __future__ import annotations
 
@@ -24,12 +20,7 @@ if TYPE_CHECKING:
 
 
 class ActionChecker:
-    """The validity tables of one action space, on one device.
-
-    Args:
-        action_space: ``ActionSpace.default(N)`` of the environment.
-        device: where the environment's tensors live.
-    """
+    """The validity tables of the environment's ``ActionSpace.default(N)``, on its device."""
 
     def __init__(self, action_space: ActionSpace, device: torch.device) -> None:
         self.sizes = action_space.sizes
@@ -49,9 +40,8 @@ class ActionChecker:
             if head.relevant_ops is not None and head.name != "slot":
                 relevance[sorted(head.relevant_ops), position] = True
         self.relevance = relevance.to(device)  # [6, 8]
-        low = torch.zeros(len(HEAD_NAMES), dtype=torch.long)
-        low[HEAD_NAMES.index("blueprint")] = 1  # NOOP is not plantable
-        self.low = low.to(device)  # [8]
+        # Each head's valid range low..high - 1 [8] (blueprint NOOP 0 is not plantable).
+        self.low = torch.tensor([int(name == "blueprint") for name in HEAD_NAMES], device=device)
         self.high = torch.tensor([self.sizes[name] for name in HEAD_NAMES], device=device)
 
     def check(self, env: SlotGardenEnv, heads: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -89,10 +79,8 @@ class ActionChecker:
             stage = SeedStage(int(env.stage[index, slot])).name
             age, tempo = int(env.age[index, slot]), int(env.tempo[index, slot])
             if op == Op.ADVANCE and stage == SeedStage.TRAINING.name:
-                stage += (
-                    f" (age {age} < {TEMPO_TRAINING_STEPS[tempo]} steps of "
-                    f"{Tempo(tempo).name} training)"
-                )
+                stage += (f" (age {age} < {TEMPO_TRAINING_STEPS[tempo]} steps of "
+                          f"{Tempo(tempo).name} training)")
             valid = env.slot_by_op()[index, op].nonzero().flatten().tolist()
             why = (
                 f"slot {slot} ({env.slot_config.slot_ids[slot]}) is {stage}, which "
@@ -102,12 +90,9 @@ class ActionChecker:
             why = f"slot={slot} is outside 0..{env.num_slots - 1}"
         else:
             name = self.heads[reason - 3].name
-            low = 1 if name == "blueprint" else 0
-            why = (
-                f"{name}={values[name]} is not a valid choice for {op_name} (expected "
-                f"{low}..{self.sizes[name] - 1}"
-                + (", NOOP 0 cannot be planted)" if name == "blueprint" else ")")
-            )
+            noop = ", NOOP 0 cannot be planted" if name == "blueprint" else ""
+            why = (f"{name}={values[name]} is not a valid choice for {op_name} (expected "
+                   f"{int(bool(noop))}..{self.sizes[name] - 1}{noop})")
         return f"invalid action for environment {index} (op {op_name}): {described}; {why}"
 
 
@@ -132,10 +117,8 @@ def split_actions(
         heads = dict(actions)
         for name, value in heads.items():
             if not isinstance(value, Tensor) or value.shape != (e,) or value.dtype != torch.long:
-                got = (
-                    f"shape {describe_shape(value)} and dtype {value.dtype}"
-                    if isinstance(value, Tensor) else type(value).__name__
-                )
+                got = (f"shape {describe_shape(value)} and dtype {value.dtype}"
+                       if isinstance(value, Tensor) else type(value).__name__)
                 raise ValueError(f"actions[{name!r}] has {got}, expected int64 [{e}]")
     else:
         raise ValueError(
@@ -144,7 +127,6 @@ def split_actions(
         )
     for name, value in heads.items():
         if value.device != device:
-            raise ValueError(
-                f"actions[{name!r}] is on {value.device}, expected the env's device {device}"
-            )
+            raise ValueError(f"actions[{name!r}] is on {value.device}, expected the env's device "
+                             f"{device}")
     return heads
