@@ -103,9 +103,11 @@ class Args:
     # ------------------------------------------------------------------ PPO
     learning_rate: float = 1e-3
     """Adam learning rate (at the first update, with --anneal-lr)"""
-    anneal_lr: bool = False
-    """anneal the learning rate linearly toward 0 over training (docs/training.md: better on
-    2x5, worse for the transformer on 1x3, so off by default)"""
+    anneal_lr: Literal["auto", "on", "off"] = "auto"
+    """anneal the learning rate linearly toward 0 over training; auto = per network: on for
+    the flat LSTM (with it no LSTM seed fell onto the do-nothing policy), off for the
+    transformer (it cost the transformer on 1x3, still learning when the rate reached 0);
+    docs/training.md"""
     gamma: float = 0.97
     """discount factor"""
     gae_lambda: float = 0.95
@@ -189,6 +191,7 @@ def check_args(args: Args) -> None:
         return ValueError(f"{flag} must be {expected}; got {getattr(args, name)!r}")
 
     choices = {"policy": ("lstm", "transformer"), "malloc": ("tuned", "default"),
+               "anneal_lr": ("auto", "on", "off"),
                "progress": ("auto", "bar", "lines")}
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
@@ -517,6 +520,7 @@ def train(
     policy = make_policy(args, slot_config)
     # fused: one kernel over every parameter instead of a dozen small ops per tensor (the
     # transformer has 111 tensors): 4-6x faster Adam steps on CPU (docs/benchmarks.md).
+    anneal_lr = args.anneal_lr == "on" or (args.anneal_lr == "auto" and args.policy == "lstm")
     optimizer = torch.optim.Adam(policy.network.parameters(), lr=args.learning_rate, eps=1e-5,
                                  fused=True)
     writer = None
@@ -556,7 +560,7 @@ def train(
         window_updates, rollout_total_s = 0, 0.0
         for update in range(1, num_updates + 1):
             ent_coefs = head_entropy_coefficients(args, update, num_updates)  # [H]
-            if args.anneal_lr:
+            if anneal_lr:
                 optimizer.param_groups[0]["lr"] = linear_schedule(
                     args.learning_rate, 0.0, update, num_updates + 1)  # never exactly 0
             # ------------------------------------------------------------ rollout

@@ -235,7 +235,7 @@ def test_piped_output_has_start_line_progress_and_tensorboard_scalars(tmp_path: 
         "--num-envs", "4", "--rollout-length", "6", "--episode-length", "12",
         "--total-steps", "96", "--update-epochs", "1", "--num-minibatches", "2",
         "--hidden-dim", "16", "--eval-episodes", "1", "--log-every", "2",
-        "--attention-every", "2", "--threads", "1", "--checkpoint", "", "--anneal-lr",
+        "--attention-every", "2", "--threads", "1", "--checkpoint", "", "--anneal-lr", "on",
         "--tensorboard", str(tmp_path / "tb"), tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
     out = done.stdout
