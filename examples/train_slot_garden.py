@@ -80,12 +80,16 @@ class Args:
     """grid columns of the garden"""
     hidden_dim: int = 128
     """width of the recurrent core (LSTM hidden size)"""
-    contribution_hidden: int = 64
-    """transformer only: width of the per-slot contribution predictor"""
-    contribution_dropout: float = 0.0
-    """transformer only: dropout of the contribution predictor"""
-    ff_mult: int = 4
-    """transformer only: feed-forward width of each block, as a multiple of embed_dim"""
+    head_hidden: int | None = None
+    """transformer only: width of the action and value heads; None = TransformerConfig's"""
+    contribution_hidden: int | None = None
+    """transformer only: width of the per-slot contribution predictor; None =
+    TransformerConfig's"""
+    contribution_dropout: float | None = None
+    """transformer only: dropout of the contribution predictor; None = TransformerConfig's"""
+    ff_mult: int | None = None
+    """transformer only: feed-forward width of each block, as a multiple of embed_dim; None =
+    TransformerConfig's"""
     # ------------------------------------------------------------------ environment
     num_envs: int = 32
     """environments stepped together (one batch)"""
@@ -179,7 +183,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     return tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
 
 
-_POSITIVE = ("rows", "cols", "hidden_dim", "contribution_hidden", "ff_mult", "num_envs",
+_POSITIVE = ("rows", "cols", "hidden_dim", "num_envs",
              "episode_length", "rollout_length", "total_steps", "update_epochs",
              "num_minibatches", "eval_episodes", "log_every")
 
@@ -294,9 +298,9 @@ def make_env(args: Args, slot_config: SlotConfig, seed: int, *, stagger: bool,
 
 def make_policy(args: Args, slot_config: SlotConfig) -> PolicyBundle:
     """The policy bundle the arguments ask for (a V(s) baseline; Q is an auxiliary head)."""
-    extra = ({"contribution_hidden": args.contribution_hidden,
-              "contribution_dropout": args.contribution_dropout,
-              "transformer_ff_mult": args.ff_mult}
+    sizes = {"head_hidden": args.head_hidden, "contribution_hidden": args.contribution_hidden,
+             "contribution_dropout": args.contribution_dropout, "transformer_ff_mult": args.ff_mult}
+    extra = ({k: v for k, v in sizes.items() if v is not None}
              if args.policy == "transformer" else {})
     return create_policy(
         args.policy, state_dim=23 + 31 * slot_config.num_slots, slot_config=slot_config,
