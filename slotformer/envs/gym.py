@@ -252,7 +252,7 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
             1, rows, cols, invalid_action, episode_length=episode_length, rent=rent,
             table_seed=table_seed,
         )
-        self.observation_space = observation_space  # type: ignore[assignment]
+        self.observation_space = observation_space  # type: ignore[assignment, unused-ignore]  # gymnasium 1.2 (ray) vs 1.4 stubs
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -289,7 +289,7 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[dict[str, np.ndarray], np.ndarray
         """Bool ``[sum of head sizes]``: the flat per-head mask (sb3-contrib's hook)."""
         return self._current_masks()[0]
 
-    def render(self) -> str | None:
+    def render(self) -> str | None:  # type: ignore[override, unused-ignore]  # gymnasium 1.2 stubs
         if self.render_mode != "ansi":
             return None
         garden = self._garden
