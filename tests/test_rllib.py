@@ -21,6 +21,7 @@ from slotformer import InvalidStateMachineError, SlotConfig, create_policy
 from slotformer.actions import canonicalize_masks
 from slotformer.checkpoint import load_checkpoint, save_checkpoint
 from slotformer.distributions import masked_log_probs, normalised_entropy
+from slotformer.envs import SlotGardenEnv, evaluate_policy
 from slotformer.envs.gym import SlotGardenVectorEnv, split_action_mask
 from slotformer.integrations.rllib import (
     FactoredMaskedDistribution,
@@ -268,6 +269,20 @@ def test_slotformer_checkpoint_seeds_a_module_and_back(tmp_path: Any) -> None:
     back = load_checkpoint(tmp_path / "back.pt")
     for key, value in module.bundle.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_example_policy_plays_legal_moves_and_the_example_lists_its_flags(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from examples.rllib_ppo import main, module_policy_fn
+
+    module = make_module("lstm")
+    env = SlotGardenEnv(4, SlotConfig.for_grid(1, 3), episode_length=6, seed=0)
+    # SlotGardenEnv.step raises on an illegal move (validation on); episodes restart inside.
+    assert math.isfinite(evaluate_policy(env, module_policy_fn(module, 4), num_episodes=2))
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--learners", "--env-runners", "--address", "--seed"))
 
 
 # ---------------------------------------------------------------------------- RLlib itself
