@@ -266,6 +266,10 @@ def test_slotformer_checkpoint_seeds_a_module_and_back(tmp_path: Any) -> None:
     with torch.no_grad():
         next(module.network.parameters()).add_(1.0)  # "training"
     save_slotformer_checkpoint(module, tmp_path / "back.pt", extra={"iterations": 3})
+    bad = {**spec.model_config, "policy_kwargs": {"lstm_layers": 2}}
+    with pytest.raises(ValueError, match="both checkpoint and policy_kwargs"):
+        SlotformerRLModule(observation_space=spec.observation_space,
+                           action_space=spec.action_space, model_config=bad)
     back = load_checkpoint(tmp_path / "back.pt")
     for key, value in module.bundle.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key

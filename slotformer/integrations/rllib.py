@@ -89,6 +89,7 @@ from slotformer.networks.core import ActorCriticCore
 from slotformer.policy import create_policy
 from slotformer.policy.bundles import ActorCriticBundle
 from slotformer.policy_step import (
+    PolicyStep,
     expected_entropy,
     factored_kl,
     floors_by_head,
@@ -194,7 +195,7 @@ class FactoredMaskedDistribution(Distribution):
         return cls(dict(zip(names, flat.split(sizes, -1))), dict(zip(names, mask.split(sizes, -1))),
                    by_op)
 
-    def _step(self, actions: Mapping[str, Tensor] | None) -> Any:
+    def _step(self, actions: Mapping[str, Tensor] | None) -> PolicyStep:
         return policy_step(self.space, self.logits, self.masks, self.slot_by_op, actions=actions,
                            deterministic=self.deterministic, floors=self.floors,
                            floor_mode=self.floor_mode)
@@ -219,7 +220,11 @@ class FactoredMaskedDistribution(Distribution):
                                   "actions are not reparameterisable; use sample()")
 
     def logp(self, value: Tensor, **kwargs: Any) -> Tensor:  # type: ignore[override]
-        """``[...]`` fp32: the summed log-prob of int actions ``value [..., K]`` (head order)."""
+        """``[...]`` fp32: the summed log-prob of int actions ``value [..., K]`` (head order).
+
+        Raises:
+            ValueError: bad shape or dtype; with validation on, a real row whose mask forbids
+                its action (`slotformer.policy_step.policy_step`)."""
         k, lead = len(self.space.head_names), self.slot_by_op.shape[:-2]
         if value.is_floating_point() or tuple(value.shape) != (*lead, k):
             raise ValueError(f"actions have dtype {value.dtype} and shape {describe_shape(value)}, "
@@ -274,6 +279,9 @@ class SlotformerRLModule(TorchRLModule, ValueFunctionAPI):
         grid = SlotConfig.for_grid(int(config.get("rows", 1)), int(config.get("cols", 3)))
         network = config.get("network", "transformer")
         if config.get("checkpoint"):
+            if config.get("policy_kwargs"):
+                raise ValueError("model_config has both checkpoint and policy_kwargs; the "
+                                 "checkpoint's stored config builds the network, so drop one")
             bundle = load_checkpoint(config["checkpoint"], slot_config=grid,
                                      policy_type=network, map_location="cpu")
         else:
