@@ -140,9 +140,12 @@ def set_op_entropy(algo: Any, weight: float) -> None:
     """Set the op head's entropy weight (relative to entropy_coeff) on every learner."""
     from ray.rllib.core import DEFAULT_MODULE_ID
 
-    algo.learner_group.foreach_learner(
+    calls = algo.learner_group.foreach_learner(
         lambda learner: learner.module[DEFAULT_MODULE_ID].unwrapped().set_entropy_weights(
             {"op": weight}))
+    for call in calls:  # RLlib hands a remote learner's error back instead of raising it
+        if not call.ok:
+            raise call.get()
 
 
 def module_policy_fn(module: Any, num_envs: int) -> Any:

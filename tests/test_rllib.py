@@ -381,10 +381,17 @@ def test_ppo_first_minibatch_rescores_the_rollout(ray_session: Any) -> None:
 
 
 def test_ppo_with_two_ddp_learners(ray_session: Any) -> None:
+    from examples.rllib_ppo import set_op_entropy
+
     algo = ppo(0, 2, train_batch_size_per_learner=40, minibatch_size=20).build_algo()
     try:
+        set_op_entropy(algo, 7.0)  # what the example does between iterations
+        weights = [call.get() for call in algo.learner_group.foreach_learner(
+            lambda learner: learner.module["default_policy"].unwrapped()
+            .get_train_action_dist_cls().entropy_weights)]
         learner = algo.train()["learners"]["default_policy"]
     finally:
         algo.stop()
+    assert weights == [{"op": 7.0}, {"op": 7.0}]  # on both learner processes
     for key in ("total_loss", "policy_loss", "vf_loss", "entropy"):
         assert math.isfinite(learner[key]), key
