@@ -328,6 +328,7 @@ def ppo(env_runners: int, learners: int, **training: Any) -> Any:
     )
 
 
+@pytest.mark.slow
 def test_ppo_first_minibatch_rescores_the_rollout(ray_session: Any) -> None:
     from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
     from ray.rllib.callbacks.callbacks import RLlibCallback
@@ -353,6 +354,7 @@ def test_ppo_first_minibatch_rescores_the_rollout(ray_session: Any) -> None:
             metrics_logger.log_value("return_gap", abs(episode.get_return() - env_return),
                                      reduce="max")
 
+    CAPTURED.clear()
     config = ppo(2, 0, train_batch_size_per_learner=80, minibatch_size=40)
     config.learners(learner_class=CapturingLearner).callbacks(EpisodeCheck)
     algo = config.build_algo()
@@ -380,6 +382,7 @@ def test_ppo_first_minibatch_rescores_the_rollout(ray_session: Any) -> None:
     assert acted.any() and by_op[torch.arange(len(op)), op, slot][acted].all()
 
 
+@pytest.mark.slow
 def test_ppo_with_two_ddp_learners(ray_session: Any) -> None:
     from examples.rllib_ppo import set_op_entropy
 

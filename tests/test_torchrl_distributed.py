@@ -28,6 +28,7 @@ def rescore(actor: Any, stacked: TensorDictBase) -> tuple[torch.Tensor, torch.Te
         return dist.log_prob(batch["action"]), batch["action_log_prob"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ray", "distributed"])
 def test_the_next_batch_is_collected_with_the_synced_weights(kind: str) -> None:
     torch.manual_seed(0)
