@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -218,7 +219,18 @@ def test_vector_env_autoresets_as_gymnasiums_sync_vector_env(mode: AutoresetMode
     assert ends == 3
 
 
-@pytest.mark.parametrize("mode", AUTORESET_MODES)
+# gymnasium's vector RecordEpisodeStatistics ignored SAME_STEP in step() until a fix released
+# after 1.2 (1.4 has it); ray[rllib] 2.60, in the dev extra, pins gymnasium 1.2.2.
+_STATS_SEE_SAME_STEP = "SAME_STEP" in inspect.getsource(
+    gym.wrappers.vector.RecordEpisodeStatistics.step)
+
+
+@pytest.mark.parametrize("mode", [
+    AUTORESET_MODES[0],
+    pytest.param(AUTORESET_MODES[1], marks=pytest.mark.xfail(
+        not _STATS_SEE_SAME_STEP, strict=True,
+        reason="this gymnasium's RecordEpisodeStatistics assumes NEXT_STEP in step()")),
+])
 def test_episode_statistics_count_every_step(mode: AutoresetMode) -> None:
     """gymnasium's ``RecordEpisodeStatistics`` (which reads ``metadata["autoreset_mode"]``,
     and assumes NEXT_STEP without it) counts 16 steps in episodes of 16 and the returns the

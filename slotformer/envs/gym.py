@@ -208,7 +208,7 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[_Obs, np.ndarray]):
             1, rows, cols, invalid_action, render_mode, episode_length=episode_length, rent=rent,
             table_seed=table_seed,
         )
-        self.observation_space = observation_space  # type: ignore[assignment]
+        self.observation_space = observation_space  # type: ignore[assignment, unused-ignore]  # gymnasium 1.2 (ray) vs 1.4 stubs
 
     def reset(self, *, seed: int | None = None, options: _Info | None = None) -> tuple[_Obs, _Info]:
         super().reset(seed=seed)
@@ -230,7 +230,7 @@ class SlotGardenGymEnv(_GardenWrapper, gym.Env[_Obs, np.ndarray]):
         """Bool ``[sum of head sizes]``: the flat per-head mask (sb3-contrib's hook)."""
         return _flat_mask(self._current(_NO_STATE).masks)[0].numpy()
 
-    def render(self) -> str | None:
+    def render(self) -> str | None:  # type: ignore[override, unused-ignore]  # gymnasium 1.2 stubs
         if self.render_mode != "ansi":
             return None
         garden, lines = self._garden, dict[int, list[str]]()
