@@ -18,11 +18,7 @@ from slotformer import SlotConfig
 from slotformer.checkpoint import load_checkpoint, save_checkpoint
 from slotformer.envs import SlotGardenEnv, evaluate_policy
 from slotformer.envs.gym import SlotGardenGymEnv
-from slotformer.integrations.sb3 import (
-    SlotformerPolicy,
-    SlotGardenVecEnv,
-    SlotTransformerExtractor,
-)
+from slotformer.integrations.sb3 import SlotformerPolicy, SlotGardenVecEnv
 from slotformer.presets.seed_lifecycle import Op
 
 SMALL = {"embed_dim": 16, "lstm_hidden_dim": 16, "head_hidden": 32, "transformer_layers": 1}
@@ -205,28 +201,6 @@ def test_checkpoints_from_sb3_keep_the_scores_and_run_zero_shot(tmp_path: object
         assert chosen.shape == (8, 8) and garden.action_validity(chosen).all()
         out = garden.step(chosen)
     assert np.isfinite(evaluate_policy(garden, act))
-
-
-def test_extractor_encodes_the_gym_observation() -> None:
-    env = SlotGardenGymEnv(rows=2, cols=3)
-    extractor = SlotTransformerExtractor(env.observation_space, rows=2, cols=3, embed_dim=16)
-    obs, _ = env.reset(seed=0)
-    batch = {k: torch.as_tensor(v)[None].float() for k, v in obs.items()}
-    features = extractor(batch)
-    assert features.shape == (1, (2 + 6) * 16) == (1, extractor.features_dim)
-    assert torch.isfinite(features).all()
-    features.sum().backward()
-    missing = [n for n, p in extractor.named_parameters() if p.grad is None]
-    # the type embedding's empty-slot row and unused types get zero grads, not None
-    assert missing == []
-
-
-def test_extractor_checks_the_space() -> None:
-    env = SlotGardenGymEnv(rows=1, cols=3)
-    with pytest.raises(ValueError, match=r"observation_space\['obs'\] must have shape \(178,\)"):
-        SlotTransformerExtractor(env.observation_space, rows=1, cols=5)
-    with pytest.raises(ValueError, match="must be a gymnasium Dict"):
-        SlotTransformerExtractor(spaces.Box(0, 1, (116,)), rows=1, cols=3)  # type: ignore[arg-type]
 
 
 def test_short_maskable_ppo_training_learns_to_garden() -> None:

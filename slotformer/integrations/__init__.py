@@ -1,7 +1,7 @@
 """Adapters to RL libraries, each behind its optional extra (imported on demand).
 
-* :mod:`slotformer.integrations.sb3`: a Stable-Baselines3 features extractor around the
-  slot encoder, for sb3-contrib's ``MaskablePPO`` (``pip install "slotformer[sb3]"``).
+* :mod:`slotformer.integrations.sb3`: the whole network as sb3-contrib's ``MaskablePPO``
+  policy (non-recurrent) and a batched Slot Garden ``VecEnv`` (``pip install "slotformer[sb3]"``).
 * :mod:`slotformer.integrations.torchrl`: TorchRL actor, value and environment modules over
   TensorDicts (``pip install "slotformer[torchrl]"``).
 """
