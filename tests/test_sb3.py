@@ -105,6 +105,7 @@ def test_errors_name_the_argument_and_what_was_expected() -> None:
         build(entropy_weights={"ops": 2.0})
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("network", ["transformer", "lstm"])
 def test_log_probs_and_values_equal_slotformers_evaluate_actions(network: str) -> None:
     model = make(network=network)
@@ -203,6 +204,7 @@ def test_checkpoints_from_sb3_keep_the_scores_and_run_zero_shot(tmp_path: object
     assert np.isfinite(evaluate_policy(garden, act))
 
 
+@pytest.mark.slow
 def test_short_maskable_ppo_training_learns_to_garden() -> None:
     """12 rollouts of 32 x 24 steps (9,216 env steps) with the example's defaults.
 
