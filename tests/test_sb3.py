@@ -66,6 +66,11 @@ def test_shapes_of_every_sb3_call() -> None:
     assert values.shape == (b, 1) and log_prob.shape == (b,)
     assert (log_prob <= 0).all() and torch.isfinite(log_prob).all()
     values2, log_prob2, entropy = policy.evaluate_actions(as_stored(obs), actions.float())
+    with pytest.raises(ValueError, match=rf"actions has shape \({b}, 7\), expected \({b}, 8\)"):
+        policy.evaluate_actions(obs, actions[:, 1:])
+    with pytest.raises(ValueError, match=rf"obs\['action_mask'\] has shape \({b}, 43\), "
+                                         rf"expected \(B, 44\)"):
+        policy.evaluate_actions({**obs, "action_mask": obs["action_mask"][:, 1:]}, actions)
     assert values2.shape == (b, 1) and log_prob2.shape == (b,) and entropy.shape == (b,)
     assert log_prob2.requires_grad and entropy.requires_grad and (entropy > 0).all()
     assert policy.predict_values(obs).shape == (b, 1)
@@ -89,6 +94,8 @@ def test_errors_name_the_argument_and_what_was_expected() -> None:
         build(spaces.Box(0, 1, (116,)))
     with pytest.raises(ValueError, match=r"rows x cols = 2 x 2 must equal the 3 slots"):
         build(rows=2, cols=2)
+    with pytest.raises(ValueError, match=r"rows must be a positive int, got 0"):
+        build(rows=0)
     without_slot_by_op = spaces.Dict({k: v for k, v in obs_space.spaces.items()  # type: ignore[attr-defined]
                                       if k != "slot_by_op"})
     with pytest.raises(ValueError,

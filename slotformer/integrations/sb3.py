@@ -41,6 +41,7 @@ from slotformer.config import SlotConfig
 from slotformer.envs.gym import SlotGardenVectorEnv
 from slotformer.policy import create_policy
 from slotformer.policy_step import PolicyStep, expected_entropy, policy_step
+from slotformer.validation import check_positive_int
 
 __all__ = ["SlotGardenVecEnv", "SlotformerDistribution", "SlotformerPolicy"]
 
@@ -65,8 +66,11 @@ class SlotformerDistribution:
 
     def step(self, actions: Tensor | None = None, deterministic: bool = False) -> PolicyStep:
         """`slotformer.policy_step.policy_step`: sample (or score int ``[B, K]`` actions)."""
-        given = None if actions is None else dict(zip(self.action_space.head_names,
-                                                      actions.long().unbind(-1)))
+        names = self.action_space.head_names
+        if actions is not None and tuple(actions.shape) != (self.slot_by_op.shape[0], len(names)):
+            raise ValueError(f"actions has shape {tuple(actions.shape)}, expected "
+                             f"{(self.slot_by_op.shape[0], len(names))} (B, one per head {names})")
+        given = None if actions is None else dict(zip(names, actions.long().unbind(-1)))
         return policy_step(self.action_space, self.logits, self.masks, self.slot_by_op,
                            actions=given, deterministic=deterministic)
 
@@ -139,7 +143,7 @@ class SlotformerPolicy(MaskableActorCriticPolicy):
             raise ValueError(f"observation_space['blueprint_indices'] must have shape (N,), "
                              f"got {None if bp_space is None else bp_space.shape}")
         n = int(bp_space.shape[0])  # type: ignore[index]
-        cols = n // rows if cols is None else cols
+        cols = n // check_positive_int("rows", rows) if cols is None else cols
         if rows * cols != n:
             raise ValueError(f"rows x cols = {rows} x {cols} must equal the {n} slots of "
                              f"observation_space['blueprint_indices'] (shape ({n},))")
@@ -176,6 +180,9 @@ class SlotformerPolicy(MaskableActorCriticPolicy):
         state = obs["obs"].to(self.bundle.dtype)
         blueprint = obs["blueprint_indices"].to(torch.float32).round().long()
         flat = obs["action_mask"] != 0  # [B, sum of sizes]
+        if flat.shape[-1] != sum(self.sizes):
+            raise ValueError(f"obs['action_mask'] has shape {tuple(flat.shape)}, expected "
+                             f"(B, {sum(self.sizes)}): the head masks {self.sizes} side by side")
         masks = dict(zip(self.heads.head_names, flat.split(self.sizes, dim=-1)))
         return state, blueprint, masks, obs["slot_by_op"] != 0
 
