@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -251,6 +250,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):  # run as a script
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()
