@@ -68,8 +68,8 @@ class Sb3Result:
 
 
 class Progress(BaseCallback):
-    """Anneal the op head's entropy weight linearly over the run and print a line every
-    ``every`` rollouts (env steps, steps/s, mean return of the last 100 episodes)."""
+    """Anneal the op head's entropy weight linearly over the run and print a line after every
+    ``every`` updates (env steps, steps/s, mean return of the last 100 episodes)."""
 
     def __init__(self, total_steps: int, op_entropy: float, op_entropy_end: float,
                  every: int, quiet: bool = False) -> None:
@@ -79,22 +79,26 @@ class Progress(BaseCallback):
         self.rollouts, self.start = 0, time.perf_counter()
 
     def _on_rollout_start(self) -> None:
+        # The previous rollout has been trained on: report it, then set the next weight.
+        if not self.quiet and self.rollouts and self.rollouts % self.every == 0:
+            self.report()
         done = min(self.num_timesteps / self.total, 1.0)
         weight = self.op_entropy + (self.op_entropy_end - self.op_entropy) * done
         self.model.policy.entropy_weights["op"] = weight  # type: ignore[attr-defined]
 
     def _on_rollout_end(self) -> None:
         self.rollouts += 1
-        if self.quiet or self.rollouts % self.every:
-            return
+
+    def report(self) -> None:
         elapsed = time.perf_counter() - self.start
         returns = [info["r"] for info in self.model.ep_info_buffer]
         mean = f"{np.mean(returns):+.3f}" if returns else "n/a"
         eta = elapsed / max(self.num_timesteps, 1) * (self.total - self.num_timesteps)
+        weight = self.model.policy.entropy_weights["op"]  # type: ignore[attr-defined]
         print(f"steps {self.num_timesteps:7d}/{self.total}  {elapsed:5.0f} s  "
               f"{self.num_timesteps / elapsed:5.0f} steps/s  return {mean} (last "
-              f"{len(returns)} episodes)  op entropy weight "
-              f"{self.model.policy.entropy_weights['op']:.2f}  eta {eta:.0f} s", flush=True)  # type: ignore[attr-defined]
+              f"{len(returns)} episodes)  op entropy weight {weight:.2f}  eta {eta:.0f} s",
+              flush=True)
 
     def _on_step(self) -> bool:
         return True
@@ -225,7 +229,7 @@ def main() -> None:
     add("--seed", type=int, default=0, help="SB3 and environment seed")
     add("--threads", type=int, default=1, help="torch intra-op threads")
     add("--zero-shot", default=None, metavar="RxC", help="also score the network on this grid")
-    add("--log-every", type=int, default=10, help="print progress every N rollouts")
+    add("--log-every", type=int, default=10, help="print progress after every N updates")
     args = parser.parse_args()
     grid = None if args.zero_shot is None else tuple(int(x) for x in args.zero_shot.split("x"))
     print(f"MaskablePPO + SlotformerPolicy on Slot Garden {args.rows}x{args.cols}: "
