@@ -26,27 +26,16 @@ machines (``examples/rllib_ppo.py``, ``docs/distributed.md``).
   (op first, the slot restricted by ``slot_by_op[op]``, irrelevant heads canonical), with
   ``logp``, ``entropy`` and ``kl`` from `slotformer.policy_step` (vectorised, every op at once).
 
-Spaces (Slot Garden's; ``N`` slots, ``D`` the flat observation width, ``S`` the sum of the head
-sizes, ``O`` ops): the observation is a ``Dict`` with ``"obs"`` float ``[D]``,
-``"blueprint_indices"`` ``[N]`` (-1 = empty), ``"action_mask"`` ``[S]`` (the heads' masks in
-head order, nonzero = valid) and ``"slot_by_op"`` ``[O, N]``; the action is a
-``MultiDiscrete`` in head order. Batches are ``[B, T, ...]``; RLlib's recurrent state is
-``{"h", "c"}`` each ``[B, L, H]`` (slotformer's is ``[L, B, H]``; the module transposes).
-
-``ACTION_DIST_INPUTS`` is one float tensor ``[B, T, 2 S + O N + 1]``: every head's unmasked
-logits, every head's mask (0/1), ``slot_by_op`` flattened, and a *real row* flag. RLlib stores
-it at sampling and rebuilds the distribution from it (``kl``); the learner rebuilds it from the
-batch, so PPO's loss sees exactly the masks used at sampling. RLlib adds rows of its own at
-update (one step appended to each episode chunk, zero padding to ``max_seq_len``), outside
-``LOSS_MASK``; their masks may forbid the stored action or be empty. The flag is
-``LOSS_MASK`` at update (1 when acting): the distribution treats flag-0 rows as if every
-action were valid, so they score finite and never raise, while real rows keep their masks and
-slotformer's validation (a real row whose mask forbids its stored action still raises).
-
-DDP: RLlib's PPO loss has no term for the auxiliary heads (Q(s, op), the contribution
-predictor), and DDP fails on parameters without a gradient, so the module freezes them
-(``requires_grad_(False)``; DDP then ignores them): they keep their initial or loaded
-weights. ``num_learners=2`` then needs no ``find_unused_parameters``.
+Spaces (Slot Garden's; ``N`` slots, ``S`` the sum of the head sizes, ``O`` ops): a ``Dict``
+observation with ``"obs"`` ``[D]``, ``"blueprint_indices"`` ``[N]``, ``"action_mask"`` ``[S]``
+and ``"slot_by_op"`` ``[O, N]``; a ``MultiDiscrete`` action in head order. Batches are
+``[B, T, ...]``; RLlib's recurrent state ``{"h", "c"}`` is ``[B, L, H]`` each (slotformer's is
+``[L, B, H]``; the module transposes). ``ACTION_DIST_INPUTS`` ``[B, T, 2 S + O N + 1]`` holds
+the unmasked logits, the masks, ``slot_by_op`` and a *real row* flag, so PPO's loss sees the
+masks used at sampling, and the rows RLlib adds at update (outside ``LOSS_MASK``) count as
+all-valid: they score finite and never raise, while real rows keep slotformer's validation.
+The module freezes the auxiliary heads (RLlib's PPO loss has no term for them), so DDP
+learners need no ``find_unused_parameters``. Details: ``docs/distributed.md``.
 
 Example (one acting step on Slot Garden's spaces):
 

@@ -98,27 +98,15 @@ RECURRENT_STATE_KEYS = ("recurrent_state_h", "recurrent_state_c")
 
 # ---------------------------------------------------------------------------------- env
 class SlotGardenTorchRLEnv(EnvBase):
-    """Slot Garden (:class:`~slotformer.envs.SlotGardenEnv`) as a TorchRL ``EnvBase``.
-
-    ``batch_size [E]``. Observation: ``"obs"`` ``[E, 23 + 31 N]``, ``"blueprint_indices"``
-    ``[E, N]``, ``("masks", head)`` bool ``[E, n]`` for every head of
-    ``ActionSpace.default(N)``, ``"slot_by_op"`` bool ``[E, 6, N]``, ``"is_init"`` bool
-    ``[E, 1]``. Action ``"action"``: int64 ``[E, 8]`` in ``HEAD_NAMES`` order (a
-    ``MultiCategorical``); an invalid action raises (as ``SlotGardenEnv.step``). Reward
-    ``[E, 1]``; ``done`` = ``terminated`` ``[E, 1]``, ``truncated`` always False. See the
-    module docstring for how Slot Garden's auto-reset maps onto TorchRL's ``"_reset"``.
-
-    ``rand_action`` draws a uniformly random **valid** action
-    (:func:`~slotformer.envs.random_valid_policy`), so ``env.rollout(n)`` without a policy
+    """Slot Garden (:class:`~slotformer.envs.SlotGardenEnv`) as a TorchRL ``EnvBase`` with
+    ``batch_size [E]`` (keys: ``docs/torchrl.md``). An invalid action raises (as
+    ``SlotGardenEnv.step``); an episode end is ``terminated``, never ``truncated``.
+    ``rand_action`` draws a random **valid** action, so ``env.rollout(n)`` without a policy
     and ``check_env_specs`` play legal moves. Resetting only some environments works for
-    those whose episode just ended (what a collector does); resetting all of them always
-    works.
+    those whose episode just ended (what a collector does); resetting all always works.
 
     Args:
-        num_envs: E, environments stepped at once.
-        slot_config: the grid (default: 3 slots in a row).
-        episode_length, seed, device, rent, table_seed, min_episode_length: as
-            :class:`~slotformer.envs.SlotGardenEnv`.
+        num_envs: E; the other arguments are :class:`~slotformer.envs.SlotGardenEnv`'s.
 
     Example:
         >>> from torchrl.envs.utils import check_env_specs
@@ -158,54 +146,33 @@ class SlotGardenTorchRLEnv(EnvBase):
     def _make_specs(self) -> None:
         e, n, dev = self.garden.num_envs, self.garden.num_slots, self.garden.device
         sizes = self.action_space.sizes
-        masks = Composite(
-            {name: Binary(n=size, shape=(e, size), device=dev, dtype=torch.bool)
-             for name, size in sizes.items()},
-            shape=(e,), device=dev,
-        )
-        num_ops = self.action_space.num_ops
-        self.observation_spec = Composite(
-            {
-                OBS_KEY: Unbounded(
-                    shape=(e, self.garden.observation_layout.state_dim), device=dev,
-                    dtype=torch.float32,
-                ),
-                BLUEPRINT_KEY: Bounded(
-                    low=-1, high=NUM_BLUEPRINTS - 1, shape=(e, n), device=dev, dtype=torch.int64
-                ),
-                MASKS_KEY: masks,
-                SLOT_BY_OP_KEY: Binary(
-                    n=n, shape=(e, num_ops, n), device=dev, dtype=torch.bool
-                ),
-                IS_INIT_KEY: Categorical(2, shape=(e, 1), device=dev, dtype=torch.bool),
-            },
-            shape=(e,), device=dev,
-        )
+        flag = Categorical(2, shape=(e, 1), device=dev, dtype=torch.bool)
+        masks = Composite({name: Binary(n=size, shape=(e, size), device=dev, dtype=torch.bool)
+                           for name, size in sizes.items()}, shape=(e,), device=dev)
+        self.observation_spec = Composite({
+            OBS_KEY: Unbounded(shape=(e, self.garden.observation_layout.state_dim), device=dev),
+            BLUEPRINT_KEY: Bounded(low=-1, high=NUM_BLUEPRINTS - 1, shape=(e, n), device=dev,
+                                   dtype=torch.int64),
+            MASKS_KEY: masks,
+            SLOT_BY_OP_KEY: Binary(n=n, shape=(e, self.action_space.num_ops, n), device=dev,
+                                   dtype=torch.bool),
+            IS_INIT_KEY: flag.clone(),
+        }, shape=(e,), device=dev)
         nvec = torch.tensor([sizes[name] for name in HEAD_NAMES], device=dev)
-        self.action_spec = MultiCategorical(
-            nvec=nvec.expand(e, len(HEAD_NAMES)), shape=(e, len(HEAD_NAMES)), device=dev,
-            dtype=torch.int64,
-        )
-        self.reward_spec = Unbounded(shape=(e, 1), device=dev, dtype=torch.float32)
-        self.done_spec = Composite(
-            {key: Categorical(2, shape=(e, 1), device=dev, dtype=torch.bool)
-             for key in ("done", "terminated", "truncated")},
-            shape=(e,), device=dev,
-        )
+        self.action_spec = MultiCategorical(nvec=nvec.expand(e, len(HEAD_NAMES)), device=dev,
+                                            shape=(e, len(HEAD_NAMES)), dtype=torch.int64)
+        self.reward_spec = Unbounded(shape=(e, 1), device=dev)
+        self.done_spec = Composite({key: flag.clone() for key in ("done", "terminated", "truncated")},
+                                   shape=(e,), device=dev)
 
     # ------------------------------------------------------------------ EnvBase hooks
     def _observation(self, out: StepOutput, is_init: Tensor) -> TensorDict:
         """The observation entries of ``out`` and ``is_init [E]``."""
-        return TensorDict(
-            {
-                OBS_KEY: out.obs,
-                BLUEPRINT_KEY: out.blueprint_indices,
-                MASKS_KEY: TensorDict(dict(out.masks), batch_size=self.batch_size),
-                SLOT_BY_OP_KEY: out.slot_by_op,
-                IS_INIT_KEY: is_init.unsqueeze(-1),
-            },
-            batch_size=self.batch_size, device=self.device,
-        )
+        return TensorDict({
+            OBS_KEY: out.obs, BLUEPRINT_KEY: out.blueprint_indices, SLOT_BY_OP_KEY: out.slot_by_op,
+            MASKS_KEY: TensorDict(dict(out.masks), batch_size=self.batch_size),
+            IS_INIT_KEY: is_init.unsqueeze(-1),
+        }, batch_size=self.batch_size, device=self.device)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs: Any) -> TensorDictBase:
         reset = None if tensordict is None else tensordict.get("_reset", None)
@@ -244,12 +211,8 @@ class SlotGardenTorchRLEnv(EnvBase):
         # them; `_reset` hands over the new episodes' first state).
         td = self._observation(self.garden.final_state(out), is_init=torch.zeros_like(done))
         done_col = done.unsqueeze(-1)  # [E, 1]
-        td.update({
-            "reward": out.reward.unsqueeze(-1),
-            "done": done_col,
-            "terminated": done_col.clone(),
-            "truncated": torch.zeros_like(done_col),
-        })
+        td.update({"reward": out.reward.unsqueeze(-1), "done": done_col,
+                   "terminated": done_col.clone(), "truncated": torch.zeros_like(done_col)})
         return td
 
     def _set_seed(self, seed: int | None) -> None:
