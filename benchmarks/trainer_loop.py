@@ -3,6 +3,7 @@
     python benchmarks/trainer_loop.py                        # 1x3, 2x5, 5x10; both networks
     python benchmarks/trainer_loop.py --grids 1x3 --updates 8 --repeats 2 --json loop.json
     python benchmarks/trainer_loop.py --trees before=/tmp/before after=.   # a change, A/B
+    python benchmarks/trainer_loop.py --networks transformer --variants lean:head_hidden=128,ff_mult=2
 
 Each measurement is the real trainer (rollouts of ``get_action`` at B = 32 environments, PPO
 updates over minibatches of 8 sequences x 24 steps, its losses and its Adam), one thread, in
@@ -31,7 +32,8 @@ import torch
 from examples.train_slot_garden import Args, train
 network, rows, cols, updates = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 args = Args(policy=network, rows=rows, cols=cols, total_steps=updates * 32 * 24, seed=0,
-            eval_episodes=1, checkpoint="", quiet=True, threads=1, attention_every=0)
+            eval_episodes=1, checkpoint="", quiet=True, threads=1, attention_every=0,
+            **json.loads(sys.argv[6]))
 stamps = []
 train(args, on_update=lambda steps, ret: stamps.append((steps, time.perf_counter())))
 (s0, t0), (s1, t1) = stamps[0], stamps[-1]
@@ -40,11 +42,13 @@ print(json.dumps({"env_steps_per_s": (s1 - s0) / (t1 - t0),
 """
 
 
-def measure(tree: Path, network: str, grid: str, updates: int) -> dict[str, float]:
+def measure(tree: Path, network: str, grid: str, updates: int,
+            overrides: dict[str, object]) -> dict[str, float]:
     rows, cols = grid.split("x")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
     done = subprocess.run(
-        [sys.executable, "-c", RUN_ONE, str(tree), network, rows, cols, str(updates)],
+        [sys.executable, "-c", RUN_ONE, str(tree), network, rows, cols, str(updates),
+         json.dumps(overrides)],
         capture_output=True, text=True, env=env, cwd=tree, check=True,
     )
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -59,14 +63,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--trees", nargs="+", default=[f"main={ROOT}"], metavar="NAME=PATH",
                         help="checkouts to compare (default: this one)")
+    parser.add_argument("--variants", nargs="*", default=[], metavar="NAME:FIELD=VALUE,...",
+                        help="extra trainer settings to compare (their network only), e.g. "
+                             "lean:head_hidden=128,ff_mult=2; each runs as its own tree row")
     parser.add_argument("--json", default=None, help="write every figure here")
     cli = parser.parse_args(argv)
     trees = dict(item.split("=", 1) for item in cli.trees)
+    settings: dict[str, dict[str, object]] = {key: {} for key in trees}
+    for item in cli.variants:
+        name, _, fields = item.partition(":")
+        settings[name] = {k: json.loads(v) for k, v in
+                          (field.split("=", 1) for field in fields.split(",") if field)}
+        trees[name] = trees[next(iter(trees))]
     figures: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     configs = [(t, n, g) for g in cli.grids for n in cli.networks for t in trees]
     for repeat in range(cli.repeats):
         for tree, network, grid in configs:
-            result = measure(Path(trees[tree]).resolve(), network, grid, cli.updates)
+            result = measure(Path(trees[tree]).resolve(), network, grid, cli.updates,
+                             settings[tree])
             figures.setdefault((tree, network, grid), []).append(result)
             print(f"repeat {repeat + 1}/{cli.repeats}: {tree} {network} {grid}: "
                   f"{result['env_steps_per_s']:.0f} env steps/s, peak RSS "
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     if cli.json:
         Path(cli.json).write_text(json.dumps(
             {"updates": cli.updates, "repeats": cli.repeats, "trees": trees,
-             "runs": [{"tree": t, "network": n, "grid": g, **r}
+             "settings": settings, "runs": [{"tree": t, "network": n, "grid": g, **r}
                       for (t, n, g), results in figures.items() for r in results]}, indent=2))
 
 
