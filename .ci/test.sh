@@ -14,7 +14,9 @@ python -m pytest benchmarks --quick --threads 1 --benchmark-only -q -p no:cachep
 python -m pytest -q --doctest-modules slotformer examples/pick_entity tests "$@"
 # The rollout/update parity tests again under settings that change the CPU kernels (thread
 # count, ATen's vector ISA, MKL's instruction set), so that a guarantee that holds for one
-# kernel only cannot hide (the guarantees: slotformer/networks/core.py).
+# kernel only cannot hide (the guarantees: slotformer/networks/core.py). Their own inductor
+# cache: a kernel compiled under a forced ISA, if cached, crashes later default-ISA runs.
+export TORCHINDUCTOR_CACHE_DIR="${TMPDIR:-/tmp}/slotformer-parity-inductor-cache"
 for setting in OMP_NUM_THREADS=1 OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=avx2 \
         ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2; do
     echo "parity tests with ${setting}"
