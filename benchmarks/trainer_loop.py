@@ -4,6 +4,7 @@
     python benchmarks/trainer_loop.py --grids 1x3 --updates 8 --repeats 2 --json loop.json
     python benchmarks/trainer_loop.py --trees before=/tmp/before after=.   # a change, A/B
     python benchmarks/trainer_loop.py --networks transformer --variants lean:head_hidden=128,ff_mult=2
+    python benchmarks/trainer_loop.py --grids 2x3 --variants two:threads=2 --beside 1  # under load
 
 Each measurement is the real trainer (rollouts of ``get_action`` at B = 32 environments, PPO
 updates over minibatches of 8 sequences x 24 steps, its losses and its Adam), one thread, in
@@ -11,7 +12,8 @@ a fresh process: env steps per second from the end of update 1 (warm-up) to the 
 last update, and the process's peak resident memory. Configurations run interleaved, repeat
 by repeat, so every ratio (transformer / flat LSTM, or after / before) is measured under the
 same machine load; the medians over repeats are printed. Compare ratios, not absolute figures
-across runs or machines.
+across runs or machines. ``--beside K`` keeps K other one-thread training processes running
+throughout (a machine shared with other work).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ sys.path.insert(0, sys.argv[1])
 import torch
 from examples.train_slot_garden import Args, train
 network, rows, cols, updates = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-args = Args(policy=network, rows=rows, cols=cols, total_steps=updates * 32 * 24, seed=0,
-            eval_episodes=1, checkpoint="", quiet=True, threads=1, attention_every=0,
-            **json.loads(sys.argv[6]))
+args = Args(**{"policy": network, "rows": rows, "cols": cols, "total_steps": updates * 32 * 24,
+               "seed": 0, "eval_episodes": 1, "checkpoint": "", "quiet": True, "threads": 1,
+               "attention_every": 0, **json.loads(sys.argv[6])})
 stamps = []
 train(args, on_update=lambda steps, ret: stamps.append((steps, time.perf_counter())))
 (s0, t0), (s1, t1) = stamps[0], stamps[-1]
@@ -66,8 +68,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="*", default=[], metavar="NAME:FIELD=VALUE,...",
                         help="extra trainer settings to compare (their network only), e.g. "
                              "lean:head_hidden=128,ff_mult=2; each runs as its own tree row")
+    parser.add_argument("--beside", type=int, default=0,
+                        help="other training processes kept running meanwhile (load)")
     parser.add_argument("--json", default=None, help="write every figure here")
     cli = parser.parse_args(argv)
+    load = [subprocess.Popen(  # 2x5 transformer trainers, long enough to outlast the run
+        [sys.executable, "examples/train_slot_garden.py", "--rows", "2", "--cols", "5",
+         "--total-steps", "100000000", "--quiet", "--checkpoint", "", "--seed", str(k)],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for k in range(cli.beside)]
+    try:
+        run(cli)
+    finally:
+        for process in load:
+            process.kill()
+
+
+def run(cli: argparse.Namespace) -> None:
     trees = dict(item.split("=", 1) for item in cli.trees)
     settings: dict[str, dict[str, object]] = {key: {} for key in trees}
     for item in cli.variants:
@@ -89,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     def median(key: tuple[str, str, str], name: str) -> float:
         return statistics.median(r[name] for r in figures[key])
 
-    print(f"\nenv steps/s of the trainer (1 thread, {cli.updates} updates, medians of "
-          f"{cli.repeats} interleaved repeats; peak RSS of the process)\n")
+    print(f"\nenv steps/s of the trainer (1 thread unless a variant says, {cli.updates} updates, "
+          f"medians of {cli.repeats} interleaved repeats; peak RSS of the process; "
+          f"{cli.beside} other training processes beside it)\n")
     print("| tree | grid | " + " | ".join(f"{n} steps/s | {n} RSS MB" for n in cli.networks)
           + (" | transformer / lstm steps/s | RSS |" if len(cli.networks) == 2 else " |"))
     print("|---" * (2 + 2 * len(cli.networks) + (2 if len(cli.networks) == 2 else 0)) + "|")
