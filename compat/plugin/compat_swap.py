@@ -17,8 +17,9 @@ The replacement is a thin subclass with the reference constructor's signature
 ``(state_dim, feature_dim=512, lstm_hidden_dim=512, lstm_layers=1, slot_config=None)``:
 the reference's ``esper.leyline.SlotConfig`` is converted to slotformer's ``SlotConfig``
 (same ``slot_ids``), everything else is passed through (flat LSTM) or mapped as
-``embed_dim=64, lstm_hidden_dim=lstm_hidden_dim, lstm_layers=lstm_layers`` and
-``feature_dim`` ignored (transformer).
+``SlotTransformerActorCritic(state_dim, slot_config, lstm_hidden_dim=lstm_hidden_dim,
+lstm_layers=lstm_layers, config=TransformerConfig(embed_dim=64))`` with ``feature_dim``
+ignored (transformer).
 """
 
 from __future__ import annotations
@@ -111,10 +112,9 @@ def _build_replacement():
                 super().__init__(
                     state_dim,
                     sf_slots,
-                    embed_dim=TRANSFORMER_EMBED_DIM,
                     lstm_hidden_dim=lstm_hidden_dim,
                     lstm_layers=lstm_layers,
-                    **layout,
+                    config=slotformer.TransformerConfig(embed_dim=TRANSFORMER_EMBED_DIM, **layout),
                 )
 
     return FactoredRecurrentActorCritic
