@@ -10,6 +10,9 @@ from collections import defaultdict
 # (group, kind, regex on "nodeid\nmessage\ntraceback"); first match wins.
 # kind: internal = tests a private detail of the reference; contract = a genuine difference.
 RULES = [
+    ("slotformer's validation refuses a probability floor that cannot hold (the reference "
+     "agent's default blueprint floor 0.12 x 13 actions > 1; the reference caps it at 0.99/13)",
+     "contract", r"the floor cannot hold"),
     ("transformer needs state_dim = 23 + N*slot_dim (test uses an opaque width)", "contract",
      r"does not fit base_dim="),
     ("reference PPOAgent.load reads state_dict['slot_head.2.weight']", "contract",

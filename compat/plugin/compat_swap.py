@@ -39,6 +39,9 @@ ALIAS_EXCEPTION = os.environ.get("SLOTFORMER_SWAP_ALIAS", "0") == "1"
 # is laid out as base_dim = state_dim mod N, slot_dim = state_dim // N, so the tests that use
 # opaque state widths (8, 20, 30, 64, 126) get past construction and show what lies behind.
 LAYOUT_FALLBACK = os.environ.get("SLOTFORMER_SWAP_LAYOUT", "strict") == "fallback"
+# SLOTFORMER_SWAP_VALIDATION=0: slotformer.set_validation(False) for the session. Validation
+# only raises (it changes no value); this shows what its checks alone make fail.
+VALIDATION = os.environ.get("SLOTFORMER_SWAP_VALIDATION", "1") != "0"
 
 
 # Tests during which a swapped network was constructed (written at session end to
@@ -142,6 +145,10 @@ if MODE != "reference":
 
     _fl._compat_original = _fl.FactoredRecurrentActorCritic  # type: ignore[attr-defined]
     _patch()
+    if not VALIDATION:
+        import slotformer
+
+        slotformer.set_validation(False)
     if ALIAS_EXCEPTION:
         import esper.tamiyo.policy  # noqa: F401  (re-exports the name)
         import esper.tamiyo.policy.action_masks as _am
@@ -161,7 +168,8 @@ def pytest_report_header(config):
     base = cls if MODE == "reference" else cls.__mro__[1]
     return [
         f"compat_swap: SLOTFORMER_SWAP={MODE}; network = {base.__module__}.{base.__name__}; "
-        f"alias_exception={ALIAS_EXCEPTION}; layout_fallback={LAYOUT_FALLBACK}"
+        f"alias_exception={ALIAS_EXCEPTION}; layout_fallback={LAYOUT_FALLBACK}; "
+        f"validation={VALIDATION}"
     ]
 
 
