@@ -134,6 +134,17 @@ def main() -> None:
 
     check("predict_contributions(..., stop_gradient=False).sum().backward() reaches net.lstm", aux_grad)
 
+    def default_floor():
+        from esper.leyline import PROBABILITY_FLOOR_PER_HEAD
+
+        net = Net(state_dim=116)
+        net.get_action(torch.randn(1, 116), torch.zeros(1, 3, dtype=torch.long),
+                       probability_floor=dict(PROBABILITY_FLOOR_PER_HEAD), deterministic=True)
+        return "SAME: the floor is capped at 0.99 / valid actions"
+
+    check("net.get_action(..., all actions valid, probability_floor=PROBABILITY_FLOOR_PER_HEAD) "
+          "(the PPO agent's default floors; blueprint 0.12 x 13 actions > 1)", default_floor)
+
     def dropout():
         net = Net(state_dim=116)
         ps = [m.p for m in net.contribution_predictor.modules() if isinstance(m, torch.nn.Dropout)]

@@ -17,8 +17,9 @@ The replacement is a thin subclass with the reference constructor's signature
 ``(state_dim, feature_dim=512, lstm_hidden_dim=512, lstm_layers=1, slot_config=None)``:
 the reference's ``esper.leyline.SlotConfig`` is converted to slotformer's ``SlotConfig``
 (same ``slot_ids``), everything else is passed through (flat LSTM) or mapped as
-``embed_dim=64, lstm_hidden_dim=lstm_hidden_dim, lstm_layers=lstm_layers`` and
-``feature_dim`` ignored (transformer).
+``SlotTransformerActorCritic(state_dim, slot_config, lstm_hidden_dim=lstm_hidden_dim,
+lstm_layers=lstm_layers, config=TransformerConfig(embed_dim=64))`` with ``feature_dim``
+ignored (transformer).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ ALIAS_EXCEPTION = os.environ.get("SLOTFORMER_SWAP_ALIAS", "0") == "1"
 # is laid out as base_dim = state_dim mod N, slot_dim = state_dim // N, so the tests that use
 # opaque state widths (8, 20, 30, 64, 126) get past construction and show what lies behind.
 LAYOUT_FALLBACK = os.environ.get("SLOTFORMER_SWAP_LAYOUT", "strict") == "fallback"
+# SLOTFORMER_SWAP_VALIDATION=0: slotformer.set_validation(False) for the session. Validation
+# only raises (it changes no value); this shows what its checks alone make fail.
+VALIDATION = os.environ.get("SLOTFORMER_SWAP_VALIDATION", "1") != "0"
 
 
 # Tests during which a swapped network was constructed (written at session end to
@@ -111,10 +115,9 @@ def _build_replacement():
                 super().__init__(
                     state_dim,
                     sf_slots,
-                    embed_dim=TRANSFORMER_EMBED_DIM,
                     lstm_hidden_dim=lstm_hidden_dim,
                     lstm_layers=lstm_layers,
-                    **layout,
+                    config=slotformer.TransformerConfig(embed_dim=TRANSFORMER_EMBED_DIM, **layout),
                 )
 
     return FactoredRecurrentActorCritic
@@ -142,6 +145,10 @@ if MODE != "reference":
 
     _fl._compat_original = _fl.FactoredRecurrentActorCritic  # type: ignore[attr-defined]
     _patch()
+    if not VALIDATION:
+        import slotformer
+
+        slotformer.set_validation(False)
     if ALIAS_EXCEPTION:
         import esper.tamiyo.policy  # noqa: F401  (re-exports the name)
         import esper.tamiyo.policy.action_masks as _am
@@ -161,7 +168,8 @@ def pytest_report_header(config):
     base = cls if MODE == "reference" else cls.__mro__[1]
     return [
         f"compat_swap: SLOTFORMER_SWAP={MODE}; network = {base.__module__}.{base.__name__}; "
-        f"alias_exception={ALIAS_EXCEPTION}; layout_fallback={LAYOUT_FALLBACK}"
+        f"alias_exception={ALIAS_EXCEPTION}; layout_fallback={LAYOUT_FALLBACK}; "
+        f"validation={VALIDATION}"
     ]
 
 

@@ -318,6 +318,27 @@ class SlotTransformerActorCritic(ActorCriticCore):
                 f"slots and max_grid_size={c.max_grid_size} rows and columns"
             )
 
+    # ------------------------------------------------------------------ reference names
+    # The reference PPO agent builds its weight-decay optimiser groups from module
+    # attributes: the heads (actor, no decay), ``state_value_head`` and ``q_head`` (critic,
+    # decayed) and ``feature_net``, ``lstm``, ``lstm_ln``, ``blueprint_embedding`` and
+    # ``contribution_predictor`` (shared, no decay). The two below give the transformer's
+    # modules those roles; they are views, not registered submodules, so the parameters,
+    # the state dict and the module tree are unchanged.
+    @property
+    def feature_net(self) -> nn.ModuleList:
+        """The trunk before the recurrent core but the blueprint embedding (the global
+        encoder and the slot encoder): the role of the reference network's ``feature_net``,
+        its shared layer before the LSTM. A new list on each read, for grouping parameters;
+        not called by `forward`."""
+        return nn.ModuleList([self.global_encoder, self.encoder])
+
+    @property
+    def lstm_ln(self) -> nn.Module:
+        """The reference network's norm after its LSTM: parameter-free here, as in the flat
+        network (the recurrent core's layers carry their own norms)."""
+        return nn.Identity()
+
     # ------------------------------------------------------------------ telemetry
     # `forward(..., return_intermediates=True)` returns the attention maps as data. The
     # `capture_attention` switch (`slotformer.telemetry.capture_attention`) and the hooks
