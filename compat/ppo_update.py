@@ -18,7 +18,7 @@ reference's blueprint actions across a discontinuity of its probability floor (s
 ``floor_flip.py``), so the reference's own result moves with the thread count.
 
 For both networks it then saves an updated agent with ``PPOAgent.save``, restores it into a
-freshly built agent the way the README's migration section says (``PPOAgent.load`` reads the
+freshly built agent the way docs/migration.md says (``PPOAgent.load`` reads the
 flat slot head's last layer, which the Slot Transformer does not have), and checks that the
 next update of the resumed agent equals the uninterrupted one exactly.
 
@@ -163,7 +163,7 @@ def main() -> int:
                       f"slotformer={float(runs[1][1][key]):.8g}/{float(runs[2][1][key]):.8g} "
                       "(1/2 threads)")
 
-    # Resuming without PPOAgent.load (the README's migration section): build the agent as
+    # Resuming without PPOAgent.load (docs/migration.md): build the agent as
     # for training, then load what PPOAgent.save wrote into it.
     print("resume (agent.save, then the README's recipe instead of PPOAgent.load):")
     import tempfile

@@ -12,7 +12,7 @@ What it shows: the adapter of ``examples/torchrl_ppo.py`` (`SlotGardenTorchRLEnv
 ``[E, T]`` piece per collector (``[C, E, T]``; the sequences are independent, so the update
 sees ``[C E, T]``), and after each update ``update_policy_weights_()`` sends the new weights
 to every collector before the next batch. Only collection is distributed; the update runs
-here (wrap the loss in DDP yourself to spread it, README "Distributed training").
+here (wrap the loss in DDP yourself to spread it, docs/ppo_loop.md, "Distributed data parallel").
 """
 
 from __future__ import annotations

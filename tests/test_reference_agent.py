@@ -7,7 +7,7 @@ checked without the reference (it is not a dependency; ``compat/`` runs its own 
   ``contribution_predictor`` (shared, no decay). Its own test requires every parameter in
   exactly one group.
 * Its ``PPOAgent.load`` reads the slot count from the flat slot head's last layer, which the
-  Slot Transformer does not have; the README's migration section gives the way to resume
+  Slot Transformer does not have; docs/migration.md gives the way to resume
   instead, checked here on slotformer's own checkpoint.
 """
 
@@ -99,7 +99,7 @@ def test_the_flat_network_has_the_reference_modules() -> None:
 def test_resuming_from_a_checkpoint_with_the_optimizer_state_is_exact(
     kind: str, tmp_path: Path
 ) -> None:
-    """The README's way to save and resume training (policy and optimizer) without the
+    """docs/migration.md's way to save and resume training (policy and optimizer) without the
     reference agent's ``load``: a resumed run takes the very step the original takes."""
     small = {"lstm_hidden_dim": 16, "embed_dim": 16, "head_hidden": 16} if kind == "transformer" \
         else {"lstm_hidden_dim": 16, "feature_dim": 16}
