@@ -144,7 +144,7 @@ def test_embedding_to_float64_and_buffer_follows_module() -> None:
 
 @pytest.mark.parametrize("kwargs", [{"num_blueprints": 0}, {"embed_dim": 0}])
 def test_embedding_constructor_rejects_bad_sizes(kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError, match="must be >= 1"):
+    with pytest.raises(ValueError, match="must be a positive int, got 0"):
         BlueprintEmbedding(**kwargs)
 
 
