@@ -348,12 +348,11 @@ class ResidualLSTM(nn.Module):
                 f"step, got {describe_shape(x)}"
             )
         reference = self._block(0).lstm.weight_hh_l0
-        autocast = torch.is_autocast_enabled(x.device.type)
-        expect(
-            "x", x, dtype=None if autocast else reference.dtype, floating=True,
-            device=reference.device, hint=" (floating-point, on the ResidualLSTM parameters' "
-            "device, and of their dtype outside autocast)",
-        )
+        hint = " (floating-point, on the ResidualLSTM parameters' device, in their dtype " \
+            "outside autocast)"
+        expect("x", x, floating=True, device=reference.device, hint=hint)
+        if not torch.is_autocast_enabled(x.device.type):
+            expect("x", x, dtype=reference.dtype, hint=hint)
 
     def _check_hidden(self, hidden: object, x: Tensor) -> None:
         if not isinstance(hidden, tuple) or len(hidden) != 2:
@@ -362,13 +361,12 @@ class ResidualLSTM(nn.Module):
             raise ValueError(f"hidden must be a tuple (h, c) of two tensors, got a {got}")
         # x's dtype outside autocast, any floating dtype within; c then takes h's dtype.
         dtype = None if torch.is_autocast_enabled(x.device.type) else x.dtype
+        hint = " ([num_layers, B, hidden_size] on x's device; h and c share a floating dtype, " \
+            "x's outside autocast)"
         for name, state in zip(("hidden h", "hidden c"), hidden):
-            dtype = expect(
-                name, state, dtype=dtype, floating=True, device=x.device,
-                shape=(self.num_layers, x.shape[0], self.hidden_size),
-                hint=" ([num_layers, B, hidden_size] on x's device; h and c share a floating "
-                "dtype, x's outside autocast)",
-            ).dtype
+            expect(name, state, floating=True, device=x.device,
+                   shape=(self.num_layers, x.shape[0], self.hidden_size), hint=hint)
+            dtype = expect(name, state, dtype=dtype, hint=hint).dtype
 
     def extra_repr(self) -> str:
         return (
