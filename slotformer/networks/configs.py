@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
-from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
+from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig, check_base_dim
 from slotformer.distributions import FLOOR_MODES
 from slotformer.validation import check_positive_int
 
@@ -73,18 +73,14 @@ class ActorCriticConfig:
         for name in ("use_q_head", "use_contribution_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.floor_mode not in FLOOR_MODES:
-            raise ValueError(f"floor_mode must be one of {list(FLOOR_MODES)}, got {self.floor_mode!r}")
+        for name, choices in (("floor_mode", FLOOR_MODES), ("value_baseline", VALUE_BASELINES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
         if self.value_baseline == "q" and not self.use_q_head:
             raise ValueError(
                 'value_baseline="q" needs the Q head: pass use_q_head=True or value_baseline="v"'
             )
-        if not isinstance(self.base_dim, int) or self.base_dim < 0:
-            raise ValueError(f"base_dim must be a non-negative int, got {self.base_dim!r}")
-        if self.value_baseline not in VALUE_BASELINES:
-            raise ValueError(
-                f"value_baseline must be one of {list(VALUE_BASELINES)}, got {self.value_baseline!r}"
-            )
+        check_base_dim(self.base_dim)
 
     def for_slots(self: _Config, slot_config: SlotConfig) -> _Config:
         """This config with ``state_dim`` filled in for ``slot_config``: ``base_dim + N *
