@@ -223,7 +223,7 @@ def _is_int(value: object) -> bool:
 
 
 def _check_field(where: str, key: str, value: object, ok: bool, expected: str) -> None:
-    """Unless ``ok``, a ``ValueError`` naming ``key`` of ``where``, its value and what it must be."""
+    """Unless ``ok``, a ``ValueError`` naming ``where``'s ``key``, its value and what it must be."""
     if not ok:
         raise ValueError(f"{where}: {key!r} must be {expected}, got {value!r}")
 

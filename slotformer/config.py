@@ -1,8 +1,7 @@
 """Slots and observations: which slots exist, where they sit, and how a flat state splits.
 
-`SlotConfig` names the slots (its tuple order is the slot head's action order) and gives each
-one a grid position for the positional encoding. `ObservationLayout` splits the flat
-observation vector of the compatibility contract into a base block and per-slot blocks.
+`SlotConfig` names the slots in action order and places each on the grid; `ObservationLayout`
+splits the contract's flat observation into a base block and per-slot blocks.
 """
 
 from __future__ import annotations
@@ -68,10 +67,8 @@ class SlotConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.slot_ids, str) or not isinstance(self.slot_ids, tuple | list):
-            raise ValueError(
-                f"slot_ids must be a tuple of str, got {type(self.slot_ids).__name__}: "
-                f"{self.slot_ids!r}"
-            )
+            got = f"{type(self.slot_ids).__name__}: {self.slot_ids!r}"
+            raise ValueError(f"slot_ids must be a tuple of str, got {got}")
         ids = tuple(self.slot_ids)
         if not ids:
             raise ValueError("slot_ids must name at least one slot, got an empty tuple")
@@ -112,14 +109,12 @@ class SlotConfig:
         try:
             return self._index[slot_id]
         except KeyError:
-            raise ValueError(
-                f"unknown slot id {slot_id!r}; known ids: {list(self.slot_ids)}"
-            ) from None
+            known = list(self.slot_ids)
+            raise ValueError(f"unknown slot id {slot_id!r}; known ids: {known}") from None
 
     @property
     def positions(self) -> tuple[tuple[int, int], ...]:
-        """``(row, col)`` of each slot. Falls back to ``(0, index)`` for every slot unless all
-        ids are canonical ``r{row}c{col}`` with distinct positions."""
+        """``(row, col)`` of each slot (see the class docstring)."""
         return self._positions
 
     @property
