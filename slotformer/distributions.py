@@ -83,9 +83,14 @@ def _check_metadata(logits: Tensor, mask: Tensor | None, name: str) -> None:
             f"{name} must be a floating-point tensor [..., n] (at least one dimension), got "
             f"dtype {logits.dtype} and shape {describe_shape(logits)}"
         )
-    if mask is not None:
-        expect(f"mask for {name}", mask, dtype=torch.bool, device=logits.device,
-               shape=logits.shape, hint=" (True = valid, exactly the logits' shape and device)")
+    if mask is not None and (
+        mask.dtype != torch.bool or mask.shape != logits.shape or mask.device != logits.device
+    ):  # one message stating every expected and actual property
+        raise ValueError(
+            f"mask for {name} must be torch.bool (True = valid) with exactly the logits' shape "
+            f"{describe_shape(logits)} on their device {logits.device}, got {mask.dtype} "
+            f"{describe_shape(mask)} on {mask.device}"
+        )
 
 
 def check_logit_values(logits: Tensor, mask: Tensor | None, name: str) -> None:
@@ -127,8 +132,11 @@ def check_logits_and_mask(logits: Tensor, mask: Tensor | None, name: str = "logi
         check_logit_values(logits, mask, name)
 
 
-def _check_min_prob(min_prob: float | None) -> float:
-    """The floor as a Python float (0.0 = no floor); rejects values outside [0, 1)."""
+def _check_floor(min_prob: float | None, floor_mode: str) -> float:
+    """The floor as a Python float (0.0 = no floor), after checking ``floor_mode`` and that
+    ``min_prob`` lies in [0, 1) or is None."""
+    if floor_mode not in FLOOR_MODES:
+        raise ValueError(f"floor_mode must be one of {list(FLOOR_MODES)}, got {floor_mode!r}")
     if min_prob is None:
         return 0.0
     number = isinstance(min_prob, (int, float)) and not isinstance(min_prob, bool)
@@ -198,9 +206,7 @@ def masked_log_probs(
         [0.7, 0.3, 0.0]
     """
     _check_metadata(logits, mask, "logits")
-    if floor_mode not in FLOOR_MODES:
-        raise ValueError(f"floor_mode must be one of {list(FLOOR_MODES)}, got {floor_mode!r}")
-    return _masked_log_probs(logits, mask, _check_min_prob(min_prob), floor_mode)
+    return _masked_log_probs(logits, mask, _check_floor(min_prob, floor_mode), floor_mode)
 
 
 def _masked_log_probs(
@@ -403,7 +409,8 @@ class MaskedCategorical:
         self.logits = logits  # [..., n] original dtype
         self.mask = mask  # [..., n] bool or None
         self.min_prob = min_prob
-        self._log_probs = masked_log_probs(logits, mask, min_prob, floor_mode)  # [..., n] fp32
+        floor = _check_floor(min_prob, floor_mode)
+        self._log_probs = _masked_log_probs(logits, mask, floor, floor_mode)  # [..., n] fp32
 
     @property
     def log_probs(self) -> Tensor:

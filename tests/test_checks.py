@@ -119,8 +119,8 @@ def test_active_mask_checks_whichever_argument_decides() -> None:
 def test_mask_message_states_every_expected_and_actual_property() -> None:
     message = _message(
         ValueError, mask_logits, torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool, device="meta"))
-    assert "mask for logits is on device meta, expected cpu (True = valid, exactly the " \
-        "logits' shape and device)" in message
+    assert "mask for logits must be torch.bool (True = valid) with exactly the logits' shape " \
+        "(2, 3) on their device cpu, got torch.bool (2, 3) on meta" in message
     assert "got dtype torch.float32 and shape ()" in _message(
         ValueError, masked_log_probs, torch.tensor(0.0), None)
     for bad in (1.0, -0.1, "0.1", True):

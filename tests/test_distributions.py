@@ -156,16 +156,16 @@ def test_masked_actions_never_sampled_in_many_draws(case, min_prob, seed):
 
 
 def test_non_bool_mask_rejected_naming_dtype():
-    with pytest.raises(ValueError, match=r"mask for slot_logits has dtype torch\.int64, expected torch\.bool"):
+    with pytest.raises(ValueError, match=r"mask for slot_logits .*torch\.bool.*torch\.int64"):
         check_logits_and_mask(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.int64), "slot_logits")
     with pytest.raises(ValueError, match=r"torch\.bool"):
         masked_log_probs(torch.zeros(2, 3), torch.ones(2, 3))
 
 
 def test_wrong_mask_shape_rejected_naming_both_shapes():
-    with pytest.raises(ValueError, match=r"mask for op_logits has shape \(2, 1\), expected \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"op_logits.*\(2, 3\).*\(2, 1\)"):
         check_logits_and_mask(torch.zeros(2, 3), torch.ones(2, 1, dtype=torch.bool), "op_logits")
-    with pytest.raises(ValueError, match=r"mask for logits has shape \(3,\), expected \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3,\)"):
         MaskedCategorical(torch.zeros(2, 3), torch.ones(3, dtype=torch.bool))
 
 
