@@ -66,12 +66,12 @@ class SlotConfig:
     """N, the number of slots."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.slot_ids, str) or not isinstance(self.slot_ids, tuple | list):
-            got = f"{type(self.slot_ids).__name__}: {self.slot_ids!r}"
-            raise ValueError(f"slot_ids must be a tuple of str, got {got}")
-        ids = tuple(self.slot_ids)
-        if not ids:
-            raise ValueError("slot_ids must name at least one slot, got an empty tuple")
+        ids = self.slot_ids
+        if isinstance(ids, str) or not isinstance(ids, tuple | list) or not ids:
+            raise ValueError(
+                f"slot_ids must be a non-empty tuple of str, got {type(ids).__name__}: {ids!r}"
+            )
+        ids = tuple(ids)
         bad = [s for s in ids if not isinstance(s, str) or not s]
         if bad:
             raise ValueError(f"slot_ids must be non-empty strings, got {bad!r}")
