@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slotformer.validation import describe_shape, expect
+from slotformer.validation import expect
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ def canonicalize_masks(
     for head in action_space.heads:
         expect(f"mask for head {head.name!r}", masks[head.name], dtype=torch.bool,
                shape=(*ops.shape, head.size),
-               hint=f" (ops shape {describe_shape(ops)} + head size)")
+               hint=" (ops shape + head size)")
     packed = PackedHeads.of(action_space, ops.device)
     canonical = packed.canonical_masks(packed.pack(masks) & packed.real, ops, slot_by_op)
     out = {name: row[..., :n] for name, n, row in zip(packed.names, packed.sizes,

@@ -295,7 +295,7 @@ def log_prob_of(log_probs: Tensor, actions: Tensor) -> Tensor:
         tensor([0.7500])
     """
     expect("actions", actions, dtype=torch.int64, shape=log_probs.shape[:-1],
-           hint=f" (log_probs' shape {describe_shape(log_probs)} without its last dim)")
+           hint=" (log_probs' shape without its last dim)")
     if validation_enabled():
         n = log_probs.shape[-1]
         out_of_range = int(((actions < 0) | (actions >= n)).sum().item())

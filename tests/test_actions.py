@@ -393,7 +393,7 @@ def test_wrong_mask_shape_is_a_value_error_stating_shapes() -> None:
     masks = {h.name: torch.ones(2, 5, h.size, dtype=torch.bool) for h in space.heads}
     ops = torch.zeros(2, 5, dtype=torch.long)
     wrong_size = dict(masks, style=torch.ones(2, 5, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match=re.escape("mask for head 'style' has shape (2, 5, 3), expected (2, 5, 4) (ops shape (2, 5) + head size)")):
+    with pytest.raises(ValueError, match=re.escape("mask for head 'style' has shape (2, 5, 3), expected (2, 5, 4) (ops shape + head size)")):
         canonicalize_masks(space, wrong_size, ops)
     wrong_leading = dict(masks, slot=torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=re.escape("mask for head 'slot' has shape (2, 3), expected (2, 5, 3)")):
