@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slotformer.validation import describe_shape
+from slotformer.validation import expect
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class HeadSpec:
         size: number of choices (for the pointer head: the slot count N).
         relevant_ops: the ops for which this head's choice matters; ``None`` = every op.
         canonical_action: the action forced when the head is irrelevant; ``None`` = the first
-            valid index of the head's mask (used by the slot pointer).
+            valid index of the head's mask (the slot pointer's).
     """
 
     name: str
@@ -90,10 +90,9 @@ class ActionSpace:
         object.__setattr__(self, "_packed", {})
         if len(set(names)) != len(names):
             raise ValueError(f"head names must be unique, got {names}")
-        if self.op_head not in names:
-            raise ValueError(f"op_head={self.op_head!r} is not one of the heads {names}")
-        if self.pointer_head is not None and self.pointer_head not in names:
-            raise ValueError(f"pointer_head={self.pointer_head!r} is not one of the heads {names}")
+        for role, name in (("op_head", self.op_head), ("pointer_head", self.pointer_head)):
+            if name is not None and name not in names:
+                raise ValueError(f"{role}={name!r} is not one of the heads {names}")
         op = self.heads[names.index(self.op_head)]
         if op.relevant_ops is not None:
             raise ValueError(f"the op head {self.op_head!r} must be relevant for every op")
@@ -141,21 +140,13 @@ class ActionSpace:
             >>> ActionSpace.from_dict(data) == space
             True
         """
-        return {
-            "heads": [
-                {
-                    "name": head.name,
-                    "size": int(head.size),
-                    "relevant_ops": (
-                        None if head.relevant_ops is None else sorted(head.relevant_ops)
-                    ),
-                    "canonical_action": head.canonical_action,
-                }
-                for head in self.heads
-            ],
-            "op_head": self.op_head,
-            "pointer_head": self.pointer_head,
-        }
+        heads = [
+            {"name": head.name, "size": int(head.size),
+             "relevant_ops": None if head.relevant_ops is None else sorted(head.relevant_ops),
+             "canonical_action": head.canonical_action}
+            for head in self.heads
+        ]
+        return {"heads": heads, "op_head": self.op_head, "pointer_head": self.pointer_head}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ActionSpace:
@@ -172,8 +163,8 @@ class ActionSpace:
         where = "ActionSpace.from_dict"
         _check_keys(where, data, required={"heads", "op_head"}, optional={"pointer_head"})
         heads = data["heads"]
-        if not isinstance(heads, list | tuple) or not heads:
-            raise ValueError(f"{where}: 'heads' must be a non-empty list, got {heads!r}")
+        _check_field(where, "heads", heads, isinstance(heads, list | tuple) and bool(heads),
+                     "a non-empty list")
         specs = []
         for index, head in enumerate(heads):
             at = f"{where}: heads[{index}]"
@@ -181,32 +172,22 @@ class ActionSpace:
                 at, head, required={"name", "size"}, optional={"relevant_ops", "canonical_action"}
             )
             name, size = head["name"], head["size"]
-            relevant = head.get("relevant_ops")
-            canonical = head.get("canonical_action")
-            if not isinstance(name, str):
-                raise ValueError(f"{at}: 'name' must be a str, got {name!r}")
-            if not _is_int(size):
-                raise ValueError(f"{at} ({name!r}): 'size' must be an int, got {size!r}")
-            if relevant is not None and (
-                not isinstance(relevant, list | tuple) or not all(_is_int(o) for o in relevant)
-            ):
-                raise ValueError(
-                    f"{at} ({name!r}): 'relevant_ops' must be a list of ints or None, got "
-                    f"{relevant!r}"
-                )
-            if canonical is not None and not _is_int(canonical):
-                raise ValueError(
-                    f"{at} ({name!r}): 'canonical_action' must be an int or None, got "
-                    f"{canonical!r}"
-                )
+            relevant, canonical = head.get("relevant_ops"), head.get("canonical_action")
+            _check_field(at, "name", name, isinstance(name, str), "a str")
+            at = f"{at} ({name!r})"
+            _check_field(at, "size", size, _is_int(size), "an int")
+            _check_field(at, "relevant_ops", relevant, relevant is None or (
+                isinstance(relevant, list | tuple) and all(_is_int(o) for o in relevant)
+            ), "a list of ints or None")
+            _check_field(at, "canonical_action", canonical,
+                         canonical is None or _is_int(canonical), "an int or None")
             specs.append(
                 HeadSpec(name, size, None if relevant is None else frozenset(relevant), canonical)
             )
         op_head, pointer_head = data["op_head"], data.get("pointer_head")
-        if not isinstance(op_head, str):
-            raise ValueError(f"{where}: 'op_head' must be a str, got {op_head!r}")
-        if pointer_head is not None and not isinstance(pointer_head, str):
-            raise ValueError(f"{where}: 'pointer_head' must be a str or None, got {pointer_head!r}")
+        _check_field(where, "op_head", op_head, isinstance(op_head, str), "a str")
+        _check_field(where, "pointer_head", pointer_head,
+                     pointer_head is None or isinstance(pointer_head, str), "a str or None")
         return cls(heads=tuple(specs), op_head=op_head, pointer_head=pointer_head)
 
     # Derived once, in __post_init__ (plain attributes: no call on the hot path, and
@@ -239,6 +220,12 @@ class ActionSpace:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_field(where: str, key: str, value: object, ok: bool, expected: str) -> None:
+    """Unless ``ok``, a ``ValueError`` naming ``where``'s ``key``, its value and what it must be."""
+    if not ok:
+        raise ValueError(f"{where}: {key!r} must be {expected}, got {value!r}")
 
 
 def _check_keys(where: str, data: object, required: set[str], optional: set[str]) -> None:
@@ -290,30 +277,18 @@ def canonicalize_masks(
     missing = [n for n in action_space.head_names if n not in masks]
     if missing:
         raise KeyError(f"masks is missing heads {missing}; expected {list(action_space.head_names)}")
-    if ops.dtype != torch.long:
-        raise ValueError(f"ops must be int64 with shape {describe_shape(ops)}, got dtype {ops.dtype}")
+    expect("ops", ops, dtype=torch.long)
     if slot_by_op is not None:
         # Without this check a transposed [..., N, num_ops] tensor gathers silently wrong rows.
         if action_space.num_slots is None:
             raise ValueError("slot_by_op was given but the action space has no pointer head")
-        expected = (*ops.shape, action_space.num_ops, action_space.num_slots)
-        if slot_by_op.dtype != torch.bool or tuple(slot_by_op.shape) != expected:
-            raise ValueError(
-                f"slot_by_op has shape {describe_shape(slot_by_op)} and dtype {slot_by_op.dtype}, "
-                f"expected torch.bool with shape {expected} (ops shape + (num_ops, N))"
-            )
+        expect("slot_by_op", slot_by_op, dtype=torch.bool,
+               shape=(*ops.shape, action_space.num_ops, action_space.num_slots),
+               hint=" (ops shape + (num_ops, N))")
     for head in action_space.heads:
-        mask = masks[head.name]
-        if mask.dtype != torch.bool:
-            raise ValueError(
-                f"mask for head {head.name!r} must be torch.bool (True = valid), got "
-                f"{mask.dtype} with shape {describe_shape(mask)}"
-            )
-        if tuple(mask.shape) != (*ops.shape, head.size):
-            raise ValueError(
-                f"mask for head {head.name!r} has shape {describe_shape(mask)}, expected "
-                f"{(*ops.shape, head.size)} (ops shape {describe_shape(ops)} + head size)"
-            )
+        expect(f"mask for head {head.name!r}", masks[head.name], dtype=torch.bool,
+               shape=(*ops.shape, head.size),
+               hint=" (ops shape + head size)")
     packed = PackedHeads.of(action_space, ops.device)
     canonical = packed.canonical_masks(packed.pack(masks) & packed.real, ops, slot_by_op)
     out = {name: row[..., :n] for name, n, row in zip(packed.names, packed.sizes,

@@ -1,8 +1,7 @@
 """Slots and observations: which slots exist, where they sit, and how a flat state splits.
 
-`SlotConfig` names the slots (its tuple order is the slot head's action order) and gives each
-one a grid position for the positional encoding. `ObservationLayout` splits the flat
-observation vector of the compatibility contract into a base block and per-slot blocks.
+`SlotConfig` names the slots in action order and places each on the grid; `ObservationLayout`
+splits the contract's flat observation into a base block and per-slot blocks.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from slotformer.validation import check_positive_int, describe_shape
+from slotformer.validation import check_positive_int, expect
 
 DEFAULT_BASE_DIM = 23
 """Features in the base (global) block of the default observation layout."""
@@ -23,6 +22,12 @@ DEFAULT_SLOT_DIM = 31
 """Features per slot in the current default layout (an older layout used 39; both work)."""
 
 _CANONICAL_ID = re.compile(r"^r(\d+)c(\d+)$")
+
+
+def check_base_dim(base_dim: object) -> None:
+    """A ``ValueError`` naming ``base_dim`` unless it is a non-negative int."""
+    if not isinstance(base_dim, int) or base_dim < 0:
+        raise ValueError(f"base_dim must be a non-negative int, got {base_dim!r}")
 
 
 def _grid_positions(slot_ids: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
@@ -52,8 +57,8 @@ class SlotConfig:
 
     slot_ids: tuple[str, ...]
     _index: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
-    # Computed once in __post_init__ rather than with functools.cached_property: on
-    # Python < 3.12 its __get__ takes an RLock, which torch.compile(fullgraph=True) cannot trace.
+    # Set in __post_init__, not a cached_property: before Python 3.12 its __get__ takes an
+    # RLock, which torch.compile(fullgraph=True) cannot trace.
     _positions: tuple[tuple[int, int], ...] = field(
         init=False, repr=False, compare=False, hash=False
     )
@@ -61,14 +66,12 @@ class SlotConfig:
     """N, the number of slots."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.slot_ids, str) or not isinstance(self.slot_ids, tuple | list):
+        ids = self.slot_ids
+        if isinstance(ids, str) or not isinstance(ids, tuple | list) or not ids:
             raise ValueError(
-                f"slot_ids must be a tuple of str, got {type(self.slot_ids).__name__}: "
-                f"{self.slot_ids!r}"
+                f"slot_ids must be a non-empty tuple of str, got {type(ids).__name__}: {ids!r}"
             )
-        ids = tuple(self.slot_ids)
-        if not ids:
-            raise ValueError("slot_ids must name at least one slot, got an empty tuple")
+        ids = tuple(ids)
         bad = [s for s in ids if not isinstance(s, str) or not s]
         if bad:
             raise ValueError(f"slot_ids must be non-empty strings, got {bad!r}")
@@ -106,14 +109,12 @@ class SlotConfig:
         try:
             return self._index[slot_id]
         except KeyError:
-            raise ValueError(
-                f"unknown slot id {slot_id!r}; known ids: {list(self.slot_ids)}"
-            ) from None
+            known = list(self.slot_ids)
+            raise ValueError(f"unknown slot id {slot_id!r}; known ids: {known}") from None
 
     @property
     def positions(self) -> tuple[tuple[int, int], ...]:
-        """``(row, col)`` of each slot. Falls back to ``(0, index)`` for every slot unless all
-        ids are canonical ``r{row}c{col}`` with distinct positions."""
+        """``(row, col)`` of each slot (see the class docstring)."""
         return self._positions
 
     @property
@@ -135,13 +136,8 @@ class SlotConfig:
 class ObservationLayout:
     """Where the base block and each slot block sit in the flat observation vector.
 
-    The flat state is ``[base_dim + N * slot_dim]``: base first, then slot ``k`` at offset
-    ``base_dim + k * slot_dim``.
-
-    Args:
-        num_slots: N.
-        slot_dim: features per slot.
-        base_dim: features in the base block (default 23).
+    The flat state is ``[base_dim + N * slot_dim]``: the base block (``base_dim`` features,
+    default 23) first, then slot ``k`` (``slot_dim`` features) at ``base_dim + k * slot_dim``.
 
     Example:
         >>> layout = ObservationLayout.infer(state_dim=116, num_slots=3)
@@ -159,16 +155,14 @@ class ObservationLayout:
     def __post_init__(self) -> None:
         for name in ("num_slots", "slot_dim"):
             check_positive_int(name, getattr(self, name))
-        if not isinstance(self.base_dim, int) or self.base_dim < 0:
-            raise ValueError(f"base_dim must be a non-negative int, got {self.base_dim!r}")
+        check_base_dim(self.base_dim)
 
     @classmethod
     def infer(
         cls, state_dim: int, num_slots: int, base_dim: int = DEFAULT_BASE_DIM
     ) -> ObservationLayout:
         """Infer ``slot_dim = (state_dim - base_dim) / num_slots``; it must be a positive int."""
-        if num_slots < 1:
-            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        check_positive_int("num_slots", num_slots)
         slot_total = state_dim - base_dim
         if slot_total <= 0 or slot_total % num_slots != 0:
             raise ValueError(
@@ -186,16 +180,11 @@ class ObservationLayout:
         return self.base_dim + self.num_slots * self.slot_dim
 
     def split(self, state: Tensor, name: str = "state") -> tuple[Tensor, Tensor]:
-        """Split ``state [..., D]`` into ``base [..., base_dim]`` and ``slots [..., N, slot_dim]``.
-
-        Both are views of ``state`` (no copy).
-        """
-        if state.dim() < 1 or state.shape[-1] != self.state_dim:
-            raise ValueError(
-                f"{name} has shape {describe_shape(state)}, expected last dimension "
-                f"state_dim={self.state_dim} (base_dim={self.base_dim} + "
-                f"{self.num_slots} slots x slot_dim={self.slot_dim})"
-            )
+        """Split ``state [..., D]`` into views ``base [..., base_dim]`` and
+        ``slots [..., N, slot_dim]``."""
+        expect(name, state, shape=(*state.shape[:-1], self.state_dim),
+               hint=f" (last dimension state_dim={self.state_dim} = base_dim={self.base_dim} + "
+               f"{self.num_slots} slots x slot_dim={self.slot_dim})")
         base = state[..., : self.base_dim]  # [..., base_dim]
         slots = state[..., self.base_dim :].unflatten(-1, (self.num_slots, self.slot_dim))
         return base, slots  # [..., N, slot_dim]
@@ -203,24 +192,15 @@ class ObservationLayout:
     def active_mask(
         self, blueprint_indices: Tensor | None, active_mask: Tensor | None = None
     ) -> Tensor:
-        """Which slots are active, bool ``[..., N]``.
-
-        Derived from ``blueprint_indices >= 0`` (activity never comes from thresholding a
-        normalised feature), or taken as given from an explicit ``active_mask``.
-        """
+        """Which slots are active, bool ``[..., N]``: an explicit ``active_mask`` as given, else
+        ``blueprint_indices >= 0`` (activity never comes from thresholding a feature)."""
         if active_mask is None:
             if blueprint_indices is None:
                 raise ValueError("pass blueprint_indices or an explicit active_mask")
             name, given = "blueprint_indices", blueprint_indices
         else:
-            if active_mask.dtype != torch.bool:
-                raise ValueError(
-                    f"active_mask must be torch.bool, got {active_mask.dtype} "
-                    f"with shape {describe_shape(active_mask)}"
-                )
             name, given = "active_mask", active_mask
-        if given.dim() < 1 or given.shape[-1] != self.num_slots:
-            raise ValueError(
-                f"{name} has shape {describe_shape(given)}, expected last dimension N={self.num_slots}"
-            )
+        expect(name, given, dtype=None if active_mask is None else torch.bool,
+               shape=(*given.shape[:-1], self.num_slots),
+               hint=f" (last dimension N={self.num_slots})")
         return given if active_mask is not None else given >= 0

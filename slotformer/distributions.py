@@ -1,8 +1,8 @@
 """Masked categorical distributions: the single home of the action-distribution math.
 
 Every head of every network turns ``logits [..., n]`` plus a bool ``mask [..., n]``
-(True = valid) into log-probabilities, samples, log-probs of chosen actions and
-normalised entropies through the functions below. They all
+(True = valid) into log-probabilities, samples, log-probs and normalised entropies through
+the functions below. They all
 
 * compute in fp32 whatever the logits' dtype (fp32, fp16, bf16), on the same code path at
   rollout and at update, so the PPO ratio at epoch 0 is 1 up to fp32 rounding (see
@@ -68,6 +68,10 @@ _FLOOR_MAX_MASS = 0.99  # the floor never takes more than 99% of a row's probabi
 _FP32_TINY = torch.finfo(torch.float32).tiny
 
 
+FLOOR_MODES = ("clip", "mix")
+"""How a probability floor is applied (see `masked_log_probs`)."""
+
+
 class InvalidStateMachineError(RuntimeError):
     """A distribution row has no valid action: the environment's action masks are broken."""
 
@@ -81,7 +85,7 @@ def _check_metadata(logits: Tensor, mask: Tensor | None, name: str) -> None:
         )
     if mask is not None and (
         mask.dtype != torch.bool or mask.shape != logits.shape or mask.device != logits.device
-    ):
+    ):  # one message stating every expected and actual property
         raise ValueError(
             f"mask for {name} must be torch.bool (True = valid) with exactly the logits' shape "
             f"{describe_shape(logits)} on their device {logits.device}, got {mask.dtype} "
@@ -92,15 +96,12 @@ def _check_metadata(logits: Tensor, mask: Tensor | None, name: str) -> None:
 def check_logit_values(logits: Tensor, mask: Tensor | None, name: str) -> None:
     """The value checks of `check_logits_and_mask` alone (NaN/inf, rows with no valid
     action; one host sync for all three counts), for callers whose metadata is checked."""
-    nan_count_t = torch.isnan(logits).sum()
-    inf_count_t = torch.isinf(logits).sum()
-    if mask is None:
-        empty_rows_t = torch.zeros((), dtype=torch.int64, device=logits.device)
-    else:
-        empty_rows_t = (~mask.any(dim=-1)).sum()
-    nan_count, inf_count, empty_rows = torch.stack(
-        [nan_count_t, inf_count_t, empty_rows_t]
-    ).tolist()
+    empty_rows_t = (
+        torch.zeros((), dtype=torch.int64, device=logits.device) if mask is None
+        else (~mask.any(dim=-1)).sum()
+    )
+    counts = [torch.isnan(logits).sum(), torch.isinf(logits).sum(), empty_rows_t]
+    nan_count, inf_count, empty_rows = torch.stack(counts).tolist()
     if nan_count or inf_count:
         raise ValueError(
             f"{name} of shape {describe_shape(logits)} must be finite, "
@@ -114,17 +115,13 @@ def check_logit_values(logits: Tensor, mask: Tensor | None, name: str) -> None:
 
 
 def check_logits_and_mask(logits: Tensor, mask: Tensor | None, name: str = "logits") -> None:
-    """Validate logits and their action mask.
+    """Validate ``logits [..., n]`` (any float dtype) and their ``mask`` (bool ``[..., n]``,
+    True = valid; None = all valid); ``name`` is the logits' name in error messages.
 
     Metadata checks (floating dtype, mask is ``torch.bool`` with exactly the logits' shape
     and device) always run. Value checks run only when ``validation_enabled()``: NaN or inf
     in the logits raise ``ValueError`` with both counts; rows whose mask is all False raise
     ``InvalidStateMachineError`` naming how many rows.
-
-    Args:
-        logits: ``[..., n]`` any float dtype.
-        mask: ``[..., n]`` bool, True = valid; None = all valid.
-        name: what to call the logits in error messages (e.g. ``"slot_logits"``).
 
     Example::
 
@@ -135,8 +132,11 @@ def check_logits_and_mask(logits: Tensor, mask: Tensor | None, name: str = "logi
         check_logit_values(logits, mask, name)
 
 
-def _check_min_prob(min_prob: float | None) -> float:
-    """Returns the floor as a Python float (0.0 = no floor); rejects values outside [0, 1)."""
+def _check_floor(min_prob: float | None, floor_mode: str) -> float:
+    """The floor as a Python float (0.0 = no floor), after checking ``floor_mode`` and that
+    ``min_prob`` lies in [0, 1) or is None."""
+    if floor_mode not in FLOOR_MODES:
+        raise ValueError(f"floor_mode must be one of {list(FLOOR_MODES)}, got {floor_mode!r}")
     if min_prob is None:
         return 0.0
     number = isinstance(min_prob, (int, float)) and not isinstance(min_prob, bool)
@@ -148,12 +148,8 @@ def _check_min_prob(min_prob: float | None) -> float:
 def mask_logits(logits: Tensor, mask: Tensor | None) -> Tensor:
     """Set invalid logits to ``MASKED_LOGIT_VALUE``; what networks return as ``"{head}_logits"``.
 
-    Args:
-        logits: ``[..., n]`` any float dtype.
-        mask: ``[..., n]`` bool, True = valid; None = all valid (logits returned unchanged).
-
-    Returns:
-        ``[..., n]`` in the logits' dtype.
+    ``logits [..., n]`` (any float dtype), ``mask [..., n]`` bool (True = valid; None = all
+    valid: logits returned unchanged) -> ``[..., n]`` in the logits' dtype.
 
     Example::
 
@@ -194,7 +190,7 @@ def masked_log_probs(
         logits: ``[..., n]`` any float dtype (upcast to fp32 first).
         mask: ``[..., n]`` bool, True = valid; None = all valid.
         min_prob: probability floor in [0, 1); None or 0 = no floor.
-        floor_mode: ``"clip"`` or ``"mix"``.
+        floor_mode: one of `FLOOR_MODES`.
 
     Returns:
         ``[..., n]`` fp32 log-probabilities.
@@ -210,13 +206,7 @@ def masked_log_probs(
         [0.7, 0.3, 0.0]
     """
     _check_metadata(logits, mask, "logits")
-    if floor_mode not in FLOOR_MODES:
-        raise ValueError(f"floor_mode must be one of {list(FLOOR_MODES)}, got {floor_mode!r}")
-    return _masked_log_probs(logits, mask, _check_min_prob(min_prob), floor_mode)
-
-
-FLOOR_MODES = ("clip", "mix")
-"""How a probability floor is applied (see `masked_log_probs`)."""
+    return _masked_log_probs(logits, mask, _check_floor(min_prob, floor_mode), floor_mode)
 
 
 def _masked_log_probs(
@@ -232,18 +222,15 @@ def _masked_log_probs(
         log_probs = torch.log_softmax(logits_fp32, dim=-1)
         if floor == 0.0 or n <= 1:
             return log_probs
+        floor_eff = min(max(floor, _FP32_TINY), _FLOOR_MAX_MASS / n)  # a Python scalar
         if floor_mode == "clip":
-            return _clip_floor(log_probs, None, min(max(floor, _FP32_TINY), _FLOOR_MAX_MASS / n))
-        # With no mask the floor is a Python scalar: no extra kernels.
-        floor_eff = min(max(floor, _FP32_TINY), _FLOOR_MAX_MASS / n) * (1.0 + _FLOOR_MARGIN)
+            return _clip_floor(log_probs, None, floor_eff)
+        floor_eff *= 1.0 + _FLOOR_MARGIN
         return torch.log(floor_eff + (1.0 - n * floor_eff) * log_probs.exp())
 
     invalid = ~mask  # [..., n]
-    # A row with no valid entry (with validation on, check_logits_and_mask raises first) falls
-    # back to action 0 as its only valid action: log-prob 0 there, -inf elsewhere, so a PPO
-    # ratio stays finite (exp(0 - 0) = 1) and no gradient flows through the row. Without
-    # the fallback the row would be all -inf and one bad row would make the whole
-    # minibatch's loss NaN.
+    # A row with no valid entry falls back to action 0 (see masked_log_probs); all -inf, one
+    # bad row would make the whole minibatch's loss NaN.
     empty_row = invalid.all(dim=-1, keepdim=True)  # [..., 1]
     first = torch.arange(n, device=mask.device) == 0  # [n]
     invalid = invalid & ~(empty_row & first)  # [..., n]
@@ -299,25 +286,16 @@ def _clip_floor(log_probs: Tensor, invalid: Tensor | None, floor: Tensor | float
 def log_prob_of(log_probs: Tensor, actions: Tensor) -> Tensor:
     """Log-probability of the chosen actions (a gather); a masked action gives ``-inf``.
 
-    Args:
-        log_probs: ``[..., n]`` fp32 log-probabilities from ``masked_log_probs``.
-        actions: ``[...]`` int64 action indices in ``[0, n)``.
-
-    Returns:
-        ``[...]`` fp32.
+    ``log_probs [..., n]`` fp32 (from ``masked_log_probs``), ``actions [...]`` int64 in
+    ``[0, n)`` -> ``[...]`` fp32.
 
     Example::
 
         >>> log_prob_of(torch.log(torch.tensor([[0.25, 0.75]])), torch.tensor([1])).exp()
         tensor([0.7500])
     """
-    if actions.dtype != torch.int64:
-        raise ValueError(f"actions must have dtype torch.int64, got {actions.dtype}")
-    if actions.shape != log_probs.shape[:-1]:
-        raise ValueError(
-            f"actions must have shape {tuple(log_probs.shape[:-1])} (log_probs' shape "
-            f"{describe_shape(log_probs)} without its last dim), got {describe_shape(actions)}"
-        )
+    expect("actions", actions, dtype=torch.int64, shape=log_probs.shape[:-1],
+           hint=" (log_probs' shape without its last dim)")
     if validation_enabled():
         n = log_probs.shape[-1]
         out_of_range = int(((actions < 0) | (actions >= n)).sum().item())
@@ -329,17 +307,9 @@ def log_prob_of(log_probs: Tensor, actions: Tensor) -> Tensor:
 
 
 def gather_log_prob(log_probs: Tensor, actions: Tensor) -> Tensor:
-    """`log_prob_of` without its checks: no host sync even while validation is on.
-
-    For actions that are in range by construction: sampled or taken greedily from these
-    ``log_probs``, or range-checked already (the networks check stored actions once, up front).
-
-    Args:
-        log_probs: ``[..., n]`` fp32 log-probabilities.
-        actions: ``[...]`` int64 action indices in ``[0, n)``.
-
-    Returns:
-        ``[...]`` fp32.
+    """`log_prob_of` without its checks (same shapes): no host sync even while validation is
+    on. For actions in range by construction (sampled or greedy from these ``log_probs``) or
+    checked already (the networks check stored actions once, up front).
 
     Example::
 
@@ -352,13 +322,9 @@ def gather_log_prob(log_probs: Tensor, actions: Tensor) -> Tensor:
 def normalised_entropy(log_probs: Tensor, mask: Tensor | None) -> Tensor:
     """Entropy divided by ``ln(num_valid)``: in [0, 1], exactly 0 for a single valid action.
 
-    Args:
-        log_probs: ``[..., n]`` fp32 log-probabilities, ``-inf`` where masked.
-        mask: ``[..., n]`` bool, True = valid; None = every entry with a log-prob above
-            ``-inf`` counts as valid (all of them for unmasked log-probs).
-
-    Returns:
-        ``[...]`` fp32; rows with fewer than two valid actions give exactly 0.
+    ``log_probs [..., n]`` fp32 (``-inf`` where masked), ``mask [..., n]`` bool (True = valid;
+    None = every log-prob above ``-inf``) -> ``[...]`` fp32, exactly 0 for rows with fewer
+    than two valid actions.
 
     Example::
 
@@ -386,14 +352,8 @@ def sample_actions(log_probs: Tensor, generator: torch.Generator | None = None) 
 
     ``argmax(log_probs - log(E))`` with ``E ~ Exp(1)`` is an exact categorical sample; unlike
     ``torch.multinomial`` it traces under ``torch.compile``. ``E`` is clamped away from 0 so
-    a masked entry (``-inf``) can never win.
-
-    Args:
-        log_probs: ``[..., n]`` log-probabilities, ``-inf`` where masked.
-        generator: optional ``torch.Generator`` on ``log_probs``' device, for reproducibility.
-
-    Returns:
-        ``[...]`` int64.
+    a masked entry (``-inf``) can never win. ``log_probs [..., n]`` (``-inf`` where masked),
+    ``generator`` on their device (optional) -> ``[...]`` int64.
 
     Example::
 
@@ -421,14 +381,9 @@ def greedy_actions(log_probs: Tensor) -> Tensor:
 class MaskedCategorical:
     """Categorical distribution over masked logits, all math in fp32.
 
-    Args:
-        logits: ``[..., n]`` any float dtype.
-        mask: ``[..., n]`` bool, True = valid; None = all valid.
-        min_prob: optional probability floor in [0, 1) (see ``masked_log_probs``).
-        floor_mode: how the floor applies, ``"clip"`` or ``"mix"`` (see ``masked_log_probs``).
-
-    Metadata checks always run; value checks (NaN/inf, rows without a valid action) run
-    when ``MaskedCategorical.validate`` and ``validation_enabled()`` are both true.
+    ``logits``, ``mask``, ``min_prob`` and ``floor_mode`` are `masked_log_probs`'. Metadata
+    checks always run; value checks (NaN/inf, rows without a valid action) run when
+    ``MaskedCategorical.validate`` and ``validation_enabled()`` are both true.
 
     Example::
 
@@ -454,7 +409,8 @@ class MaskedCategorical:
         self.logits = logits  # [..., n] original dtype
         self.mask = mask  # [..., n] bool or None
         self.min_prob = min_prob
-        self._log_probs = masked_log_probs(logits, mask, min_prob, floor_mode)  # [..., n] fp32
+        floor = _check_floor(min_prob, floor_mode)
+        self._log_probs = _masked_log_probs(logits, mask, floor, floor_mode)  # [..., n] fp32
 
     @property
     def log_probs(self) -> Tensor:

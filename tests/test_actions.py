@@ -362,7 +362,7 @@ def test_slot_by_op_shape_and_dtype_are_checked() -> None:
     space = ActionSpace.default(3)
     masks = {h.name: torch.ones(2, h.size, dtype=torch.bool) for h in space.heads}
     ops = torch.tensor([1, 2])
-    with pytest.raises(ValueError, match=re.escape("slot_by_op has shape (2, 3, 6) and dtype torch.bool, expected torch.bool with shape (2, 6, 3)")):
+    with pytest.raises(ValueError, match=re.escape("slot_by_op has shape (2, 3, 6), expected (2, 6, 3) (ops shape + (num_ops, N))")):
         canonicalize_masks(space, masks, ops, slot_by_op=torch.ones(2, 3, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match=re.escape("dtype torch.float32, expected torch.bool")):
         canonicalize_masks(space, masks, ops, slot_by_op=torch.ones(2, 6, 3))
@@ -393,7 +393,7 @@ def test_wrong_mask_shape_is_a_value_error_stating_shapes() -> None:
     masks = {h.name: torch.ones(2, 5, h.size, dtype=torch.bool) for h in space.heads}
     ops = torch.zeros(2, 5, dtype=torch.long)
     wrong_size = dict(masks, style=torch.ones(2, 5, 3, dtype=torch.bool))
-    with pytest.raises(ValueError, match=re.escape("mask for head 'style' has shape (2, 5, 3), expected (2, 5, 4) (ops shape (2, 5) + head size)")):
+    with pytest.raises(ValueError, match=re.escape("mask for head 'style' has shape (2, 5, 3), expected (2, 5, 4) (ops shape + head size)")):
         canonicalize_masks(space, wrong_size, ops)
     wrong_leading = dict(masks, slot=torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=re.escape("mask for head 'slot' has shape (2, 3), expected (2, 5, 3)")):
@@ -404,9 +404,9 @@ def test_non_bool_mask_and_non_int64_ops_are_rejected() -> None:
     # Regression: a float mask was silently promoted by torch.where instead of raising.
     space = ActionSpace.default(3)
     masks = {h.name: torch.ones(2, h.size, dtype=torch.bool) for h in space.heads}
-    with pytest.raises(ValueError, match=re.escape("mask for head 'blueprint' must be torch.bool (True = valid), got torch.float32 with shape (2, 13)")):
+    with pytest.raises(ValueError, match=re.escape("mask for head 'blueprint' has dtype torch.float32, expected torch.bool")):
         canonicalize_masks(space, dict(masks, blueprint=torch.ones(2, 13)), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=re.escape("ops must be int64 with shape (2,), got dtype torch.float32")):
+    with pytest.raises(ValueError, match=re.escape("ops has dtype torch.float32, expected torch.int64")):
         canonicalize_masks(space, masks, torch.tensor([0.0, 1.0]))
 
 

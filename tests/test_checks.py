@@ -108,10 +108,10 @@ def test_active_mask_checks_whichever_argument_decides() -> None:
     # An explicit mask decides activity: blueprint indices of another width are not read.
     explicit = torch.ones(2, 3, dtype=torch.bool)
     assert layout.active_mask(torch.zeros(2, 5, dtype=torch.long), explicit) is explicit
-    assert "active_mask has shape (2, 5), expected last dimension N=3" in _message(
+    assert "active_mask has shape (2, 5), expected (2, 3) (last dimension N=3)" in _message(
         ValueError, layout.active_mask, torch.zeros(2, 3, dtype=torch.long),
         torch.ones(2, 5, dtype=torch.bool))
-    assert "blueprint_indices has shape (), expected last dimension N=3" in _message(
+    assert "blueprint_indices has shape (), expected (3,) (last dimension N=3)" in _message(
         ValueError, layout.active_mask, torch.tensor(0))
 
 

@@ -211,9 +211,9 @@ def test_bad_min_prob_rejected(bad):
 
 def test_log_prob_of_rejects_bad_actions():
     log_probs = masked_log_probs(torch.zeros(2, 3), None)
-    with pytest.raises(ValueError, match=r"actions must have dtype torch\.int64, got torch\.int32"):
+    with pytest.raises(ValueError, match=r"actions has dtype torch\.int32, expected torch\.int64"):
         log_prob_of(log_probs, torch.zeros(2, dtype=torch.int32))
-    with pytest.raises(ValueError, match=r"actions must have shape \(2,\).*got \(2, 1\)"):
+    with pytest.raises(ValueError, match=r"actions has shape \(2, 1\), expected \(2,\)"):
         log_prob_of(log_probs, torch.zeros(2, 1, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"\[0, 3\), got 1 out-of-range"):
         log_prob_of(log_probs, torch.tensor([0, 3]))

@@ -144,7 +144,7 @@ def test_embedding_to_float64_and_buffer_follows_module() -> None:
 
 @pytest.mark.parametrize("kwargs", [{"num_blueprints": 0}, {"embed_dim": 0}])
 def test_embedding_constructor_rejects_bad_sizes(kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError, match="must be >= 1"):
+    with pytest.raises(ValueError, match="must be a positive int, got 0"):
         BlueprintEmbedding(**kwargs)
 
 
@@ -319,7 +319,7 @@ def test_wrong_hidden_shape_message(which: str) -> None:
 
 def test_hidden_batch_mismatch_message() -> None:
     lstm = ResidualLSTM(8, 16)
-    with pytest.raises(ValueError, match=r"= \(1, 3, 16\), got \(1, 5, 16\)"):
+    with pytest.raises(ValueError, match=r"hidden h has shape \(1, 5, 16\), expected \(1, 3, 16\)"):
         lstm(torch.randn(3, 4, 8), lstm.initial_hidden(5))
 
 
@@ -330,7 +330,7 @@ def test_hidden_batch_mismatch_message() -> None:
         ((torch.zeros(1, 2, 8),), "got a tuple of length 1"),
         ((torch.zeros(1, 2, 8),) * 3, "got a tuple of length 3"),
         (torch.zeros(1, 2, 8), "got a Tensor"),
-        ((torch.zeros(1, 2, 8), None), "hidden c must be a Tensor, got a NoneType"),
+        ((torch.zeros(1, 2, 8), None), "hidden c must be a torch.Tensor, got NoneType"),
     ],
 )
 def test_hidden_must_be_a_pair_of_tensors(hidden: object, fragment: str) -> None:
@@ -346,8 +346,8 @@ def test_hidden_dtype_mismatch_message() -> None:
     with pytest.raises(ValueError) as info:
         lstm(torch.randn(2, 3, 8), (h, c))
     message = str(info.value)
-    assert "hidden h has dtype torch.float64" in message
-    assert "x has dtype torch.float32" in message
+    assert "hidden h has dtype torch.float64, expected torch.float32" in message
+    assert "x's outside autocast" in message
 
 
 def test_hidden_h_c_dtype_must_agree_message() -> None:
@@ -359,14 +359,15 @@ def test_hidden_h_c_dtype_must_agree_message() -> None:
     # Under autocast the state may differ from x, but h and c must still agree.
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError) as info:
         lstm(torch.randn(2, 3, 8), (h, c.bfloat16()))
-    assert "h and c must share a dtype, got torch.float32 and torch.bfloat16" in str(info.value)
+    assert "hidden c has dtype torch.bfloat16, expected torch.float32" in str(info.value)
+    assert "h and c share a floating dtype" in str(info.value)
 
 
 def test_hidden_device_mismatch_message() -> None:
     lstm = ResidualLSTM(8, 8)
     h = torch.zeros(1, 2, 8, device="meta")
     c = torch.zeros(1, 2, 8)
-    with pytest.raises(ValueError, match="hidden h is on device meta but x is on cpu"):
+    with pytest.raises(ValueError, match="hidden h is on device meta, expected cpu"):
         lstm(torch.randn(2, 3, 8), (h, c))
 
 
@@ -394,11 +395,11 @@ def test_bad_x_messages(x: torch.Tensor, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"input_size": 8, "hidden_size": 0}, "hidden_size must be >= 1, got 0"),
-        ({"input_size": 0, "hidden_size": 8}, "input_size must be >= 1, got 0"),
-        ({"input_size": 8, "hidden_size": 8, "num_layers": 0}, "num_layers must be >= 1, got 0"),
-        ({"input_size": 8, "hidden_size": 8, "dropout": 1.0}, "dropout must be in [0, 1)"),
-        ({"input_size": 8, "hidden_size": 8, "dropout": -0.1}, "dropout must be in [0, 1)"),
+        ({"input_size": 8, "hidden_size": 0}, "hidden_size must be a positive int, got 0"),
+        ({"input_size": 0, "hidden_size": 8}, "input_size must be a positive int, got 0"),
+        ({"input_size": 8, "hidden_size": 8, "num_layers": 0}, "num_layers must be a positive int, got 0"),
+        ({"input_size": 8, "hidden_size": 8, "dropout": 1.0}, "dropout must lie in [0, 1)"),
+        ({"input_size": 8, "hidden_size": 8, "dropout": -0.1}, "dropout must lie in [0, 1)"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs: dict[str, float], fragment: str) -> None:

@@ -674,7 +674,7 @@ ENCODER_CASES: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], tuple[tuple[
         (f[..., :30], a, r, c), ["slot_features", "slot_dim=31", "(2, 3, 3, 30)"]
     ),
     "integer features": lambda f, a, r, c: (
-        (f.long(), a, r, c), ["slot_features", "floating-point", "torch.int64"]
+        (f.long(), a, r, c), ["slot_features", "floating dtype", "torch.int64"]
     ),
     "mask dtype": lambda f, a, r, c: (
         (f, a.float(), r, c), ["slot_active_mask", "bool", "torch.float32"]
@@ -709,7 +709,7 @@ def test_encoder_constructor_rejects_bad_sizes() -> None:
         ["embed_dim", "num_heads", "18", "4"],
     )
     expect_error(lambda: SlotTransformerEncoder(dropout=1.0), ValueError, ["dropout", "1.0", "[0, 1)"])
-    expect_error(lambda: SlotTransformerEncoder(max_slots=0), ValueError, ["max_slots", ">= 1", "0"])
+    expect_error(lambda: SlotTransformerEncoder(max_slots=0), ValueError, ["max_slots", "positive int", "0"])
 
 
 def test_layout_rejects_bad_input_with_a_message() -> None:
@@ -717,7 +717,7 @@ def test_layout_rejects_bad_input_with_a_message() -> None:
         lambda: ObservationLayout.infer(115, 3), ValueError,
         ["state_dim=115", "(115 - 23) / 3", "30.6667", "positive integer"],
     )
-    expect_error(lambda: ObservationLayout.infer(116, 0), ValueError, ["num_slots", ">= 1", "0"])
+    expect_error(lambda: ObservationLayout.infer(116, 0), ValueError, ["num_slots", "positive int", "0"])
     expect_error(lambda: ObservationLayout(num_slots=3, slot_dim=0), ValueError, ["slot_dim", "0"])
     layout = ObservationLayout.infer(STATE_DIM, N)
     expect_error(

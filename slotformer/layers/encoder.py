@@ -2,10 +2,9 @@
 
 Slot types (blueprint indices) are embedded with a learned null row for empty slots
 (`BlueprintEmbedding`), positions with factorised row and column embeddings
-(`SlotPositionalEncoding`): a grid shape never seen in training is made of known rows and
-columns.
+(`SlotPositionalEncoding`): an unseen grid shape is made of known rows and columns.
 
-Every slot of every time step becomes a token: ``Linear(slot_features) + position``. A learned
+Every slot of every time step becomes a token ``Linear(slot_features) + position``; a learned
 CLS token is prepended, ``num_layers`` pre-LayerNorm attention blocks mix the tokens, and the
 encoder returns the CLS token (a summary of the grid) and every slot's token.
 
@@ -14,10 +13,6 @@ attends to CLS and the active slots, so empty slots still get a representation (
 head scores them as GERMINATE targets) without leaking their features into anything else.
 The CLS key is never masked, so an all-empty grid (the start of every episode) still has a
 valid key in every attention row and gives finite outputs and gradients.
-
-Attention runs on ``F.scaled_dot_product_attention`` with one float additive mask built once
-per forward; the attention matrix is materialised only when asked for
-(``return_intermediates=True``, which returns it as an :class:`EncoderIntermediates`).
 """
 
 from __future__ import annotations
@@ -31,33 +26,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from slotformer.validation import describe_shape, validation_enabled
+from slotformer.layers.heads import check_dropout
+from slotformer.validation import check_positive_int, describe_shape, expect, validation_enabled
 
 EMPTY_SLOT_INDEX = -1
 """Blueprint index that marks an empty slot."""
 
 
-
 class BlueprintEmbedding(nn.Module):
     """Embed blueprint indices (``-1`` = empty slot) into ``embed_dim`` features.
 
-    The table has ``num_blueprints + 1`` rows, all initialised from N(0, 0.02); index
-    ``-1`` selects the last row (``null_index == num_blueprints``). The remap is a
-    ``torch.where`` against a non-persistent buffer, so ``forward`` has no host sync and
-    no value-dependent Python branch (it compiles with ``fullgraph=True``), and the buffer
-    follows the module across ``.to(device)``.
-
-    Indices are not checked here: the networks' boundary checks them (their range while
-    validation is on). An out-of-range index is an indexing error on CPU and a device-side
-    assert on CUDA.
-
-    Args:
-        num_blueprints: number of real blueprints (valid indices ``0 .. num_blueprints-1``).
-        embed_dim: size of each embedding vector.
+    The table has ``num_blueprints + 1`` rows, initialised from N(0, 0.02); index ``-1``
+    selects the last (``null_index == num_blueprints``) through a ``torch.where`` against a
+    buffer: no host sync, compiles with ``fullgraph=True``. Indices are not checked here (the
+    networks' boundary checks their range); an out-of-range index is an indexing error on CPU
+    and a device-side assert on CUDA.
 
     Shapes:
-        blueprint_indices: ``[...]`` int64 (any leading shape, e.g. ``[B, T, N]``).
-        returns: ``[..., embed_dim]``.
+        ``forward(blueprint_indices [...] int64) -> [..., embed_dim]``; valid indices are
+        ``-1`` and ``0 .. num_blueprints - 1``.
 
     Example:
         >>> emb = BlueprintEmbedding(num_blueprints=13, embed_dim=4)
@@ -72,16 +59,11 @@ class BlueprintEmbedding(nn.Module):
 
     def __init__(self, num_blueprints: int = 13, embed_dim: int = 4) -> None:
         super().__init__()
-        for name, size in (("num_blueprints", num_blueprints), ("embed_dim", embed_dim)):
-            if size < 1:
-                raise ValueError(f"{name} must be >= 1, got {size}")
-        self.num_blueprints = num_blueprints
-        self.embed_dim = embed_dim
+        self.num_blueprints = check_positive_int("num_blueprints", num_blueprints)
+        self.embed_dim = check_positive_int("embed_dim", embed_dim)
         self.embedding = nn.Embedding(num_blueprints + 1, embed_dim)
         nn.init.normal_(self.embedding.weight, mean=0.0, std=0.02)
-        # A 0-dim tensor rather than a Python int: torch.where then needs no scalar
-        # materialisation, and the buffer moves with .to(device). Non-persistent because
-        # it is derived from num_blueprints, not learned state.
+        # A 0-dim tensor that moves with .to(device); not persistent (not learned state).
         self.register_buffer(
             "null_index_buffer", torch.tensor(num_blueprints, dtype=torch.int64), persistent=False
         )
@@ -105,13 +87,9 @@ class BlueprintEmbedding(nn.Module):
 class SlotPositionalEncoding(nn.Module):
     """Learned row and column embeddings, concatenated.
 
-    Args:
-        max_rows: number of distinct row ids; valid ids are ``0 .. max_rows - 1``.
-        max_cols: number of distinct column ids; valid ids are ``0 .. max_cols - 1``.
-        embed_dim: output width; must be even (half for the row, half for the column).
-
     Shapes:
-        ``forward(row_ids [N], col_ids [N]) -> [N, embed_dim]`` (integer ids).
+        ``forward(row_ids [N], col_ids [N]) -> [N, embed_dim]``: int64 ids in
+        ``[0, max_rows)`` and ``[0, max_cols)``; ``embed_dim`` is even (half rows, half columns).
 
     Example:
         >>> pos = SlotPositionalEncoding(max_rows=2, max_cols=3, embed_dim=8)
@@ -126,38 +104,30 @@ class SlotPositionalEncoding(nn.Module):
                 f"embed_dim must be a positive even number (half rows, half columns), "
                 f"got embed_dim={embed_dim}"
             )
-        if max_rows < 1 or max_cols < 1:
-            raise ValueError(
-                f"max_rows and max_cols must be >= 1, got max_rows={max_rows}, max_cols={max_cols}"
-            )
-        self.max_rows = max_rows
-        self.max_cols = max_cols
+        self.max_rows = check_positive_int("max_rows", max_rows)
+        self.max_cols = check_positive_int("max_cols", max_cols)
         self.embed_dim = embed_dim
         self.row_embed = nn.Embedding(max_rows, embed_dim // 2)
         self.col_embed = nn.Embedding(max_cols, embed_dim // 2)
-        # Small like GPT-2's position table: the encoding is added to a unit-scale slot
-        # embedding and should not drown it at initialisation.
+        # Small like GPT-2's position table: it must not drown the slot embedding at init.
         nn.init.normal_(self.row_embed.weight, std=0.02)
         nn.init.normal_(self.col_embed.weight, std=0.02)
 
     def forward(self, row_ids: Tensor, col_ids: Tensor) -> Tensor:
-        """Positional encodings ``[N, embed_dim]`` for slots at ``(row_ids[k], col_ids[k])``,
-        int64 ids in ``[0, max_rows)`` and ``[0, max_cols)`` (not checked here: the network
-        checks a grid once, when it first runs on it)."""
+        """Encodings ``[N, embed_dim]`` of slots at ``(row_ids[k], col_ids[k])`` (ids not
+        checked here: the network checks a grid once, when it first runs on it)."""
         return torch.cat([self.row_embed(row_ids), self.col_embed(col_ids)], dim=-1)  # [N, D]
 
 
 @dataclass(frozen=True)
 class EncoderIntermediates:
-    """What the encoder computed on the way, returned as data when asked for
-    (``return_intermediates=True``) instead of filled into an out-parameter.
+    """What the encoder computed on the way, returned when asked (``return_intermediates``).
 
     Attributes:
-        attention: one map per block, first block first, each the softmax attention weights
-            ``[..., H, N+1, N+1]``: rows are queries, columns are keys, CLS first (index 0,
-            then the N slots in input order). The leading axes are ``[M]`` from
-            :meth:`SlotTransformerEncoder.encode` and ``[B, T]`` from its ``forward``. Every
-            row sums to 1 over the unmasked keys (CLS and the active slots); the columns of
+        attention: per block, first block first, the softmax attention weights
+            ``[..., H, N+1, N+1]`` (rows = queries, columns = keys, CLS first, then the slots
+            in input order; leading axes ``[M]`` from ``encode``, ``[B, T]`` from
+            ``forward``). Each row sums to 1 over CLS and the active slots; the columns of
             inactive slots are exactly 0.
 
     Example:
@@ -178,12 +148,11 @@ def checkpoint_in_chunks(
     """``fn(*inputs, *shared)`` in chunks along dim 0 of ``inputs``, each chunk recomputed
     in backward instead of keeping its activations (``torch.utils.checkpoint``).
 
-    ``fn`` returns a tensor or a tuple of tensors, each with the chunk's rows first; the
-    chunks' outputs are concatenated along dim 0. Activation memory is one chunk's, plus the
-    inputs and the concatenated outputs; the gradients equal those of ``fn`` on the whole
-    batch up to fp32 rounding (the rows must be independent). ``shared`` tensors (e.g.
-    positional encodings) go whole to every chunk. Under ``torch.compile`` the batch is one
-    chunk (the chunk count would depend on a symbolic size).
+    ``fn`` returns a tensor or a tuple of tensors with the chunk's rows first; the chunks'
+    outputs are concatenated. Activation memory is one chunk's plus inputs and outputs; the
+    gradients equal ``fn``'s on the whole batch up to fp32 rounding (rows must be
+    independent). ``shared`` tensors go whole to every chunk. Under ``torch.compile`` the
+    batch is one chunk (the chunk count would depend on a symbolic size).
 
     Example:
         >>> layer = nn.Linear(3, 2)
@@ -206,17 +175,13 @@ def checkpoint_in_chunks(
 class SlotAttentionBlock(nn.Module):
     """One pre-LayerNorm block: ``x + attend(ln(x))``, then ``x + feed_forward(ln(x))``.
 
-    Args:
-        embed_dim: token width D; must be divisible by ``num_heads``.
-        num_heads: attention heads H.
-        dropout: dropout on attention weights and on both residual branches (training only).
-        ff_mult: feed-forward hidden width is ``ff_mult * embed_dim``.
+    ``dropout`` applies to the attention weights and both residual branches (training only);
+    the feed-forward width is ``ff_mult * embed_dim``; ``embed_dim`` divides by ``num_heads``.
 
     Shapes:
-        ``forward(x [M, S, D], key_bias [M, 1, 1, S])`` -> ``(x [M, S, D], weights)``, where
-        ``key_bias`` is 0 for keys to attend to and ``-inf`` for masked keys, and ``weights``
-        is ``[M, H, S, S]`` (rows = queries, columns = keys) when ``return_attention`` else
-        ``None``.
+        ``forward(x [M, S, D], key_bias [M, 1, 1, S])`` -> ``(x [M, S, D], weights)``:
+        ``key_bias`` is 0 for keys to attend to, ``-inf`` for masked keys; ``weights`` is
+        ``[M, H, S, S]`` (rows = queries) when ``return_attention``, else ``None``.
 
     Example:
         >>> block = SlotAttentionBlock(embed_dim=16, num_heads=2)
@@ -250,9 +215,8 @@ class SlotAttentionBlock(nn.Module):
         self, x: Tensor, key_bias: Tensor, return_attention: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         M, S, D = x.shape
-        # Tokens as 2-D [M*S, D]: every linear layer's output is then a fresh tensor, not a
-        # view, so each residual add runs in place on its branch's output (neither addmm nor
-        # dropout keeps its output for backward): one [M*S, D] allocation fewer per step.
+        # Tokens as 2-D [M*S, D]: each linear's output is a fresh tensor, so the residual
+        # adds run in place on the branch outputs (one [M*S, D] allocation fewer each).
         x = x.reshape(M * S, D)
         attn, weights = self.attend(self.attn_norm(x), key_bias, S, return_attention)
         x = attn.add_(x)  # x + attend(ln(x))
@@ -270,10 +234,8 @@ class SlotAttentionBlock(nn.Module):
         """
         S, D, H = tokens_per_step, h.shape[-1], self.num_heads
         dropout = self.dropout if self.training else 0.0
-        # Fused projection, split into strided views (SDPA takes arbitrary strides). split,
-        # unlike unbind, backpropagates with a single cat and no extra layout copy. Plain
-        # view/transpose rather than einops.rearrange: the eight rearranges of an encode
-        # added 44 us (+16%) to a B=1 step (M=1, N=3); the shape comments name the axes.
+        # Fused projection split into strided views (SDPA takes any strides; split, unlike
+        # unbind, backpropagates with one cat). view/transpose, not einops: cheaper at B=1.
         q, k, v = (
             part.view(-1, S, H, D // H).transpose(1, 2)  # [M, H, S, hd]
             for part in self.qkv(h).split(D, dim=-1)
@@ -286,12 +248,9 @@ class SlotAttentionBlock(nn.Module):
             attended = F.dropout(weights, dropout, True) if dropout > 0 else weights
             heads = attended @ v  # [M, H, S, hd]
         else:
-            # key_bias is a float additive mask (0 / -inf) that the encoder builds once for
-            # all blocks: SDPA would convert a bool mask again in every block.
             heads = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, dropout_p=dropout)
         # SDPA lays its output out as [M, S, H, hd], so this reshape is a view.
         out = self.attn_out(heads.transpose(1, 2).reshape(-1, D))  # [M*S, D]
-        # Dropout only when > 0: with p = 0 it returns its input, but still costs a call.
         return (F.dropout(out, dropout, True) if dropout > 0 else out), weights
 
     def feed_forward(self, h: Tensor) -> Tensor:
@@ -299,8 +258,8 @@ class SlotAttentionBlock(nn.Module):
         (normalised tokens) -> ``[M*S, D]``, a fresh tensor the caller may add to in place."""
         dropout = self.dropout if self.training else 0.0
         hidden = self.ff_in(h)  # [M*S, ff_mult*D]
-        # Exact GELU: on CPU the erf kernel is faster than the tanh approximation (measured).
-        # Without autograd it runs in place, sparing the largest allocation of the block.
+        # Exact GELU (on CPU faster than tanh's); in place without autograd, sparing the
+        # block's largest allocation.
         hidden = F.gelu(hidden) if torch.is_grad_enabled() else torch.ops.aten.gelu_(hidden)
         out = self.ff_out(hidden)  # [M*S, D]
         return F.dropout(out, dropout, True) if dropout > 0 else out
@@ -311,31 +270,25 @@ class SlotTransformerEncoder(nn.Module):
 
     Args:
         slot_dim: features per slot (31 in the current layout, 39 in the older one).
-        embed_dim: token width D (even, divisible by ``num_heads``).
-        num_heads: attention heads H.
+        embed_dim: token width D (even, divisible by ``num_heads``); ``num_heads``: H.
         num_layers: number of :class:`SlotAttentionBlock` s.
         max_slots: largest slot count N accepted.
         dropout: dropout inside the blocks in training mode (policy networks pass 0.0).
-        max_rows: row ids must lie in ``[0, max_rows)``.
-        max_cols: column ids must lie in ``[0, max_cols)``.
-        ff_mult: each block's feed-forward width is ``ff_mult * embed_dim`` (two thirds of
-            a block's matmul work at the default 4).
+        max_rows, max_cols: row ids lie in ``[0, max_rows)``, column ids in ``[0, max_cols)``.
+        ff_mult: each block's feed-forward width is ``ff_mult * embed_dim``.
 
     Attributes:
-        gradient_checkpointing: when True (and training with grad enabled), the encoder runs
-            in chunks of time steps, each recomputed in backward instead of storing its
-            activations; gradients are unchanged (up to fp32 rounding). Activation memory is
-            then one chunk's plus the inputs and outputs, whatever ``B * T``.
-        checkpoint_chunk_tokens: tokens (steps x (N + 1)) per recomputed chunk; smaller
-            chunks use less memory and dispatch more operators (default 4096).
+        gradient_checkpointing: when True (training, grad enabled), run in chunks of time
+            steps recomputed in backward: activation memory is one chunk's plus inputs and
+            outputs, whatever ``B * T``; gradients are unchanged up to fp32 rounding.
+        checkpoint_chunk_tokens: tokens (steps x (N + 1)) per chunk (default 4096).
 
     Shapes:
         ``forward(slot_features [B, T, N, slot_dim] float, slot_active_mask [B, T, N] bool
         (True = active), row_ids [N], col_ids [N])`` -> ``(cls_repr [B, T, D],
-        slot_repr [B, T, N, D])``; with ``return_intermediates=True`` (keyword) also an
-        :class:`EncoderIntermediates` holding each block's attention weights
-        ``[B, T, H, N+1, N+1]`` (rows = queries, columns = keys, CLS first). The maps are
-        built only then (and the call is not checkpointed).
+        slot_repr [B, T, N, D])``; with ``return_intermediates=True`` also an
+        :class:`EncoderIntermediates` (attention ``[B, T, H, N+1, N+1]``, built only then,
+        and the call is not checkpointed).
 
     Example:
         >>> enc = SlotTransformerEncoder(slot_dim=31, embed_dim=32, num_heads=4)
@@ -362,18 +315,11 @@ class SlotTransformerEncoder(nn.Module):
         ff_mult: int = 4,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("ff_mult", ff_mult),
-            ("slot_dim", slot_dim),
-            ("embed_dim", embed_dim),
-            ("num_heads", num_heads),
-            ("num_layers", num_layers),
-            ("max_slots", max_slots),
-        ):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={value}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got dropout={dropout}")
+        sizes = {"ff_mult": ff_mult, "slot_dim": slot_dim, "embed_dim": embed_dim,
+                 "num_heads": num_heads, "num_layers": num_layers, "max_slots": max_slots}
+        for name, value in sizes.items():
+            check_positive_int(name, value)
+        check_dropout(dropout)
         self.slot_dim = slot_dim
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -390,8 +336,7 @@ class SlotTransformerEncoder(nn.Module):
             SlotAttentionBlock(embed_dim, num_heads, dropout, ff_mult) for _ in range(num_layers)
         )
         self.final_norm = nn.LayerNorm(embed_dim)
-        # The CLS key's additive bias (0 = always attended); a buffer so that building the
-        # mask allocates nothing on the host and follows the module's device and dtype.
+        # The CLS key's additive bias (0 = always attended), on the module's device and dtype.
         self.register_buffer("cls_key_bias", torch.zeros(1, 1), persistent=False)
         self.cls_key_bias: Tensor
 
@@ -408,13 +353,8 @@ class SlotTransformerEncoder(nn.Module):
     ) -> tuple[Tensor, Tensor, EncoderIntermediates]: ...
 
     def forward(
-        self,
-        slot_features: Tensor,
-        slot_active_mask: Tensor,
-        row_ids: Tensor,
-        col_ids: Tensor,
-        *,
-        return_intermediates: bool = False,
+        self, slot_features: Tensor, slot_active_mask: Tensor, row_ids: Tensor, col_ids: Tensor,
+        *, return_intermediates: bool = False,
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, EncoderIntermediates]:
         """Encode slots; see the class docstring for shapes."""
         self._check_inputs(slot_features, slot_active_mask, row_ids, col_ids)
@@ -460,26 +400,21 @@ class SlotTransformerEncoder(nn.Module):
     ) -> tuple[Tensor, Tensor, EncoderIntermediates]: ...
 
     def encode(
-        self,
-        features: Tensor,
-        active: Tensor,
-        position: Tensor,
-        *,
+        self, features: Tensor, active: Tensor, position: Tensor, *,
         return_intermediates: bool = False,
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, EncoderIntermediates]:
         """The encoder on ``M`` independent steps, without input checks (the caller's
-        boundary has checked them): ``features [M, N, slot_dim]``, ``active [M, N]`` bool,
+        boundary made them): ``features [M, N, slot_dim]``, ``active [M, N]`` bool,
         ``position [N, D]`` (from ``pos_encoding``) -> ``(cls [M, D], slots [M, N, D])``,
         after the final LayerNorm; with ``return_intermediates=True`` also an
-        :class:`EncoderIntermediates` whose attention maps are ``[M, H, N+1, N+1]``.
-        """
+        :class:`EncoderIntermediates` (attention ``[M, H, N+1, N+1]``)."""
         M, N, _ = features.shape
         D = self.embed_dim
         tokens = self.slot_embed(features) + position  # [M, N, D]
         x = torch.cat([self.cls_token.expand(M, 1, D), tokens], dim=1)  # [M, N+1, D]
 
-        # Additive key mask built once for all layers: 0 = attend, -inf = inactive slot.
-        # Float rather than bool: SDPA would otherwise convert a bool mask on every call.
+        # Additive key mask built once for all blocks: 0 = attend, -inf = inactive slot
+        # (float: SDPA would convert a bool mask again in every block).
         slot_key_bias = torch.where(active, 0.0, float("-inf"))  # [M, N]
         key_bias = torch.cat(
             [self.cls_key_bias.expand(M, 1), slot_key_bias.to(self.cls_key_bias.dtype)], dim=1
@@ -507,32 +442,17 @@ class SlotTransformerEncoder(nn.Module):
                 f"slot_features must be [B, T, N, slot_dim={self.slot_dim}], got shape "
                 f"{describe_shape(slot_features)}"
             )
-        if not slot_features.is_floating_point():
-            raise ValueError(
-                f"slot_features must be a floating-point tensor, got dtype {slot_features.dtype}"
-            )
+        expect("slot_features", slot_features, floating=True)
         B, T, N, _ = slot_features.shape
         if N > self.max_slots:
             raise ValueError(
                 f"slot_features has N={N} slots (shape {describe_shape(slot_features)}), more "
                 f"than max_slots={self.max_slots}"
             )
-        if slot_active_mask.dtype != torch.bool:
-            raise ValueError(
-                f"slot_active_mask must be a bool tensor (True = active), got dtype "
-                f"{slot_active_mask.dtype} with shape {describe_shape(slot_active_mask)}"
-            )
-        if slot_active_mask.shape != (B, T, N):
-            raise ValueError(
-                f"slot_active_mask must be [B, T, N] = {(B, T, N)} to match slot_features "
-                f"{describe_shape(slot_features)}, got {describe_shape(slot_active_mask)}"
-            )
-        if row_ids.shape != (N,) or col_ids.shape != (N,):
-            raise ValueError(
-                f"row_ids and col_ids must be [N] = {(N,)} to match slot_features "
-                f"{describe_shape(slot_features)}, got row_ids {describe_shape(row_ids)} and "
-                f"col_ids {describe_shape(col_ids)}"
-            )
+        expect("slot_active_mask", slot_active_mask, dtype=torch.bool, shape=(B, T, N),
+               hint=" ([B, T, N] of slot_features, True = active)")
+        for name, ids in (("row_ids", row_ids), ("col_ids", col_ids)):
+            expect(name, ids, shape=(N,), hint=" ([N], one id per slot of slot_features)")
         if validation_enabled():  # the ids' values: one host sync
             limits = (self.pos_encoding.max_rows, self.pos_encoding.max_cols)
             for name, ids, limit in zip(("row_ids", "col_ids"), (row_ids, col_ids), limits):

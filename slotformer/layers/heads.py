@@ -1,9 +1,5 @@
-"""Output heads: categorical MLP heads, the four-layer value head, the contribution MLP.
-
-Both networks build their heads from these builders, so "a head of the baseline's shape"
-means the same code in both places. Weight init lives in one place,
-`slotformer.networks.core.init_actor_critic_weights`, not here.
-"""
+"""Output heads shared by both networks: categorical MLP heads, the four-layer value head,
+the contribution MLP, and `init_weights`."""
 
 from __future__ import annotations
 
@@ -12,25 +8,23 @@ import math
 from torch import nn
 
 
+def check_dropout(dropout: float) -> float:
+    """``dropout`` if it lies in ``[0, 1)``, else a ``ValueError`` naming it (every layer's)."""
+    if not 0.0 <= dropout < 1.0:  # also rejects NaN
+        raise ValueError(f"dropout must lie in [0, 1), got dropout={dropout}")
+    return dropout
+
+
 def categorical_head(
-    in_dim: int,
-    hidden_dim: int,
-    num_actions: int,
-    depth: int = 2,
-    *,
+    in_dim: int, hidden_dim: int, num_actions: int, depth: int = 2, *,
     first_hidden_dim: int | None = None,
 ) -> nn.Sequential:
     """An MLP from a representation to one head's logits.
 
     ``depth=2``: ``Linear(in, first) -> ReLU -> Linear(first, n)``; each extra level adds a
-    ``Linear -> ReLU`` of width ``hidden_dim``, so ``depth=3`` is
-    ``Linear(in, first) -> ReLU -> Linear(first, hidden) -> ReLU -> Linear(hidden, n)``.
-    ``first`` (the first hidden layer's width) is ``hidden_dim`` unless
-    ``first_hidden_dim`` says otherwise: the flat network's blueprint head is
-    ``H -> H -> H/2 -> n`` (``first_hidden_dim=H``, the reference network's widths), the
-    transformer's ``H -> h -> h -> n``.
-
-    Shapes: ``[..., in_dim] -> [..., num_actions]``.
+    ``Linear -> ReLU`` of width ``hidden_dim``. ``first`` is ``first_hidden_dim``, by default
+    ``hidden_dim`` (the flat network's blueprint head is ``H -> H -> H/2 -> n``, the
+    transformer's ``H -> h -> h -> n``). Shapes: ``[..., in_dim] -> [..., num_actions]``.
 
     Example:
         >>> head = categorical_head(8, 4, 13, depth=3, first_hidden_dim=8)
@@ -71,33 +65,24 @@ def value_head(in_dim: int, hidden_dim: int) -> nn.Sequential:
 
 
 def contribution_mlp(
-    in_dim: int,
-    hidden_dim: int,
-    out_dim: int,
-    layer_norm: bool,
-    dropout: float = 0.1,
-    *,
+    in_dim: int, hidden_dim: int, out_dim: int, layer_norm: bool, dropout: float = 0.1, *,
     first_layer_only: bool = False,
 ) -> nn.Sequential:
     """The auxiliary contribution predictor: three linear layers, optional dropout.
 
     ``Linear(in, h) [-> LN] -> ReLU [-> Dropout] -> Linear(h, h/2) [-> LN] -> ReLU
-    [-> Dropout] -> Linear(h/2, out)``. With ``first_layer_only`` the LayerNorm and the
-    Dropout follow the first layer only: ``Linear(in, h) [-> LN] -> ReLU [-> Dropout] ->
-    Linear(h, h/2) -> ReLU -> Linear(h/2, out)``, the reference network's layout, which the
-    flat baseline uses (``out_dim=N``, ``layer_norm=True``, ``dropout=0.1``: every slot at
-    once). The transformer applies it per slot (``out_dim=1``, both layers normalised, no
-    dropout by default: on ``[B, T, N, h]`` its random masks were a quarter of the N=50
-    update step). Dropout regularises this auxiliary task only; nothing on the policy or
-    value path is stochastic.
+    [-> Dropout] -> Linear(h/2, out)``; with ``first_layer_only`` (the reference network's
+    layout, used by the flat baseline with ``out_dim=N``) LN and Dropout follow the first
+    layer only. The transformer applies it per slot (``out_dim=1``, no dropout: on
+    ``[B, T, N, h]`` its masks cost a quarter of the N=50 update step). Dropout regularises
+    this auxiliary task only; nothing on the policy or value path is stochastic.
 
     Example:
         >>> mlp = contribution_mlp(8, 4, 3, layer_norm=True, first_layer_only=True)
         >>> [type(m).__name__ for m in mlp]
         ['Linear', 'LayerNorm', 'ReLU', 'Dropout', 'Linear', 'ReLU', 'Linear']
     """
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must lie in [0, 1), got dropout={dropout}")
+    check_dropout(dropout)
     h2 = max(hidden_dim // 2, 1)
 
     def norm(dim: int, stage: int) -> list[nn.Module]:
@@ -120,11 +105,8 @@ def contribution_mlp(
 
 
 def init_weights(
-    model: nn.Module,
-    skip: tuple[nn.Module, ...],
-    action_heads: list[nn.Module],
-    value_heads: list[nn.Module],
-    contribution_head: nn.Module | None,
+    model: nn.Module, skip: tuple[nn.Module, ...], action_heads: list[nn.Module],
+    value_heads: list[nn.Module], contribution_head: nn.Module | None,
 ) -> None:
     """Orthogonal (gain sqrt(2), zero bias) for every Linear of ``model`` outside ``skip``
     (modules that keep their own init: the encoder's Xavier, the LSTM's orthogonal gates);

@@ -1,17 +1,13 @@
 """Residual, layer-normalised stacked LSTM: the recurrent core of both policy networks.
 
-Each layer is a single-layer LSTM whose output is layer-normalised and added back to its
-input (``x = x + norm(lstm(x))``). The stack keeps the usual ``(h, c)`` interface of
-``nn.LSTM`` with ``h, c: [num_layers, B, hidden_size]``, so a PPO loop can carry it across
-rollout steps unchanged.
+Each layer computes ``x = x + norm(lstm(x))``; the stack keeps ``nn.LSTM``'s ``(h, c)``
+interface, each ``[num_layers, B, hidden_size]``.
 
-Why not ``nn.LSTM`` modules: TorchDynamo refuses to trace any ``nn.RNN``/``nn.GRU``/
-``nn.LSTM`` instance unless the global flag ``torch._dynamo.config.allow_rnn`` is set
-("Attempted to wrap RNN, GRU, or LSTM"), which would break ``torch.compile(fullgraph=True)``
-of every network that owns one. :class:`LSTMLayer` therefore owns the same four parameters
-as a one-layer ``nn.LSTM`` (same names, so state dicts are interchangeable) and calls the
-same ATen op ``torch.lstm`` (so CPU, cuDNN and autocast take the same kernels), and it
-re-packs its weights for cuDNN after a device move exactly as ``nn.LSTM`` does.
+Not ``nn.LSTM``: TorchDynamo refuses to trace it unless the global
+``torch._dynamo.config.allow_rnn`` is set, which breaks ``torch.compile(fullgraph=True)``.
+:class:`LSTMLayer` owns the same four parameters (same names: state dicts are
+interchangeable), calls the same ATen op ``torch.lstm`` (same kernels) and re-packs its
+weights for cuDNN after a device move, as ``nn.LSTM`` does.
 """
 
 from __future__ import annotations
@@ -23,8 +19,10 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from slotformer.validation import describe_shape, expect
+from slotformer.layers.heads import check_dropout
+from slotformer.validation import check_positive_int, describe_shape, expect
 
+_State = tuple[Tensor, Tensor]  # (h, c)
 _NUM_GATES = 4  # PyTorch gate order in the stacked weights: input, forget, cell (g), output
 
 
@@ -43,11 +41,9 @@ ONEDNN_BF16_LSTM: bool = _onednn_has_bf16_lstm()
 
 
 def cpu_lstm_dtype(autocast_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the LSTM core runs in under CPU autocast to ``autocast_dtype``.
-
-    bf16 where oneDNN has a bf16 LSTM kernel (`ONEDNN_BF16_LSTM`: CPUs with AVX-512), fp32
-    everywhere else: bf16 on AVX2-only CPUs, and fp16, whose oneDNN LSTM fails in grad mode
-    even on CPUs that have it. The linear layers around the core keep autocast's dtype.
+    """The dtype the LSTM core runs in under CPU autocast to ``autocast_dtype``: bf16 where
+    oneDNN has a bf16 LSTM (`ONEDNN_BF16_LSTM`, AVX-512), else fp32 (bf16 on AVX2-only CPUs,
+    and fp16, whose oneDNN LSTM fails in grad mode). The layers around it keep autocast's.
 
     Example:
         >>> cpu_lstm_dtype(torch.float16)
@@ -63,16 +59,11 @@ class LSTMLayer(nn.Module):
 
     Parameters are ``weight_ih_l0 [4H, I]``, ``weight_hh_l0 [4H, H]``, ``bias_ih_l0 [4H]``,
     ``bias_hh_l0 [4H]`` (gate order i, f, g, o), so ``nn.LSTM(...).state_dict()`` loads into
-    this module and vice versa. Unlike ``nn.LSTM`` it can be traced by ``torch.compile``.
-    Inputs are not validated here; :class:`ResidualLSTM` does that.
-
-    Args:
-        input_size: features of ``x``.
-        hidden_size: features of ``h`` and ``c``.
+    this module and vice versa. Inputs are not checked here (:class:`ResidualLSTM` does).
 
     Shapes:
-        x: ``[B, T, input_size]``; h, c: ``[1, B, hidden_size]``.
-        returns: ``(out [B, T, hidden_size], h [1, B, hidden_size], c [1, B, hidden_size])``.
+        ``forward(x [B, T, input_size], h [1, B, hidden_size], c [1, B, hidden_size])`` ->
+        ``(out [B, T, hidden_size], h, c)``.
 
     Example:
         >>> layer = LSTMLayer(8, 16)
@@ -102,11 +93,8 @@ class LSTMLayer(nn.Module):
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Run the layer over ``x [B, T, I]`` from state ``(h, c)`` each ``[1, B, H]``."""
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # CPU autocast sends torch.lstm to oneDNN in the autocast dtype whatever the CPU
-            # has, and oneDNN refuses (at run time, "could not create a primitive
-            # descriptor") where it has no such LSTM: bf16 on CPUs without AVX-512 (AMD
-            # EPYC with AVX2, say), fp16 in grad mode everywhere. So the layer picks the
-            # dtype itself, with autocast off: bf16 where oneDNN has a bf16 LSTM, else fp32.
+            # CPU autocast sends torch.lstm to oneDNN in the autocast dtype, which oneDNN
+            # refuses at run time where it has no such LSTM; so pick the dtype here.
             dtype = cpu_lstm_dtype(torch.get_autocast_dtype("cpu"))
             with torch.autocast("cpu", enabled=False):
                 weights = [w.to(dtype) for w in self.flat_weights()]
@@ -119,12 +107,10 @@ class LSTMLayer(nn.Module):
         self, x: Tensor, h: Tensor, c: Tensor, weights: list[Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
         if not torch.is_grad_enabled():
-            # On CPU torch.lstm picks its kernel by grad mode (oneDNN with grad off, the
-            # native one with grad on) and the two differ in the last bits once h != 0, so
-            # get_action (inference mode) would not reproduce evaluate_actions' log-probs
-            # (grad mode) bit for bit even on the same shapes. Take the
-            # grad-mode kernel always; under inference mode nothing is recorded, and under
-            # no_grad the detach drops the one-op graph.
+            # On CPU torch.lstm picks its kernel by grad mode, and the two differ in the last
+            # bits once h != 0: take the grad-mode kernel always, so that get_action
+            # (inference) reproduces evaluate_actions' log-probs bit for bit. Under inference
+            # mode nothing is recorded; under no_grad the detach drops the one-op graph.
             with torch.enable_grad():
                 out, h_n, c_n = self._lstm(x, h, c, weights)
             return out.detach(), h_n.detach(), c_n.detach()
@@ -147,11 +133,8 @@ class LSTMLayer(nn.Module):
         return out, h_n, c_n  # [B, T, H], [1, B, H], [1, B, H]
 
     def flatten_parameters(self) -> None:
-        """Pack the weights into one cuDNN buffer (a no-op off CUDA), as ``nn.LSTM`` does.
-
-        Without it cuDNN copies the weights into a packed buffer on every call and warns
-        that "RNN module weights are not part of single contiguous chunk of memory".
-        """
+        """Pack the weights into one cuDNN buffer (a no-op off CUDA), as ``nn.LSTM`` does;
+        otherwise cuDNN copies them on every call and warns."""
         weights = self.flat_weights()
         first = weights[0]
         if not all(
@@ -203,9 +186,8 @@ class ResidualLSTMBlock(nn.Module):
 class ResidualLSTM(nn.Module):
     """Stacked LSTM with a residual connection and LayerNorm around every layer.
 
-    ``x`` is first projected to ``hidden_size`` (a ``Linear`` when
-    ``input_size != hidden_size``, else the identity). Each layer then computes
-    ``x = x + LayerNorm(lstm_l(x))``.
+    ``x`` is first projected to ``hidden_size`` (a ``Linear``, or the identity when the sizes
+    match); each layer then computes ``x = x + LayerNorm(lstm_l(x))``.
 
     Normalisation placement: the norm sits on the LSTM *branch*, before the add. The skip
     path stays an exact identity, so gradients reach lower layers (and the fused
@@ -222,22 +204,14 @@ class ResidualLSTM(nn.Module):
     whose effective bias (``bias_ih + bias_hh``) is ``1 + ln(num_layers)`` so deeper stacks
     start out remembering longer. The value sits in ``bias_ih`` and ``bias_hh`` is zero.
 
-    Dropout (``dropout > 0`` and ``num_layers > 1`` only) is applied to the stream
-    between layers, never after the last, as in ``nn.LSTM``. The policy networks keep
-    it at 0 so that ``evaluate_actions`` stays deterministic.
+    Dropout (``dropout`` in ``[0, 1)``, with ``num_layers > 1``) applies to the stream
+    between layers, never after the last, as in ``nn.LSTM``; the policy networks keep it at 0
+    so that ``evaluate_actions`` stays deterministic.
 
-    Under autocast the linear layers run in the low-precision dtype; on CPU the LSTM
-    kernels run in bf16 where oneDNN has a bf16 LSTM and in fp32 elsewhere (`cpu_lstm_dtype`),
-    so CPU autocast works on every CPU. The returned ``(h, c)`` are cast back to the dtype of the ``hidden`` passed in (or of
-    ``x`` when ``hidden`` is None), so a state carried across rollout steps keeps one
-    dtype; while autocast is active on ``x``'s device, ``hidden`` may be any floating
-    dtype (typically fp32 from :meth:`initial_hidden` while ``x`` is bf16).
-
-    Args:
-        input_size: features of ``x``.
-        hidden_size: features of the output and of ``h``/``c``.
-        num_layers: number of residual LSTM layers (>= 1).
-        dropout: dropout probability between layers, in ``[0, 1)``.
+    Under autocast the linear layers run in the low-precision dtype and, on CPU, the LSTM in
+    `cpu_lstm_dtype`. The returned ``(h, c)`` keep the dtype of the ``hidden`` passed in (of
+    ``x`` when None); under autocast ``hidden`` may be any floating dtype (typically fp32
+    from :meth:`initial_hidden` while ``x`` is bf16).
 
     Shapes:
         x: ``[B, T, input_size]``; hidden: ``(h, c)``, each ``[num_layers, B, hidden_size]``.
@@ -255,16 +229,13 @@ class ResidualLSTM(nn.Module):
         self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        sizes = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": num_layers}
-        for name, size in sizes.items():
-            if size < 1:
-                raise ValueError(f"{name} must be >= 1, got {size}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        for name, size in (("input_size", input_size), ("hidden_size", hidden_size),
+                           ("num_layers", num_layers)):
+            check_positive_int(name, size)
+        self.dropout_p = check_dropout(dropout)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
-        self.dropout_p = dropout
         self.input_proj: nn.Module = (
             nn.Linear(input_size, hidden_size) if input_size != hidden_size else nn.Identity()
         )
@@ -292,38 +263,29 @@ class ResidualLSTM(nn.Module):
         return cast(ResidualLSTMBlock, self.layers[index])
 
     def initial_hidden(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
+        self, batch_size: int, device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Zero state ``(h, c)``, each ``[num_layers, batch_size, hidden_size]``.
-
-        ``device`` and ``dtype`` default to those of the module's parameters.
-        """
+    ) -> _State:
+        """Zero state ``(h, c)``, each ``[num_layers, batch_size, hidden_size]``, on the
+        parameters' device and dtype unless given."""
         if batch_size < 0:
             raise ValueError(f"batch_size must be >= 0, got {batch_size}")
         reference = self._block(0).lstm.weight_hh_l0
         shape = (self.num_layers, batch_size, self.hidden_size)
-        state_device = reference.device if device is None else device
-        state_dtype = reference.dtype if dtype is None else dtype
-        h = torch.zeros(shape, device=state_device, dtype=state_dtype)
-        c = torch.zeros(shape, device=state_device, dtype=state_dtype)
-        return h, c
+        device = reference.device if device is None else device
+        dtype = reference.dtype if dtype is None else dtype
+        h = torch.zeros(shape, device=device, dtype=dtype)
+        return h, torch.zeros_like(h)
 
     def forward(
-        self,
-        x: Tensor,
-        hidden: tuple[Tensor, Tensor] | None = None,
-        episode_starts: Tensor | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self, x: Tensor, hidden: _State | None = None, episode_starts: Tensor | None = None
+    ) -> tuple[Tensor, _State]:
         """Run the stack over ``x [B, T, input_size]`` from ``hidden`` (zeros when None).
 
         ``episode_starts`` (bool ``[B, T]``, True where a new episode begins at that step):
         the state is zeroed before each such step, so a sequence that crosses an episode
-        boundary gives what the two parts would give as separate sequences from zero state.
-        The stack then runs one time step at a time (``T`` kernel calls per layer instead of
-        one), so pass it only when a sequence can hold a boundary.
+        boundary gives what its parts would give separately from zero state. The stack then
+        runs one time step at a time, so pass it only when a sequence can hold a boundary.
         """
         self._check_input(x)
         if hidden is not None:
@@ -336,23 +298,18 @@ class ResidualLSTM(nn.Module):
         return self.run(x, hidden, episode_starts)
 
     def run(
-        self,
-        x: Tensor,
-        hidden: tuple[Tensor, Tensor] | None = None,
-        episode_starts: Tensor | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """`forward` without its argument checks, for callers that checked them (the
-        networks' boundary, `slotformer.networks.inputs`)."""
+        self, x: Tensor, hidden: _State | None = None, episode_starts: Tensor | None = None
+    ) -> tuple[Tensor, _State]:
+        """`forward` without its checks, for callers that made them (the networks' boundary,
+        `slotformer.networks.inputs`)."""
         if hidden is None:
-            h_0, c_0 = self.initial_hidden(x.shape[0], device=x.device, dtype=x.dtype)
-        else:
-            h_0, c_0 = hidden
-        state_dtype = h_0.dtype
+            hidden = self.initial_hidden(x.shape[0], device=x.device, dtype=x.dtype)
+        h_0, c_0 = hidden
         x = self.input_proj(x)  # [B, T, H]
         if episode_starts is not None:
             return self._forward_with_resets(x, h_0, c_0, episode_starts)
         h, c = self._run_layers(x, h_0, c_0)
-        return h[0], (h[1].to(state_dtype), c.to(state_dtype))
+        return h[0], (h[1].to(h_0.dtype), c.to(h_0.dtype))
 
     def _run_layers(self, x: Tensor, h_0: Tensor, c_0: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
         """Every layer over ``x [B, T, H]`` from ``(h_0, c_0)`` each ``[L, B, H]``:
@@ -391,44 +348,25 @@ class ResidualLSTM(nn.Module):
                 f"step, got {describe_shape(x)}"
             )
         reference = self._block(0).lstm.weight_hh_l0
-        expect(
-            "x", x, floating=True, device=reference.device,
-            hint=" (a floating-point tensor on the ResidualLSTM parameters' device)",
-        )
-        if x.dtype != reference.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise ValueError(
-                f"x has dtype {x.dtype} but the ResidualLSTM parameters are {reference.dtype} "
-                "(outside autocast they must match)"
-            )
+        hint = " (floating-point, on the ResidualLSTM parameters' device, in their dtype " \
+            "outside autocast)"
+        expect("x", x, floating=True, device=reference.device, hint=hint)
+        if not torch.is_autocast_enabled(x.device.type):
+            expect("x", x, dtype=reference.dtype, hint=hint)
 
     def _check_hidden(self, hidden: object, x: Tensor) -> None:
         if not isinstance(hidden, tuple) or len(hidden) != 2:
-            description = (
-                f"a tuple of length {len(hidden)}"
-                if isinstance(hidden, tuple)
-                else f"a {type(hidden).__name__}"
-            )
-            raise ValueError(f"hidden must be a tuple (h, c) of two tensors, got {description}")
-        h, c = hidden
-        expected = (self.num_layers, x.shape[0], self.hidden_size)
-        for name, state in (("hidden h", h), ("hidden c", c)):
-            if not isinstance(state, Tensor):
-                raise ValueError(f"{name} must be a Tensor, got a {type(state).__name__}")
-            if tuple(state.shape) != expected:
-                raise ValueError(
-                    f"{name} must have shape [num_layers, B, hidden_size] = {expected}, "
-                    f"got {describe_shape(state)}"
-                )
-            if state.device != x.device:
-                raise ValueError(f"{name} is on device {state.device} but x is on {x.device}")
-            expect(name, state, floating=True, hint=" (the state is floating point)")
-            if state.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
-                raise ValueError(
-                    f"{name} has dtype {state.dtype} but x has dtype {x.dtype} "
-                    "(outside autocast they must match)"
-                )
-        if h.dtype != c.dtype:
-            raise ValueError(f"hidden h and c must share a dtype, got {h.dtype} and {c.dtype}")
+            got = type(hidden).__name__
+            got = f"tuple of length {len(hidden)}" if isinstance(hidden, tuple) else got
+            raise ValueError(f"hidden must be a tuple (h, c) of two tensors, got a {got}")
+        # x's dtype outside autocast, any floating dtype within; c then takes h's dtype.
+        dtype = None if torch.is_autocast_enabled(x.device.type) else x.dtype
+        hint = " ([num_layers, B, hidden_size] on x's device; h and c share a floating dtype, " \
+            "x's outside autocast)"
+        for name, state in zip(("hidden h", "hidden c"), hidden):
+            expect(name, state, floating=True, device=x.device,
+                   shape=(self.num_layers, x.shape[0], self.hidden_size), hint=hint)
+            dtype = expect(name, state, dtype=dtype, hint=hint).dtype
 
     def extra_repr(self) -> str:
         return (

@@ -1,15 +1,12 @@
-"""The networks' hyper-parameters: one frozen config dataclass per network (nanoGPT's
-``GPTConfig``). `ActorCriticConfig` holds what both networks share; `TransformerConfig` and
-`LSTMConfig` (next to their networks) extend it. A network takes its config, a bundle holds
-it, a checkpoint stores ``dataclasses.asdict(config)``.
-"""
+"""The networks' hyper-parameters: `ActorCriticConfig`, which `TransformerConfig` and
+`LSTMConfig` (next to their networks) extend."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
-from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig
+from slotformer.config import DEFAULT_BASE_DIM, DEFAULT_SLOT_DIM, SlotConfig, check_base_dim
 from slotformer.distributions import FLOOR_MODES
 from slotformer.validation import check_positive_int
 
@@ -19,7 +16,7 @@ VALUE_BASELINES = ("q", "v")
 
 @dataclass(frozen=True)
 class ActorCriticConfig:
-    """What both networks share; each network's config dataclass extends it (nanoGPT's
+    """What both networks share; each network's frozen config dataclass extends it (nanoGPT's
     ``GPTConfig``): the network takes it, a bundle holds it, a checkpoint stores
     ``dataclasses.asdict(config)``.
 
@@ -29,8 +26,7 @@ class ActorCriticConfig:
         lstm_hidden_dim: H, the recurrent core's width.
         lstm_layers: recurrent layers.
         value_baseline: ``"v"`` (``value`` = V(s), the unbiased PPO baseline and the
-            reference network's ``value``; the default) or ``"q"`` (``value`` = Q(s, op),
-            the original plan).
+            reference network's; the default) or ``"q"`` (``value`` = Q(s, op)).
         base_dim: features in the base block of the observation (default 23).
         blueprint_embed_dim: width of each slot's type (blueprint) embedding.
         num_slot_types: the slot-type vocabulary: ``blueprint_indices`` take values in
@@ -38,11 +34,8 @@ class ActorCriticConfig:
             lifecycle's blueprints).
         slot_dim: features per slot; None = inferred from ``state_dim`` (the Slot
             Transformer needs it; the flat network takes any ``state_dim``).
-        floor_mode: how ``probability_floor`` is applied: ``"clip"`` (the reference
-            network's: valid actions below the floor are raised to it and the rest scaled
-            down; a no-op when every valid action is above it) or ``"mix"`` (mix with the
-            uniform distribution over valid actions: every valid action is guaranteed the
-            floor, but every probability moves).
+        floor_mode: how ``probability_floor`` is applied, ``"clip"`` (the reference
+            network's) or ``"mix"`` (see `slotformer.distributions.masked_log_probs`).
         use_q_head: build the Q(s, op) head (an auxiliary head, detached from the trunk).
             False: no parameters, ``q_value`` is None and ``value_baseline`` must be ``"v"``.
         use_contribution_head: build the per-slot contribution predictor (auxiliary).
@@ -73,18 +66,14 @@ class ActorCriticConfig:
         for name in ("use_q_head", "use_contribution_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if self.floor_mode not in FLOOR_MODES:
-            raise ValueError(f"floor_mode must be one of {list(FLOOR_MODES)}, got {self.floor_mode!r}")
+        for name, choices in (("floor_mode", FLOOR_MODES), ("value_baseline", VALUE_BASELINES)):
+            if (value := getattr(self, name)) not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
         if self.value_baseline == "q" and not self.use_q_head:
             raise ValueError(
                 'value_baseline="q" needs the Q head: pass use_q_head=True or value_baseline="v"'
             )
-        if not isinstance(self.base_dim, int) or self.base_dim < 0:
-            raise ValueError(f"base_dim must be a non-negative int, got {self.base_dim!r}")
-        if self.value_baseline not in VALUE_BASELINES:
-            raise ValueError(
-                f"value_baseline must be one of {list(VALUE_BASELINES)}, got {self.value_baseline!r}"
-            )
+        check_base_dim(self.base_dim)
 
     def for_slots(self: _Config, slot_config: SlotConfig) -> _Config:
         """This config with ``state_dim`` filled in for ``slot_config``: ``base_dim + N *

@@ -5,12 +5,10 @@
   ``state_value`` (V(s)), ``q_value`` (Q(s, op)), ``sampled_op``, ``op_logits``,
   ``pred_contributions``; ``hidden`` is the recurrent state ``(h, c)``.
 
-`ActionResult` is one rollout step (a network's or a bundle's ``get_action``); `EvalResult`
-re-scores stored actions (``evaluate_actions``); `ForwardResult` is a bundle's plain forward.
 The reference network's names stay available: ``GetActionResult`` and
-``EvaluateActionsResult`` are these classes, ``ActionResult.values`` and
+``EvaluateActionsResult`` are `ActionResult` and `EvalResult`, ``ActionResult.values`` and
 ``.head_entropies`` read ``value`` and ``entropies``, and an `EvalResult` unpacks as the
-contract's 6-tuple (`EvalResult.to_tuple`).
+contract's 6-tuple.
 
 Shapes: ``B`` batch, ``T`` time, ``N`` slots, ``n`` a head's choices, ``H`` recurrent width.
 """
@@ -18,7 +16,7 @@ Shapes: ``B`` batch, ``T`` time, ``N`` slots, ``n`` a head's choices, ``H`` recu
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -28,7 +26,7 @@ from slotformer.networks.inputs import Hidden
 
 @dataclass(frozen=True)
 class ActionResult:
-    """One rollout step. Every tensor is ``[B]`` unless noted.
+    """One rollout step (``get_action``). Every tensor is ``[B]`` unless noted.
 
     Attributes:
         actions: int64 action per head name.
@@ -56,7 +54,6 @@ class ActionResult:
     entropies: dict[str, Tensor] | None = None
     sampled_op: Tensor | None = None
 
-    # The reference network's names (the drop-in contract).
     @property
     def values(self) -> Tensor:
         """``value`` under the reference network's name."""
@@ -103,14 +100,10 @@ class EvalResult:
     state_value: Tensor | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
-        """The contract's ``(log_probs, value, entropies, hidden, pred_contributions,
-        q_value)``."""
-        return (
-            self.log_probs, self.value, self.entropies, self.hidden, self.pred_contributions,
-            self.q_value,
-        )
+        """The contract's 6-tuple (see `EvalResult`)."""
+        return (self.log_probs, self.value, self.entropies, self.hidden, self.pred_contributions,
+                self.q_value)
 
-    # The reference network returns the 6-tuple: unpacking and indexing work as on it.
     def __iter__(self) -> Iterator[Any]:
         return iter(self.to_tuple())
 
@@ -140,14 +133,13 @@ class ForwardResult:
 
     logits: dict[str, Tensor]
     value: Tensor
-    hidden: Hidden | None = field(default=None)
+    hidden: Hidden | None = None
 
 
 @dataclass(frozen=True)
 class TrunkIntermediates:
-    """What a network's trunk computed on the way, returned as data when asked
-    (``forward(..., return_intermediates=True)``); statistics are computed from it outside
-    the model (`slotformer.telemetry.compute_attention_stats`).
+    """What a network's trunk computed on the way (``forward(..., return_intermediates=True)``),
+    for statistics outside the model (`slotformer.telemetry.compute_attention_stats`).
 
     Attributes:
         attention: per encoder block, attention weights ``[B, T, heads, N+1, N+1]`` (rows =

@@ -33,16 +33,13 @@ def create_policy(
     Args:
         policy_type: a registered name (``"lstm"``, ``"transformer"``); None = the policy
             whose config class ``config`` is, or ``"lstm"`` without a config.
-        state_dim: the flat observation width D (None = ``base_dim + slot_dim * N``, by
-            default ``23 + 31 * N``).
+        state_dim: the flat observation width D (None = ``base_dim + slot_dim * N``).
         slot_config: the slots (None = 3 in one row).
         device: where the network lives.
         compile_mode: one of `COMPILE_MODES` (``"off"`` = eager).
-        config: the network's config dataclass (`TransformerConfig`, `LSTMConfig`);
-            ``overrides`` win over its fields.
-        **overrides: further constructor arguments of the bundle: its config's fields by
-            name (e.g. ``lstm_hidden_dim``, ``trunk_dim`` for ``"lstm"``, ``head_hidden``
-            for ``"transformer"``) and ``action_space`` (an `ActionSpace`, default: the
+        config: the network's config dataclass (`TransformerConfig`, `LSTMConfig`).
+        **overrides: further bundle arguments, winning over ``config``: its config's fields
+            by name (e.g. ``lstm_hidden_dim``) and ``action_space`` (default: the
             seed-lifecycle preset).
 
     Raises:
@@ -76,8 +73,7 @@ def create_policy(
     kwargs: dict[str, Any] = dict(overrides)
     if config is not None:
         kwargs["config"] = config
-    # The observation width goes first, by position: slotformer's bundles call it state_dim,
-    # the reference's feature_dim.
+    # By position: slotformer's bundles call it state_dim, the reference's feature_dim.
     policy: PolicyBundle = cls(state_dim, slot_config=slot_config, **kwargs)
     policy.to(device)
     policy.compile(mode=compile_mode)

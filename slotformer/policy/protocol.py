@@ -3,17 +3,7 @@
 A bundle owns one actor-critic network and adapts it to a trainer: masks travel as one dict,
 results come back as frozen records (`ActionResult`, `EvalResult`, `ForwardResult`), and
 device placement, compilation, gradient checkpointing, target-network updates and state
-dicts go through the bundle so that the trainer never touches a compiled wrapper.
-
-Masks: a dict with one entry per head name (``None`` = all valid) plus an optional
-``"slot_by_op"`` ``[B, num_ops, N]``. Each mask is bool, True = valid, ``[B, T, n]`` or
-``[B, n]``. A missing head is a ``KeyError`` naming the missing heads.
-
-Observations: flat ``features`` with ``blueprint_indices``, or a structured
-`SlotObservation` (base block, slots, slot types) as ``features`` with
-``blueprint_indices=None``. Episode boundaries: ``episode_starts`` (bool ``[B, T]``, ``[B]``
-for one step) marks the steps where a new episode begins; the recurrent state is zeroed
-before them, so a stored sequence may cross episode ends.
+dicts go through the bundle, so that the trainer never touches a compiled wrapper.
 """
 
 from __future__ import annotations
@@ -25,13 +15,16 @@ import torch
 from torch import Tensor, nn
 
 from slotformer.config import SlotConfig
+from slotformer.networks.inputs import SLOT_BY_OP_KEY as SLOT_BY_OP_KEY  # re-exported
 from slotformer.networks.inputs import Hidden, ProbabilityFloor, SlotObservation
 from slotformer.networks.results import ActionResult, EvalResult, ForwardResult
 
 Masks = Mapping[str, Tensor | None]
+"""One bool mask per head name (True = valid; None = all valid), ``[B, T, n]`` or ``[B, n]``,
+plus an optional ``"slot_by_op"`` ``[B, num_ops, N]``. Missing heads: a ``KeyError`` naming
+them."""
 
-SLOT_BY_OP_KEY = "slot_by_op"
-"""The optional masks entry holding the per-op slot masks ``[B, num_ops, N]``."""
+Observation = Tensor | SlotObservation
 
 
 @runtime_checkable
@@ -40,9 +33,9 @@ class PolicyBundle(Protocol):
 
     Shapes: ``features`` ``[B, T, D]`` or ``[B, D]`` (T = 1), ``blueprint_indices`` int64
     ``[B, T, N]`` or ``[B, N]`` (-1 = empty slot). A 2-D call returns tensors without the T
-    axis. Wherever a flat ``features`` tensor is accepted, a `SlotObservation` is too
-    (``base [B, T, G]``, ``slots [B, T, N, F]``, ``slot_types [B, T, N]`` or None, optional
-    ``active``; or without the T axis), with ``blueprint_indices=None``.
+    axis. ``features`` may instead be a `SlotObservation` (``base [B, T, G]``, ``slots
+    [B, T, N, F]``, ``slot_types [B, T, N]`` or None, optional ``active``; or without the T
+    axis) with ``blueprint_indices=None``. ``masks``: see `Masks`.
 
     ``episode_starts`` (keyword): bool ``[B, T]`` for `forward`, `evaluate_actions` and
     `get_value` (``[B]`` for 2-D features), ``[B]`` for `get_action`; True where a new
@@ -58,42 +51,25 @@ class PolicyBundle(Protocol):
 
     # ------------------------------------------------------------------ acting and learning
     def get_action(
-        self,
-        features: Tensor | SlotObservation,
-        blueprint_indices: Tensor | None,
-        masks: Masks,
-        hidden: Hidden | None = None,
-        deterministic: bool = False,
-        probability_floor: ProbabilityFloor = None,
-        *,
-        episode_starts: Tensor | None = None,
+        self, features: Observation, blueprint_indices: Tensor | None, masks: Masks,
+        hidden: Hidden | None = None, deterministic: bool = False,
+        probability_floor: ProbabilityFloor = None, *, episode_starts: Tensor | None = None,
     ) -> ActionResult:
         """One rollout step under inference mode; every returned tensor is ``[B]``.
         ``episode_starts`` ``[B]``: environments whose episode begins at this step."""
         ...
 
     def forward(
-        self,
-        features: Tensor | SlotObservation,
-        blueprint_indices: Tensor | None,
-        masks: Masks,
-        hidden: Hidden | None = None,
-        *,
-        episode_starts: Tensor | None = None,
+        self, features: Observation, blueprint_indices: Tensor | None, masks: Masks,
+        hidden: Hidden | None = None, *, episode_starts: Tensor | None = None,
     ) -> ForwardResult:
         """Masked logits per head, the selected value and the new hidden state."""
         ...
 
     def evaluate_actions(
-        self,
-        features: Tensor | SlotObservation,
-        blueprint_indices: Tensor | None,
-        actions: Mapping[str, Tensor],
-        masks: Masks,
-        hidden: Hidden | None = None,
-        probability_floor: ProbabilityFloor = None,
-        aux_stop_gradient: bool = True,
-        *,
+        self, features: Observation, blueprint_indices: Tensor | None,
+        actions: Mapping[str, Tensor], masks: Masks, hidden: Hidden | None = None,
+        probability_floor: ProbabilityFloor = None, aux_stop_gradient: bool = True, *,
         episode_starts: Tensor | None = None,
     ) -> EvalResult:
         """Differentiable log-probs, values and entropies of stored actions (``episode_starts``
@@ -101,21 +77,14 @@ class PolicyBundle(Protocol):
         ...
 
     def get_q_values(
-        self,
-        features: Tensor | SlotObservation,
-        blueprint_indices: Tensor | None,
-        hidden: Hidden | None = None,
+        self, features: Observation, blueprint_indices: Tensor | None, hidden: Hidden | None = None
     ) -> Tensor:
         """Twin-critic Q values for off-policy methods (raise where unsupported)."""
         ...
 
     def get_value(
-        self,
-        features: Tensor | SlotObservation,
-        blueprint_indices: Tensor | None,
-        hidden: Hidden | None = None,
-        *,
-        episode_starts: Tensor | None = None,
+        self, features: Observation, blueprint_indices: Tensor | None,
+        hidden: Hidden | None = None, *, episode_starts: Tensor | None = None,
     ) -> Tensor:
         """V(s) for bootstrapping, ``[B, T]`` (``[B]`` for 2-D features)."""
         ...
@@ -152,31 +121,22 @@ class PolicyBundle(Protocol):
     # ------------------------------------------------------------------ properties
     @property
     def device(self) -> torch.device: ...
-
     @property
     def dtype(self) -> torch.dtype: ...
-
     @property
     def is_recurrent(self) -> bool: ...
-
     @property
     def supports_off_policy(self) -> bool: ...
-
     @property
     def slot_config(self) -> SlotConfig: ...
-
     @property
     def state_dim(self) -> int: ...
-
     @property
     def lstm_hidden_dim(self) -> int: ...
-
     @property
     def network(self) -> nn.Module: ...
-
     @property
     def is_compiled(self) -> bool: ...
-
     @property
     def network_type(self) -> str: ...
 

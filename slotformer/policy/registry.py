@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 from slotformer.policy.protocol import PolicyBundle, protocol_members
 
 NETWORK_TYPES: tuple[str, ...] = ("lstm", "transformer")
-"""The policy types shipped with slotformer; `list_policies` also names those registered by
-users."""
+"""The policy types shipped with slotformer (`list_policies` adds users' registrations)."""
 
 _REGISTRY: dict[str, type[Any]] = {}
 
