@@ -67,6 +67,11 @@ class TrunkOutput:
     intermediates: TrunkIntermediates | None = None  # when asked for
 
 
+# The reference network's per-head mask arguments, in its order (``slot_mask`` ... ``op_mask``).
+CONTRACT_MASKS = ("slot", "blueprint", "style", "tempo", "alpha_target", "alpha_speed",
+                  "alpha_curve", "op")
+
+
 class ActorCriticCore(nn.Module, ABC):
     """Base class of the actor-critic networks. Subclasses implement the trunk and slot head.
 
@@ -186,13 +191,13 @@ class ActorCriticCore(nn.Module, ABC):
 
     def head_module(self, name: str) -> nn.Module:
         """The module producing head ``name``'s logits (attribute ``{name}_head``)."""
-        module = getattr(self, f"{name}_head")
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"{name}_head is not a module")
+        module: nn.Module = getattr(self, f"{name}_head")
         return module
 
     # ------------------------------------------------------------------ public API
-    def get_initial_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
+    def get_initial_hidden(
+        self, batch_size: int, device: torch.device | str | None = None
+    ) -> Hidden:
         """Zero recurrent state ``(h, c)``, each ``[lstm_layers, batch_size, H]``."""
         parameter = next(self.parameters())
         return self.lstm.initial_hidden(batch_size, device=device or parameter.device,
@@ -226,33 +231,19 @@ class ActorCriticCore(nn.Module, ABC):
         layout = None if self.layout is None else ObservationLayout(
             config.num_slots, self.layout.slot_dim, self.layout.base_dim)
         return SlotContext(
-            slot_config=config,
-            layout=layout,
+            slot_config=config, layout=layout, action_space=action_space,
             state_dim=self.state_dim if layout is None else layout.state_dim,
-            action_space=action_space,
-            packed=PackedHeads.of(action_space, device),
-            row_ids=row_ids,
-            col_ids=col_ids,
-            num_slot_types=self.config.num_slot_types,
-            hidden_size=(self.lstm_layers, self.lstm_hidden_dim),
-            num_slots=config.num_slots,
-        )
+            packed=PackedHeads.of(action_space, device), row_ids=row_ids, col_ids=col_ids,
+            num_slot_types=self.config.num_slot_types, num_slots=config.num_slots,
+            hidden_size=(self.lstm_layers, self.lstm_hidden_dim))
 
-    def _read(
-        self, state: object, blueprint_indices: object, contract: Mapping[str, Any], **kwargs: Any
-    ) -> PolicyInputs:
-        """The boundary: this call's arguments checked and normalised (`read_inputs`);
-        ``contract`` is the entry point's ``locals()``, whose ``{head}_mask`` arguments (the
-        reference network's) join the ``masks`` dict."""
-        ctx = self.slot_context(contract.get("slot_config"))
-        named = {k[: -len("_mask")]: v for k, v in contract.items()
-                 if k.endswith("_mask") and k not in ("slot_by_op_mask", "active_mask")}
-        return read_inputs(
-            ctx, next(self.parameters()), state, blueprint_indices, named_masks=named,
-            hidden=contract.get("hidden"), active_mask=contract.get("active_mask"),
-            probability_floor=contract.get("probability_floor"),
-            episode_starts=contract.get("episode_starts"), **kwargs,
-        )
+    def _read(self, state: object, blueprint_indices: object, head_masks: tuple = (), *,
+              slot_config: SlotConfig | None = None, **kwargs: Any) -> PolicyInputs:
+        """The boundary: the call's arguments checked once (`read_inputs`); ``head_masks``,
+        the contract's ``slot_mask`` ... ``op_mask`` in order, join the ``masks`` dict."""
+        named = dict(zip(CONTRACT_MASKS, head_masks, strict=False))
+        return read_inputs(self.slot_context(slot_config), next(self.parameters()), state,
+                           blueprint_indices, named_masks=named, **kwargs)
 
     def forward(
         self,
@@ -303,7 +294,12 @@ class ActorCriticCore(nn.Module, ABC):
             at) and ``hidden``.
         """
         masks = None if masks is None else {k: v for k, v in masks.items() if k != "slot_by_op"}
-        inputs = self._read(state, blueprint_indices, locals(), masks=masks)
+        heads = (slot_mask, blueprint_mask, style_mask, tempo_mask, alpha_target_mask,
+                 alpha_speed_mask, alpha_curve_mask, op_mask)
+        inputs = self._read(state, blueprint_indices, heads, hidden=hidden,
+                            slot_config=slot_config, active_mask=active_mask,
+                            probability_floor=probability_floor, episode_starts=episode_starts,
+                            masks=masks)
         trunk, logits = self._trunk_and_logits(inputs, return_intermediates)
         op_name = inputs.ctx.action_space.op_head
         if validation_enabled():  # finite op logits, a valid op in every row
@@ -369,8 +365,12 @@ class ActorCriticCore(nn.Module, ABC):
         Returns:
             `ActionResult` (also known as ``GetActionResult``); every tensor is ``[B]``.
         """
-        inputs = self._read(state, blueprint_indices, locals(), one_step=True, masks=masks,
-                            slot_by_op=slot_by_op_mask)
+        heads = (slot_mask, blueprint_mask, style_mask, tempo_mask, alpha_target_mask,
+                 alpha_speed_mask, alpha_curve_mask, op_mask)
+        inputs = self._read(state, blueprint_indices, heads, hidden=hidden,
+                            slot_config=slot_config, active_mask=active_mask,
+                            probability_floor=probability_floor, episode_starts=episode_starts,
+                            one_step=True, masks=masks, slot_by_op=slot_by_op_mask)
         trunk, logits = self._trunk_and_logits(inputs)
         step = self._policy_step(logits, inputs, deterministic=deterministic, generator=generator)
         op_name = inputs.ctx.action_space.op_head
@@ -439,8 +439,13 @@ class ActorCriticCore(nn.Module, ABC):
             contract's ``log_probs, value, entropies, hidden, pred_contributions,
             q_value`` (`EvalResult.to_tuple`), and ``.state_value`` is V(s).
         """
-        inputs = self._read(states, blueprint_indices, locals(), name="states", masks=masks,
-                            slot_by_op=slot_by_op_mask, actions=actions)
+        heads = (slot_mask, blueprint_mask, style_mask, tempo_mask, alpha_target_mask,
+                 alpha_speed_mask, alpha_curve_mask, op_mask)
+        inputs = self._read(states, blueprint_indices, heads, hidden=hidden,
+                            slot_config=slot_config, active_mask=active_mask,
+                            probability_floor=probability_floor, episode_starts=episode_starts,
+                            name="states", masks=masks, slot_by_op=slot_by_op_mask,
+                            actions=actions)
         assert inputs.actions is not None
         trunk, logits = self._trunk_and_logits(inputs)
         step = self._policy_step(logits, inputs)
@@ -474,9 +479,9 @@ class ActorCriticCore(nn.Module, ABC):
         """Predicted per-slot contributions: ``[B, N]`` for ``state [B, D]``, ``[B, T, N]``
         for ``state [B, T, D]``."""
         if self.contribution_predictor is None:
-            raise ValueError(f"{type(self).__name__} was built with use_contribution_head="
-                             f"False: it has no contribution predictor")
-        inputs = self._read(state, blueprint_indices, locals(), with_masks=False)
+            raise ValueError(f"{type(self).__name__} was built with use_contribution_head=False")
+        inputs = self._read(state, blueprint_indices, hidden=hidden, slot_config=slot_config,
+                            active_mask=active_mask, with_masks=False)
         contributions = self._contributions(self._trunk(inputs), stop_gradient=stop_gradient)
         return contributions[:, 0] if inputs.squeeze else contributions
 
@@ -494,10 +499,8 @@ class ActorCriticCore(nn.Module, ABC):
         }
         return trunk, logits
 
-    def _policy_step(
-        self, logits: Mapping[str, Tensor], inputs: PolicyInputs, *,
-        deterministic: bool = False, generator: torch.Generator | None = None,
-    ) -> Any:
+    def _policy_step(self, logits: Mapping[str, Tensor], inputs: PolicyInputs, *,
+                     deterministic: bool = False, generator: torch.Generator | None = None) -> Any:
         """`slotformer.policy_step.policy_step` on this call's masks, floors and actions;
         counts the empty mask rows met while validation is off."""
         step = policy_step(
@@ -554,8 +557,7 @@ class ActorCriticCore(nn.Module, ABC):
             torch.Size([6, 1])
         """
         if self.q_head is None:
-            raise ValueError(f"{type(self).__name__} was built with use_q_head=False: it has "
-                             f"no Q head")
+            raise ValueError(f"{type(self).__name__} was built with use_q_head=False: no Q head")
         self._check_lstm_out(lstm_out)
         expect(
             "op", op, dtype=torch.long, device=lstm_out.device, shape=tuple(lstm_out.shape[:-1]),
