@@ -56,7 +56,7 @@ VARIANTS: tuple[str, ...] = (*NETWORK_TYPES, "transformer-lean")
 (`enable_gradient_checkpointing`: the encoder and the contribution predictor recomputed chunk
 by chunk in backward)."""
 EXTRA_VARIANTS: dict[str, dict[str, Any]] = {
-    "transformer-ff2": {"transformer_ff_mult": 2},  # half-width feed-forward blocks
+    "transformer-wide": {"head_hidden": 256, "transformer_ff_mult": 4},  # the plan's sizes
 }
 """Further transformer settings `build_policy` knows, by name: constructor overrides."""
 GRIDS: dict[int, tuple[int, int]] = {3: (1, 3), 10: (2, 5), 25: (5, 5), 50: (5, 10)}

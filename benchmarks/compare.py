@@ -143,8 +143,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=(*VARIANTS, *EXTRA_VARIANTS),
         default=list(VARIANTS),
         help="what to measure; transformer-lean = the transformer with its lean-memory "
-        "setting, transformer-ff2 = feed-forward width 2 x embed_dim (default: lstm, "
-        "transformer, transformer-lean)",
+        "setting, transformer-wide = the plan's sizes (heads 256 wide, feed-forward "
+        "4 x embed_dim) (default: lstm, transformer, transformer-lean)",
     )
     parser.add_argument(
         "--malloc",

@@ -305,13 +305,15 @@ def _with_legacy_defaults(
     """A stored config as the config fields, building the architecture it was saved with:
     slotformer 0.1 stored ``feature_dim`` and ``hidden_dim`` (now ``state_dim`` and
     ``lstm_hidden_dim``); a transformer config without ``contribution_hidden`` has a
-    contribution predictor ``head_hidden`` wide with ``Dropout(0.1)`` (defaults: 64, 0.0)."""
+    contribution predictor ``head_hidden`` wide with ``Dropout(0.1)`` (defaults: 64, 0.0)
+    and feed-forward blocks 4 x ``embed_dim`` wide (default 2)."""
     if config_class is not None and "hidden_dim" in config:
         renames = {"feature_dim": "state_dim", "hidden_dim": "lstm_hidden_dim"}
         config = {renames.get(key, key): value for key, value in config.items()}
     if policy_type == "transformer" and "contribution_hidden" not in config:
         config["contribution_hidden"] = config.get("head_hidden", 256)
         config.setdefault("contribution_dropout", 0.1)
+        config.setdefault("transformer_ff_mult", 4)  # added with them; 4 wide before
     return config
 
 

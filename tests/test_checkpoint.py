@@ -398,13 +398,16 @@ def test_a_checkpoint_from_before_the_contribution_options_loads_its_architectur
     tmp_path: Path,
 ) -> None:
     # Checkpoints saved before the contribution options had a predictor head_hidden wide with
-    # Dropout(0.1) and the stored config had no contribution_* keys. Such a checkpoint must
-    # rebuild that architecture (the weights would not fit today's default width).
-    old = make_bundle("transformer", contribution_hidden=16, contribution_dropout=0.1)
+    # Dropout(0.1) and feed-forward blocks 4 x embed_dim wide, and the stored config had no
+    # contribution_* or transformer_ff_mult keys. Such a checkpoint must rebuild that
+    # architecture (the weights would not fit today's default widths).
+    old = make_bundle("transformer", contribution_hidden=16, contribution_dropout=0.1,
+                      transformer_ff_mult=4)
     path = tmp_path / "old.pt"
     save_checkpoint(path, old)
     payload = torch.load(path, weights_only=True)
-    del payload["config"]["contribution_hidden"], payload["config"]["contribution_dropout"]
+    for key in ("contribution_hidden", "contribution_dropout", "transformer_ff_mult"):
+        del payload["config"][key]
     # and with slotformer 0.1's names for the observation and LSTM widths
     config = payload["config"]
     config["feature_dim"], config["hidden_dim"] = config.pop("state_dim"), config.pop("lstm_hidden_dim")

@@ -599,10 +599,10 @@ def test_transformer_contribution_predictor_width_and_dropout_are_options() -> N
 
 
 def test_transformer_feed_forward_width_is_an_option() -> None:
-    net = SlotTransformerActorCritic(116, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, transformer_ff_mult=2))
-    assert [block.ff_in.out_features for block in net.encoder.blocks] == [32, 32]
+    net = SlotTransformerActorCritic(116, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16, transformer_ff_mult=4))
+    assert [block.ff_in.out_features for block in net.encoder.blocks] == [64, 64]
     default = SlotTransformerActorCritic(116, lstm_hidden_dim=16, config=TransformerConfig(embed_dim=16))
-    assert [block.ff_in.out_features for block in default.encoder.blocks] == [64, 64]
+    assert [block.ff_in.out_features for block in default.encoder.blocks] == [32, 32]
     with pytest.raises(ValueError, match="transformer_ff_mult must be a positive int, got 0"):
         SlotTransformerActorCritic(116, config=TransformerConfig(transformer_ff_mult=0))
 
