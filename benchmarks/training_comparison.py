@@ -5,6 +5,7 @@ zero-shot transfer.
         --checkpoints runs/comparison                 # the docs/training.md run (10 seeds)
     python benchmarks/training_comparison.py --grids 5x10 --seeds 0 1 2 --json big.json
     python benchmarks/training_comparison.py --steps 20000 --seeds 0 1 --json out.json
+    python benchmarks/training_comparison.py --merge a.json b.json --json all.json  # no runs
 
 For each grid (default 1x3 and 2x5) and network (lstm, transformer), trains with
 `examples/train_slot_garden.py` for the same environment-step budget on every seed (default
@@ -21,6 +22,9 @@ Returns differ between CPUs as much as between seeds: quote the interval, not on
 returns. The JSON (``--json``) records every run with its learning curve
 (``benchmarks/plot_training.py`` draws it), the summaries, the settings and the machine.
 Prints which run starts (run k of n) and each run's result as it ends, then markdown tables.
+``--merge`` trains nothing: it pools the runs of earlier JSON files (each run keeps its file's
+settings, machine and name), joins repeats of one run (their returns must agree: runs are
+deterministic on one machine) and prints and saves the tables of the pool.
 """
 
 from __future__ import annotations
@@ -197,7 +201,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override trainer arguments (examples/train_slot_garden.py's "
                              "Args fields), e.g. --set learning_rate=3e-4 gamma=0.99")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="train nothing: pool the runs of these files (see above)")
     cli = parser.parse_args(argv)
+    if cli.merge:
+        runs, total_s = merged_runs(cli.merge)
+        cli.grids = list(dict.fromkeys(str(r["grid"]) for r in runs))
+        cli.networks = list(dict.fromkeys(str(r["network"]) for r in runs))
+        cli.transfer_grids = list(dict.fromkeys(
+            k[len("transfer_"):] for r in runs for k in r
+            if k.startswith("transfer_") and k.count("_") == 1))
+        cli.seeds = sorted({int(str(r["seed"])) for r in runs})
+        cli.workers, cli.set = 1, []
+        report(cli, runs, {}, total_s)
+        return
     grids = [parse_grid(text, parser) for text in cli.grids]
     for text in [cli.transfer_from, *cli.transfer_grids]:
         parse_grid(text, parser)
@@ -227,14 +244,49 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{describe(spec)} done in {summary(run)} ({len(finished)}/{len(specs)} "
                   f"finished, {time.perf_counter() - started:.0f} s elapsed)", flush=True)
     runs = [finished[index] for index in sorted(finished)]  # the order of specs
-    total_s = time.perf_counter() - started
+    report(cli, runs, overrides, time.perf_counter() - started)
 
+
+def merged_runs(paths: list[str]) -> tuple[list[dict[str, object]], float]:
+    """The runs of several result files, each tagged with its file's settings and machine;
+    a run repeated across files (same network, grid, seed and settings) becomes one, with
+    the transfer scores of all its copies."""
+    pooled: dict[str, dict[str, object]] = {}
+    total_s = 0.0
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        total_s += float(data.get("total_s", 0.0))
+        for run in data["runs"]:
+            run = {**run, "set": run.get("set", data.get("set", {})),
+                   "steps": run.get("steps", data.get("steps")),
+                   "machine": run.get("machine", data.get("machine")),
+                   "source": run.get("source", Path(path).name)}
+            key = json.dumps([run["network"], run["grid"], run["seed"], run["set"],
+                              run["steps"]], sort_keys=True)
+            if key in pooled:
+                first = pooled[key]
+                if abs(float(str(first["learned"])) - float(str(run["learned"]))) > 1e-6:
+                    raise SystemExit(f"{path}: run {key} learned {run['learned']}, but "
+                                     f"{first['source']} has {first['learned']}")
+                first.update({k: v for k, v in run.items() if k.startswith("transfer_")})
+            else:
+                pooled[key] = run
+    return list(pooled.values()), total_s
+
+
+def report(cli: argparse.Namespace, runs: list[dict[str, object]],
+           overrides: dict[str, object], total_s: float) -> None:
+    """Summarise ``runs`` per (grid, network) and per transfer grid; print, and save with
+    ``--json``."""
+    grids = [parse_grid(text, argparse.ArgumentParser()) for text in cli.grids]
     cells: dict[str, dict[str, object]] = {}
     rows_out = []
     for rows, cols in grids:
         for network in cli.networks:
             grid = f"{rows}x{cols}"
             sel = [r for r in runs if r["network"] == network and r["grid"] == grid]
+            if not sel:
+                continue
             learned, heuristic = floats(sel, "learned"), floats(sel, "heuristic")
             cell = bootstrap_ratio(learned, heuristic)
             cells[f"{network} {grid}"] = summary_dict(cell)
@@ -246,10 +298,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"{statistics.mean(floats(sel, 'wall_s')):.0f} | "
                 f"{max(floats(sel, 'peak_rss_mb')):.0f} |")
     transfer_rows = []
-    sources = [r for r in runs if r["network"] == "transformer"
-               and r["grid"] == cli.transfer_from]
-    for grid in cli.transfer_grids if sources else []:
-        learned = floats(sources, f"transfer_{grid}")
+    transfer: dict[str, list[float]] = {}
+    for grid in cli.transfer_grids:
+        sources = [r for r in runs if r["network"] == "transformer"
+                   and r["grid"] == cli.transfer_from and f"transfer_{grid}" in r]
+        if not sources:
+            continue
+        learned = transfer[grid] = floats(sources, f"transfer_{grid}")
         heuristic = floats(sources, f"transfer_{grid}_heuristic")
         cell = bootstrap_ratio(learned, heuristic)
         cells[f"transformer {cli.transfer_from} -> {grid}"] = summary_dict(cell)
@@ -262,12 +317,11 @@ def main(argv: list[str] | None = None) -> None:
             {"steps": cli.steps, "seeds": cli.seeds, "set": overrides,
              "eval_episodes": cli.eval_episodes, "transfer_from": cli.transfer_from,
              "machine": machine(), "total_s": total_s, "summary": cells, "runs": runs,
-             "transfer": {g: floats(sources, f"transfer_{g}") for g in cli.transfer_grids}
-             if sources else {}},
+             "transfer": transfer, **({"merged": cli.merge} if cli.merge else {})},
             indent=2))
 
     print(f"\n{cli.steps} env steps per run, seeds {cli.seeds}, trainer overrides "
-          f"{overrides or 'none'}, "
+          f"{overrides or ('per file' if cli.merge else 'none')}, "
           f"{cli.eval_episodes} evaluation episodes x 32 envs; all runs took "
           f"{total_s:.0f} s, {cli.workers} at a time\n")
     print("| grid | network | mean / heuristic mean [95% CI] | collapsed | learned | heuristic "
