@@ -7,6 +7,7 @@
     python benchmarks/compare.py --threads 1 --rounds 3   # pin threads; fewer rounds
     python benchmarks/compare.py --doc docs/benchmarks.md # refresh the doc's table in place
     python benchmarks/compare.py --from-json bench.json --doc docs/benchmarks.md  # no re-run
+    python benchmarks/compare.py --trainer-loop --slots 3 10 50  # the trainer's loop instead
 
 For each N (grids 1x3, 2x5, 5x5, 5x10) it builds both networks with ``create_policy``
 defaults and measures, with the code the pytest-benchmark suite uses
@@ -158,6 +159,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--timings-only",
         action="store_true",
         help="measure the timings only (no memory, FLOP or compile figures)",
+    )
+    parser.add_argument(
+        "--trainer-loop",
+        action="store_true",
+        help="measure the loop users run instead: env steps/s and peak RSS of "
+        "examples/train_slot_garden.py per network and N, 1 thread (benchmarks/trainer_loop.py "
+        "on the grids above; --rounds sets its repeats, --json its output)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -709,6 +717,13 @@ def merge_default_malloc_timings(rows: list[dict[str, Any]], argv: Sequence[str]
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the comparison; print the markdown report; return (and optionally write) JSON."""
     args = parse_args(argv)
+    if args.trainer_loop:  # its own script: fresh processes, the trainer's own shapes
+        from benchmarks import trainer_loop
+
+        grids = [f"{r}x{c}" for r, c in (GRIDS[n] for n in (args.slots or (3, 10, 50)))]
+        trainer_loop.main(["--grids", *grids, "--repeats", str(args.rounds or 3),
+                           *(["--json", str(args.json)] if args.json else [])])
+        return {}
     sizes = sizes_from_args(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.learning_protocol import bootstrap_ratio, machine, summary_dict
 from examples.train_slot_garden import Args, policy_fn, train
-from slotformer import SlotConfig
+from slotformer import SlotConfig, TransformerConfig
 from slotformer.checkpoint import load_checkpoint
 from slotformer.envs import (
     SlotGardenEnv,
@@ -247,17 +247,32 @@ def main(argv: list[str] | None = None) -> None:
     report(cli, runs, overrides, time.perf_counter() - started)
 
 
+def _default(field: str) -> object:
+    """The trainer's default for ``field``; for a transformer size left to the network
+    (None), the network config's."""
+    value = getattr(Args, field, None)
+    if value is None and field in {"head_hidden", "contribution_hidden", "contribution_dropout",
+                                   "ff_mult"}:
+        name = "transformer_ff_mult" if field == "ff_mult" else field
+        value = getattr(TransformerConfig(), name)
+    return value
+
+
 def merged_runs(paths: list[str]) -> tuple[list[dict[str, object]], float]:
     """The runs of several result files, each tagged with its file's settings and machine;
     a run repeated across files (same network, grid, seed and settings) becomes one, with
-    the transfer scores of all its copies."""
+    the transfer scores of all its copies. An override equal to the trainer's default now
+    is dropped (a run made with ``--set`` before that value became the default pools with
+    the runs made after)."""
     pooled: dict[str, dict[str, object]] = {}
     total_s = 0.0
     for path in paths:
         data = json.loads(Path(path).read_text())
         total_s += float(data.get("total_s", 0.0))
         for run in data["runs"]:
-            run = {**run, "set": run.get("set", data.get("set", {})),
+            settings = run.get("set", data.get("set", {}))
+            settings = {k: v for k, v in settings.items() if _default(k) != v}
+            run = {**run, "set": settings,
                    "steps": run.get("steps", data.get("steps")),
                    "machine": run.get("machine", data.get("machine")),
                    "source": run.get("source", Path(path).name)}
