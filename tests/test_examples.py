@@ -57,12 +57,18 @@ def test_telemetry_example_prints_diagnostics_and_writes_events(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_ppo_smoke_run_beats_the_random_policy(tmp_path: Path) -> None:
-    """A seeded, CI-sized PPO run of the transformer on 1x3 clearly beats random valid play."""
+    """A seeded, CI-sized PPO run of the transformer on 1x3 clearly beats random valid play
+    and the do-nothing policy (return 0).
+
+    Another CPU moves a run as much as another seed does, so the margins hold over seeds:
+    seeds 0-9 on one machine gave learned - random 0.65 to 1.92 and learned 0.31 to 1.59
+    (the thresholds below leave about a third of the smallest as slack)."""
     args = Args(policy="transformer", rows=1, cols=3, total_steps=9_216, seed=0,
                 eval_episodes=1, checkpoint=str(tmp_path / "policy.pt"), quiet=True)
     metrics, _ = train(args)
     assert metrics["random"] < 0.0
-    assert metrics["learned"] > metrics["random"] + 0.75, metrics
+    assert metrics["learned"] > metrics["random"] + 0.4, metrics
+    assert metrics["learned"] > 0.1, metrics
     assert (tmp_path / "policy.pt").exists()
 
 
