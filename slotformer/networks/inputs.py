@@ -287,13 +287,10 @@ def _observation(
     passed (errors quote it) and whether it was one step without a T axis."""
     structured = isinstance(state, SlotObservation)
     if isinstance(state, SlotObservation):
-        if blueprint_indices is not None:
-            raise ValueError(
-                "pass blueprint_indices=None with a SlotObservation: its slot_types are the "
-                "slots' types"
-            )
-        if active_mask is not None:
-            raise ValueError("pass active_mask=None with a SlotObservation: use its active field")
+        if blueprint_indices is not None or active_mask is not None:
+            given = "blueprint_indices" if blueprint_indices is not None else "active_mask"
+            raise ValueError(f"pass {given}=None with a SlotObservation: its slot_types and "
+                             "active fields are the slots' types and activity")
         lead = _structured_shape(ctx, parameter, state)
         blueprint_indices, active_mask = state.slot_types, state.active
         given_shape = (*lead, ctx.state_dim)
@@ -370,31 +367,30 @@ def _check_values(
         )
 
 
-def _check_float(name: str, value: Tensor, parameter: Tensor) -> None:
-    expect(name, value, device=parameter.device, hint=" (the network's device)")
-    expect(
-        name, value, floating=True,
-        hint=f" ({parameter.dtype}); integer observations are rejected, not converted",
-    )
-    _check_state_dtype(name, value, parameter.dtype)
+def _check_float(name: str, value: Tensor, parameter: Tensor, shape: Any = None) -> None:
+    """Never convert: outside autocast a floating input has the parameters' dtype; under
+    autocast also the autocast dtype (any other would fail deep inside, e.g. float64 in a
+    bf16 matmul)."""
+    dtypes, device_type = [parameter.dtype], parameter.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtypes.append(torch.get_autocast_dtype(device_type))
+    expect(name, value, device=parameter.device, dtype=dtypes, shape=shape,
+           hint=f" (the parameters' floating point dtype; inputs are rejected, not converted: "
+           f"{name}.to({parameter.dtype}) or run under autocast)")
 
 
 def _flat_shape(ctx: SlotContext, parameter: Tensor, state: object, name: str) -> tuple[int, ...]:
     """Check a flat ``state``; its shape ``(B, T, D)`` or ``(B, D)``."""
     state = expect(name, state)
-    if state.dim() not in (2, 3):
-        raise ValueError(f"{name} has shape {describe_shape(state)}, expected [B, T, D] or [B, D]")
-    if state.shape[-1] != ctx.state_dim:
+    if state.dim() not in (2, 3) or state.shape[-1] != ctx.state_dim:
         layout = ctx.layout
         parts = (
-            f" (base_dim={layout.base_dim} + {layout.num_slots} slots x slot_dim={layout.slot_dim})"
+            f" = base_dim={layout.base_dim} + {layout.num_slots} slots x slot_dim={layout.slot_dim}"
             if layout is not None
             else ""
         )
-        raise ValueError(
-            f"{name} has shape {describe_shape(state)}: feature size {state.shape[-1]} does "
-            f"not match state_dim={ctx.state_dim}{parts}"
-        )
+        raise ValueError(f"{name} has shape {describe_shape(state)}, expected [B, T, D] or "
+                         f"[B, D] with D=state_dim={ctx.state_dim}{parts}")
     _check_float(name, state, parameter)
     return tuple(state.shape)
 
@@ -422,31 +418,8 @@ def _structured_shape(ctx: SlotContext, parameter: Tensor, obs: SlotObservation)
     )
     _check_float("state.base", base, parameter)
     _check_float("state.slots", slots, parameter)
-    if slots.dtype != base.dtype:
-        raise ValueError(
-            f"state.base and state.slots must share a dtype, got {base.dtype} and {slots.dtype}"
-        )
+    expect("state.slots", slots, dtype=base.dtype, hint=" (state.base's dtype)")
     return lead
-
-
-def _check_state_dtype(name: str, state: Tensor, parameter_dtype: torch.dtype) -> None:
-    """Never convert: outside autocast a floating input has the parameters' dtype; under
-    autocast also the autocast dtype (any other would fail deep inside, e.g. float64 in a
-    bf16 matmul)."""
-    if state.dtype == parameter_dtype:
-        return
-    device_type = state.device.type
-    if not torch.is_autocast_enabled(device_type):
-        raise ValueError(
-            f"{name} has dtype {state.dtype} but the network's parameters are "
-            f"{parameter_dtype}; convert with {name}.to({parameter_dtype}) (or run under autocast)"
-        )
-    autocast_dtype = torch.get_autocast_dtype(device_type)
-    if state.dtype != autocast_dtype:
-        raise ValueError(
-            f"{name} has dtype {state.dtype}; under {autocast_dtype} autocast it must "
-            f"be the parameters' {parameter_dtype} or {autocast_dtype}"
-        )
 
 
 def _hidden(ctx: SlotContext, hidden: object, B: int, parameter: Tensor) -> Hidden:
@@ -457,13 +430,10 @@ def _hidden(ctx: SlotContext, hidden: object, B: int, parameter: Tensor) -> Hidd
         raise ValueError(f"hidden must be a tuple (h, c) of two tensors, got {got}")
     layers, width = ctx.hidden_size
     for part, state in zip(("hidden h", "hidden c"), hidden):
-        expect(part, state, device=parameter.device, shape=(layers, B, width),
-               hint=f" ([lstm_layers, B, lstm_hidden_dim] = [{layers}, {B}, {width}])")
-        expect(part, state, floating=True, hint=" (the recurrent state is floating point)")
-        _check_state_dtype(part, state, parameter.dtype)
+        # [lstm_layers, B, lstm_hidden_dim]
+        _check_float(part, state, parameter, shape=(layers, B, width))
     h, c = hidden
-    if h.dtype != c.dtype:
-        raise ValueError(f"hidden h and c must share a dtype, got {h.dtype} and {c.dtype}")
+    expect("hidden c", c, dtype=h.dtype, hint=" (hidden h's dtype)")
     return h, c
 
 
@@ -495,16 +465,8 @@ def _masks(
     """Every head's mask as bool ``[B, T, n]``; None or absent = all valid."""
     space = ctx.action_space
     by_name = {k: v for k, v in named.items() if v is not None}
-    unknown = sorted(f"{k}_mask" for k in by_name if k not in space.sizes)
-    if unknown:
-        raise ValueError(f"{', '.join(unknown)} given, but the action space has no such head; "
-                         f"heads are {list(space.head_names)}")
-    unknown = sorted(k for k in masks if k not in space.sizes)
-    if unknown:
-        raise ValueError(
-            f"masks name unknown heads {unknown}; heads are {list(space.head_names)} (and "
-            f"{SLOT_BY_OP_KEY!r})"
-        )
+    space.check_head_names("a {head}_mask argument", by_name)
+    space.check_head_names("masks", masks, hint=f" (and {SLOT_BY_OP_KEY!r})")
     by_name.update({k: v for k, v in masks.items() if v is not None})
     out: dict[str, Tensor] = {}
     for head, n in space.sizes.items():
