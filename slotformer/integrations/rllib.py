@@ -138,10 +138,7 @@ class FactoredMaskedDistribution(Distribution):
         if space.num_slots is None:
             raise ValueError("the action space needs a pointer (slot) head for slot_by_op")
         weights = {k: float(v) for k, v in (entropy_weights or {}).items()}
-        unknown = sorted(set(weights) - set(space.head_names))
-        if unknown:
-            raise ValueError(f"entropy_weights names unknown heads {unknown}; heads are "
-                             f"{list(space.head_names)}")
+        space.check_head_names("entropy_weights", weights)
         return type(cls.__name__, (cls,), {"space": space, "num_slots": space.num_slots,
                                            "floors": dict(floors or {}),
                                            "floor_mode": floor_mode, "entropy_weights": weights})

@@ -65,7 +65,7 @@ from slotformer.policy_step import (
     policy_step,
 )
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, NUM_BLUEPRINTS
-from slotformer.validation import describe_shape, validation_enabled
+from slotformer.validation import describe_shape, expect, validation_enabled
 
 __all__ = [
     "ACTION_KEY",
@@ -336,12 +336,8 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         """``[...]`` fp32: the summed log-prob of int64 actions ``value [..., K]``."""
         k = len(self.head_names)
-        if value.dtype != torch.int64 or tuple(value.shape) != (*self.batch_shape, k):
-            raise ValueError(
-                f"action is {value.dtype} {describe_shape(value)}, expected int64 "
-                f"{(*self.batch_shape, k)} (batch shape + {k} heads in order "
-                f"{list(self.head_names)})"
-            )
+        expect("action", value, dtype=torch.int64, shape=(*self.batch_shape, k),
+               hint=f" (batch shape + {k} heads in order {list(self.head_names)})")
         if validation_enabled():
             sizes = torch.tensor([self.action_space.sizes[n] for n in self.head_names],
                                  device=value.device)
