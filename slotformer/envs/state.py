@@ -117,7 +117,8 @@ class GardenState:
         values = {}
         for name in self._STATE_NAMES:
             current = getattr(self, name)
-            value = expect(f"state[{name!r}]", state[name], dtype=current.dtype, shape=current.shape)
+            value = expect(f"state[{name!r}]", state[name], dtype=current.dtype,
+                           shape=current.shape)
             values[name] = value.clone().to(self.device)
         t, lengths = values["t"], values["episode_lengths"]
         low = self.episode_length if self.min_episode_length is None else self.min_episode_length

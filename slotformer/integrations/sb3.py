@@ -151,7 +151,8 @@ class SlotformerPolicy(MaskableActorCriticPolicy):
         self.network = self.bundle.network  # registered: SB3's optimiser trains its parameters
         space: ActionSpace = self.bundle.action_space  # type: ignore[attr-defined]
         self.heads, self.sizes = space, [space.sizes[name] for name in space.head_names]
-        expected = {"obs": (self.bundle.state_dim,), "action_mask": (sum(self.sizes),), "slot_by_op": (space.num_ops, n)}
+        expected = {"obs": (self.bundle.state_dim,), "action_mask": (sum(self.sizes),),
+                    "slot_by_op": (space.num_ops, n)}
         for key, shape in expected.items():
             got = observation_space.spaces.get(key)
             if got is None or tuple(got.shape or ()) != shape:
