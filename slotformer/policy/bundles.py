@@ -317,8 +317,9 @@ class ActorCriticBundle:
         return self.train(False)
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute activations in backward where the network supports it (see subclasses)."""
-        raise NotImplementedError
+        """Recompute activations in backward where the network supports it (see subclasses);
+        a no-op for the flat network, which has no encoder layers worth recomputing (its
+        activation memory is the LSTM's, whose steps are not checkpointed)."""
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -485,10 +486,6 @@ class LSTMPolicyBundle(ActorCriticBundle):
 
     network_class = FactoredRecurrentActorCritic
     config_class = LSTMConfig
-
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """A no-op: the flat network has no encoder layers worth recomputing (its activation
-        memory is the LSTM's, whose steps are not checkpointed)."""
 
 
 @register_policy("transformer")
