@@ -71,10 +71,10 @@ class SlotGardenEnv(GardenState):
                 raise ValueError(f"{name} must be {expected}, got {got!r}")
         slot_config = SlotConfig.default() if slot_config is None else slot_config
         if not isinstance(slot_config, SlotConfig) or slot_config.num_slots > MAX_SLOTS:
-            got = (f"{slot_config.num_slots} slots" if isinstance(slot_config, SlotConfig)
-                   else type(slot_config).__name__)
+            found = (f"{slot_config.num_slots} slots" if isinstance(slot_config, SlotConfig)
+                     else type(slot_config).__name__)
             raise ValueError(f"slot_config must be a SlotConfig of at most {MAX_SLOTS} slots "
-                             f"(8x8), got {got}")
+                             f"(8x8), got {found}")
         self.num_envs, self.slot_config, self.episode_length = num_envs, slot_config, episode_length
         self.num_slots, self.min_episode_length = slot_config.num_slots, min_episode_length
         self.seed, self.table_seed, self.rent = seed, table_seed, float(rent)

@@ -135,8 +135,9 @@ class SlotformerPolicy(MaskableActorCriticPolicy):
         # BasePolicy, not MaskableActorCriticPolicy: no features extractor, MLP or SB3 heads.
         BasePolicy.__init__(self, observation_space, action_space, optimizer_class=optimizer_class,
                             optimizer_kwargs=optimizer_kwargs, normalize_images=False)
-        is_dict = isinstance(observation_space, spaces.Dict)
-        bp_space = observation_space.spaces.get("blueprint_indices") if is_dict else None
+        given: Mapping[str, spaces.Space] = (
+            observation_space.spaces if isinstance(observation_space, spaces.Dict) else {})
+        bp_space = given.get("blueprint_indices")
         if bp_space is None or len(bp_space.shape or ()) != 1:
             raise ValueError(f"observation_space must be a gymnasium Dict whose "
                              f"'blueprint_indices' has shape (N,), got {observation_space}")
@@ -154,7 +155,7 @@ class SlotformerPolicy(MaskableActorCriticPolicy):
         expected = {"obs": (self.bundle.state_dim,), "action_mask": (sum(self.sizes),),
                     "slot_by_op": (space.num_ops, n)}
         for key, shape in expected.items():
-            got = observation_space.spaces.get(key)
+            got = given.get(key)
             if got is None or tuple(got.shape or ()) != shape:
                 raise ValueError(f"observation_space[{key!r}] must have shape {shape}, got "
                                  f"{None if got is None else got.shape}")
