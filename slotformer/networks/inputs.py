@@ -2,10 +2,7 @@
 
 Every public entry point of a network (`forward`, `get_action`, `evaluate_actions`,
 `predict_contributions`) passes its arguments through `read_inputs`, which checks them and
-returns a frozen `PolicyInputs`: observations ``[B, T, D]``, blueprint indices and slot
-activity ``[B, T, N]``, every head's mask ``[B, T, n]``, the slot-by-op mask
-``[B, T, num_ops, N]``, stored actions ``[B, T]``, floors and the recurrent state. The
-layers inside trust that record and check nothing again.
+returns a frozen `PolicyInputs`; the layers inside trust that record and check nothing again.
 
 Checks that read metadata (type, dtype, device, shape) always run and cost no host sync;
 checks that read values (NaN/inf, out-of-range actions) run only while validation is on
@@ -170,29 +167,23 @@ def read_inputs(
     probability_floor: ProbabilityFloor = None,
     episode_starts: object = None,
 ) -> PolicyInputs:
-    """Check a call's arguments once and return them as a `PolicyInputs`.
+    """Check a call's arguments once and return them as a `PolicyInputs`, whose fields
+    give each argument's checked ``[B, T, ...]`` form.
 
     Args:
         ctx: the grid (`ActorCriticCore.slot_context`).
         parameter: one of the network's parameters (its device and dtype are the rule).
-        state: ``[B, T, D]`` or one step ``[B, D]`` (then every per-step argument comes
-            without its T axis, and results drop it), or a `SlotObservation` of the same
-            leading shape.
-        blueprint_indices: int64 or int32 ``[B, T, N]`` (``[B, N]`` for one step); None
-            with ``active_mask`` or a `SlotObservation`.
+        state: ``[B, T, D]``, a `SlotObservation`, or one step ``[B, D]``: then every
+            per-step argument comes without its T axis, and results drop it.
+        blueprint_indices: int64 or int32; None with ``active_mask`` or a `SlotObservation`.
         name: what errors call the observations (``"state"`` or ``"states"``).
         one_step: T must be 1 (`get_action`).
-        active_mask: explicit slot activity ``[B, T, N]`` bool.
-        hidden: the recurrent state ``(h, c)``, each ``[L, B, H]``, or None (zeros).
-        masks: masks by head name (None = all valid; a missing head = all valid), with
-            an optional ``"slot_by_op"`` entry; ``named_masks``: the contract's named
-            ``{head}_mask`` arguments.
+        masks: by head name (None or a missing head = all valid), with an optional
+            ``"slot_by_op"`` entry; ``named_masks``: the contract's ``{head}_mask`` arguments.
         with_masks: the call takes masks (False: `predict_contributions`).
-        slot_by_op: bool ``[B, num_ops, N]`` or ``[B, T, num_ops, N]``.
-        actions: stored int64 ``[B, T]`` per head name (``[B]`` for one step).
         probability_floor: a float for every head, or a mapping head name -> float.
-        episode_starts: bool ``[B, T]`` (``[B]`` for one step): zero the recurrent state
-            before these steps.
+        active_mask, hidden, slot_by_op, actions, episode_starts: as the `PolicyInputs`
+            fields they become (``slot_by_op`` may omit T, as a mask may: one for every step).
 
     Raises:
         ValueError: an argument of the wrong type, dtype, device, shape or value; the message
