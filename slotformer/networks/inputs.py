@@ -358,14 +358,15 @@ def _check_values(
         )
 
 
-def _check_float(name: str, value: Tensor, parameter: Tensor, shape: Any = None) -> None:
+def _check_float(name: str, value: Tensor, parameter: Tensor) -> None:
     """Never convert: outside autocast a floating input has the parameters' dtype; under
     autocast also the autocast dtype (any other would fail deep inside, e.g. float64 in a
     bf16 matmul)."""
     dtypes, device_type = [parameter.dtype], parameter.device.type
     if torch.is_autocast_enabled(device_type):
         dtypes.append(torch.get_autocast_dtype(device_type))
-    expect(name, value, device=parameter.device, dtype=dtypes, shape=shape,
+    expect(name, value, device=parameter.device, hint=" (the network's device)")
+    expect(name, value, dtype=dtypes,
            hint=f" (the parameters' floating point dtype; inputs are rejected, not converted: "
            f"{name}.to({parameter.dtype}) or run under autocast)")
 
@@ -421,8 +422,9 @@ def _hidden(ctx: SlotContext, hidden: object, B: int, parameter: Tensor) -> Hidd
         raise ValueError(f"hidden must be a tuple (h, c) of two tensors, got {got}")
     layers, width = ctx.hidden_size
     for part, state in zip(("hidden h", "hidden c"), hidden):
-        # [lstm_layers, B, lstm_hidden_dim]
-        _check_float(part, state, parameter, shape=(layers, B, width))
+        expect(part, state, shape=(layers, B, width),
+               hint=f" ([lstm_layers, B, lstm_hidden_dim] = [{layers}, {B}, {width}])")
+        _check_float(part, state, parameter)
     h, c = hidden
     expect("hidden c", c, dtype=h.dtype, hint=" (hidden h's dtype)")
     return h, c
