@@ -285,14 +285,6 @@ def _with_legacy_defaults(
     return config
 
 
-def _is_zipfile(source: Path) -> bool:
-    """``zipfile.is_zipfile``, False rather than an exception for a damaged (zip64) end record."""
-    try:
-        return zipfile.is_zipfile(source)
-    except (zipfile.BadZipFile, NotImplementedError, ValueError):
-        return False
-
-
 def _refused(source: Path, problem: str) -> CheckpointError:
     """The error for the checkpoint at ``source``: its path, then what is wrong with it."""
     return CheckpointError(f"{str(source)!r} {problem}")
@@ -301,7 +293,11 @@ def _refused(source: Path, problem: str) -> CheckpointError:
 def _load(source: Path, map_location: MapLocation) -> tuple[Any, str, BaseException | None]:
     """The payload at ``source``, what is wrong with it ("" = nothing) and the error that
     showed it."""
-    if not _is_zipfile(source):
+    try:
+        is_zip = zipfile.is_zipfile(source)
+    except (zipfile.BadZipFile, NotImplementedError, ValueError):  # a damaged (zip64) end record
+        is_zip = False
+    if not is_zip:
         return None, (f"is not a complete torch zip archive ({source.stat().st_size} bytes): it "
                       f"is truncated, corrupt or not a checkpoint; {_EXPECTED}"), None
     # torch.load does not verify the archive's CRC-32s (a flipped bit would load as a wrong

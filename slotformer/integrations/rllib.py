@@ -309,15 +309,13 @@ class SlotformerRLModule(TorchRLModule, ValueFunctionAPI):
             self.bundle.action_space, floors=self._floors,
             floor_mode=self.bundle.config.floor_mode, entropy_weights=weights)
 
-    # RLlib's torch modules declare TorchDistribution; any Distribution works.
+    # RLlib's torch modules declare TorchDistribution; any Distribution works. One class
+    # acts, explores and trains.
     def get_inference_action_dist_cls(self) -> type[FactoredMaskedDistribution]:  # type: ignore[override]
         return self._dist_cls
 
-    def get_exploration_action_dist_cls(self) -> type[FactoredMaskedDistribution]:  # type: ignore[override]
-        return self._dist_cls
-
-    def get_train_action_dist_cls(self) -> type[FactoredMaskedDistribution]:  # type: ignore[override]
-        return self._dist_cls
+    get_exploration_action_dist_cls = get_inference_action_dist_cls  # type: ignore[assignment]
+    get_train_action_dist_cls = get_inference_action_dist_cls  # type: ignore[assignment]
 
     def get_initial_state(self) -> dict[str, Tensor]:
         """Zero state ``{"h", "c"}``, each ``[L, H]`` (RLlib adds the batch axis first)."""

@@ -1,17 +1,9 @@
 """TorchRL: Slot Garden as an ``EnvBase``, slotformer policies as TensorDict modules.
 
-Needs the ``torchrl`` extra (``pip install "slotformer[torchrl]"``). The pieces:
-
-* :class:`SlotGardenTorchRLEnv`: the batched :class:`~slotformer.envs.SlotGardenEnv` as a
-  TorchRL environment with ``batch_size [E]``.
-* :class:`FactoredMaskedDistribution`: slotformer's masked factored action distribution
-  (op first, the slot masked by ``slot_by_op[op]``, irrelevant heads canonicalised) as a
-  ``torch.distributions.Distribution`` over int64 actions ``[..., num_heads]``.
-* :class:`SlotformerPolicyModule`: a ``TensorDictModuleBase`` around a
-  :class:`~slotformer.policy.PolicyBundle` (raw logits per head, V(s), recurrent state).
-* :func:`make_actor_critic`: the ``ProbabilisticActor`` and the critic that
-  ``ClipPPOLoss`` takes; :func:`add_state_values`: V(s) of a batch of rollout sequences for
-  ``GAE``.
+Needs the ``torchrl`` extra (``pip install "slotformer[torchrl]"``). The pieces: the
+environment :class:`SlotGardenTorchRLEnv`, the action distribution
+:class:`FactoredMaskedDistribution`, the TensorDict module :class:`SlotformerPolicyModule`,
+:func:`make_actor_critic` (for ``ClipPPOLoss``) and :func:`add_state_values` (for ``GAE``).
 
 The TensorDict keys, how Slot Garden's same-step auto-reset maps onto TorchRL's
 ``"_reset"``, how the recurrent state is carried and re-scored, and why values come from

@@ -208,10 +208,15 @@ def read_inputs(
                              f"slot_by_op_mask; pass one")
         slot_by_op, by_op_name = by_name.pop(SLOT_BY_OP_KEY), f"masks[{SLOT_BY_OP_KEY!r}]"
     head_masks = _masks(ctx, B, T, device, by_name, named_masks or {}, squeeze) if with_masks else {}
-    by_op = None if slot_by_op is None else _slot_by_op(
-        ctx, by_op_name, slot_by_op, B, T, device, squeeze)
+    ops, N = ctx.action_space.num_ops, ctx.num_slots
+    by_op = None if slot_by_op is None else _per_step(
+        by_op_name, slot_by_op, B, T, (ops, N), squeeze, device, torch.bool,
+        f" (the valid slots per op: [B, num_ops={ops}, N={N}])")
     stored = None if actions is None else _actions(ctx, actions, B, T, device, squeeze)
-    starts = None if episode_starts is None else _episode_starts(episode_starts, B, T, device)
+    starts = None if episode_starts is None else expect(
+        "episode_starts", episode_starts, dtype=torch.bool, device=device,
+        shape=[(B, T), (B,)] if T == 1 else [(B, T)],  # [B] for one step
+        hint=" (True where an episode begins, matching the observations)").view(B, T)
     checked_hidden = None if hidden is None else _hidden(ctx, hidden, B, parameter)
     # Rollout tensors made under inference mode cannot be saved for backward: one copy here,
     # for every argument at once (observations included: a trainer may store them from there).
@@ -468,24 +473,6 @@ def _masks(
             _per_step(f"{head}_mask", mask, B, T, (n,), squeeze, device, torch.bool,
                       f" (head {head!r} has {n} choices; True = valid)"))
     return out
-
-
-def _slot_by_op(
-    ctx: SlotContext, name: str, slot_by_op: object, B: int, T: int, device: torch.device,
-    squeeze: bool,
-) -> Tensor:
-    """``slot_by_op`` as bool ``[B, T, num_ops, N]``."""
-    ops, N = ctx.action_space.num_ops, ctx.num_slots
-    return _per_step(name, slot_by_op, B, T, (ops, N), squeeze, device, torch.bool,
-                     f" (the valid slots per op: [B, num_ops={ops}, N={N}])")
-
-
-def _episode_starts(starts: object, B: int, T: int, device: torch.device) -> Tensor:
-    """``episode_starts`` as bool ``[B, T]`` (``[B]`` accepted when T = 1)."""
-    shapes = [(B, T), (B,)] if T == 1 else [(B, T)]
-    flags = expect("episode_starts", starts, dtype=torch.bool, device=device, shape=shapes,
-                   hint=" (True where an episode begins, matching the observations)")
-    return flags.view(B, T)
 
 
 def _actions(
