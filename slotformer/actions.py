@@ -12,7 +12,7 @@ The policy step (`slotformer.policy_step`) applies this at rollout and at update
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -205,6 +205,14 @@ class ActionSpace:
             if head.name == name:
                 return head
         raise KeyError(f"unknown head {name!r}; heads are {list(self.head_names)}")
+
+    def check_head_names(self, argument: str, names: Iterable[str], hint: str = "") -> None:
+        """Raise ``ValueError`` naming ``argument`` if ``names`` (its keys) hold a head this
+        space lacks."""
+        unknown = sorted(set(names) - set(self.head_names))
+        if unknown:
+            raise ValueError(f"{argument} names unknown heads {unknown}; heads are "
+                             f"{list(self.head_names)}{hint}")
 
     def with_num_slots(self, num_slots: int) -> ActionSpace:
         """The same space with the pointer head resized to ``num_slots`` (another grid)."""

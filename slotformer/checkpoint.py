@@ -131,41 +131,9 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: MapLocation = No
                 f"map_location={map_location!r}, but this PyTorch has no usable "
                 f"{device_type!r} device (torch.{device_type}.is_available() is False); load "
                 f"with map_location='cpu' (the file {str(source)!r} was not read)")
-    if not _is_zipfile(source):
-        raise _refused(source, f"is not a complete torch zip archive ({source.stat().st_size} "
-                       f"bytes): it is truncated, corrupt or not a checkpoint; {_EXPECTED}")
-    # torch.load does not verify the archive's CRC-32s (a flipped bit would load as a wrong
-    # weight): check every record first. NotImplementedError: a damaged compression method.
-    try:
-        with zipfile.ZipFile(source) as archive:
-            damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
-        raise _refused(source, f"could not be read ({type(error).__name__}: {error}): it is "
-                       f"truncated or corrupt; {_EXPECTED}") from error
-    if damaged is not None:
-        raise _refused(source, f"is corrupt: its record {damaged!r} fails its CRC-32 check "
-                       f"(damaged on disk or in transfer); nothing was loaded; {_EXPECTED}")
-    try:
-        payload = torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # The weights-only unpickler names the global or class it refused; any other failure
-        # (an unknown opcode, a short record) is damage, not an unsafe file.
-        lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
-        reason = lines[0] if lines else str(error).splitlines()[0]
-        if any(s in str(error) for s in ("GLOBAL", "allowlisted", "add_safe_globals", "reduce")):
-            problem = (f"was refused: loading it needs arbitrary unpickling (torch.load("
-                       f"weights_only=True) failed: {reason}), which could run code from the "
-                       f"file; {_EXPECTED}, which holds only plain data and tensors")
-        else:
-            problem = f"could not be read (its pickle record is corrupt: {reason}); {_EXPECTED}"
-        raise _refused(source, problem) from error
-    except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, ...
-        first_line = str(error).splitlines()[0] if str(error) else "no message"
-        raise _refused(source, f"could not be read ({type(error).__name__}: {first_line}): it "
-                       f"is truncated or corrupt; {_EXPECTED}") from error
-    problem = _payload_problem(payload)
+    payload, problem, error = _load(source, map_location)
     if problem:
-        raise _refused(source, problem)
+        raise _refused(source, problem) from error
     return dict(payload)
 
 
@@ -317,17 +285,50 @@ def _with_legacy_defaults(
     return config
 
 
-def _is_zipfile(source: Path) -> bool:
-    """``zipfile.is_zipfile``, False rather than an exception for a damaged (zip64) end record."""
-    try:
-        return zipfile.is_zipfile(source)
-    except (zipfile.BadZipFile, NotImplementedError, ValueError):
-        return False
-
-
 def _refused(source: Path, problem: str) -> CheckpointError:
     """The error for the checkpoint at ``source``: its path, then what is wrong with it."""
     return CheckpointError(f"{str(source)!r} {problem}")
+
+
+def _load(source: Path, map_location: MapLocation) -> tuple[Any, str, BaseException | None]:
+    """The payload at ``source``, what is wrong with it ("" = nothing) and the error that
+    showed it."""
+    try:
+        is_zip = zipfile.is_zipfile(source)
+    except (zipfile.BadZipFile, NotImplementedError, ValueError):  # a damaged (zip64) end record
+        is_zip = False
+    if not is_zip:
+        return None, (f"is not a complete torch zip archive ({source.stat().st_size} bytes): it "
+                      f"is truncated, corrupt or not a checkpoint; {_EXPECTED}"), None
+    # torch.load does not verify the archive's CRC-32s (a flipped bit would load as a wrong
+    # weight): check every record first. NotImplementedError: a damaged compression method.
+    try:
+        with zipfile.ZipFile(source) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+        return None, (f"could not be read ({type(error).__name__}: {error}): it is truncated "
+                      f"or corrupt; {_EXPECTED}"), error
+    if damaged is not None:
+        return None, (f"is corrupt: its record {damaged!r} fails its CRC-32 check (damaged on "
+                      f"disk or in transfer); nothing was loaded; {_EXPECTED}"), None
+    try:
+        payload = torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # The weights-only unpickler names the global or class it refused; any other failure
+        # (an unknown opcode, a short record) is damage, not an unsafe file.
+        lines = [line.strip() for line in str(error).splitlines() if "Unsupported" in line]
+        reason = lines[0] if lines else str(error).splitlines()[0]
+        if any(s in str(error) for s in ("GLOBAL", "allowlisted", "add_safe_globals", "reduce")):
+            return None, (f"was refused: loading it needs arbitrary unpickling (torch.load("
+                          f"weights_only=True) failed: {reason}), which could run code from the "
+                          f"file; {_EXPECTED}, which holds only plain data and tensors"), error
+        problem = f"could not be read (its pickle record is corrupt: {reason}); {_EXPECTED}"
+        return None, problem, error
+    except Exception as error:  # torch raises RuntimeError, EOFError, KeyError, ...
+        first_line = str(error).splitlines()[0] if str(error) else "no message"
+        return None, (f"could not be read ({type(error).__name__}: {first_line}): it is "
+                      f"truncated or corrupt; {_EXPECTED}"), error
+    return payload, _payload_problem(payload), None
 
 
 def _payload_problem(payload: Any) -> str:

@@ -40,7 +40,7 @@ from slotformer.distributions import (
     gather_log_prob,
     sample_actions,
 )
-from slotformer.validation import describe_shape, validation_enabled
+from slotformer.validation import describe_shape, expect, validation_enabled
 
 Floors = Mapping[str, float]
 """A minimum probability per valid action, by head name (absent = no floor)."""
@@ -60,15 +60,11 @@ def floors_by_head(space: ActionSpace, probability_floor: ProbabilityFloor) -> d
     """
     if probability_floor is None:
         return {}
-    heads = space.head_names
     if isinstance(probability_floor, Mapping):
-        unknown = sorted(set(probability_floor) - set(heads))
-        if unknown:
-            raise ValueError(
-                f"probability_floor names unknown heads {unknown}; heads are {list(heads)}")
+        space.check_head_names("probability_floor", probability_floor)
         floors = {k: float(v) for k, v in probability_floor.items()}
     else:
-        floors = dict.fromkeys(heads, float(probability_floor))
+        floors = dict.fromkeys(space.head_names, float(probability_floor))
     for head, value in floors.items():
         if not 0.0 <= value < 1.0:  # also rejects NaN
             raise ValueError(
@@ -537,22 +533,14 @@ def check_shapes(
         ValueError: naming the head or argument, the shape it has and the one expected.
     """
     lead = logits[action_space.op_head].shape[:-1]
+    hint = " (the op logits' leading shape + the head's size)"
     for head in action_space.heads:
-        expected = (*lead, head.size)
-        for what, table in (("logits", logits), ("masks", masks)):
-            value = table.get(head.name) if what == "masks" else table[head.name]
-            if value is not None and tuple(value.shape) != expected:
-                raise ValueError(
-                    f"{what}[{head.name!r}] has shape {describe_shape(value)}, expected "
-                    f"{expected} (the op logits' leading shape + the head's size)")
-            if what == "masks" and value is not None and value.dtype != torch.bool:
-                raise ValueError(f"masks[{head.name!r}] has dtype {value.dtype}, expected "
-                                 f"torch.bool (True = valid)")
+        expect(f"logits[{head.name!r}]", logits[head.name], shape=(*lead, head.size), hint=hint)
+        if masks.get(head.name) is not None:
+            expect(f"masks[{head.name!r}]", masks[head.name], dtype=torch.bool,
+                   shape=(*lead, head.size), hint=hint + "; True = valid")
     if slot_by_op is not None:
-        expected = (*lead, action_space.num_ops, action_space.num_slots)
-        if slot_by_op.dtype != torch.bool or tuple(slot_by_op.shape) != expected:
-            raise ValueError(
-                f"slot_by_op has shape {describe_shape(slot_by_op)} and dtype "
-                f"{slot_by_op.dtype}, expected torch.bool with shape {expected} (leading "
-                f"shape + (num_ops, N))")
+        expect("slot_by_op", slot_by_op, dtype=torch.bool,
+               shape=(*lead, action_space.num_ops, action_space.num_slots),
+               hint=" (the leading shape + (num_ops, N))")
     return lead

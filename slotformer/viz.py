@@ -44,10 +44,9 @@ def _is_number(value: object) -> bool:
 def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
     """Float rows of a non-empty ``[N]`` or square ``[N, N]`` of finite numbers, and is it 1-D."""
     if isinstance(matrix, Tensor):
-        if matrix.dim() not in (1, 2):
-            raise ValueError(f"matrix must be [N, N] or [N]; got shape {describe_shape(matrix)}")
-        if matrix.is_complex() or matrix.dtype == torch.bool:
-            raise ValueError(f"matrix must hold real numbers; got dtype {matrix.dtype}")
+        if matrix.dim() not in (1, 2) or matrix.is_complex() or matrix.dtype == torch.bool:
+            raise ValueError(f"matrix must be [N, N] or [N] of real numbers; got shape "
+                             f"{describe_shape(matrix)} and dtype {matrix.dtype}")
         items: list[Any] = matrix.detach().to("cpu", torch.float64).tolist()
         one_dim = matrix.dim() == 1
     else:
@@ -65,10 +64,10 @@ def _as_rows(matrix: MatrixLike) -> tuple[list[list[float]], bool]:
         if not _is_number(value) or not math.isfinite(value):
             raise ValueError(f"matrix entries must be finite numbers; got {value!r}")
     widths = sorted({len(row) for row in rows})
-    if not one_dim and widths != [len(rows)]:
-        raise ValueError(f"a 2-D matrix must be square [N, N]; got {len(rows)} rows of lengths {widths}")
-    if not rows[0]:  # a 2-D matrix has rows here: zero rows failed the square check
-        raise ValueError("matrix must have at least one slot; got an empty matrix")
+    # A 2-D matrix without rows fails the square check before rows[0] is read.
+    if (not one_dim and widths != [len(rows)]) or not rows[0]:
+        raise ValueError(f"matrix must be a square [N, N] or an [N], N >= 1; got {len(rows)} "
+                         f"row(s) of lengths {widths}")
     return [[float(value) for value in row] for row in rows], one_dim
 
 
@@ -214,10 +213,10 @@ def attention_figure(
     """
     rows, one_dim = _as_rows(matrix)
     n = len(rows[0])
-    if one_dim:
-        raise ValueError(f"matrix must be [N, N] (query x key slots); got a vector of {n}")
-    if len(labels) != n:
-        raise ValueError(f"labels must name the {n} slots of the matrix; got {len(labels)}")
+    if one_dim or len(labels) != n:
+        got = f"a vector of {n}" if one_dim else f"[{n}, {n}]"
+        raise ValueError(f"matrix must be [N, N] (query x key slots) and labels must name its N "
+                         f"slots; got {got} and {len(labels)} labels")
     try:
         from matplotlib.figure import Figure
     except ImportError as error:

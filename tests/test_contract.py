@@ -189,7 +189,7 @@ def test_flat_network_takes_any_state_dim() -> None:
     bp = torch.full((B, T, N), -1)
     ev = net.evaluate_actions(state, bp, rollout_actions(net, state, bp))
     assert ev.value.shape == (B, T) and net.layout is None
-    with pytest.raises(ValueError, match=r"feature size 50 does not match state_dim=51"):
+    with pytest.raises(ValueError, match=r"50\), expected \[B, T, D\] .* D=state_dim=51"):
         net(torch.randn(B, T, 50), bp)
 
 

@@ -835,6 +835,6 @@ def test_named_mask_for_a_head_the_action_space_lacks_is_an_error() -> None:
     net = FactoredRecurrentActorCritic(116, feature_dim=16, lstm_hidden_dim=16, action_space=space)
     out = net(torch.zeros(2, 1, 116), torch.full((2, 1, 3), -1))
     assert set(out) >= {"slot_logits", "op_logits"}
-    with pytest.raises(ValueError, match=r"style_mask given, but the action space has no such head"):
+    with pytest.raises(ValueError, match=r"_mask argument names unknown heads \['style'\]"):
         net(torch.zeros(2, 1, 116), torch.full((2, 1, 3), -1),
             style_mask=torch.zeros(2, 4, dtype=torch.bool))

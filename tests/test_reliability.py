@@ -220,7 +220,7 @@ OBSERVATION_CASES: dict[str, ObservationCase] = {
     "rank 4": lambda s, bp, e: (s[None, None], bp, {}, [state_arg(e), shape(s[None, None]), "[B, T, D]"]),
     "rank 1": lambda s, bp, e: (s.reshape(-1), bp, {}, [state_arg(e), shape(s.reshape(-1)), "[B, T, D]"]),
     "feature size": lambda s, bp, e: (
-        s[..., :-1], bp, {}, [state_arg(e), "feature size 115", "state_dim=116", "slot_dim=31"]
+        s[..., :-1], bp, {}, [state_arg(e), "115), expected", "state_dim=116", "slot_dim=31"]
     ),
     "integer state": lambda s, bp, e: (
         s.long(), bp, {}, [state_arg(e), "torch.int64", "torch.float32", "rejected"]
@@ -576,7 +576,7 @@ def test_transformer_slot_config_override_must_match_the_observation() -> None:
     # State sized for the constructor's 3 slots on a 4-slot grid.
     expect_error(
         lambda: net(state3, bp3, slot_config=grid), ValueError,
-        ["state", "feature size 116", "state_dim=147", "4 slots"],
+        ["state", "116), expected", "state_dim=147", "4 slots"],
     )
     # Blueprint indices for 3 slots with a 4-slot state and grid.
     expect_error(

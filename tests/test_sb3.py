@@ -90,7 +90,7 @@ def test_errors_name_the_argument_and_what_was_expected() -> None:
         return SlotformerPolicy(observation_space, action_space, lambda _: 1e-3, **SMALL, **kwargs)
 
     assert build().sizes == [3, 13, 4, 3, 3, 4, 5, 6]
-    with pytest.raises(ValueError, match=r"observation_space must be a gymnasium Dict, got Box"):
+    with pytest.raises(ValueError, match=r"'blueprint_indices' has shape \(N,\), got Box"):
         build(spaces.Box(0, 1, (116,)))
     with pytest.raises(ValueError, match=r"rows x cols = 2 x 2 must equal the 3 slots"):
         build(rows=2, cols=2)
@@ -108,7 +108,7 @@ def test_errors_name_the_argument_and_what_was_expected() -> None:
     with pytest.raises(ValueError, match=r"action_space must be MultiDiscrete\(\[3, 13, 4, 3, 3, "
                                          r"4, 5, 6\]\) \(heads \['slot'"):
         build(action_space=spaces.MultiDiscrete([3, 13, 4, 3, 3, 4, 5, 5]))
-    with pytest.raises(ValueError, match=r"entropy_weights has unknown heads \['ops'\]"):
+    with pytest.raises(ValueError, match=r"entropy_weights names unknown heads \['ops'\]"):
         build(entropy_weights={"ops": 2.0})
 
 

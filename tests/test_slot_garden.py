@@ -445,8 +445,7 @@ def test_hold_is_refused_where_it_cannot_work() -> None:
         env.step(wait, hold=torch.zeros(3, dtype=torch.bool))
     env = SlotGardenEnv(3, episode_length=5, min_episode_length=2)
     env.reset()
-    with pytest.raises(ValueError, match=r"hold has shape \(2,\), dtype torch.bool and device "
-                       r"cpu, expected bool \[3\] on cpu"):
+    with pytest.raises(ValueError, match=r"hold has shape \(2,\), expected \(3,\)"):
         env.step(wait, hold=torch.zeros(2, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"dtype torch\.int64"):
         env.step(wait, hold=torch.zeros(3, dtype=torch.long))

@@ -544,7 +544,7 @@ def test_attention_figure_labels_both_axes_and_has_a_colour_scale() -> None:
     assert "attention weight" in colourbar.get_ylabel()
     assert heatmap.images[0].get_clim() == (0.0, 1.0)  # raw weights, a fixed scale
     assert len(heatmap.texts) == 9  # annotated: N <= 12
-    with pytest.raises(ValueError, match="labels must name the 3 slots of the matrix; got 2"):
+    with pytest.raises(ValueError, match=r"must name its N slots; got \[3, 3\] and 2 labels"):
         attention_figure(torch.eye(3), labels[:2])
     with pytest.raises(ValueError, match=r"must be \[N, N\].*got a vector of 3"):
         attention_figure([0.1, 0.2, 0.3], labels)

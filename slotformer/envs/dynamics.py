@@ -18,7 +18,7 @@ from slotformer.envs.rules import DEFAULT_RENT, MAX_SLOTS, NUM_STAGES, SeedStage
 from slotformer.envs.state import GardenState
 from slotformer.envs.validity import ActionChecker, split_actions
 from slotformer.presets.seed_lifecycle import NUM_BLUEPRINTS, NUM_OPS, AlphaCurve, Op, Style
-from slotformer.validation import describe_shape, validation_enabled
+from slotformer.validation import expect, validation_enabled
 
 
 class SlotGardenEnv(GardenState):
@@ -65,18 +65,16 @@ class SlotGardenEnv(GardenState):
             ("seed", isinstance(seed, int), "an int", seed),
             ("table_seed", table_seed is None or isinstance(table_seed, int), "an int or None",
              table_seed),
+            ("rent", math.isfinite(rent) and rent >= 0, "a finite non-negative float", rent),
         ):
             if not ok:
                 raise ValueError(f"{name} must be {expected}, got {got!r}")
         slot_config = SlotConfig.default() if slot_config is None else slot_config
-        if not isinstance(slot_config, SlotConfig):
-            raise ValueError(f"slot_config must be a SlotConfig, got {type(slot_config).__name__}")
-        if slot_config.num_slots > MAX_SLOTS:
-            raise ValueError(
-                f"slot_config has {slot_config.num_slots} slots, expected at most {MAX_SLOTS} (8x8)"
-            )
-        if not math.isfinite(rent) or rent < 0:
-            raise ValueError(f"rent must be a finite non-negative float, got {rent!r}")
+        if not isinstance(slot_config, SlotConfig) or slot_config.num_slots > MAX_SLOTS:
+            found = (f"{slot_config.num_slots} slots" if isinstance(slot_config, SlotConfig)
+                     else type(slot_config).__name__)
+            raise ValueError(f"slot_config must be a SlotConfig of at most {MAX_SLOTS} slots "
+                             f"(8x8), got {found}")
         self.num_envs, self.slot_config, self.episode_length = num_envs, slot_config, episode_length
         self.num_slots, self.min_episode_length = slot_config.num_slots, min_episode_length
         self.seed, self.table_seed, self.rent = seed, table_seed, float(rent)
@@ -220,11 +218,7 @@ class SlotGardenEnv(GardenState):
                     "hold needs min_episode_length: with equal episode lengths every environment "
                     "shares one clock, so none can sit a step out"
                 )
-            if (hold.shape, hold.dtype, hold.device) != ((self.num_envs,), torch.bool, self.device):
-                raise ValueError(
-                    f"hold has shape {describe_shape(hold)}, dtype {hold.dtype} and device "
-                    f"{hold.device}, expected bool [{self.num_envs}] on {self.device}"
-                )
+            expect("hold", hold, dtype=torch.bool, device=self.device, shape=(self.num_envs,))
             kept = self._snapshot()
             valid = valid | hold  # ignored: whatever it does is undone below
         if validation_enabled() and not bool(valid.all()):

@@ -110,12 +110,13 @@ class _GardenWrapper:
         **garden_kwargs: Any,
     ) -> tuple[spaces.Dict, spaces.MultiDiscrete]:
         """Build the torch environment; return one environment's observation and action space."""
-        modes = (None, *self.metadata["render_modes"])
-        if render_mode not in modes:
-            expected = " or ".join(repr(mode) for mode in modes)
-            raise ValueError(f"render_mode must be {expected}, got {render_mode!r}")
-        if invalid_action not in ("wait", "raise"):
-            raise ValueError(f"invalid_action must be 'wait' or 'raise', got {invalid_action!r}")
+        for name, value, choices in (
+            ("render_mode", render_mode, (None, *self.metadata["render_modes"])),
+            ("invalid_action", invalid_action, ("wait", "raise")),
+        ):
+            if value not in choices:
+                expected = " or ".join(repr(choice) for choice in choices)
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
         if check_positive_int("rows", rows) * check_positive_int("cols", cols) > MAX_SLOTS:
             raise ValueError(
                 f"rows x cols = {rows} x {cols} = {rows * cols} slots, expected at most {MAX_SLOTS}"

@@ -20,6 +20,7 @@ from slotformer.envs.observation import (
 )
 from slotformer.envs.rules import BLUEPRINT_MEAN_QUALITY, ESTIMATE_NOISE_STD
 from slotformer.presets.seed_lifecycle import AlphaCurve, AlphaSpeed, AlphaTarget, Op, Style, Tempo
+from slotformer.validation import check_positive_int
 
 PolicyFn = Callable[[StepOutput], Tensor]
 
@@ -123,8 +124,7 @@ def evaluate_policy(
         >>> isinstance(evaluate_policy(env, heuristic_policy), float)
         True
     """
-    if not isinstance(num_episodes, int) or num_episodes < 1:
-        raise ValueError(f"num_episodes must be a positive int, got {num_episodes!r}")
+    check_positive_int("num_episodes", num_episodes)
     garden = env if isinstance(env, SlotGardenEnv) else env()
     if not isinstance(garden, SlotGardenEnv):
         raise ValueError(f"env must be a SlotGardenEnv or a factory of one, got {type(garden)}")

@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from slotformer.validation import describe_shape
+from slotformer.validation import expect
 
 
 class GardenState:
@@ -116,12 +116,9 @@ class GardenState:
         setting). A rejected state leaves the environment as it was."""
         values = {}
         for name in self._STATE_NAMES:
-            current, value = getattr(self, name), state[name]
-            if value.shape != current.shape or value.dtype != current.dtype:
-                raise ValueError(
-                    f"state[{name!r}] has shape {describe_shape(value)} and dtype {value.dtype}, "
-                    f"expected {describe_shape(current)} and {current.dtype}"
-                )
+            current = getattr(self, name)
+            value = expect(f"state[{name!r}]", state[name], dtype=current.dtype,
+                           shape=current.shape)
             values[name] = value.clone().to(self.device)
         t, lengths = values["t"], values["episode_lengths"]
         low = self.episode_length if self.min_episode_length is None else self.min_episode_length

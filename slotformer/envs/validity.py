@@ -13,7 +13,7 @@ from torch import Tensor
 from slotformer.actions import ActionSpace
 from slotformer.envs.rules import LIVE_STAGES, NUM_STAGES, TEMPO_TRAINING_STEPS, SeedStage
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, NUM_OPS, Op, Tempo
-from slotformer.validation import describe_shape
+from slotformer.validation import expect
 
 if TYPE_CHECKING:
     from slotformer.envs.dynamics import SlotGardenEnv
@@ -103,30 +103,15 @@ def split_actions(
     dict head name -> int64 ``[E]``, with a ``ValueError`` naming what is wrong otherwise."""
     e = num_envs
     if isinstance(actions, Tensor):
-        if actions.shape != (e, len(HEAD_NAMES)) or actions.dtype != torch.long:
-            raise ValueError(
-                f"actions has shape {describe_shape(actions)} and dtype {actions.dtype}, "
-                f"expected int64 [{e}, {len(HEAD_NAMES)}] in head order {list(HEAD_NAMES)}"
-            )
-        heads = {name: actions[:, k] for k, name in enumerate(HEAD_NAMES)}
-    elif isinstance(actions, Mapping):
-        if set(actions) != set(HEAD_NAMES):
-            raise ValueError(
-                f"actions has keys {sorted(actions)}, expected exactly {list(HEAD_NAMES)}"
-            )
-        heads = dict(actions)
-        for name, value in heads.items():
-            if not isinstance(value, Tensor) or value.shape != (e,) or value.dtype != torch.long:
-                got = (f"shape {describe_shape(value)} and dtype {value.dtype}"
-                       if isinstance(value, Tensor) else type(value).__name__)
-                raise ValueError(f"actions[{name!r}] has {got}, expected int64 [{e}]")
-    else:
+        expect("actions", actions, dtype=torch.long, device=device, shape=(e, len(HEAD_NAMES)),
+               hint=f" (in head order {list(HEAD_NAMES)}, on the env's device)")
+        return {name: actions[:, k] for k, name in enumerate(HEAD_NAMES)}
+    if not isinstance(actions, Mapping):
         raise ValueError(
             f"actions must be a dict of int64 [E] tensors or an int64 [E, 8] tensor, got "
             f"{type(actions).__name__}"
         )
-    for name, value in heads.items():
-        if value.device != device:
-            raise ValueError(f"actions[{name!r}] is on {value.device}, expected the env's device "
-                             f"{device}")
-    return heads
+    if set(actions) != set(HEAD_NAMES):
+        raise ValueError(f"actions has keys {sorted(actions)}, expected exactly {list(HEAD_NAMES)}")
+    return {name: expect(f"actions[{name!r}]", value, dtype=torch.long, device=device, shape=(e,),
+                         hint=" (on the env's device)") for name, value in actions.items()}

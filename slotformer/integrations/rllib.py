@@ -138,10 +138,7 @@ class FactoredMaskedDistribution(Distribution):
         if space.num_slots is None:
             raise ValueError("the action space needs a pointer (slot) head for slot_by_op")
         weights = {k: float(v) for k, v in (entropy_weights or {}).items()}
-        unknown = sorted(set(weights) - set(space.head_names))
-        if unknown:
-            raise ValueError(f"entropy_weights names unknown heads {unknown}; heads are "
-                             f"{list(space.head_names)}")
+        space.check_head_names("entropy_weights", weights)
         return type(cls.__name__, (cls,), {"space": space, "num_slots": space.num_slots,
                                            "floors": dict(floors or {}),
                                            "floor_mode": floor_mode, "entropy_weights": weights})
@@ -312,15 +309,13 @@ class SlotformerRLModule(TorchRLModule, ValueFunctionAPI):
             self.bundle.action_space, floors=self._floors,
             floor_mode=self.bundle.config.floor_mode, entropy_weights=weights)
 
-    # RLlib's torch modules declare TorchDistribution; any Distribution works.
+    # RLlib's torch modules declare TorchDistribution; any Distribution works. One class
+    # acts, explores and trains.
     def get_inference_action_dist_cls(self) -> type[FactoredMaskedDistribution]:  # type: ignore[override]
         return self._dist_cls
 
-    def get_exploration_action_dist_cls(self) -> type[FactoredMaskedDistribution]:  # type: ignore[override]
-        return self._dist_cls
-
-    def get_train_action_dist_cls(self) -> type[FactoredMaskedDistribution]:  # type: ignore[override]
-        return self._dist_cls
+    get_exploration_action_dist_cls = get_inference_action_dist_cls  # type: ignore[assignment]
+    get_train_action_dist_cls = get_inference_action_dist_cls  # type: ignore[assignment]
 
     def get_initial_state(self) -> dict[str, Tensor]:
         """Zero state ``{"h", "c"}``, each ``[L, H]`` (RLlib adds the batch axis first)."""

@@ -41,7 +41,7 @@ from slotformer.config import SlotConfig
 from slotformer.envs.gym import SlotGardenVectorEnv
 from slotformer.policy import create_policy
 from slotformer.policy_step import PolicyStep, expected_entropy, policy_step
-from slotformer.validation import check_positive_int
+from slotformer.validation import check_positive_int, expect
 
 __all__ = ["SlotGardenVecEnv", "SlotformerDistribution", "SlotformerPolicy"]
 
@@ -67,9 +67,9 @@ class SlotformerDistribution:
     def step(self, actions: Tensor | None = None, deterministic: bool = False) -> PolicyStep:
         """`slotformer.policy_step.policy_step`: sample (or score int ``[B, K]`` actions)."""
         names = self.action_space.head_names
-        if actions is not None and tuple(actions.shape) != (self.slot_by_op.shape[0], len(names)):
-            raise ValueError(f"actions has shape {tuple(actions.shape)}, expected "
-                             f"{(self.slot_by_op.shape[0], len(names))} (B, one per head {names})")
+        if actions is not None:
+            expect("actions", actions, shape=(self.slot_by_op.shape[0], len(names)),
+                   hint=f" (B, one per head {names})")
         given = None if actions is None else dict(zip(names, actions.long().unbind(-1)))
         return policy_step(self.action_space, self.logits, self.masks, self.slot_by_op,
                            actions=given, deterministic=deterministic)
@@ -135,13 +135,12 @@ class SlotformerPolicy(MaskableActorCriticPolicy):
         # BasePolicy, not MaskableActorCriticPolicy: no features extractor, MLP or SB3 heads.
         BasePolicy.__init__(self, observation_space, action_space, optimizer_class=optimizer_class,
                             optimizer_kwargs=optimizer_kwargs, normalize_images=False)
-        if not isinstance(observation_space, spaces.Dict):
-            raise ValueError(f"observation_space must be a gymnasium Dict, got "
-                             f"{type(observation_space).__name__}")
-        bp_space = observation_space.spaces.get("blueprint_indices")
+        given: Mapping[str, spaces.Space] = (
+            observation_space.spaces if isinstance(observation_space, spaces.Dict) else {})
+        bp_space = given.get("blueprint_indices")
         if bp_space is None or len(bp_space.shape or ()) != 1:
-            raise ValueError(f"observation_space['blueprint_indices'] must have shape (N,), "
-                             f"got {None if bp_space is None else bp_space.shape}")
+            raise ValueError(f"observation_space must be a gymnasium Dict whose "
+                             f"'blueprint_indices' has shape (N,), got {observation_space}")
         n = int(bp_space.shape[0])  # type: ignore[index]
         cols = n // check_positive_int("rows", rows) if cols is None else cols
         if rows * cols != n:
@@ -153,10 +152,10 @@ class SlotformerPolicy(MaskableActorCriticPolicy):
         self.network = self.bundle.network  # registered: SB3's optimiser trains its parameters
         space: ActionSpace = self.bundle.action_space  # type: ignore[attr-defined]
         self.heads, self.sizes = space, [space.sizes[name] for name in space.head_names]
-        expected = {"obs": (self.bundle.state_dim,), "blueprint_indices": (n,),
-                    "action_mask": (sum(self.sizes),), "slot_by_op": (space.num_ops, n)}
+        expected = {"obs": (self.bundle.state_dim,), "action_mask": (sum(self.sizes),),
+                    "slot_by_op": (space.num_ops, n)}
         for key, shape in expected.items():
-            got = observation_space.spaces.get(key)
+            got = given.get(key)
             if got is None or tuple(got.shape or ()) != shape:
                 raise ValueError(f"observation_space[{key!r}] must have shape {shape}, got "
                                  f"{None if got is None else got.shape}")
@@ -164,10 +163,7 @@ class SlotformerPolicy(MaskableActorCriticPolicy):
                 and action_space.nvec.tolist() == self.sizes):
             raise ValueError(f"action_space must be MultiDiscrete({self.sizes}) (heads "
                              f"{list(space.head_names)}), got {action_space}")
-        unknown = sorted(set(entropy_weights or {}) - set(space.head_names))
-        if unknown:
-            raise ValueError(f"entropy_weights has unknown heads {unknown}; expected head "
-                             f"names among {list(space.head_names)}")
+        space.check_head_names("entropy_weights", entropy_weights or {})
         self.entropy_weights = dict(entropy_weights or {})
         self._kwargs = {"network": network, "rows": rows, "cols": cols, "heads": heads,
                         **config_fields}

@@ -1,17 +1,9 @@
 """TorchRL: Slot Garden as an ``EnvBase``, slotformer policies as TensorDict modules.
 
-Needs the ``torchrl`` extra (``pip install "slotformer[torchrl]"``). The pieces:
-
-* :class:`SlotGardenTorchRLEnv`: the batched :class:`~slotformer.envs.SlotGardenEnv` as a
-  TorchRL environment with ``batch_size [E]``.
-* :class:`FactoredMaskedDistribution`: slotformer's masked factored action distribution
-  (op first, the slot masked by ``slot_by_op[op]``, irrelevant heads canonicalised) as a
-  ``torch.distributions.Distribution`` over int64 actions ``[..., num_heads]``.
-* :class:`SlotformerPolicyModule`: a ``TensorDictModuleBase`` around a
-  :class:`~slotformer.policy.PolicyBundle` (raw logits per head, V(s), recurrent state).
-* :func:`make_actor_critic`: the ``ProbabilisticActor`` and the critic that
-  ``ClipPPOLoss`` takes; :func:`add_state_values`: V(s) of a batch of rollout sequences for
-  ``GAE``.
+Needs the ``torchrl`` extra (``pip install "slotformer[torchrl]"``). The pieces: the
+environment :class:`SlotGardenTorchRLEnv`, the action distribution
+:class:`FactoredMaskedDistribution`, the TensorDict module :class:`SlotformerPolicyModule`,
+:func:`make_actor_critic` (for ``ClipPPOLoss``) and :func:`add_state_values` (for ``GAE``).
 
 The TensorDict keys, how Slot Garden's same-step auto-reset maps onto TorchRL's
 ``"_reset"``, how the recurrent state is carried and re-scored, and why values come from
@@ -65,7 +57,7 @@ from slotformer.policy_step import (
     policy_step,
 )
 from slotformer.presets.seed_lifecycle import HEAD_NAMES, NUM_BLUEPRINTS
-from slotformer.validation import describe_shape, validation_enabled
+from slotformer.validation import describe_shape, expect, validation_enabled
 
 __all__ = [
     "ACTION_KEY",
@@ -336,12 +328,8 @@ class FactoredMaskedDistribution(torch.distributions.Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         """``[...]`` fp32: the summed log-prob of int64 actions ``value [..., K]``."""
         k = len(self.head_names)
-        if value.dtype != torch.int64 or tuple(value.shape) != (*self.batch_shape, k):
-            raise ValueError(
-                f"action is {value.dtype} {describe_shape(value)}, expected int64 "
-                f"{(*self.batch_shape, k)} (batch shape + {k} heads in order "
-                f"{list(self.head_names)})"
-            )
+        expect("action", value, dtype=torch.int64, shape=(*self.batch_shape, k),
+               hint=f" (batch shape + {k} heads in order {list(self.head_names)})")
         if validation_enabled():
             sizes = torch.tensor([self.action_space.sizes[n] for n in self.head_names],
                                  device=value.device)

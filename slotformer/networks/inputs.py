@@ -2,10 +2,7 @@
 
 Every public entry point of a network (`forward`, `get_action`, `evaluate_actions`,
 `predict_contributions`) passes its arguments through `read_inputs`, which checks them and
-returns a frozen `PolicyInputs`: observations ``[B, T, D]``, blueprint indices and slot
-activity ``[B, T, N]``, every head's mask ``[B, T, n]``, the slot-by-op mask
-``[B, T, num_ops, N]``, stored actions ``[B, T]``, floors and the recurrent state. The
-layers inside trust that record and check nothing again.
+returns a frozen `PolicyInputs`; the layers inside trust that record and check nothing again.
 
 Checks that read metadata (type, dtype, device, shape) always run and cost no host sync;
 checks that read values (NaN/inf, out-of-range actions) run only while validation is on
@@ -170,29 +167,23 @@ def read_inputs(
     probability_floor: ProbabilityFloor = None,
     episode_starts: object = None,
 ) -> PolicyInputs:
-    """Check a call's arguments once and return them as a `PolicyInputs`.
+    """Check a call's arguments once and return them as a `PolicyInputs`, whose fields
+    give each argument's checked ``[B, T, ...]`` form.
 
     Args:
         ctx: the grid (`ActorCriticCore.slot_context`).
         parameter: one of the network's parameters (its device and dtype are the rule).
-        state: ``[B, T, D]`` or one step ``[B, D]`` (then every per-step argument comes
-            without its T axis, and results drop it), or a `SlotObservation` of the same
-            leading shape.
-        blueprint_indices: int64 or int32 ``[B, T, N]`` (``[B, N]`` for one step); None
-            with ``active_mask`` or a `SlotObservation`.
+        state: ``[B, T, D]``, a `SlotObservation`, or one step ``[B, D]``: then every
+            per-step argument comes without its T axis, and results drop it.
+        blueprint_indices: int64 or int32; None with ``active_mask`` or a `SlotObservation`.
         name: what errors call the observations (``"state"`` or ``"states"``).
         one_step: T must be 1 (`get_action`).
-        active_mask: explicit slot activity ``[B, T, N]`` bool.
-        hidden: the recurrent state ``(h, c)``, each ``[L, B, H]``, or None (zeros).
-        masks: masks by head name (None = all valid; a missing head = all valid), with
-            an optional ``"slot_by_op"`` entry; ``named_masks``: the contract's named
-            ``{head}_mask`` arguments.
+        masks: by head name (None or a missing head = all valid), with an optional
+            ``"slot_by_op"`` entry; ``named_masks``: the contract's ``{head}_mask`` arguments.
         with_masks: the call takes masks (False: `predict_contributions`).
-        slot_by_op: bool ``[B, num_ops, N]`` or ``[B, T, num_ops, N]``.
-        actions: stored int64 ``[B, T]`` per head name (``[B]`` for one step).
         probability_floor: a float for every head, or a mapping head name -> float.
-        episode_starts: bool ``[B, T]`` (``[B]`` for one step): zero the recurrent state
-            before these steps.
+        active_mask, hidden, slot_by_op, actions, episode_starts: as the `PolicyInputs`
+            fields they become (``slot_by_op`` may omit T, as a mask may: one for every step).
 
     Raises:
         ValueError: an argument of the wrong type, dtype, device, shape or value; the message
@@ -217,10 +208,15 @@ def read_inputs(
                              f"slot_by_op_mask; pass one")
         slot_by_op, by_op_name = by_name.pop(SLOT_BY_OP_KEY), f"masks[{SLOT_BY_OP_KEY!r}]"
     head_masks = _masks(ctx, B, T, device, by_name, named_masks or {}, squeeze) if with_masks else {}
-    by_op = None if slot_by_op is None else _slot_by_op(
-        ctx, by_op_name, slot_by_op, B, T, device, squeeze)
+    ops, N = ctx.action_space.num_ops, ctx.num_slots
+    by_op = None if slot_by_op is None else _per_step(
+        by_op_name, slot_by_op, B, T, (ops, N), squeeze, device, torch.bool,
+        f" (the valid slots per op: [B, num_ops={ops}, N={N}])")
     stored = None if actions is None else _actions(ctx, actions, B, T, device, squeeze)
-    starts = None if episode_starts is None else _episode_starts(episode_starts, B, T, device)
+    starts = None if episode_starts is None else expect(
+        "episode_starts", episode_starts, dtype=torch.bool, device=device,
+        shape=[(B, T), (B,)] if T == 1 else [(B, T)],  # [B] for one step
+        hint=" (True where an episode begins, matching the observations)").view(B, T)
     checked_hidden = None if hidden is None else _hidden(ctx, hidden, B, parameter)
     # Rollout tensors made under inference mode cannot be saved for backward: one copy here,
     # for every argument at once (observations included: a trainer may store them from there).
@@ -287,13 +283,10 @@ def _observation(
     passed (errors quote it) and whether it was one step without a T axis."""
     structured = isinstance(state, SlotObservation)
     if isinstance(state, SlotObservation):
-        if blueprint_indices is not None:
-            raise ValueError(
-                "pass blueprint_indices=None with a SlotObservation: its slot_types are the "
-                "slots' types"
-            )
-        if active_mask is not None:
-            raise ValueError("pass active_mask=None with a SlotObservation: use its active field")
+        if blueprint_indices is not None or active_mask is not None:
+            given = "blueprint_indices" if blueprint_indices is not None else "active_mask"
+            raise ValueError(f"pass {given}=None with a SlotObservation: its slot_types and "
+                             "active fields are the slots' types and activity")
         lead = _structured_shape(ctx, parameter, state)
         blueprint_indices, active_mask = state.slot_types, state.active
         given_shape = (*lead, ctx.state_dim)
@@ -371,30 +364,30 @@ def _check_values(
 
 
 def _check_float(name: str, value: Tensor, parameter: Tensor) -> None:
+    """Never convert: outside autocast a floating input has the parameters' dtype; under
+    autocast also the autocast dtype (any other would fail deep inside, e.g. float64 in a
+    bf16 matmul)."""
+    dtypes, device_type = [parameter.dtype], parameter.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtypes.append(torch.get_autocast_dtype(device_type))
     expect(name, value, device=parameter.device, hint=" (the network's device)")
-    expect(
-        name, value, floating=True,
-        hint=f" ({parameter.dtype}); integer observations are rejected, not converted",
-    )
-    _check_state_dtype(name, value, parameter.dtype)
+    expect(name, value, dtype=dtypes,
+           hint=f" (the parameters' floating point dtype; inputs are rejected, not converted: "
+           f"{name}.to({parameter.dtype}) or run under autocast)")
 
 
 def _flat_shape(ctx: SlotContext, parameter: Tensor, state: object, name: str) -> tuple[int, ...]:
     """Check a flat ``state``; its shape ``(B, T, D)`` or ``(B, D)``."""
     state = expect(name, state)
-    if state.dim() not in (2, 3):
-        raise ValueError(f"{name} has shape {describe_shape(state)}, expected [B, T, D] or [B, D]")
-    if state.shape[-1] != ctx.state_dim:
+    if state.dim() not in (2, 3) or state.shape[-1] != ctx.state_dim:
         layout = ctx.layout
         parts = (
-            f" (base_dim={layout.base_dim} + {layout.num_slots} slots x slot_dim={layout.slot_dim})"
+            f" = base_dim={layout.base_dim} + {layout.num_slots} slots x slot_dim={layout.slot_dim}"
             if layout is not None
             else ""
         )
-        raise ValueError(
-            f"{name} has shape {describe_shape(state)}: feature size {state.shape[-1]} does "
-            f"not match state_dim={ctx.state_dim}{parts}"
-        )
+        raise ValueError(f"{name} has shape {describe_shape(state)}, expected [B, T, D] or "
+                         f"[B, D] with D=state_dim={ctx.state_dim}{parts}")
     _check_float(name, state, parameter)
     return tuple(state.shape)
 
@@ -422,31 +415,8 @@ def _structured_shape(ctx: SlotContext, parameter: Tensor, obs: SlotObservation)
     )
     _check_float("state.base", base, parameter)
     _check_float("state.slots", slots, parameter)
-    if slots.dtype != base.dtype:
-        raise ValueError(
-            f"state.base and state.slots must share a dtype, got {base.dtype} and {slots.dtype}"
-        )
+    expect("state.slots", slots, dtype=base.dtype, hint=" (state.base's dtype)")
     return lead
-
-
-def _check_state_dtype(name: str, state: Tensor, parameter_dtype: torch.dtype) -> None:
-    """Never convert: outside autocast a floating input has the parameters' dtype; under
-    autocast also the autocast dtype (any other would fail deep inside, e.g. float64 in a
-    bf16 matmul)."""
-    if state.dtype == parameter_dtype:
-        return
-    device_type = state.device.type
-    if not torch.is_autocast_enabled(device_type):
-        raise ValueError(
-            f"{name} has dtype {state.dtype} but the network's parameters are "
-            f"{parameter_dtype}; convert with {name}.to({parameter_dtype}) (or run under autocast)"
-        )
-    autocast_dtype = torch.get_autocast_dtype(device_type)
-    if state.dtype != autocast_dtype:
-        raise ValueError(
-            f"{name} has dtype {state.dtype}; under {autocast_dtype} autocast it must "
-            f"be the parameters' {parameter_dtype} or {autocast_dtype}"
-        )
 
 
 def _hidden(ctx: SlotContext, hidden: object, B: int, parameter: Tensor) -> Hidden:
@@ -457,13 +427,11 @@ def _hidden(ctx: SlotContext, hidden: object, B: int, parameter: Tensor) -> Hidd
         raise ValueError(f"hidden must be a tuple (h, c) of two tensors, got {got}")
     layers, width = ctx.hidden_size
     for part, state in zip(("hidden h", "hidden c"), hidden):
-        expect(part, state, device=parameter.device, shape=(layers, B, width),
+        expect(part, state, shape=(layers, B, width),
                hint=f" ([lstm_layers, B, lstm_hidden_dim] = [{layers}, {B}, {width}])")
-        expect(part, state, floating=True, hint=" (the recurrent state is floating point)")
-        _check_state_dtype(part, state, parameter.dtype)
+        _check_float(part, state, parameter)
     h, c = hidden
-    if h.dtype != c.dtype:
-        raise ValueError(f"hidden h and c must share a dtype, got {h.dtype} and {c.dtype}")
+    expect("hidden c", c, dtype=h.dtype, hint=" (hidden h's dtype)")
     return h, c
 
 
@@ -495,16 +463,8 @@ def _masks(
     """Every head's mask as bool ``[B, T, n]``; None or absent = all valid."""
     space = ctx.action_space
     by_name = {k: v for k, v in named.items() if v is not None}
-    unknown = sorted(f"{k}_mask" for k in by_name if k not in space.sizes)
-    if unknown:
-        raise ValueError(f"{', '.join(unknown)} given, but the action space has no such head; "
-                         f"heads are {list(space.head_names)}")
-    unknown = sorted(k for k in masks if k not in space.sizes)
-    if unknown:
-        raise ValueError(
-            f"masks name unknown heads {unknown}; heads are {list(space.head_names)} (and "
-            f"{SLOT_BY_OP_KEY!r})"
-        )
+    space.check_head_names("a {head}_mask argument", by_name)
+    space.check_head_names("masks", masks, hint=f" (and {SLOT_BY_OP_KEY!r})")
     by_name.update({k: v for k, v in masks.items() if v is not None})
     out: dict[str, Tensor] = {}
     for head, n in space.sizes.items():
@@ -513,24 +473,6 @@ def _masks(
             _per_step(f"{head}_mask", mask, B, T, (n,), squeeze, device, torch.bool,
                       f" (head {head!r} has {n} choices; True = valid)"))
     return out
-
-
-def _slot_by_op(
-    ctx: SlotContext, name: str, slot_by_op: object, B: int, T: int, device: torch.device,
-    squeeze: bool,
-) -> Tensor:
-    """``slot_by_op`` as bool ``[B, T, num_ops, N]``."""
-    ops, N = ctx.action_space.num_ops, ctx.num_slots
-    return _per_step(name, slot_by_op, B, T, (ops, N), squeeze, device, torch.bool,
-                     f" (the valid slots per op: [B, num_ops={ops}, N={N}])")
-
-
-def _episode_starts(starts: object, B: int, T: int, device: torch.device) -> Tensor:
-    """``episode_starts`` as bool ``[B, T]`` (``[B]`` accepted when T = 1)."""
-    shapes = [(B, T), (B,)] if T == 1 else [(B, T)]
-    flags = expect("episode_starts", starts, dtype=torch.bool, device=device, shape=shapes,
-                   hint=" (True where an episode begins, matching the observations)")
-    return flags.view(B, T)
 
 
 def _actions(

@@ -72,13 +72,14 @@ class ActorCriticBundle:
         action_space: ActionSpace | Mapping[str, Any] | None = None,
         **fields_: Any,
     ) -> None:
-        if slot_config is not None and not isinstance(slot_config, SlotConfig):
-            raise TypeError(f"slot_config must be a SlotConfig, got {type(slot_config).__name__}")
         if isinstance(action_space, Mapping):  # its plain-data form (a config file)
             action_space = ActionSpace.from_dict(action_space)
-        elif action_space is not None and not isinstance(action_space, ActionSpace):
-            raise TypeError(f"action_space must be an ActionSpace or its to_dict() form, got "
-                            f"{type(action_space).__name__}")
+        for name, value, kind, expected in (
+            ("slot_config", slot_config, SlotConfig, "a SlotConfig"),
+            ("action_space", action_space, ActionSpace, "an ActionSpace or its to_dict() form"),
+        ):
+            if value is not None and not isinstance(value, kind):
+                raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
         self._network = self.network_class(
             slot_config=slot_config, config=self.build_config(state_dim, config, fields_),
             action_space=action_space,
@@ -317,8 +318,9 @@ class ActorCriticBundle:
         return self.train(False)
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute activations in backward where the network supports it (see subclasses)."""
-        raise NotImplementedError
+        """Recompute activations in backward where the network supports it (see subclasses);
+        a no-op for the flat network, which has no encoder layers worth recomputing (its
+        activation memory is the LSTM's, whose steps are not checkpointed)."""
 
     @property
     def gradient_checkpointing(self) -> bool:
@@ -485,10 +487,6 @@ class LSTMPolicyBundle(ActorCriticBundle):
 
     network_class = FactoredRecurrentActorCritic
     config_class = LSTMConfig
-
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """A no-op: the flat network has no encoder layers worth recomputing (its activation
-        memory is the LSTM's, whose steps are not checkpointed)."""
 
 
 @register_policy("transformer")
