@@ -463,8 +463,9 @@ def _masks(
     """Every head's mask as bool ``[B, T, n]``; None or absent = all valid."""
     space = ctx.action_space
     by_name = {k: v for k, v in named.items() if v is not None}
-    space.check_head_names("a {head}_mask argument", by_name)
-    space.check_head_names("masks", masks, hint=f" (and {SLOT_BY_OP_KEY!r})")
+    if not by_name.keys() | masks.keys() <= space.sizes.keys():  # the checks name the stray
+        space.check_head_names("a {head}_mask argument", by_name)
+        space.check_head_names("masks", masks, hint=f" (and {SLOT_BY_OP_KEY!r})")
     by_name.update({k: v for k, v in masks.items() if v is not None})
     out: dict[str, Tensor] = {}
     for head, n in space.sizes.items():
