@@ -48,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.learning_protocol import bootstrap_ratio, machine, summary_dict
-from examples.train_slot_garden import Args, policy_fn, train
+from examples.train_slot_garden import Args, op_entropy_end, policy_fn, train
 from slotformer import SlotConfig, TransformerConfig
 from slotformer.checkpoint import load_checkpoint
 from slotformer.envs import (
@@ -103,7 +103,8 @@ def parse_overrides(items: list[str], parser: argparse.ArgumentParser) -> dict[s
         try:
             if text == "none" and "None" in annotation:  # an optional field, set to None
                 overrides[name] = None
-            elif default is None and annotation.startswith(("float", "int")):
+            elif (default is None or default == "auto") and text != "auto" and \
+                    annotation.startswith(("float", "int")):  # an optional or auto number
                 overrides[name] = (float if annotation.startswith("float") else int)(text)
             elif isinstance(default, bool):
                 if text not in ("true", "false"):
@@ -247,9 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     report(cli, runs, overrides, time.perf_counter() - started)
 
 
-def _default(field: str) -> object:
-    """The trainer's default for ``field``; for a transformer size left to the network
-    (None), the network config's."""
+def _default(field: str, network: str) -> object:
+    """The trainer's default for ``field`` on ``network``: for a transformer size left to the
+    network (None), the network config's; an ``"auto"`` resolved."""
+    if field == "op_ent_coef_end":
+        return op_entropy_end(Args(policy=network))  # type: ignore[arg-type]
     value = getattr(Args, field, None)
     if value is None and field in {"head_hidden", "contribution_hidden", "contribution_dropout",
                                    "ff_mult"}:
@@ -271,7 +274,7 @@ def merged_runs(paths: list[str]) -> tuple[list[dict[str, object]], float]:
         total_s += float(data.get("total_s", 0.0))
         for run in data["runs"]:
             settings = run.get("set", data.get("set", {}))
-            settings = {k: v for k, v in settings.items() if _default(k) != v}
+            settings = {k: v for k, v in settings.items() if _default(k, run["network"]) != v}
             run = {**run, "set": settings,
                    "steps": run.get("steps", data.get("steps")),
                    "machine": run.get("machine", data.get("machine")),

@@ -132,9 +132,11 @@ class Args:
     set): a high early bonus on op alone keeps the policy off the do-nothing optimum
     (docs/training.md); None = the op head follows --ent-coef / --ent-coef-end like the others
     (with --op-ent-coef-end None too)"""
-    op_ent_coef_end: float | None = 0.01
+    op_ent_coef_end: float | Literal["auto"] | None = "auto"
     """anneal the op head's coefficient linearly from --op-ent-coef to this at the last update;
-    None = constant (needs --op-ent-coef)"""
+    None = constant (needs --op-ent-coef); auto = 0.05 for the flat LSTM (at 0.01 one LSTM
+    seed in ten fell onto the do-nothing policy), 0.01 for the transformer;
+    docs/training.md"""
     op_floor: float = 0.0
     """minimum probability of each valid op while training (an exploration aid the op
     entropy schedule made unnecessary, docs/training.md); 0 = off"""
@@ -215,9 +217,12 @@ def check_args(args: Args) -> None:
         raise bad("op_floor", "in [0, 1)")
     for name in ("ent_coef", "ent_coef_end", "op_ent_coef", "op_ent_coef_end"):
         value = getattr(args, name)
+        if name == "op_ent_coef_end" and value == "auto":
+            continue
         if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value):
-            raise bad(name, "a float >= 0" + (" or None" if name != "ent_coef" else ""))
-    if args.op_ent_coef is None and args.op_ent_coef_end is not None:
+            raise bad(name, "a float >= 0" + (" or None" if name != "ent_coef" else "")
+                      + (" or 'auto'" if name == "op_ent_coef_end" else ""))
+    if args.op_ent_coef is None and args.op_ent_coef_end not in (None, "auto"):
         raise bad("op_ent_coef_end", "None unless --op-ent-coef is set (the value the op "
                   "head's coefficient anneals from)")
 
@@ -260,8 +265,18 @@ def head_entropy_coefficients(args: Args, update: int, num_updates: int) -> Tens
     coefs = torch.full((len(HEAD_NAMES),), entropy_coefficient(args, update, num_updates))
     if args.op_ent_coef is not None:
         coefs[HEAD_NAMES.index("op")] = linear_schedule(
-            args.op_ent_coef, args.op_ent_coef_end, update, num_updates)
+            args.op_ent_coef, op_entropy_end(args), update, num_updates)
     return coefs
+
+
+def op_entropy_end(args: Args) -> float | None:
+    """``op_ent_coef_end`` with ``"auto"`` resolved for the network (0.05 LSTM, 0.01
+    transformer), or None where the op head has no schedule of its own."""
+    if args.op_ent_coef is None:
+        return None
+    if args.op_ent_coef_end == "auto":
+        return 0.05 if args.policy == "lstm" else 0.01
+    return args.op_ent_coef_end
 
 
 def masks_of(step: StepOutput) -> dict[str, torch.Tensor]:

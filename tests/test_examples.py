@@ -326,6 +326,9 @@ def test_op_head_takes_its_own_entropy_schedule() -> None:
     assert (first[op].item(), last[op].item()) == pytest.approx((0.2, 0.02))
     others = [h for h in range(len(HEAD_NAMES)) if h != op]
     assert first[others].tolist() == pytest.approx([0.01] * len(others))
+    auto = {policy: head_entropy_coefficients(Args(policy=policy), 4, 4)[op].item()
+            for policy in ("lstm", "transformer")}  # op_ent_coef_end "auto", per network
+    assert auto == pytest.approx({"lstm": 0.05, "transformer": 0.01})
     constant = head_entropy_coefficients(Args(op_ent_coef=0.3, op_ent_coef_end=None), 4, 4)
     assert constant[op].item() == pytest.approx(0.3)
     assert parse_args(["--op-ent-coef", "0.1", "--op-ent-coef-end", "0.0"]).op_ent_coef_end == 0.0
