@@ -15,9 +15,10 @@ value, Q and contribution losses, gradient clipping, optional TensorBoard loggin
 checkpoint.
 
 What it prints: a start line (network, grid, environments, updates, env steps, threads,
-device, seed), an estimate of the time left after the second update (the first one warms up), then progress (a bar on
-a terminal; plain lines every ``--log-every`` updates in logs and pipes) with the mean
-return, entropy, value loss, approx-KL, clip fraction, explained variance and, for the
+device, seed), an estimate of the time left after the second update (the first one warms
+up), then progress (a bar on a terminal; plain lines every ``--log-every`` updates in logs
+and pipes) with the mean return, and over the updates since the previous line the mean
+entropy, value loss, approx-KL, clip fraction, the pooled explained variance and, for the
 transformer, the attention entropy per layer; then the evaluation, policy by policy. With
 ``--tensorboard`` every update also logs each head's entropy, every loss and, every
 ``--attention-every`` updates, the attention statistics (`slotformer.tensorboard`).
@@ -613,7 +614,8 @@ def train(
                 returns = advantages + values
                 # How much of the returns' variance the rollout's values explain (1 = all,
                 # 0 = no better than a constant, < 0 = worse).
-                explained_var = 1 - (returns - values).var() / returns.var().clamp_min(1e-8)
+                residual_var, returns_var = (returns - values).var(), returns.var()
+                explained_var = 1 - residual_var / returns_var.clamp_min(1e-8)
 
             # ------------------------------------------------------------ PPO update
             env_order = torch.randperm(E)
@@ -657,15 +659,20 @@ def train(
                     minibatches += 1
 
             # ------------------------------------------------------------ logging
-            read = torch.cat([totals / minibatches, explained_var.view(1)]).tolist()  # one read
+            read = torch.cat([totals / minibatches, torch.stack(
+                [explained_var, residual_var, returns_var])]).tolist()  # one host read
             stats = dict(zip(LOSS_NAMES, read))
             stats.update({f"entropy/{h}": v for h, v in zip(HEAD_NAMES, read[len(LOSS_NAMES):])})
-            stats["explained_variance"] = read[-1]
+            stats["explained_variance"] = read[-3]
             # The progress lines show means over the updates since the previous line: with
             # equal episodes all environments are in the same phase, and consecutive updates
             # can see different halves of the episodes (an entropy near 0 at the end of
             # episodes, 1.4 at their start), so one update's statistics swing line to line.
-            window = {k: window.get(k, 0.0) + v for k, v in stats.items()}
+            # Explained variance over the window is pooled (1 - summed residual variance /
+            # summed return variance), not a mean of ratios: a rollout whose returns hardly
+            # vary (the quiet half of an episode) gives a ratio of -3 or -10 alone.
+            window = {k: window.get(k, 0.0) + v for k, v in
+                      [*stats.items(), ("residual_var", read[-2]), ("returns_var", read[-1])]}
             window_updates += 1
             rollout_total_s += rollout_s
             env_steps = update * E * T
@@ -715,6 +722,8 @@ def train(
                     f"  attn{k[5:-8]} {v:.2f}" for k, v in attention.items()
                     if k.endswith("/entropy"))
                 mean = {k: v / window_updates for k, v in window.items()}
+                mean["explained_variance"] = 1 - window["residual_var"] / max(
+                    window["returns_var"], 1e-8)
                 report.line(
                     f"update {update:4d}/{num_updates}  steps {env_steps:7d}  sps {sps:6.0f}  "
                     f"return {mean_return:7.3f}  entropy {mean['entropy']:.3f}  "
