@@ -110,8 +110,8 @@ class Args:
     """Adam learning rate (at the first update, with --anneal-lr)"""
     anneal_lr: Literal["auto", "on", "off"] = "auto"
     """anneal the learning rate linearly toward 0 over training; auto = per network: on for
-    the flat LSTM (over ten seeds it raised the LSTM's return, 2x5 1.36x the heuristic's from
-    1.22x), off for the
+    the flat LSTM (over ten seeds a higher mean on 2x5, 1.36x the heuristic's against 1.22x,
+    the intervals overlapping), off for the
     transformer (it cost the transformer on 1x3, still learning when the rate reached 0);
     docs/training.md"""
     gamma: float = 0.97
