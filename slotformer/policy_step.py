@@ -410,11 +410,16 @@ def _check_values(
     floor_rows = dict(zip((n for n, f in floors.items() if f > 0), counts[len(names) + 4:]))
     for name, rows in floor_rows.items():
         if rows:
-            raise ValueError(
-                f"probability_floor for head {name!r} is {floors[name]}, but {rows} row(s) of "
-                f"its mask have more than 1 / {floors[name]} = {1 / floors[name]:.4g} valid "
-                f"actions: the floor cannot hold (floor x valid actions must be <= 1)"
-            )
+            raise floor_cannot_hold(name, floors[name], int(rows))
+
+
+def floor_cannot_hold(name: str, floor: float, rows: int) -> ValueError:
+    """The error for ``rows`` mask rows of head ``name`` with more than ``1 / floor`` valid
+    actions (no distribution gives each of them ``floor``)."""
+    return ValueError(
+        f"probability_floor for head {name!r} is {floor}, but {rows} row(s) of its mask have "
+        f"more than 1 / {floor} = {1 / floor:.4g} valid actions: the floor cannot hold (floor x "
+        f"valid actions must be <= 1)")
 
 
 def _all_ops(

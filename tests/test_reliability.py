@@ -567,6 +567,18 @@ def test_bad_probability_floor_is_rejected(net: ActorCriticCore, entry: str, flo
     )
 
 
+@pytest.mark.parametrize("entry", ["forward", "get_action", "evaluate_actions"])
+def test_a_floor_that_cannot_hold_is_rejected(net: ActorCriticCore, entry: str) -> None:
+    """A floor of 0.5 on the op head with its 6 ops valid (0.5 x 6 > 1) is an error, not a
+    silently uniform op; 1/6 still holds."""
+    state, bp = good_inputs(entry)
+    expect_error(
+        lambda: call(net, entry, state, bp, probability_floor={"op": 0.5}), ValueError,
+        ["probability_floor for head 'op' is 0.5", "more than 1 / 0.5 = 2 valid", "cannot hold"],
+    )
+    call(net, entry, state, bp, probability_floor={"op": 1 / 6})
+
+
 # ---------------------------------------------------------------------- N vs SlotConfig / layout
 def test_transformer_slot_config_override_must_match_the_observation() -> None:
     net = make_net("transformer")

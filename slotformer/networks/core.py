@@ -48,7 +48,7 @@ from slotformer.networks.inputs import (
     read_inputs,
 )
 from slotformer.networks.results import ActionResult, EvalResult, TrunkIntermediates
-from slotformer.policy_step import PackedHeads, policy_step
+from slotformer.policy_step import PackedHeads, floor_cannot_hold, policy_step
 from slotformer.validation import describe_shape, expect, validation_enabled
 
 # Head name -> the reference network's attribute for its size.
@@ -158,8 +158,7 @@ class ActorCriticCore(nn.Module, ABC):
         return self.config.value_baseline
 
     def _layout(self, num_slots: int) -> ObservationLayout | None:
-        """The flat observation's layout (from ``slot_dim``, else inferred from
-        ``state_dim``); None for the flat LSTM when ``state_dim`` has none."""
+        """The observation's layout (``slot_dim``'s, else inferred; None if none fits)."""
         c = self.config
         if c.slot_dim is not None:
             layout = ObservationLayout(num_slots, c.slot_dim, c.base_dim)
@@ -302,13 +301,14 @@ class ActorCriticCore(nn.Module, ABC):
                             masks=masks)
         trunk, logits = self._trunk_and_logits(inputs, return_intermediates)
         op_name = inputs.ctx.action_space.op_head
-        if validation_enabled():  # finite op logits, a valid op in every row
+        floor = inputs.floors.get(op_name, 0.0)
+        if validation_enabled():  # finite op logits, a valid op in every row, a floor that holds
             check_logits_and_mask(logits[op_name], inputs.masks[op_name],
                                   name=f"{op_name}_logits (mask: {op_name}_mask)")
-        op_log_probs = _masked_log_probs(
-            logits[op_name], inputs.masks[op_name], inputs.floors.get(op_name, 0.0),
-            self.config.floor_mode,
-        )
+            if floor and (rows := int((inputs.masks[op_name].sum(-1) * floor > 1.0).sum())):
+                raise floor_cannot_hold(op_name, floor, rows)
+        op_log_probs = _masked_log_probs(logits[op_name], inputs.masks[op_name], floor,
+                                         self.config.floor_mode)
         op = sample_actions(op_log_probs, generator) if sample_op else op_log_probs.argmax(-1)
         value, state_value, q_value = self._values(trunk, op)
         out: dict[str, Any] = {
