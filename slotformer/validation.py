@@ -102,8 +102,11 @@ def expect(
         problem = f"has dtype {value.dtype}, expected a floating dtype"
     elif device is not None and value.device != device:
         problem = f"is on device {value.device}, expected {device}"
-    elif shapes is not None and tuple(value.shape) not in shapes:
-        problem = f"has shape {describe_shape(value)}, expected {' or '.join(map(str, shapes))}"
+    elif shapes is not None and not any(  # size by size: dynamo compares SymInts so, not tuples
+            len(value.shape) == len(s) and all(a == b for a, b in zip(value.shape, s))
+            for s in shapes):
+        alternatives = dict.fromkeys(map(str, shapes))  # each once, in order
+        problem = f"has shape {describe_shape(value)}, expected {' or '.join(alternatives)}"
     else:
         return value
     raise ValueError(f"{name} {problem}{hint}")

@@ -44,6 +44,18 @@ def test_evaluate_actions_and_forward_compile_fullgraph(kind: str) -> None:
     assert torch.equal(traced[1], eager[1])
     loss = traced[1].sum() + sum(lp.sum() for lp in traced[0].values())
     loss.backward()
+    # With every optional input the update passes: the masks dict (slot_by_op included), a
+    # start state and episode starts; each goes through the boundary's shape checks.
+    masks = {name: torch.ones(B, T, size, dtype=torch.bool)
+             for name, size in net.action_space.sizes.items()}
+    masks["slot_by_op"] = torch.ones(B, T, net.action_space.num_ops, N, dtype=torch.bool)
+    hidden = net.get_initial_hidden(B)
+    starts = torch.zeros(B, T, dtype=torch.bool)
+    full = net.evaluate_actions(state, blueprints, actions, masks=masks, hidden=hidden,
+                                episode_starts=starts)
+    traced_full = compiled_eval(state, blueprints, actions, masks=masks, hidden=hidden,
+                                episode_starts=starts)
+    assert torch.equal(traced_full[1], full[1])
     compiled_forward = torch.compile(net, backend="eager", fullgraph=True, dynamic=True)
     out = compiled_forward(state, blueprints)
     assert out["slot_logits"].shape == sampled["slot_logits"].shape == (B, T, N)

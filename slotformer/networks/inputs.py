@@ -444,8 +444,7 @@ def _per_step(
     shapes = [(B, *tail)] if squeeze else [(B, T, *tail), (B, 1, *tail), (B, *tail)]
     if squeeze and T == 1:
         shapes.append((B, 1, *tail))
-    tensor = expect(arg, value, dtype=dtype, device=device, shape=list(dict.fromkeys(shapes)),
-                    hint=hint)
+    tensor = expect(arg, value, dtype=dtype, device=device, shape=shapes, hint=hint)
     if tensor.dim() == len(tail) + 2 and tensor.shape[1] == T:
         return tensor
     return tensor.view(B, 1, *tail).expand(B, T, *tail)
