@@ -102,7 +102,9 @@ def expect(
         problem = f"has dtype {value.dtype}, expected a floating dtype"
     elif device is not None and value.device != device:
         problem = f"is on device {value.device}, expected {device}"
-    elif shapes is not None and not any(  # size by size: dynamo compares SymInts so, not tuples
+    elif shapes is not None and tuple(value.shape) not in shapes and not any(
+            # size by size as well: under dynamic compile, dynamo judges tuple membership of
+            # symbolic sizes False, but compares the sizes themselves
             len(value.shape) == len(s) and all(a == b for a, b in zip(value.shape, s))
             for s in shapes):
         alternatives = dict.fromkeys(map(str, shapes))  # each once, in order
