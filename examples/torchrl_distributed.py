@@ -27,7 +27,6 @@ from typing import Any, Literal
 import torch
 from torchrl.data import Unbounded
 from torchrl.envs import Compose, EnvBase, RewardSum, TensorDictPrimer, TransformedEnv
-from torchrl.modules import set_recurrent_mode
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
@@ -35,13 +34,11 @@ if __package__ in (None, ""):  # run as a script: make `slotformer` and `example
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.torchrl_ppo import Args as PPOArgs
-from examples.torchrl_ppo import torchrl_policy_fn
+from examples.torchrl_ppo import evaluate_against_references, ppo_update
 from slotformer import SlotConfig, create_policy
-from slotformer.envs import SlotGardenEnv, evaluate_policy, heuristic_policy, random_valid_policy
 from slotformer.integrations.torchrl import (
     RECURRENT_STATE_KEYS,
     SlotGardenTorchRLEnv,
-    add_state_values,
     make_actor_critic,
 )
 
@@ -123,19 +120,7 @@ def train(args: Args) -> dict[str, float]:
         batch = stacked.reshape(-1, stacked.shape[-1])  # [E, T]: independent sequences
         done = batch.get(("next", "done"))[..., 0]
         recent += batch.get(("next", "episode_reward"))[..., 0][done].tolist()
-        add_state_values(batch, critic)
-        advantage(batch)
-        with set_recurrent_mode(True):  # the loss scores whole [mb, T] sequences
-            for _epoch in range(args.update_epochs):
-                for envs in torch.randperm(batch.shape[0]).split(
-                        max(1, batch.shape[0] // args.num_minibatches)):
-                    losses = loss_module(batch[envs])
-                    loss = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(policy.network.parameters(),
-                                                   args.max_grad_norm)
-                    optimizer.step()
+        ppo_update(batch, critic, advantage, loss_module, optimizer, args)  # torchrl_ppo's
         collector.update_policy_weights_()  # the next batch is collected with these weights
         if not args.quiet and (update % 5 == 0 or update == num_updates):
             tail = recent[-2 * args.num_envs:]
@@ -145,16 +130,8 @@ def train(args: Args) -> dict[str, float]:
     collector.shutdown()
     wall = time.perf_counter() - start
 
-    def fresh_env() -> SlotGardenEnv:  # the training world, new episodes
-        return SlotGardenEnv(args.num_envs, slot_config, args.episode_length,
-                             seed=args.seed + 1000, table_seed=args.seed)
-
-    learned = evaluate_policy(fresh_env(), torchrl_policy_fn(actor, critic, args.num_envs),
-                              num_episodes=args.eval_episodes)
-    gen = torch.Generator().manual_seed(args.seed + 1000)
-    random_score = evaluate_policy(fresh_env(), lambda s: random_valid_policy(s, gen),
-                                   num_episodes=args.eval_episodes)
-    heuristic = evaluate_policy(fresh_env(), heuristic_policy, num_episodes=args.eval_episodes)
+    learned, random_score, heuristic = evaluate_against_references(actor, critic, args,
+                                                                   slot_config)
     steps = num_updates * args.num_envs * args.rollout_length
     if not args.quiet:
         print(f"\nmean return over {args.eval_episodes} episodes x {args.num_envs} envs: "

@@ -142,6 +142,46 @@ def torchrl_policy_fn(
     return act
 
 
+def ppo_update(batch: TensorDict, critic: SlotformerPolicyModule, advantage: GAE,
+               loss_module: ClipPPOLoss, optimizer: torch.optim.Optimizer,
+               args: Args) -> TensorDict:
+    """One PPO update on a collected batch ``[E, T]`` of independent sequences: V(s) and GAE,
+    then ``update_epochs`` passes over ``num_minibatches`` minibatches of whole sequences;
+    returns the last minibatch's losses."""
+    add_state_values(batch, critic)
+    advantage(batch)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    E = batch.shape[0]
+    with set_recurrent_mode(True):  # the loss scores whole [mb, T] sequences
+        for _epoch in range(args.update_epochs):
+            for envs in torch.randperm(E).split(max(1, E // args.num_minibatches)):
+                losses = loss_module(batch[envs])
+                loss = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, args.max_grad_norm)
+                optimizer.step()
+    return losses
+
+
+def evaluate_against_references(actor: ProbabilisticActor, critic: SlotformerPolicyModule, args: Args,
+                                slot_config: SlotConfig) -> tuple[float, float, float]:
+    """Mean returns of the trained policy, the random valid policy and the heuristic, each on
+    new full-length episodes of the training world (the same tables), even after --stagger,
+    so the three scores compare with the reference scores."""
+    def fresh_env() -> SlotGardenEnv:
+        return SlotGardenEnv(args.num_envs, slot_config, args.episode_length,
+                             seed=args.seed + 1000, table_seed=args.seed)
+
+    learned = evaluate_policy(fresh_env(), torchrl_policy_fn(actor, critic, args.num_envs),
+                              num_episodes=args.eval_episodes)
+    gen = torch.Generator().manual_seed(args.seed + 1000)
+    random_score = evaluate_policy(fresh_env(), lambda s: random_valid_policy(s, gen),
+                                   num_episodes=args.eval_episodes)
+    heuristic = evaluate_policy(fresh_env(), heuristic_policy, num_episodes=args.eval_episodes)
+    return learned, random_score, heuristic
+
+
 def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     """Train, then evaluate against the reference policies; returns (metrics, policy).
 
@@ -182,19 +222,7 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     for update, batch in enumerate(collector, start=1):  # batch: [E, T]
         done = batch.get(("next", "done"))[..., 0]
         recent += batch.get(("next", "episode_reward"))[..., 0][done].tolist()
-        add_state_values(batch, critic)
-        advantage(batch)
-        with set_recurrent_mode(True):  # the loss scores whole [mb, T] sequences
-            for _epoch in range(args.update_epochs):
-                for envs in torch.randperm(E).split(max(1, E // args.num_minibatches)):
-                    losses = loss_module(batch[envs])
-                    loss = (losses["loss_objective"] + losses["loss_critic"]
-                            + losses["loss_entropy"])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(policy.network.parameters(),
-                                                   args.max_grad_norm)
-                    optimizer.step()
+        losses = ppo_update(batch, critic, advantage, loss_module, optimizer, args)
         stats = {k: float(losses[k].detach()) for k in ("loss_objective", "loss_critic", "entropy")}
         if not args.quiet and (update % 5 == 0 or update == num_updates):
             tail = recent[-2 * E:]
@@ -206,18 +234,8 @@ def train(args: Args) -> tuple[dict[str, float], PolicyBundle]:
     collector.shutdown()
     wall = time.perf_counter() - start
 
-    # New full-length episodes of the training world (same tables), even after --stagger,
-    # so the three scores compare with the reference scores.
-    def fresh_env() -> SlotGardenEnv:
-        return SlotGardenEnv(E, slot_config, args.episode_length, seed=args.seed + 1000,
-                             table_seed=args.seed)
-
-    learned = evaluate_policy(fresh_env(), torchrl_policy_fn(actor, critic, E),
-                              num_episodes=args.eval_episodes)
-    gen = torch.Generator().manual_seed(args.seed + 1000)
-    random_score = evaluate_policy(fresh_env(), lambda s: random_valid_policy(s, gen),
-                                   num_episodes=args.eval_episodes)
-    heuristic = evaluate_policy(fresh_env(), heuristic_policy, num_episodes=args.eval_episodes)
+    learned, random_score, heuristic = evaluate_against_references(actor, critic, args,
+                                                                   slot_config)
     metrics = {"learned": learned, "random": random_score, "heuristic": heuristic,
                "wall_s": wall, "env_steps_per_s": num_updates * E * T / wall, **stats}
     if not args.quiet:
