@@ -48,7 +48,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.learning_protocol import bootstrap_ratio, machine, summary_dict
-from examples.train_slot_garden import Args, op_entropy_end, policy_fn, train
+from examples.train_slot_garden import (
+    TRANSFORMER_SIZE_FIELDS,
+    Args,
+    op_entropy_end,
+    policy_fn,
+    train,
+)
 from slotformer import SlotConfig, TransformerConfig
 from slotformer.checkpoint import load_checkpoint
 from slotformer.envs import (
@@ -254,10 +260,8 @@ def _default(field: str, network: str) -> object:
     if field == "op_ent_coef_end":
         return op_entropy_end(Args(policy=network))  # type: ignore[arg-type]
     value = getattr(Args, field, None)
-    if value is None and field in {"head_hidden", "contribution_hidden", "contribution_dropout",
-                                   "ff_mult"}:
-        name = "transformer_ff_mult" if field == "ff_mult" else field
-        value = getattr(TransformerConfig(), name)
+    if value is None and field in TRANSFORMER_SIZE_FIELDS:
+        value = getattr(TransformerConfig(), TRANSFORMER_SIZE_FIELDS[field])
     return value
 
 

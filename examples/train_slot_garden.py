@@ -313,10 +313,16 @@ def make_env(args: Args, slot_config: SlotConfig, seed: int, *, stagger: bool,
     )
 
 
+TRANSFORMER_SIZE_FIELDS = {"head_hidden": "head_hidden", "contribution_hidden":
+                           "contribution_hidden", "contribution_dropout": "contribution_dropout",
+                           "ff_mult": "transformer_ff_mult"}
+"""The transformer size flags (``Args`` fields, None = the network's default) and the
+`TransformerConfig` fields they set."""
+
+
 def make_policy(args: Args, slot_config: SlotConfig) -> PolicyBundle:
     """The policy bundle the arguments ask for (a V(s) baseline; Q is an auxiliary head)."""
-    sizes = {"head_hidden": args.head_hidden, "contribution_hidden": args.contribution_hidden,
-             "contribution_dropout": args.contribution_dropout, "transformer_ff_mult": args.ff_mult}
+    sizes = {name: getattr(args, flag) for flag, name in TRANSFORMER_SIZE_FIELDS.items()}
     extra = ({k: v for k, v in sizes.items() if v is not None}
              if args.policy == "transformer" else {})
     return create_policy(
